@@ -1,0 +1,1 @@
+//! Buddy frame allocator and per-frame metadata (Linux: `mm/page_alloc.c`, `struct page`).

@@ -1,0 +1,21 @@
+//! The memory-manager core: a Rust model of Linux's `mm/`.
+//!
+//! This crate builds for the kernel target (`no_std`) and for the host, so its
+//! pure logic (buddy allocator, page-table walks over simulated memory, the VMA
+//! tree, merge rules and the per-VMA lock state machine) is tested with plain
+//! `cargo test`, while the kernel crate tests the hardware-facing parts under QEMU.
+//!
+//! Module map (Linux counterpart in brackets):
+//! - [`errno`]: Linux error numbers for syscall-shaped entry points.
+//! - [`frame`]: buddy frame allocator and per-frame metadata [`mm/page_alloc.c`, `struct page`].
+//! - [`paging`]: 4-level page tables, TLB gather [`arch/x86/mm`, `mm/mmu_gather.c`].
+//! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks [`mm/vma.c`, `mm/mmap_lock.c`].
+#![cfg_attr(target_os = "none", no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod errno;
+pub mod frame;
+pub mod paging;
+pub mod vma;
