@@ -9,6 +9,7 @@
 //! - [`errno`]: Linux error numbers for syscall-shaped entry points.
 //! - [`frame`]: buddy frame allocator and per-frame metadata [`mm/page_alloc.c`, `struct page`].
 //! - [`paging`]: 4-level page tables, TLB gather [`arch/x86/mm`, `mm/mmu_gather.c`].
+//! - [`sync`]: interrupt-safe spin lock.
 //! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks [`mm/vma.c`, `mm/mmap_lock.c`].
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -18,4 +19,5 @@ extern crate alloc;
 pub mod errno;
 pub mod frame;
 pub mod paging;
+pub mod sync;
 pub mod vma;
