@@ -18,6 +18,7 @@ pub struct IrqSpinLock<T: ?Sized> {
 pub struct IrqSpinLockGuard<'a, T: ?Sized> {
     // Field order matters: the lock is released before interrupts are restored.
     guard: spin::MutexGuard<'a, T>,
+    #[allow(dead_code)] // held only for its Drop, which restores interrupts
     irq: IrqState,
 }
 
