@@ -1,0 +1,454 @@
+//! The buddy allocator itself (Linux: `mm/page_alloc.c`, `zone->free_area[]`).
+//!
+//! Free blocks are kept on one intrusive doubly-linked list per order. The links are
+//! frame indices stored in the [`FrameMeta`] of each free block's head frame (Linux:
+//! `page->lru` on `free_area[order].free_list`), so the allocator never reads or writes
+//! the free memory itself, and alloc/free are O(1) per order visited.
+//!
+//! A free block is exactly a head frame with [`FrameFlags::BUDDY`] set and `order()` equal
+//! to its order; every other frame of the block has no allocator flag. An allocated block
+//! is a head frame with [`FrameFlags::HEAD`] and its order. That is all the state `free`
+//! needs to reject double and wrong-order frees and to find a mergeable buddy
+//! (Linux: `page_is_buddy()`).
+//!
+//! Lock order: the allocator lock is a leaf. Nothing is allocated, logged or locked while
+//! it is held, so it may be taken under any other lock, and from interrupt context.
+
+use core::mem::size_of;
+use core::ops::Range;
+use core::ptr::NonNull;
+
+use x86_64::PhysAddr;
+
+use super::meta::{FrameFlags, FrameMeta, NIL};
+use super::{FrameError, FrameStats, MAX_ORDER, NR_ORDERS, PAGE_SIZE};
+use crate::sync::IrqSpinLock;
+
+const PAGE_SHIFT: u32 = 12;
+
+/// Highest physical address x86_64 can express (52 bits).
+const MAX_PHYS: u64 = 1 << 52;
+
+/// Free lists, one per order (Linux: `struct free_area`).
+struct FreeAreas {
+    /// Index (into the metadata array) of the first free block of each order, or [`NIL`].
+    head: [u32; NR_ORDERS],
+    /// Free blocks of each order (Linux: `free_area[order].nr_free`).
+    nr_free: [u64; NR_ORDERS],
+}
+
+/// Physical frame allocator: a binary buddy allocator over all usable RAM plus the
+/// per-frame metadata array (Linux: the zone allocator in `mm/page_alloc.c` and
+/// `mem_map`, flat memory model).
+///
+/// The metadata array covers every frame from the lowest to the highest usable frame,
+/// holes included (holes are marked [`FrameFlags::RESERVED`] and never handed out), so a
+/// frame's metadata is found by subtracting the base frame number (Linux:
+/// `pfn_to_page()` under `FLATMEM`).
+pub struct FrameAllocator {
+    free: IrqSpinLock<FreeAreas>,
+    /// Start of the metadata array (lives in memory carved out of the usable ranges).
+    meta: NonNull<FrameMeta>,
+    /// Entries in the metadata array: frames `base_pfn..base_pfn + nr_meta`.
+    nr_meta: usize,
+    base_pfn: u64,
+    phys_offset: u64,
+    /// Usable frames (inside the given ranges), metadata frames included.
+    total_frames: u64,
+    /// Usable frames holding the metadata array.
+    reserved_frames: u64,
+}
+
+// SAFETY: the metadata array is made only of atomics and is valid for as long as the
+// allocator exists (contract of `new`); the free lists are behind the lock, and the links
+// inside the metadata are only written with that lock held.
+unsafe impl Sync for FrameAllocator {}
+// SAFETY: as for `Sync`; nothing in the allocator is tied to the creating CPU or thread.
+unsafe impl Send for FrameAllocator {}
+
+/// Frames fully inside a byte range: start rounded up, end rounded down.
+fn pfns_of(r: &Range<u64>) -> Range<u64> {
+    let start = r.start.div_ceil(PAGE_SIZE);
+    let end = r.end / PAGE_SIZE;
+    start..end.max(start)
+}
+
+fn clip(r: Range<u64>, to: &Range<u64>) -> Range<u64> {
+    let s = r.start.max(to.start);
+    let e = r.end.min(to.end);
+    s..e.max(s)
+}
+
+impl FrameAllocator {
+    /// Builds the allocator over `usable` (Linux: `memblock` handing memory to the buddy
+    /// allocator, `memmap_init()` + `memblock_free_all()`).
+    ///
+    /// `phys_offset`: virtual address at which all physical memory is mapped
+    /// (virt = phys + offset, Linux `__va`); must be page aligned.
+    /// `usable`: sorted, non-overlapping usable physical ranges (byte addresses, from the
+    /// boot memory map). Partial frames at range ends are ignored.
+    ///
+    /// Carves its metadata array out of usable memory itself (the top of the first range
+    /// large enough, like memblock's top-down allocation), marks those frames
+    /// [`FrameFlags::RESERVED`], zero-initialises the array through the offset mapping,
+    /// then frees every remaining usable frame into the buddy lists in the largest
+    /// aligned blocks possible (adjacent ranges merge).
+    ///
+    /// Errors: `OutOfMemory` if there is no usable frame or no range can hold the
+    /// metadata; `OutOfRange` if the ranges are unsorted or overlap, or reach past the
+    /// 52-bit physical address limit; `Misaligned` if `phys_offset` is not page aligned.
+    /// Memory beyond 2^32 - 1 frames (16 TiB) past the first usable frame is ignored.
+    ///
+    /// # Safety
+    /// The ranges are really unused RAM, mapped read-write at `phys_offset`, and stay
+    /// owned by this allocator for as long as it (or anything it handed out) is used,
+    /// i.e. `'static` in the kernel.
+    pub unsafe fn new(phys_offset: u64, usable: &[Range<u64>]) -> Result<Self, FrameError> {
+        if phys_offset % PAGE_SIZE != 0 {
+            return Err(FrameError::Misaligned);
+        }
+        // Pass 1: validate and find the span of frames to describe.
+        let mut span: Option<Range<u64>> = None;
+        for r in usable {
+            let p = pfns_of(r);
+            if p.is_empty() {
+                continue;
+            }
+            if p.end > MAX_PHYS / PAGE_SIZE {
+                return Err(FrameError::OutOfRange);
+            }
+            span = Some(match span {
+                None => p,
+                Some(s) if p.start >= s.end => s.start..p.end,
+                Some(_) => return Err(FrameError::OutOfRange),
+            });
+        }
+        let mut span = span.ok_or(FrameError::OutOfMemory)?;
+        // Indices must stay below NIL.
+        if span.end - span.start > NIL as u64 {
+            log::warn!(
+                "frame: ignoring memory above frame {:#x}",
+                span.start + NIL as u64
+            );
+            span.end = span.start + NIL as u64;
+        }
+        let nr_meta = (span.end - span.start) as usize;
+        let meta_frames = (nr_meta * size_of::<FrameMeta>()).div_ceil(PAGE_SIZE as usize) as u64;
+
+        // Pass 2: carve the metadata array from the top of the first range that fits.
+        let carve = usable
+            .iter()
+            .map(|r| clip(pfns_of(r), &span))
+            .find(|p| p.end - p.start >= meta_frames)
+            .map(|p| p.end - meta_frames..p.end)
+            .ok_or(FrameError::OutOfMemory)?;
+
+        let meta_va = (carve.start * PAGE_SIZE).wrapping_add(phys_offset) as *mut FrameMeta;
+        // SAFETY: `carve` lies inside a usable range, which the caller guarantees is
+        // unused RAM mapped read-write at `phys_offset`; the address is page aligned
+        // (page-aligned physical address plus page-aligned offset), so aligned for
+        // `FrameMeta`, and `meta_frames` frames hold `nr_meta` entries. All-zero bytes are
+        // a valid `FrameMeta`.
+        let meta = unsafe {
+            core::ptr::write_bytes(meta_va, 0, nr_meta);
+            NonNull::new(meta_va).ok_or(FrameError::OutOfRange)?
+        };
+
+        let this = Self {
+            free: IrqSpinLock::new(FreeAreas {
+                head: [NIL; NR_ORDERS],
+                nr_free: [0; NR_ORDERS],
+            }),
+            meta,
+            nr_meta,
+            base_pfn: span.start,
+            phys_offset,
+            total_frames: 0,
+            reserved_frames: meta_frames,
+        };
+        let metas = this.metas();
+
+        // Everything starts reserved: holes stay so, usable frames are released below.
+        for m in metas {
+            m.store_flags(FrameFlags::RESERVED);
+        }
+        let mut total = 0;
+        {
+            let mut areas = this.free.lock();
+            for r in usable {
+                let p = clip(pfns_of(r), &span);
+                total += p.end - p.start;
+                // The part of `p` below and above the carve-out.
+                for part in [
+                    p.start..p.end.min(carve.start),
+                    p.start.max(carve.end)..p.end,
+                ] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    for pfn in part.clone() {
+                        metas[(pfn - span.start) as usize].store_flags(FrameFlags::empty());
+                    }
+                    this.free_range(&mut areas, part);
+                }
+            }
+        }
+        Ok(Self {
+            total_frames: total,
+            ..this
+        })
+    }
+
+    /// The metadata array.
+    fn metas(&self) -> &[FrameMeta] {
+        // SAFETY: `meta` points to `nr_meta` initialised entries that live as long as the
+        // allocator (contract of `new`), and are only ever accessed through shared
+        // references (all fields are atomics).
+        unsafe { core::slice::from_raw_parts(self.meta.as_ptr(), self.nr_meta) }
+    }
+
+    fn pfn_to_idx(&self, pfn: u64) -> Option<usize> {
+        let idx = pfn.checked_sub(self.base_pfn)?;
+        (idx < self.nr_meta as u64).then_some(idx as usize)
+    }
+
+    fn idx_to_pa(&self, idx: usize) -> PhysAddr {
+        PhysAddr::new((self.base_pfn + idx as u64) << PAGE_SHIFT)
+    }
+
+    /// Frees `pfns` (all usable and owned by no one) in the largest aligned blocks
+    /// (Linux: `__free_pages_memory()`).
+    fn free_range(&self, areas: &mut FreeAreas, pfns: Range<u64>) {
+        let mut pfn = pfns.start;
+        while pfn < pfns.end {
+            let mut order = (pfn.trailing_zeros() as usize).min(MAX_ORDER);
+            while pfn + (1 << order) > pfns.end {
+                order -= 1;
+            }
+            self.free_block_locked(areas, pfn, order);
+            pfn += 1 << order;
+        }
+    }
+
+    /// Puts block `idx` of `order` at the head of its free list.
+    fn push(&self, areas: &mut FreeAreas, idx: usize, order: usize) {
+        let metas = self.metas();
+        let m = &metas[idx];
+        let first = areas.head[order];
+        m.next.store(first, core::sync::atomic::Ordering::Relaxed);
+        m.prev.store(NIL, core::sync::atomic::Ordering::Relaxed);
+        if first != NIL {
+            metas[first as usize]
+                .prev
+                .store(idx as u32, core::sync::atomic::Ordering::Relaxed);
+        }
+        areas.head[order] = idx as u32;
+        areas.nr_free[order] += 1;
+        m.set_order(order);
+        m.store_flags(FrameFlags::BUDDY);
+    }
+
+    /// Takes free block `idx` of `order` off its list (Linux: `del_page_from_free_list()`).
+    fn unlink(&self, areas: &mut FreeAreas, idx: usize, order: usize) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let metas = self.metas();
+        let m = &metas[idx];
+        let (next, prev) = (m.next.load(Relaxed), m.prev.load(Relaxed));
+        if prev == NIL {
+            areas.head[order] = next;
+        } else {
+            metas[prev as usize].next.store(next, Relaxed);
+        }
+        if next != NIL {
+            metas[next as usize].prev.store(prev, Relaxed);
+        }
+        areas.nr_free[order] -= 1;
+        m.store_flags(FrameFlags::empty());
+    }
+
+    /// Returns a block to the free lists, merging it with its buddy for as long as the
+    /// buddy is free and of the same order (Linux: `__free_one_page()`; the buddy of
+    /// `pfn` at `order` is `pfn ^ (1 << order)`, `__find_buddy_pfn()`).
+    fn free_block_locked(&self, areas: &mut FreeAreas, mut pfn: u64, mut order: usize) {
+        while order < MAX_ORDER {
+            let buddy = pfn ^ (1 << order);
+            let Some(bidx) = self.pfn_to_idx(buddy) else {
+                break;
+            };
+            let bm = &self.metas()[bidx];
+            // Linux: page_is_buddy(). Holes and metadata are RESERVED, never BUDDY, so
+            // merging never crosses them.
+            if !bm.flags().contains(FrameFlags::BUDDY) || bm.order() != order {
+                break;
+            }
+            self.unlink(areas, bidx, order);
+            pfn &= !(1 << order);
+            order += 1;
+        }
+        let idx = self
+            .pfn_to_idx(pfn)
+            .expect("merged block inside the metadata span");
+        self.push(areas, idx, order);
+    }
+
+    /// Allocates a block of `2^order` frames and returns its physical address, aligned to
+    /// its size (Linux: `alloc_pages()` -> `__rmqueue_smallest()` + `expand()` +
+    /// `prep_new_page()`).
+    ///
+    /// The head frame's metadata gets a reference count of 1, [`FrameFlags::HEAD`] and
+    /// the order; map and share counts start at 0. The contents are not cleared (see
+    /// [`alloc_zeroed`](Self::alloc_zeroed)).
+    pub fn alloc(&self, order: usize) -> Result<PhysAddr, FrameError> {
+        if order > MAX_ORDER {
+            return Err(FrameError::BadOrder);
+        }
+        let mut areas = self.free.lock();
+        let found = (order..NR_ORDERS)
+            .find(|&o| areas.head[o] != NIL)
+            .ok_or(FrameError::OutOfMemory)?;
+        let idx = areas.head[found] as usize;
+        self.unlink(&mut areas, idx, found);
+        // Linux: expand(). Hand the upper halves back, one block per order below `found`.
+        for o in (order..found).rev() {
+            self.push(&mut areas, idx + (1 << o), o);
+        }
+        self.metas()[idx].prep_allocated(order);
+        drop(areas);
+        Ok(self.idx_to_pa(idx))
+    }
+
+    /// Like [`alloc`](Self::alloc), with the whole block cleared (Linux: `__GFP_ZERO`,
+    /// `kernel_init_pages()`).
+    pub fn alloc_zeroed(&self, order: usize) -> Result<PhysAddr, FrameError> {
+        let pa = self.alloc(order)?;
+        // SAFETY: the block was just allocated, so nobody else uses it; it is RAM mapped
+        // read-write at `phys_offset` (contract of `new`) and `PAGE_SIZE << order` long.
+        unsafe { core::ptr::write_bytes(self.phys_to_virt(pa), 0, (PAGE_SIZE << order) as usize) };
+        Ok(pa)
+    }
+
+    /// Checks that `pa` is aligned to `PAGE_SIZE << order` and described by the metadata;
+    /// returns its index.
+    fn check(&self, pa: PhysAddr, order: usize) -> Result<usize, FrameError> {
+        if order > MAX_ORDER {
+            return Err(FrameError::BadOrder);
+        }
+        if pa.as_u64() % (PAGE_SIZE << order) != 0 {
+            return Err(FrameError::Misaligned);
+        }
+        self.pfn_to_idx(pa.as_u64() >> PAGE_SHIFT)
+            .ok_or(FrameError::OutOfRange)
+    }
+
+    /// Frees the block at `idx` if it is allocated and (when given) of `expected` order.
+    fn free_checked(&self, idx: usize, expected: Option<usize>) -> Result<(), FrameError> {
+        let m = &self.metas()[idx];
+        let mut areas = self.free.lock();
+        // Re-checked under the lock so that two racing frees cannot both succeed.
+        let f = m.flags();
+        if !f.contains(FrameFlags::HEAD) || f.contains(FrameFlags::BUDDY) {
+            return Err(FrameError::NotAllocated);
+        }
+        let order = m.order();
+        if expected.is_some_and(|e| e != order) {
+            return Err(FrameError::WrongOrder);
+        }
+        m.reset_freed();
+        self.free_block_locked(&mut areas, self.base_pfn + idx as u64, order);
+        Ok(())
+    }
+
+    /// Frees the block at `pa` of `order` outright (Linux: `__free_pages()` by the sole
+    /// owner).
+    ///
+    /// The caller must hold the only reference; for shared frames use
+    /// [`put_frame`](Self::put_frame). Checks, in this order: `BadOrder` (order above
+    /// [`MAX_ORDER`]), `Misaligned` (`pa` not aligned to the block size), `OutOfRange`
+    /// (not a frame this allocator describes), `NotAllocated` (not the head of an
+    /// allocated block: double free, a tail frame, a reserved frame), `WrongOrder` (the
+    /// block was allocated with another order). A rejected free changes nothing.
+    pub fn free(&self, pa: PhysAddr, order: usize) -> Result<(), FrameError> {
+        let idx = self.check(pa, order)?;
+        let m = &self.metas()[idx];
+        // Linux: free_page_is_bad(). Diagnostic only (racy by nature), hence outside the
+        // lock, which must not be held while logging.
+        if m.flags().contains(FrameFlags::HEAD) && (m.refcount() > 1 || m.mapcount() != 0) {
+            log::warn!(
+                "frame: freeing {:#x} with refcount {} mapcount {}",
+                pa.as_u64(),
+                m.refcount(),
+                m.mapcount()
+            );
+        }
+        self.free_checked(idx, Some(order))
+    }
+
+    /// Drops one reference on the block headed by `pa`; when it was the last one, frees
+    /// the block with its recorded order and returns `Ok(true)` (Linux: `put_page()` ->
+    /// `__folio_put()`).
+    ///
+    /// `pa` must be the head (the address [`alloc`](Self::alloc) returned): `Misaligned`
+    /// if not page aligned, `OutOfRange` if unknown, `NotAllocated` if not an allocated
+    /// head or its count is already 0.
+    pub fn put_frame(&self, pa: PhysAddr) -> Result<bool, FrameError> {
+        let idx = self.check(pa, 0)?;
+        let m = &self.metas()[idx];
+        if !m.flags().contains(FrameFlags::HEAD) {
+            return Err(FrameError::NotAllocated);
+        }
+        match m.try_put() {
+            None => Err(FrameError::NotAllocated),
+            Some(false) => Ok(false),
+            Some(true) => self.free_checked(idx, None).map(|()| true),
+        }
+    }
+
+    /// Metadata of the frame containing `pa`, if this allocator describes it (Linux:
+    /// `phys_to_page()`/`pfn_to_page()`; holes have metadata too, marked `RESERVED`).
+    pub fn meta(&self, pa: PhysAddr) -> Option<&FrameMeta> {
+        self.pfn_to_idx(pa.as_u64() >> PAGE_SHIFT)
+            .map(|i| &self.metas()[i])
+    }
+
+    /// Virtual address of physical address `pa` in the offset mapping (Linux: `__va()`).
+    pub fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+        pa.as_u64().wrapping_add(self.phys_offset) as *mut u8
+    }
+
+    /// Physical address behind `va`, which must lie in the offset mapping (Linux: `__pa()`).
+    pub fn virt_to_phys(&self, va: *const u8) -> PhysAddr {
+        PhysAddr::new((va as u64).wrapping_sub(self.phys_offset))
+    }
+
+    /// The offset of the physical memory mapping (virt = phys + offset).
+    pub fn phys_offset(&self) -> u64 {
+        self.phys_offset
+    }
+
+    /// Physical addresses described by the metadata array, holes included.
+    pub fn phys_span(&self) -> Range<PhysAddr> {
+        self.idx_to_pa(0)..PhysAddr::new((self.base_pfn + self.nr_meta as u64) << PAGE_SHIFT)
+    }
+
+    /// A snapshot of the counters (Linux: `/proc/buddyinfo`, `/proc/meminfo`).
+    pub fn stats(&self) -> FrameStats {
+        let free_per_order = self.free.lock().nr_free;
+        let free_frames = free_per_order
+            .iter()
+            .enumerate()
+            .map(|(o, &n)| n << o)
+            .sum();
+        FrameStats {
+            free_per_order,
+            total_frames: self.total_frames,
+            free_frames,
+            reserved_frames: self.reserved_frames,
+        }
+    }
+
+    /// Frames currently handed out: total minus free minus reserved.
+    pub fn allocated_frames(&self) -> u64 {
+        let s = self.stats();
+        s.total_frames - s.free_frames - s.reserved_frames
+    }
+}
