@@ -452,3 +452,72 @@ impl FrameAllocator {
         s.total_frames - s.free_frames - s.reserved_frames
     }
 }
+
+#[cfg(test)]
+impl FrameAllocator {
+    /// Walks every free list and the whole metadata array and panics on any broken
+    /// invariant: list links, flags and orders of free blocks, per-order counts, frames
+    /// inside free blocks carrying allocator flags, and buddies left unmerged.
+    pub(super) fn check_invariants(&self) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let metas = self.metas();
+        let areas = self.free.lock();
+        // For every frame: Some(head index) if it lies inside a free block.
+        let mut in_free = std::vec![None::<usize>; self.nr_meta];
+        for order in 0..NR_ORDERS {
+            let mut count = 0;
+            let mut prev = NIL;
+            let mut cur = areas.head[order];
+            while cur != NIL {
+                let idx = cur as usize;
+                let m = &metas[idx];
+                assert_eq!(m.prev.load(Relaxed), prev, "prev link of free block {idx}");
+                assert_eq!(m.flags(), FrameFlags::BUDDY, "flags of free block {idx}");
+                assert_eq!(m.order(), order, "order of free block {idx}");
+                let pfn = self.base_pfn + idx as u64;
+                assert_eq!(pfn % (1 << order), 0, "free block {idx} misaligned");
+                assert!(
+                    idx + (1 << order) <= self.nr_meta,
+                    "free block {idx} past the end"
+                );
+                for (i, slot) in in_free[idx..idx + (1 << order)].iter_mut().enumerate() {
+                    assert!(slot.is_none(), "frame {} in two free blocks", idx + i);
+                    *slot = Some(idx);
+                }
+                count += 1;
+                assert!(count <= self.nr_meta as u64, "cycle in free list {order}");
+                prev = cur;
+                cur = m.next.load(Relaxed);
+            }
+            assert_eq!(count, areas.nr_free[order], "nr_free[{order}]");
+        }
+        for (idx, m) in metas.iter().enumerate() {
+            let f = m.flags();
+            match in_free[idx] {
+                Some(h) if h == idx => {
+                    // A free block whose buddy is also free with the same order should
+                    // have been merged.
+                    let order = m.order();
+                    if order < MAX_ORDER {
+                        let buddy = (self.base_pfn + idx as u64) ^ (1 << order);
+                        if let Some(b) = self.pfn_to_idx(buddy) {
+                            let bm = &metas[b];
+                            assert!(
+                                !(in_free[b] == Some(b) && bm.order() == order),
+                                "free buddies {idx} and {b} of order {order} not merged"
+                            );
+                        }
+                    }
+                }
+                Some(_) => assert!(
+                    !f.intersects(FrameFlags::ALLOCATOR_OWNED),
+                    "frame {idx} inside a free block has flags {f:?}"
+                ),
+                None => assert!(!f.contains(FrameFlags::BUDDY), "stray BUDDY on frame {idx}"),
+            }
+            if f.contains(FrameFlags::HEAD) {
+                assert!(m.refcount() > 0, "allocated head {idx} with refcount 0");
+            }
+        }
+    }
+}
