@@ -104,7 +104,7 @@ impl FrameAllocator {
     /// owned by this allocator for as long as it (or anything it handed out) is used,
     /// i.e. `'static` in the kernel.
     pub unsafe fn new(phys_offset: u64, usable: &[Range<u64>]) -> Result<Self, FrameError> {
-        if phys_offset % PAGE_SIZE != 0 {
+        if !phys_offset.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::Misaligned);
         }
         // Pass 1: validate and find the span of frames to describe.
@@ -333,7 +333,7 @@ impl FrameAllocator {
         if order > MAX_ORDER {
             return Err(FrameError::BadOrder);
         }
-        if pa.as_u64() % (PAGE_SIZE << order) != 0 {
+        if !pa.as_u64().is_multiple_of(PAGE_SIZE << order) {
             return Err(FrameError::Misaligned);
         }
         self.pfn_to_idx(pa.as_u64() >> PAGE_SHIFT)

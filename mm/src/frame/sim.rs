@@ -54,7 +54,7 @@ impl SimulatedMemory {
     /// array (a few pages): this is test scaffolding.
     pub fn new(bytes: usize) -> Self {
         let len = bytes.next_multiple_of(PAGE_SIZE as usize) as u64;
-        Self::with_ranges(len as usize, &[0..len])
+        Self::with_ranges(len as usize, core::slice::from_ref(&(0..len)))
     }
 
     /// `bytes` of simulated RAM of which only `usable_offsets` (byte offsets into the

@@ -1,5 +1,8 @@
 //! Host tests of the frame allocator, over [`SimulatedMemory`].
 
+// One-element arrays of ranges are exactly what `FrameAllocator::new` takes.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
@@ -232,7 +235,7 @@ fn exhaustion_and_recovery() {
     // Fragmented: every other frame free, yet no order-1 block.
     let (keep, back): (Vec<_>, Vec<_>) = got
         .drain(..)
-        .partition(|p| (p.as_u64() / PAGE_SIZE) % 2 == 0);
+        .partition(|p| (p.as_u64() / PAGE_SIZE).is_multiple_of(2));
     for &p in &back {
         fa.free(p, 0).unwrap();
     }
@@ -270,6 +273,24 @@ fn double_free_rejected() {
     assert_eq!(fa.free(q, 0), Err(FrameError::NotAllocated));
     assert_eq!(fa.stats(), initial);
     fa.check_invariants();
+
+    // Double free of a block that has since merged into its buddy's block (so it is
+    // no longer a free-list head).
+    let a = fa.alloc(0).unwrap();
+    let b = fa.alloc(0).unwrap();
+    let (even, odd) = if a < b { (a, b) } else { (b, a) };
+    assert_eq!(odd - even, PAGE_SIZE);
+    assert_eq!(
+        even.as_u64() % (2 * PAGE_SIZE),
+        0,
+        "split hands out buddies"
+    );
+    fa.free(odd, 0).unwrap();
+    fa.free(even, 0).unwrap();
+    assert_eq!(fa.free(odd, 0), Err(FrameError::NotAllocated));
+    assert_eq!(fa.free(even, 0), Err(FrameError::NotAllocated));
+    assert_eq!(fa.stats(), initial);
+    fa.check_invariants();
 }
 
 #[test]
@@ -292,7 +313,7 @@ fn wrong_order_and_tail_frees_rejected() {
     // A larger order, aligned: still the wrong order.
     let q = fa.alloc(0).unwrap();
     let r = fa.alloc(0).unwrap();
-    let even = if q.as_u64() % (2 * PAGE_SIZE) == 0 {
+    let even = if q.as_u64().is_multiple_of(2 * PAGE_SIZE) {
         q
     } else {
         r
@@ -571,6 +592,14 @@ fn max_order_block() {
     assert_eq!(fa.free(p, MAX_ORDER - 1), Err(FrameError::WrongOrder));
     fa.free(p, MAX_ORDER).unwrap();
     assert_eq!(fa.stats().free_per_order[MAX_ORDER], 1);
+    // Two order-17 halves coalesce all the way up to MAX_ORDER again.
+    let a = fa.alloc(MAX_ORDER - 1).unwrap();
+    let b = fa.alloc(MAX_ORDER - 1).unwrap();
+    assert_eq!(fa.stats().free_per_order[MAX_ORDER], 0);
+    fa.free(b, MAX_ORDER - 1).unwrap();
+    fa.free(a, MAX_ORDER - 1).unwrap();
+    assert_eq!(fa.stats().free_per_order[MAX_ORDER], 1);
+    assert_eq!(fa.stats().free_per_order[MAX_ORDER - 1], 0);
 }
 
 #[test]
