@@ -1,1 +1,103 @@
+//! The kernel library: bring-up, the memory manager's hardware side, and the
+//! in-kernel test harness shared by every test kernel.
+//!
+//! Boot order ([`init`]): serial console and logger, GDT/TSS, IDT, paging features
+//! (NXE, WP), TSC calibration, the frame allocator from the boot memory map, the
+//! heap. Everything after that may allocate.
 #![no_std]
+#![cfg_attr(test, no_main)]
+#![feature(custom_test_frameworks, abi_x86_interrupt)]
+#![test_runner(crate::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod fault;
+pub mod heap;
+pub mod logger;
+pub mod memory;
+pub mod serial;
+pub mod testing;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::BootInfo;
+
+/// How the bootloader must lay out the kernel's virtual memory.
+///
+/// Everything the bootloader maps dynamically (kernel image, stack, boot info,
+/// the direct map of physical memory) goes into the upper half, so the lower half
+/// is free for user address spaces.
+pub const BOOT_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.mappings.dynamic_range_start = Some(0xffff_8000_0000_0000);
+    config.kernel_stack_size = 1024 * 1024;
+    config
+};
+
+/// Brings the machine up. `quiet` keeps the log to warnings (test and bench kernels).
+pub fn init(boot_info: &'static mut BootInfo, quiet: bool) {
+    serial::init();
+    logger::init(logger::default_level(quiet));
+    arch::gdt::init();
+    arch::idt::init();
+    arch::cpu::enable_paging_features();
+    let hz = arch::tsc::calibrate();
+    log::info!("TSC: {} MHz", hz / 1_000_000);
+    let phys_offset = boot_info
+        .physical_memory_offset
+        .into_option()
+        .expect("bootloader did not map physical memory (BOOT_CONFIG asks it to)");
+    let map = memory::init(&boot_info.memory_regions, phys_offset);
+    log::info!(
+        "memory map: {} regions, {} MiB usable, {} KiB bootloader, {} MiB reserved, top {:#x}",
+        map.regions,
+        map.usable_bytes >> 20,
+        map.bootloader_bytes >> 10,
+        map.reserved_bytes >> 20,
+        map.max_phys
+    );
+    heap::init();
+}
+
+/// Halts the CPU forever (waking only to halt again).
+pub fn hlt_loop() -> ! {
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
+
+#[cfg(test)]
+bootloader_api::entry_point!(test_kernel_main, config = &BOOT_CONFIG);
+
+#[cfg(test)]
+fn test_kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    init(boot_info, true);
+    test_main();
+    hlt_loop()
+}
+
+#[cfg(test)]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    testing::on_panic(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::boxed::Box;
+    use alloc::vec::Vec;
+
+    #[test_case]
+    fn heap_box_and_vec() {
+        let b = Box::new(41u64);
+        let mut v = Vec::new();
+        for i in 0..1000u64 {
+            v.push(i);
+        }
+        assert_eq!(*b + 1, 42);
+        assert_eq!(v.iter().sum::<u64>(), 999 * 1000 / 2);
+    }
+}

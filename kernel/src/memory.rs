@@ -1,0 +1,98 @@
+//! Physical memory at boot: the memory map, the global frame allocator and the
+//! counters the test harness checks for leaks.
+//!
+//! The bootloader maps all of physical memory at `physical_memory_offset` in the
+//! upper half (Linux's direct map, `__va`); the frame allocator reaches every frame
+//! and every page-table page through it.
+
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use mm::frame::{FrameAllocator, FrameStats};
+use spin::Once;
+
+/// Physical memory below 1 MiB is left alone, as Linux reserves it on x86: it
+/// holds the real-mode IVT, BIOS data, EBDA and option ROM shadows.
+const LOW_MEMORY_RESERVED: u64 = 0x10_0000;
+
+/// Most usable ranges a boot memory map may list that we keep.
+const MAX_RANGES: usize = 64;
+
+static FRAMES: Once<FrameAllocator> = Once::new();
+
+/// A summary of the boot memory map, for the boot log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryMapSummary {
+    /// Regions in the map.
+    pub regions: usize,
+    /// Bytes of usable RAM handed to the frame allocator.
+    pub usable_bytes: u64,
+    /// Bytes the bootloader used (kernel image, its page tables, boot info).
+    pub bootloader_bytes: u64,
+    /// Bytes firmware reserved or that are not RAM.
+    pub reserved_bytes: u64,
+    /// Highest physical address of any region.
+    pub max_phys: u64,
+}
+
+/// The global frame allocator (Linux: the zone's buddy allocator).
+///
+/// # Panics
+/// Before [`init`]: there is no memory manager without it.
+pub fn frames() -> &'static FrameAllocator {
+    FRAMES.get().expect("frame allocator used before memory::init")
+}
+
+/// Builds the frame allocator from the boot memory map. Returns the map summary.
+pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
+    let mut summary = MemoryMapSummary { regions: regions.len(), ..Default::default() };
+    let mut usable = [const { 0u64..0u64 }; MAX_RANGES];
+    let mut n = 0;
+    for r in regions.iter() {
+        let len = r.end - r.start;
+        summary.max_phys = summary.max_phys.max(r.end);
+        match r.kind {
+            MemoryRegionKind::Usable => {
+                let start = r.start.max(LOW_MEMORY_RESERVED);
+                if start >= r.end {
+                    continue;
+                }
+                summary.usable_bytes += r.end - start;
+                // The map is sorted; merge touching regions so big buddy blocks form.
+                if n > 0 && usable[n - 1].end == start {
+                    usable[n - 1].end = r.end;
+                } else if n < MAX_RANGES {
+                    usable[n] = start..r.end;
+                    n += 1;
+                } else {
+                    log::warn!("memory map: more than {MAX_RANGES} usable ranges; ignoring {:#x}..{:#x}", start, r.end);
+                }
+            }
+            MemoryRegionKind::Bootloader => summary.bootloader_bytes += len,
+            _ => summary.reserved_bytes += len,
+        }
+    }
+    // SAFETY: the ranges are RAM the bootloader reports as usable (not holding the
+    // kernel, its stack, page tables or boot info), all mapped at `phys_offset`; the
+    // allocator owns them for the rest of the kernel's life.
+    let alloc = unsafe { FrameAllocator::new(phys_offset, &usable[..n]) }
+        .expect("cannot build the frame allocator from the boot memory map");
+    FRAMES.call_once(|| alloc);
+    summary
+}
+
+/// What the memory manager currently holds, for the harness's leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Frames allocated for anything but the kernel heap (which never shrinks).
+    pub frames: u64,
+}
+
+/// The current [`Usage`].
+pub fn usage() -> Usage {
+    let allocated = FRAMES.get().map_or(0, |f| f.allocated_frames());
+    Usage { frames: allocated - crate::heap::frames() }
+}
+
+/// Frame allocator statistics.
+pub fn stats() -> FrameStats {
+    frames().stats()
+}
