@@ -25,9 +25,12 @@ ensure_toolchain() {
   command -v rustup >/dev/null || die "rustup not found: install it from your distribution or rustup.rs"
   local have
   have="$(rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null || true)"
-  if ! grep -q '^rust-src' <<<"$have" || ! grep -q '^llvm-tools' <<<"$have"; then
-    log "installing toolchain $TOOLCHAIN with rust-src and llvm-tools-preview"
-    rustup toolchain install "$TOOLCHAIN" --profile minimal --component rust-src --component llvm-tools-preview >&2
+  local c missing=0
+  for c in rust-src llvm-tools rustfmt clippy; do grep -q "^$c" <<<"$have" || missing=1; done
+  if [ "$missing" = 1 ]; then
+    log "installing toolchain $TOOLCHAIN with rust-src, llvm-tools-preview, rustfmt, clippy"
+    rustup toolchain install "$TOOLCHAIN" --profile minimal \
+      --component rust-src --component llvm-tools-preview --component rustfmt --component clippy >&2
   fi
 }
 

@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod bench;
 pub mod fault;
 pub mod heap;
 pub mod logger;
