@@ -1,0 +1,615 @@
+//! Walking and changing the user half: walk, translate, map, unmap, protect, and the
+//! accessed/dirty bits (Linux: `follow_page`/`walk_page_range`, `vm_insert_page`,
+//! `remap_pfn_range`, `zap_page_range`, `change_protection`, `ptep_test_and_clear_young`).
+//!
+//! Every mutating operation first checks the whole range without changing anything, then
+//! allocates what it needs, and only then mutates, so a failure leaves the tables exactly
+//! as they were (the "preallocate, then commit" rule).
+
+use core::ops::Range;
+
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::entry::{ADDR_MASK, ENTRIES, Kind, PTE_PROTNONE, Pte, Table, leaf_pte, visible_flags};
+use super::tlb::MmuGather;
+use super::{
+    LEAF_FLAGS, Level, MapError, PTE_ACCOUNTED, PageSize, PageTableEntry, PageTableFlags as F,
+    PageTableRoot, TABLE_FLAGS, USER_END,
+};
+use crate::frame::{FrameAllocator, FrameFlags};
+
+/// Where a walk stopped (Linux: the level `follow_page_mask`/`walk_page_range` reports).
+#[derive(Debug, Clone)]
+pub struct WalkResult {
+    /// Level of the table holding `entry`.
+    pub level: Level,
+    /// Physical address of that table.
+    pub table: PhysAddr,
+    /// Index of the entry in it.
+    pub index: usize,
+    /// The entry: unused, a leaf (4K at `Pt`, huge at `Pd`/`Pdpt`), or a PROT_NONE leaf.
+    pub entry: PageTableEntry,
+}
+
+/// A mapped page as [`PageTableRoot::translate`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// Physical address of the byte at the virtual address asked for.
+    pub phys: PhysAddr,
+    /// Physical address of the start of the page.
+    pub frame: PhysAddr,
+    /// Page size.
+    pub size: PageSize,
+    /// Leaf flags as mapped, plus `ACCESSED`/`DIRTY` as the CPU set them. `PRESENT` is
+    /// clear for a PROT_NONE mapping. Never `HUGE_PAGE` or the software bits.
+    pub flags: F,
+}
+
+/// Bits `protect` keeps from the old entry (Linux: `_PAGE_CHG_MASK`).
+const PROTECT_KEEP: u64 =
+    ADDR_MASK | F::HUGE_PAGE.bits() | PTE_ACCOUNTED.bits() | F::ACCESSED.bits() | F::DIRTY.bits();
+
+fn align_up(x: u64, a: u64) -> u64 {
+    (x + a - 1) & !(a - 1)
+}
+
+fn align_down(x: u64, a: u64) -> u64 {
+    x & !(a - 1)
+}
+
+/// Validates a user range aligned to `align`; returns it as integers.
+fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u64), MapError> {
+    let (s, e) = (range.start.as_u64(), range.end.as_u64());
+    if s > e {
+        return Err(MapError::InvalidRange);
+    }
+    if s % align != 0 || e % align != 0 {
+        return Err(MapError::Misaligned);
+    }
+    if e > USER_END {
+        return Err(MapError::OutOfRange);
+    }
+    Ok((s, e))
+}
+
+fn check_flags(flags: F) -> Result<(), MapError> {
+    if LEAF_FLAGS.contains(flags) {
+        Ok(())
+    } else {
+        Err(MapError::InvalidFlags)
+    }
+}
+
+/// Number of tables at `level` (each spanning 512 entries) needed to cover `a..b`.
+fn tables_covering(level: Level, a: u64, b: u64) -> usize {
+    let span = level.entry_span() * ENTRIES as u64;
+    ((align_up(b, span) - align_down(a, span)) / span) as usize
+}
+
+/// Page-table pages allocated up front for one map, linked through their first entry so
+/// that holding any number of them needs no heap (Linux: the preallocated `pte_alloc`
+/// pages of `__pte_alloc`, here for the whole range at once).
+struct Stash {
+    alloc: &'static FrameAllocator,
+    head: Option<Table>,
+}
+
+impl Stash {
+    fn fill(alloc: &'static FrameAllocator, n: usize) -> Result<Self, MapError> {
+        let mut s = Stash { alloc, head: None };
+        for _ in 0..n {
+            // On failure `s` drops and frees what it holds: nothing changed.
+            let t = Table::alloc(alloc)?;
+            if let Some(h) = s.head {
+                t.store(0, Pte(h.pa().as_u64()));
+            }
+            s.head = Some(t);
+        }
+        Ok(s)
+    }
+
+    fn pop(&mut self) -> Result<Table, MapError> {
+        match self.head {
+            Some(t) => {
+                let next = t.load(0).0;
+                self.head = if next == 0 {
+                    None
+                } else {
+                    // SAFETY: `next` is a stash page we allocated and still own.
+                    Some(unsafe { Table::from_phys(self.alloc, PhysAddr::new(next)) })
+                };
+                t.store(0, Pte(0));
+                Ok(t)
+            }
+            None => {
+                // The plan counted too few tables: a bug, but allocate rather than panic.
+                debug_assert!(false, "paging: map plan undercounted tables");
+                Ok(Table::alloc(self.alloc)?)
+            }
+        }
+    }
+}
+
+impl Drop for Stash {
+    fn drop(&mut self) {
+        while let Some(t) = self.head {
+            let next = t.load(0).0;
+            t.store(0, Pte(0));
+            t.free();
+            self.head = if next == 0 {
+                None
+            } else {
+                // SAFETY: as in `pop`.
+                Some(unsafe { Table::from_phys(self.alloc, PhysAddr::new(next)) })
+            };
+        }
+    }
+}
+
+impl PageTableRoot {
+    /// Descends from the PML4 towards `va` while entries point at tables, stopping at the
+    /// first unused or leaf entry (Linux: `follow_page_mask`'s level-by-level walk).
+    pub fn walk(&self, va: VirtAddr) -> WalkResult {
+        let va = va.as_u64();
+        let mut table = self.root_table();
+        let mut level = Level::Pml4;
+        loop {
+            let index = level.index(va);
+            let e = table.load(index);
+            match (e.kind(level), level.lower()) {
+                (Kind::Table(pa), Some(lower)) => {
+                    // SAFETY: read from a present non-leaf entry; `&self` keeps the tables
+                    // linked for the duration of the walk.
+                    table = unsafe { table.child(pa) };
+                    level = lower;
+                }
+                _ => {
+                    return WalkResult {
+                        level,
+                        table: table.pa(),
+                        index,
+                        entry: e.to_entry(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The mapping of `va`, if any (Linux: `follow_page`/`walk_page_range` to the leaf).
+    /// PROT_NONE mappings are reported too, with `PRESENT` clear in `flags`.
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        let w = self.walk(va);
+        let e = Pte(w.entry.addr().as_u64() | w.entry.flags().bits());
+        match e.kind(w.level) {
+            Kind::Leaf(size) => {
+                let frame = align_down(e.addr().as_u64(), size.bytes());
+                Some(Translation {
+                    phys: PhysAddr::new(frame + (va.as_u64() & (size.bytes() - 1))),
+                    frame: PhysAddr::new(frame),
+                    size,
+                    flags: visible_flags(e),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Leaf table and index for `va`, if the tables down to `size`'s level exist.
+    fn leaf_slot(&self, va: u64, size: PageSize) -> Option<(Table, usize)> {
+        let mut table = self.root_table();
+        let mut level = Level::Pml4;
+        while level != size.level() {
+            match table.load(level.index(va)).kind(level) {
+                // SAFETY: present non-leaf entry, kept linked by `&self`.
+                Kind::Table(pa) => table = unsafe { table.child(pa) },
+                _ => return None,
+            }
+            level = level.lower()?;
+        }
+        Some((table, level.index(va)))
+    }
+
+    /// The leaf mapping `va` (any size): its table, index and size.
+    fn find_leaf(&self, va: u64) -> Option<(Table, usize, PageSize)> {
+        let w = self.walk(VirtAddr::new_truncate(va));
+        let e = Pte(w.entry.addr().as_u64() | w.entry.flags().bits());
+        match e.kind(w.level) {
+            Kind::Leaf(size) => {
+                // SAFETY: `w.table` is a table reached by the walk, linked under `&self`.
+                let t = unsafe { Table::from_phys(self.allocator(), w.table) };
+                Some((t, w.index, size))
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks that `start..end` can take leaves of `size`, and counts the table pages
+    /// that must be allocated.
+    fn plan_map(&self, start: u64, end: u64, size: PageSize) -> Result<usize, MapError> {
+        let leaf_level = size.level();
+        let mut need = 0;
+        let mut va = start;
+        'pages: while va < end {
+            let mut table = self.root_table();
+            let mut level = Level::Pml4;
+            loop {
+                let kind = table.load(level.index(va)).kind(level);
+                if level == leaf_level {
+                    if kind != Kind::Empty {
+                        return Err(MapError::AlreadyMapped);
+                    }
+                    va += size.bytes();
+                    continue 'pages;
+                }
+                match kind {
+                    Kind::Leaf(_) => return Err(MapError::AlreadyMapped),
+                    Kind::Table(pa) => {
+                        // SAFETY: present non-leaf entry, kept linked by `&self`.
+                        let child = unsafe { table.child(pa) };
+                        let lower = level.lower().ok_or(MapError::AlreadyMapped)?;
+                        // Only huge leaves may be added to a shared PD table: a PT under
+                        // it would be owned by nobody in particular.
+                        if lower == Level::Pd && leaf_level < Level::Pd && child.share_count() > 0 {
+                            return Err(MapError::SharedTable);
+                        }
+                        table = child;
+                        level = lower;
+                    }
+                    Kind::Empty => {
+                        // Everything under this entry is new: count it in one go.
+                        let span = level.entry_span();
+                        let region_end = (align_down(va, span) + span).min(end);
+                        let mut l = level.lower().ok_or(MapError::AlreadyMapped)?;
+                        loop {
+                            need += tables_covering(l, va, region_end);
+                            if l == leaf_level {
+                                break;
+                            }
+                            l = l.lower().ok_or(MapError::AlreadyMapped)?;
+                        }
+                        va = region_end;
+                        continue 'pages;
+                    }
+                }
+            }
+        }
+        Ok(need)
+    }
+
+    /// Installs one leaf; tables in the way come from `stash`. The range was planned.
+    fn install(
+        &self,
+        va: u64,
+        leaf: Pte,
+        size: PageSize,
+        stash: &mut Stash,
+    ) -> Result<(), MapError> {
+        let mut table = self.root_table();
+        let mut level = Level::Pml4;
+        while level != size.level() {
+            let i = level.index(va);
+            table = match table.load(i).kind(level) {
+                // SAFETY: present non-leaf entry, kept linked by `&mut self`.
+                Kind::Table(pa) => unsafe { table.child(pa) },
+                Kind::Empty => {
+                    let t = stash.pop()?;
+                    table.store(i, Pte(t.pa().as_u64() | TABLE_FLAGS.bits()));
+                    t
+                }
+                Kind::Leaf(_) => return Err(MapError::AlreadyMapped),
+            };
+            level = level.lower().ok_or(MapError::AlreadyMapped)?;
+        }
+        table.store(level.index(va), leaf);
+        Ok(())
+    }
+
+    /// Maps `range` to the physically contiguous memory at `phys` with leaves of `size`
+    /// (Linux: `remap_pfn_range` for unaccounted memory, `vm_insert_pages` for allocated
+    /// frames; see the module docs for accounting).
+    ///
+    /// `range`, `phys` must be `size`-aligned and the range inside the user half; `flags`
+    /// within [`LEAF_FLAGS`] (no `PRESENT` = PROT_NONE). Nothing may be mapped in the
+    /// range yet (`AlreadyMapped`; no silent replacement). Intermediate entries get
+    /// [`TABLE_FLAGS`]. On any error, including `OutOfMemory`, nothing has changed.
+    pub fn map(
+        &mut self,
+        range: Range<VirtAddr>,
+        phys: PhysAddr,
+        size: PageSize,
+        flags: F,
+    ) -> Result<(), MapError> {
+        let (start, end) = user_range(&range, size.bytes())?;
+        check_flags(flags)?;
+        if phys.as_u64() % size.bytes() != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let len = end - start;
+        if phys.as_u64().checked_add(len).is_none_or(|e| e > 1 << 52) {
+            return Err(MapError::InvalidRange);
+        }
+        let need = self.plan_map(start, end, size)?;
+        let mut stash = Stash::fill(self.allocator(), need)?;
+        let alloc = self.allocator();
+        let mut off = 0;
+        while off < len {
+            let pa = PhysAddr::new(phys.as_u64() + off);
+            // Accounted iff the page starts an allocated block someone holds.
+            let accounted = match alloc.meta(pa) {
+                Some(m) if m.flags().contains(FrameFlags::HEAD) && m.refcount() > 0 => {
+                    m.get();
+                    m.inc_mapcount();
+                    true
+                }
+                _ => false,
+            };
+            self.install(
+                start + off,
+                leaf_pte(pa, size, flags, accounted),
+                size,
+                &mut stash,
+            )?;
+            off += size.bytes();
+        }
+        Ok(())
+    }
+
+    /// Maps one page of `size` at `va` backed by the allocated block at `pa`, whose order
+    /// must equal `size`'s. Takes over one reference the caller holds (normally the one
+    /// `alloc` returned) and adds one map count; `unmap` (or dropping the space) gives
+    /// both back (Linux: `do_anonymous_page` -> `set_pte_at` + `folio_add_new_anon_rmap`).
+    /// On error the caller keeps its reference.
+    pub fn map_frame(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: PageSize,
+        flags: F,
+    ) -> Result<(), MapError> {
+        let end = va
+            .as_u64()
+            .checked_add(size.bytes())
+            .ok_or(MapError::OutOfRange)?;
+        let (start, end) = user_range(&(va..VirtAddr::new_truncate(end)), size.bytes())?;
+        check_flags(flags)?;
+        if pa.as_u64() % size.bytes() != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let alloc = self.allocator();
+        let m = alloc.meta(pa).ok_or(MapError::NotAllocated)?;
+        if !m.flags().contains(FrameFlags::HEAD) || m.refcount() == 0 || m.order() != size.order() {
+            return Err(MapError::NotAllocated);
+        }
+        let need = self.plan_map(start, end, size)?;
+        let mut stash = Stash::fill(alloc, need)?;
+        m.inc_mapcount();
+        self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash)
+    }
+
+    /// Checks that an unmap/protect of `start..end` under `table` splits no huge page and
+    /// touches no shared PD table.
+    fn check_modify(
+        &self,
+        table: Table,
+        level: Level,
+        base: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<(), MapError> {
+        let span = level.entry_span();
+        let lo = start.max(base);
+        let hi = end.min(base + span * ENTRIES as u64);
+        if lo >= hi {
+            return Ok(());
+        }
+        for i in level.index(lo)..=level.index(hi - 1) {
+            let va = base + i as u64 * span;
+            match table.load(i).kind(level) {
+                Kind::Empty => {}
+                Kind::Leaf(_) => {
+                    if start > va || end < va + span {
+                        return Err(MapError::PartialHugePage);
+                    }
+                }
+                Kind::Table(pa) => {
+                    // SAFETY: present non-leaf entry, kept linked by `&self`.
+                    let child = unsafe { table.child(pa) };
+                    let lower = level.lower().ok_or(MapError::InvalidRange)?;
+                    if lower == Level::Pd && child.share_count() > 0 {
+                        return Err(MapError::SharedTable);
+                    }
+                    self.check_modify(child, lower, va, start, end)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears leaves in `start..end` under `table` and frees emptied tables through `g`.
+    fn zap_level(
+        &self,
+        table: Table,
+        level: Level,
+        base: u64,
+        start: u64,
+        end: u64,
+        g: &mut MmuGather,
+    ) {
+        let span = level.entry_span();
+        let lo = start.max(base);
+        let hi = end.min(base + span * ENTRIES as u64);
+        if lo >= hi {
+            return;
+        }
+        for i in level.index(lo)..=level.index(hi - 1) {
+            let va = base + i as u64 * span;
+            match table.load(i).kind(level) {
+                Kind::Empty => {}
+                Kind::Leaf(size) => {
+                    let old = table.take(i);
+                    g.remove_leaf(va, size, old);
+                }
+                Kind::Table(pa) => {
+                    // SAFETY: present non-leaf entry, linked until we clear it below.
+                    let child = unsafe { table.child(pa) };
+                    let Some(lower) = level.lower() else { continue };
+                    self.zap_level(child, lower, va, start, end, g);
+                    if child.is_empty() {
+                        table.take(i);
+                        g.remove_table(va, pa);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unmaps everything in `range` (Linux: `zap_page_range_single` + `free_pgd_range`):
+    /// holes are skipped, each cleared leaf's map count drops now and its reference is put
+    /// by `g` after the TLB flush, and every table page the unmap empties is freed (also
+    /// via `g`). The PML4 is never freed.
+    ///
+    /// Errors, with nothing changed: `Misaligned` (not 4 KiB aligned), `OutOfRange`,
+    /// `PartialHugePage` (the range cuts a huge page; splitting is not implemented),
+    /// `SharedTable` (the range touches a PD table shared with another space: call
+    /// [`unshare_pmd`](Self::unshare_pmd) first), `WrongAllocator` (gather of another
+    /// allocator).
+    pub fn unmap(&mut self, range: Range<VirtAddr>, g: &mut MmuGather) -> Result<(), MapError> {
+        let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
+        if !core::ptr::eq(g.allocator(), self.allocator()) {
+            return Err(MapError::WrongAllocator);
+        }
+        let root = self.root_table();
+        self.check_modify(root, Level::Pml4, 0, start, end)?;
+        g.add_cpus(self.active_cpus());
+        self.zap_level(root, Level::Pml4, 0, start, end, g);
+        Ok(())
+    }
+
+    fn protect_level(
+        &self,
+        table: Table,
+        level: Level,
+        base: u64,
+        start: u64,
+        end: u64,
+        prot: u64,
+        g: &mut MmuGather,
+    ) {
+        let span = level.entry_span();
+        let lo = start.max(base);
+        let hi = end.min(base + span * ENTRIES as u64);
+        if lo >= hi {
+            return;
+        }
+        for i in level.index(lo)..=level.index(hi - 1) {
+            let va = base + i as u64 * span;
+            match table.load(i).kind(level) {
+                Kind::Empty => {}
+                Kind::Leaf(size) => {
+                    let (old, new) = table.update(i, |old| Pte((old.0 & PROTECT_KEEP) | prot));
+                    if old != new && old.has(F::PRESENT) {
+                        g.flush_leaf(va, size, old);
+                    }
+                }
+                Kind::Table(pa) => {
+                    // SAFETY: present non-leaf entry, kept linked by `&mut self`.
+                    let child = unsafe { table.child(pa) };
+                    if let Some(lower) = level.lower() {
+                        self.protect_level(child, lower, va, start, end, prot, g);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives every leaf in `range` the protection `flags` (Linux: `change_protection`).
+    ///
+    /// The frame address, page size and the accessed/dirty bits are kept (Linux:
+    /// `_PAGE_CHG_MASK`); `ACCESSED`/`DIRTY` in `flags` are ignored. Without `PRESENT` the
+    /// leaves become PROT_NONE. Holes stay holes. Each changed leaf that was present is
+    /// queued for a TLB flush in `g`. Errors as for [`unmap`](Self::unmap), plus
+    /// `InvalidFlags`; nothing changes on error.
+    pub fn protect(
+        &mut self,
+        range: Range<VirtAddr>,
+        flags: F,
+        g: &mut MmuGather,
+    ) -> Result<(), MapError> {
+        let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
+        check_flags(flags)?;
+        if !core::ptr::eq(g.allocator(), self.allocator()) {
+            return Err(MapError::WrongAllocator);
+        }
+        let root = self.root_table();
+        self.check_modify(root, Level::Pml4, 0, start, end)?;
+        let mut prot = flags - F::ACCESSED - F::DIRTY;
+        if !prot.contains(F::PRESENT) {
+            prot |= PTE_PROTNONE;
+        }
+        g.add_cpus(self.active_cpus());
+        self.protect_level(root, Level::Pml4, 0, start, end, prot.bits(), g);
+        Ok(())
+    }
+
+    /// Clears the accessed bit of the leaf mapping `va`; returns whether it was set
+    /// (Linux: `ptep_test_and_clear_young`). No flush, as on Linux x86: a stale TLB entry
+    /// only delays the next accessed-bit update.
+    pub fn test_and_clear_young(&mut self, va: VirtAddr) -> Result<bool, MapError> {
+        let (t, i, _) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        Ok(t.clear_bits(i, F::ACCESSED).has(F::ACCESSED))
+    }
+
+    /// Clears the dirty bit of the leaf mapping `va`; returns whether it was set and, if
+    /// so, queues a flush in `g` so the CPU sets it again on the next write (Linux:
+    /// `ptep_clear_flush` + `pte_mkclean` in `page_mkclean_one`).
+    pub fn test_and_clear_dirty(
+        &mut self,
+        va: VirtAddr,
+        g: &mut MmuGather,
+    ) -> Result<bool, MapError> {
+        let (t, i, size) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        let old = t.clear_bits(i, F::DIRTY);
+        let was = old.has(F::DIRTY);
+        if was && old.has(F::PRESENT) {
+            g.add_cpus(self.active_cpus());
+            let base = align_down(va.as_u64(), size.bytes());
+            g.flush_leaf(base, size, old);
+        }
+        Ok(was)
+    }
+
+    /// Number of leaves and of table pages in the user half (diagnostics, tests,
+    /// benchmarks).
+    pub fn count_user(&self) -> (u64, u64) {
+        fn count(t: Table, level: Level, acc: &mut (u64, u64)) {
+            for i in 0..ENTRIES {
+                match t.load(i).kind(level) {
+                    Kind::Empty => {}
+                    Kind::Leaf(_) => acc.0 += 1,
+                    Kind::Table(pa) => {
+                        acc.1 += 1;
+                        if let Some(lower) = level.lower() {
+                            // SAFETY: present non-leaf entry, kept linked by `&self`.
+                            count(unsafe { t.child(pa) }, lower, acc);
+                        }
+                    }
+                }
+            }
+        }
+        let root = self.root_table();
+        let mut acc = (0, 0);
+        for i in 0..256 {
+            if let Kind::Table(pa) = root.load(i).kind(Level::Pml4) {
+                acc.1 += 1;
+                // SAFETY: present non-leaf entry, kept linked by `&self`.
+                count(unsafe { root.child(pa) }, Level::Pdpt, &mut acc);
+            }
+        }
+        acc
+    }
+
+    /// Leaf slot lookup for sibling modules.
+    pub(super) fn slot_for(&self, va: u64, size: PageSize) -> Option<(Table, usize)> {
+        self.leaf_slot(va, size)
+    }
+}

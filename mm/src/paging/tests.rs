@@ -1,0 +1,791 @@
+//! Host tests of the page-table layer over simulated physical memory.
+
+extern crate std;
+
+use std::vec::Vec;
+
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::entry::{Kind, Table};
+use super::tlb::{FlushKind, Release, TlbEvent, flush_kind};
+use super::*;
+use crate::frame::FrameAllocator;
+use crate::frame::sim::{SimulatedMemory, simulated};
+
+const P: PageTableFlags = PageTableFlags::PRESENT;
+const W: PageTableFlags = PageTableFlags::WRITABLE;
+const U: PageTableFlags = PageTableFlags::USER_ACCESSIBLE;
+const NX: PageTableFlags = PageTableFlags::NO_EXECUTE;
+const RW: PageTableFlags = P.union(W).union(U);
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+/// Physical memory the allocator does not describe (an MMIO-like window): mapped without
+/// accounting.
+const MMIO: u64 = 0x80_0000_0000;
+
+fn va(x: u64) -> VirtAddr {
+    VirtAddr::new(x)
+}
+
+fn r(a: u64, b: u64) -> core::ops::Range<VirtAddr> {
+    va(a)..va(b)
+}
+
+fn mem(mib: usize) -> &'static FrameAllocator {
+    simulated(mib << 20)
+}
+
+fn space(a: &'static FrameAllocator) -> PageTableRoot {
+    PageTableRoot::new_user_only(a).unwrap()
+}
+
+/// Allocates every free frame: returns them so the test can give them back.
+fn exhaust(a: &FrameAllocator, leave: usize) -> Vec<PhysAddr> {
+    let mut v = Vec::new();
+    while let Ok(pa) = a.alloc(0) {
+        v.push(pa);
+    }
+    for _ in 0..leave {
+        if let Some(pa) = v.pop() {
+            a.free(pa, 0).unwrap();
+        }
+    }
+    v
+}
+
+fn release(a: &FrameAllocator, v: Vec<PhysAddr>) {
+    for pa in v {
+        a.free(pa, 0).unwrap();
+    }
+}
+
+fn flushes(s: &PageTableRoot) -> Vec<FlushKind> {
+    s.tlb()
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            TlbEvent::Flush { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every present non-leaf entry of the user half points at a non-empty table, and every
+/// such table page is marked PAGETABLE.
+fn assert_no_empty_tables(s: &PageTableRoot) {
+    fn walk(a: &FrameAllocator, t: Table, level: Level) {
+        for i in 0..512 {
+            if let Kind::Table(pa) = t.load(i).kind(level) {
+                // SAFETY: present entry of a live test space.
+                let c = unsafe { t.child(pa) };
+                assert!(
+                    !c.is_empty(),
+                    "empty {:?} table at {:#x}",
+                    level.lower(),
+                    pa.as_u64()
+                );
+                assert!(
+                    a.meta(pa)
+                        .unwrap()
+                        .flags()
+                        .contains(crate::frame::FrameFlags::PAGETABLE)
+                );
+                walk(a, c, level.lower().unwrap());
+            }
+        }
+    }
+    let root = s.root_table();
+    for i in 0..256 {
+        if let Kind::Table(pa) = root.load(i).kind(Level::Pml4) {
+            // SAFETY: as above.
+            let c = unsafe { root.child(pa) };
+            assert!(!c.is_empty());
+            walk(s.allocator(), c, Level::Pdpt);
+        }
+    }
+}
+
+#[test]
+fn map_translate_unmap_4k() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let f = a.alloc(0).unwrap();
+    s.map_frame(va(0x40_0000), f, PageSize::Size4K, RW | NX)
+        .unwrap();
+    // PML4 + PDPT + PD + PT + frame.
+    assert_eq!(a.allocated_frames(), base + 5);
+    let t = s.translate(va(0x40_0123)).unwrap();
+    assert_eq!(t.phys, f + 0x123u64);
+    assert_eq!(t.frame, f);
+    assert_eq!(t.size, PageSize::Size4K);
+    assert_eq!(t.flags, RW | NX);
+    assert_eq!(s.translate(va(0x40_0000 + K4)), None);
+    assert_eq!(s.translate(va(0x40_0000 - K4)), None);
+    let w = s.walk(va(0x40_0fff));
+    assert_eq!(w.level, Level::Pt);
+    assert_eq!(w.entry.addr(), f);
+    assert_eq!(s.walk(va(0x40_1000)).level, Level::Pt);
+    assert_eq!(s.walk(va(0x8000_0000)).level, Level::Pdpt);
+    let m = a.meta(f).unwrap();
+    assert_eq!((m.refcount(), m.mapcount()), (1, 1));
+    assert_eq!(s.count_user(), (1, 3));
+
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(0x40_0000, 0x40_1000), &mut g).unwrap();
+    assert_eq!(s.translate(va(0x40_0000)), None);
+    // Map count drops at once, the reference only after the flush.
+    assert_eq!((m.refcount(), m.mapcount()), (1, 0));
+    let st = g.finish();
+    assert_eq!((st.frames_put, st.tables_freed), (1, 3));
+    assert_eq!(a.allocated_frames(), base + 1);
+    assert_eq!(s.count_user(), (0, 0));
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn map_translate_unmap_2m_both_ends() {
+    let a = mem(16);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let f = a.alloc(9).unwrap();
+    let v = 0x4000_0000 - M2; // last 2M of the first GiB
+    s.map_frame(va(v), f, PageSize::Size2M, RW).unwrap();
+    let lo = s.translate(va(v)).unwrap();
+    let hi = s.translate(va(v + M2 - 1)).unwrap();
+    assert_eq!((lo.phys, lo.size), (f, PageSize::Size2M));
+    assert_eq!(hi.phys, f + (M2 - 1));
+    assert_eq!(hi.frame, f);
+    assert_eq!(s.translate(va(v + M2)), None);
+    assert_eq!(s.translate(va(v - 1)), None);
+    let w = s.walk(va(v + 12345));
+    assert_eq!(w.level, Level::Pd);
+    assert!(w.entry.flags().contains(PageTableFlags::HUGE_PAGE));
+    assert_eq!(a.meta(f).unwrap().mapcount(), 1);
+    // A 4K map inside the 2M page and a partial unmap are refused, changing nothing.
+    let g4 = a.alloc(0).unwrap();
+    assert_eq!(
+        s.map_frame(va(v + K4), g4, PageSize::Size4K, RW),
+        Err(MapError::AlreadyMapped)
+    );
+    a.free(g4, 0).unwrap();
+    let mut g = MmuGather::new(&s);
+    assert_eq!(
+        s.unmap(r(v, v + K4), &mut g),
+        Err(MapError::PartialHugePage)
+    );
+    assert_eq!(
+        s.protect(r(v + K4, v + M2), RW, &mut g),
+        Err(MapError::PartialHugePage)
+    );
+    assert!(s.translate(va(v)).is_some());
+    s.unmap(r(v, v + M2), &mut g).unwrap();
+    g.finish();
+    assert_eq!(s.translate(va(v)), None);
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn map_translate_unmap_1g_unaccounted() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let v = 5 * G1;
+    s.map(
+        r(v, v + 2 * G1),
+        PhysAddr::new(MMIO),
+        PageSize::Size1G,
+        RW | NX,
+    )
+    .unwrap();
+    assert_eq!(a.allocated_frames(), base + 2); // PML4 + PDPT only
+    let t = s.translate(va(v + G1 - 1)).unwrap();
+    assert_eq!((t.phys.as_u64(), t.size), (MMIO + G1 - 1, PageSize::Size1G));
+    let t = s.translate(va(v + G1)).unwrap();
+    assert_eq!(t.phys.as_u64(), MMIO + G1);
+    assert_eq!(
+        s.translate(va(v + 2 * G1 - 1)).unwrap().phys.as_u64(),
+        MMIO + 2 * G1 - 1
+    );
+    assert_eq!(s.translate(va(v + 2 * G1)), None);
+    assert_eq!(s.walk(va(v)).level, Level::Pdpt);
+    let mut g = MmuGather::new(&s);
+    assert_eq!(
+        s.unmap(r(v, v + M2), &mut g),
+        Err(MapError::PartialHugePage)
+    );
+    s.unmap(r(v, v + G1), &mut g).unwrap();
+    let st = g.finish();
+    assert_eq!(st.frames_put, 0); // not accounted
+    assert_eq!(s.translate(va(v)), None);
+    assert!(s.translate(va(v + G1)).is_some());
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn map_frame_1g_real_block() {
+    // 2 GiB of simulated RAM (lazily backed) so one order-18 block is free.
+    let mem = SimulatedMemory::new((2 << 30) + (64 << 20));
+    let a: &'static FrameAllocator = mem.leak();
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let f = a.alloc(18).unwrap();
+    s.map_frame(va(G1), f, PageSize::Size1G, RW).unwrap();
+    let t = s.translate(va(2 * G1 - 1)).unwrap();
+    assert_eq!((t.phys, t.size), (f + (G1 - 1), PageSize::Size1G));
+    assert_eq!(a.meta(f).unwrap().mapcount(), 1);
+    drop(s); // puts the frame
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn map_argument_errors_change_nothing() {
+    let a = mem(8);
+    let mut s = space(a);
+    let before = a.allocated_frames();
+    let p = PhysAddr::new(MMIO);
+    use MapError::*;
+    assert_eq!(
+        s.map(r(0x1001, 0x3000), p, PageSize::Size4K, RW),
+        Err(Misaligned)
+    );
+    assert_eq!(
+        s.map(r(0x1000, 0x3000), p + 8u64, PageSize::Size4K, RW),
+        Err(Misaligned)
+    );
+    assert_eq!(
+        s.map(r(M2, 2 * M2 + K4), p, PageSize::Size2M, RW),
+        Err(Misaligned)
+    );
+    assert_eq!(
+        s.map(r(0x3000, 0x1000), p, PageSize::Size4K, RW),
+        Err(InvalidRange)
+    );
+    let kh = 0xffff_8000_0000_0000;
+    assert_eq!(
+        s.map(r(kh, kh + K4), p, PageSize::Size4K, RW),
+        Err(OutOfRange)
+    );
+    assert_eq!(
+        s.map(r(USER_END - K4, USER_END), p, PageSize::Size4K, RW),
+        Ok(())
+    );
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(USER_END - K4, USER_END), &mut g).unwrap();
+    g.finish();
+    assert_eq!(
+        s.map_frame(va(USER_END), p, PageSize::Size4K, RW),
+        Err(OutOfRange)
+    );
+    assert_eq!(
+        s.map_frame(va(USER_END + K4 - G1), p, PageSize::Size1G, RW),
+        Err(OutOfRange)
+    );
+    assert_eq!(
+        s.map(
+            r(0x1000, 0x2000),
+            p,
+            PageSize::Size4K,
+            RW | PageTableFlags::HUGE_PAGE
+        ),
+        Err(InvalidFlags)
+    );
+    assert_eq!(
+        s.map(r(0x1000, 0x2000), p, PageSize::Size4K, RW | PTE_ACCOUNTED),
+        Err(InvalidFlags)
+    );
+    assert_eq!(
+        s.map(
+            r(0x1000, 0x2000),
+            PhysAddr::new((1 << 52) - K4),
+            PageSize::Size4K,
+            RW
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        s.map(
+            r(0x2000, 0x4000),
+            PhysAddr::new((1 << 52) - K4),
+            PageSize::Size4K,
+            RW
+        ),
+        Err(InvalidRange)
+    );
+    let after_one = a.allocated_frames();
+    // Overlap at the end of the range: nothing of the range is mapped.
+    assert_eq!(
+        s.map(r(0, 0x2000), p, PageSize::Size4K, RW),
+        Err(AlreadyMapped)
+    );
+    assert_eq!(s.translate(va(0)), None);
+    // A 2M page over a PT with entries.
+    assert_eq!(s.map(r(0, M2), p, PageSize::Size2M, RW), Err(AlreadyMapped));
+    // map_frame of something that is not an allocated block of the right order.
+    let f = a.alloc(1).unwrap();
+    assert_eq!(
+        s.map_frame(va(M2), f, PageSize::Size4K, RW),
+        Err(NotAllocated)
+    );
+    assert_eq!(
+        s.map_frame(va(M2), f + K4, PageSize::Size4K, RW),
+        Err(NotAllocated)
+    );
+    assert_eq!(
+        s.map_frame(va(M2), p, PageSize::Size4K, RW),
+        Err(NotAllocated)
+    );
+    a.free(f, 1).unwrap();
+    assert_eq!(a.allocated_frames(), after_one);
+    assert!(before < after_one);
+}
+
+#[test]
+fn map_accounts_allocated_heads_only() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let blk = a.alloc(2).unwrap(); // 4 frames, one head
+    s.map(r(0x10_0000, 0x10_4000), blk, PageSize::Size4K, RW)
+        .unwrap();
+    let m = a.meta(blk).unwrap();
+    assert_eq!((m.refcount(), m.mapcount()), (2, 1));
+    assert!(s.walk(va(0x10_0000)).entry.flags().contains(PTE_ACCOUNTED));
+    assert!(!s.walk(va(0x10_1000)).entry.flags().contains(PTE_ACCOUNTED));
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(0x10_0000, 0x10_4000), &mut g).unwrap();
+    assert_eq!(g.finish().frames_put, 1);
+    assert_eq!((m.refcount(), m.mapcount()), (1, 0));
+    a.free(blk, 2).unwrap();
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn protect_changes_leaf_flags_and_queues_flush() {
+    let a = mem(8);
+    let mut s = space(a);
+    // SAFETY: host backend: recorded only.
+    unsafe { s.activate(0) };
+    let v = 0x20_0000;
+    s.map(
+        r(v, v + 4 * K4),
+        PhysAddr::new(MMIO),
+        PageSize::Size4K,
+        RW | P | PageTableFlags::DIRTY,
+    )
+    .unwrap();
+    s.tlb().clear();
+    let mut g = MmuGather::new(&s);
+    s.protect(r(v + K4, v + 3 * K4), P | U | NX, &mut g)
+        .unwrap();
+    assert!(flushes(&s).is_empty(), "flush deferred to the gather");
+    g.finish();
+    assert_eq!(
+        flushes(&s),
+        [FlushKind::Pages {
+            start: va(v + K4),
+            count: 2,
+            stride: PageSize::Size4K
+        }]
+    );
+    assert_eq!(
+        s.translate(va(v)).unwrap().flags,
+        RW | PageTableFlags::DIRTY
+    );
+    // Dirty survives protect (Linux _PAGE_CHG_MASK).
+    assert_eq!(
+        s.translate(va(v + K4)).unwrap().flags,
+        P | U | NX | PageTableFlags::DIRTY
+    );
+    assert_eq!(
+        s.translate(va(v + 3 * K4)).unwrap().flags,
+        RW | PageTableFlags::DIRTY
+    );
+    // PROT_NONE: still mapped, not present to the CPU.
+    let mut g = MmuGather::new(&s);
+    s.protect(r(v, v + K4), U, &mut g).unwrap();
+    g.finish();
+    let t = s.translate(va(v)).unwrap();
+    assert!(!t.flags.contains(P));
+    assert_eq!(t.phys.as_u64(), MMIO);
+    assert!(!s.walk(va(v)).entry.flags().contains(P));
+    // Back to present.
+    let mut g = MmuGather::new(&s);
+    s.protect(r(v, v + K4), RW, &mut g).unwrap();
+    // A protnone -> present change needs no flush: nothing could be cached.
+    assert!(!g.needs_flush());
+    g.finish();
+    assert!(s.translate(va(v)).unwrap().flags.contains(P));
+    // Unchanged protection: no flush either.
+    let mut g = MmuGather::new(&s);
+    s.protect(r(v, v + K4), RW, &mut g).unwrap();
+    assert!(!g.needs_flush());
+    drop(g);
+    assert_eq!(
+        s.protect(
+            r(v, v + K4),
+            RW | PageTableFlags::BIT_11,
+            &mut MmuGather::new(&s)
+        ),
+        Err(MapError::InvalidFlags)
+    );
+    s.deactivate(0);
+}
+
+#[test]
+fn young_and_dirty_read_and_clear() {
+    let a = mem(8);
+    let mut s = space(a);
+    let v = 0x30_0000;
+    let ad = PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+    s.map(r(v, v + K4), PhysAddr::new(MMIO), PageSize::Size4K, RW | ad)
+        .unwrap();
+    assert_eq!(s.translate(va(v)).unwrap().flags, RW | ad);
+    assert_eq!(s.test_and_clear_young(va(v)), Ok(true));
+    assert_eq!(s.test_and_clear_young(va(v)), Ok(false));
+    let mut g = MmuGather::new(&s);
+    assert_eq!(s.test_and_clear_dirty(va(v + 5), &mut g), Ok(true));
+    assert!(g.needs_flush());
+    assert_eq!(s.test_and_clear_dirty(va(v), &mut g), Ok(false));
+    g.finish();
+    assert_eq!(s.translate(va(v)).unwrap().flags, RW);
+    assert_eq!(s.test_and_clear_young(va(v + K4)), Err(MapError::NotMapped));
+}
+
+#[test]
+fn emptied_tables_are_freed() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let v = 0x7f00_0000_0000; // high in the user half
+    let f1 = a.alloc(0).unwrap();
+    let f2 = a.alloc(0).unwrap();
+    s.map_frame(va(v), f1, PageSize::Size4K, RW).unwrap();
+    s.map_frame(va(v + K4), f2, PageSize::Size4K, RW).unwrap();
+    assert_eq!(a.allocated_frames(), base + 1 + 3 + 2);
+    assert_no_empty_tables(&s);
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + K4), &mut g).unwrap();
+    assert_eq!(g.finish().tables_freed, 0); // PT still holds f2
+    assert_eq!(s.count_user(), (1, 3));
+    let mut g = MmuGather::new(&s);
+    // A wide unmap, mostly over holes, empties all three levels.
+    s.unmap(r(v - G1, v + G1), &mut g).unwrap();
+    assert_eq!(g.finish().tables_freed, 3);
+    assert_eq!(a.allocated_frames(), base + 1);
+    assert_no_empty_tables(&s);
+    // The PML4 is never freed: the space is still usable.
+    s.map(r(v, v + K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+        .unwrap();
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn drop_returns_counters_to_baseline() {
+    let a = mem(32);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    let mut frames = Vec::new();
+    for i in 0..700u64 {
+        let f = a.alloc(0).unwrap();
+        // Spread over several PTs, PDs and PDPTs.
+        let v = (i % 7) * (512 * G1) + (i / 7) * K4 * 3 + (i % 3) * M2;
+        s.map_frame(va(v), f, PageSize::Size4K, RW).unwrap();
+        frames.push(f);
+    }
+    let f2 = a.alloc(9).unwrap();
+    s.map_frame(va(100 * G1), f2, PageSize::Size2M, RW).unwrap();
+    s.map(
+        r(200 * G1, 201 * G1),
+        PhysAddr::new(MMIO),
+        PageSize::Size1G,
+        RW,
+    )
+    .unwrap();
+    assert!(a.allocated_frames() > base + 700);
+    assert_no_empty_tables(&s);
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+    for f in frames {
+        assert_eq!(a.meta(f).unwrap().refcount(), 0);
+    }
+}
+
+#[test]
+fn oom_mid_map_changes_nothing() {
+    let a = mem(8);
+    let mut s = space(a);
+    // One existing mapping, so part of the path already exists.
+    s.map(r(0, K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+        .unwrap();
+    let count_before = s.count_user();
+    // A range needing many PT pages (and PDs across a GiB boundary).
+    let (lo, hi) = (G1 - 8 * M2, G1 + 8 * M2);
+    for leave in [0usize, 1, 3, 10] {
+        let hoard = exhaust(a, leave);
+        let before = a.allocated_frames();
+        assert_eq!(
+            s.map(r(lo, hi), PhysAddr::new(MMIO), PageSize::Size4K, RW),
+            Err(MapError::OutOfMemory)
+        );
+        assert_eq!(a.allocated_frames(), before, "leave={leave}");
+        assert_eq!(s.count_user(), count_before);
+        assert_eq!(s.translate(va(lo)), None);
+        release(a, hoard);
+    }
+    // With memory back it works, and needs exactly 16 PTs + 1 PD.
+    let before = a.allocated_frames();
+    s.map(r(lo, hi), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+        .unwrap();
+    assert_eq!(a.allocated_frames(), before + 17);
+    // map_frame on OOM: the caller keeps its reference.
+    let f = a.alloc(0).unwrap();
+    let hoard = exhaust(a, 0);
+    assert_eq!(
+        s.map_frame(va(3 * G1), f, PageSize::Size4K, RW),
+        Err(MapError::OutOfMemory)
+    );
+    assert_eq!(
+        (a.meta(f).unwrap().refcount(), a.meta(f).unwrap().mapcount()),
+        (1, 0)
+    );
+    release(a, hoard);
+    // And a new space cannot be created without memory.
+    let hoard = exhaust(a, 0);
+    assert!(matches!(
+        PageTableRoot::new_user_only(a),
+        Err(MapError::OutOfMemory)
+    ));
+    release(a, hoard);
+    a.free(f, 0).unwrap();
+}
+
+#[test]
+fn flush_policy_ceiling() {
+    assert_eq!(
+        flush_kind(0x1000, 0x1000 + 33 * K4, PageSize::Size4K, false),
+        FlushKind::Pages {
+            start: va(0x1000),
+            count: 33,
+            stride: PageSize::Size4K
+        }
+    );
+    assert_eq!(
+        flush_kind(0x1000, 0x1000 + 34 * K4, PageSize::Size4K, false),
+        FlushKind::All { global: false }
+    );
+    assert_eq!(
+        flush_kind(0, 33 * M2, PageSize::Size2M, true),
+        FlushKind::Pages {
+            start: va(0),
+            count: 33,
+            stride: PageSize::Size2M
+        }
+    );
+    assert_eq!(
+        flush_kind(0, 34 * M2, PageSize::Size2M, true),
+        FlushKind::All { global: true }
+    );
+
+    let a = mem(8);
+    let mut s = space(a);
+    let v = 0x100_0000;
+    s.map(r(v, v + 40 * K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+        .unwrap();
+    s.tlb().clear();
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + 33 * K4), &mut g).unwrap();
+    g.finish();
+    assert_eq!(
+        flushes(&s),
+        [FlushKind::Pages {
+            start: va(v),
+            count: 33,
+            stride: PageSize::Size4K
+        }]
+    );
+    s.tlb().clear();
+    s.map(r(v, v + 33 * K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+        .unwrap();
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + 34 * K4), &mut g).unwrap();
+    g.finish();
+    assert_eq!(flushes(&s), [FlushKind::All { global: false }]);
+    // A global leaf forces a global full flush.
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + 40 * K4), &mut g).unwrap();
+    g.finish();
+    s.map(
+        r(v, v + 40 * K4),
+        PhysAddr::new(MMIO),
+        PageSize::Size4K,
+        RW | PageTableFlags::GLOBAL,
+    )
+    .unwrap();
+    s.tlb().clear();
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + 40 * K4), &mut g).unwrap();
+    g.finish();
+    assert_eq!(flushes(&s), [FlushKind::All { global: true }]);
+    // Direct flush helpers follow the same policy.
+    s.tlb().clear();
+    s.flush_page(va(v + 5));
+    s.flush_range(va(v), va(v + 33 * K4), PageSize::Size4K);
+    s.flush_range(va(v), va(v + 34 * K4), PageSize::Size4K);
+    s.flush_all();
+    assert_eq!(
+        flushes(&s),
+        [
+            FlushKind::Pages {
+                start: va(v),
+                count: 1,
+                stride: PageSize::Size4K
+            },
+            FlushKind::Pages {
+                start: va(v),
+                count: 33,
+                stride: PageSize::Size4K
+            },
+            FlushKind::All { global: false },
+            FlushKind::All { global: false },
+        ]
+    );
+}
+
+#[test]
+fn gather_frees_only_after_flush() {
+    let a = mem(16);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    // SAFETY: host backend: recorded only.
+    unsafe { s.activate(3) };
+    let v = 0x4000_0000;
+    let mut frames = Vec::new();
+    for i in 0..300u64 {
+        let f = a.alloc(0).unwrap();
+        s.map_frame(va(v + i * K4), f, PageSize::Size4K, RW)
+            .unwrap();
+        frames.push(f);
+    }
+    s.tlb().clear();
+    let allocated = a.allocated_frames();
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(v, v + 300 * K4), &mut g).unwrap();
+    // The batch (128) overflowed twice: those frames were flushed, then put.
+    let ev = s.tlb().events();
+    let puts_early = ev
+        .iter()
+        .filter(|e| matches!(e, TlbEvent::Release(_)))
+        .count();
+    assert_eq!(puts_early, 256);
+    assert_eq!(a.allocated_frames(), allocated - 256);
+    // The rest is still allocated, with map count already gone.
+    let last = frames[299];
+    assert_eq!(
+        (
+            a.meta(last).unwrap().refcount(),
+            a.meta(last).unwrap().mapcount()
+        ),
+        (1, 0)
+    );
+    g.finish();
+    let ev = s.tlb().events();
+    // Every release comes after a flush that followed the previous release batch.
+    let mut flushed_since_clear = false;
+    let mut releases = 0;
+    for e in &ev {
+        match e {
+            TlbEvent::Flush { cpus, .. } => {
+                assert_eq!(*cpus, 1 << 3);
+                flushed_since_clear = true;
+            }
+            TlbEvent::Release(_) => {
+                assert!(flushed_since_clear, "free before flush: {ev:?}");
+                releases += 1;
+            }
+            TlbEvent::LoadRoot { .. } => {}
+        }
+    }
+    assert_eq!(releases, 300 + 3);
+    assert!(matches!(
+        ev.last(),
+        Some(TlbEvent::Release(Release::FreeTable(_)))
+    ));
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, TlbEvent::Flush { .. }))
+            .count(),
+        3
+    );
+    assert_eq!(a.allocated_frames(), base + 1);
+    s.deactivate(3);
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn dropping_an_inactive_space_needs_no_flush() {
+    let a = mem(8);
+    let s = {
+        let mut s = space(a);
+        s.map(r(0, 8 * K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+            .unwrap();
+        s
+    };
+    let tlb = s.tlb().clone();
+    // SAFETY: host backend.
+    unsafe { s.activate(1) };
+    s.deactivate(1);
+    drop(s);
+    let ev = tlb.events();
+    assert!(matches!(ev[0], TlbEvent::LoadRoot { cpu: 1, .. }));
+    assert!(!ev.iter().any(|e| matches!(e, TlbEvent::Flush { .. })));
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, TlbEvent::Release(_)))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn kernel_half_is_shared_not_owned() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    // A fake kernel PML4 with one upper-half PDPT holding a 1G leaf.
+    let kpml4 = Table::alloc(a).unwrap();
+    let kpdpt = Table::alloc(a).unwrap();
+    kpdpt.store(
+        0,
+        entry::Pte(MMIO | (P | W | PageTableFlags::HUGE_PAGE).bits()),
+    );
+    kpml4.store(300, entry::Pte(kpdpt.pa().as_u64() | TABLE_FLAGS.bits()));
+    let kva = 0xffff_0000_0000_0000 | (300u64 << 39);
+    {
+        // SAFETY: `kpml4` is a live table in this allocator's direct map; its upper-half
+        // tables outlive the space.
+        let mut s = unsafe { PageTableRoot::new(a, Some(kpml4.pa())) }.unwrap();
+        let t = s.translate(va(kva + 77)).unwrap();
+        assert_eq!((t.phys.as_u64(), t.size), (MMIO + 77, PageSize::Size1G));
+        // The mapping primitives refuse the kernel half.
+        assert_eq!(
+            s.map(r(kva, kva + K4), PhysAddr::new(MMIO), PageSize::Size4K, RW),
+            Err(MapError::OutOfRange)
+        );
+        s.map(r(0, K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
+            .unwrap();
+    }
+    // The kernel tables survived the space.
+    assert_eq!(a.allocated_frames(), base + 2);
+    assert_eq!(kpml4.load(300).addr(), kpdpt.pa());
+    assert_eq!(kpdpt.load(0).addr().as_u64(), MMIO);
+    kpdpt.free();
+    kpml4.free();
+    assert_eq!(a.allocated_frames(), base);
+}
