@@ -1,0 +1,153 @@
+//! Type-stable VMA allocation: slots are reused but never returned to the heap.
+//!
+//! Linux: `mm/vma_init.c` (`vm_area_alloc`, `vm_area_dup`, `vm_area_free`) over a
+//! `SLAB_TYPESAFE_BY_RCU` cache.
+//!
+//! A lock-free reader may hold a pointer to a VMA that is freed and reused (even by
+//! another mm) under it. That is harmless only if the memory stays a `Vma` forever and
+//! a freed or reused VMA reads as *detached* (`vm_refcnt == 0`) until it is attached
+//! again. So: every slot is allocated once from the global allocator and afterwards
+//! lives on a free list; the list link lives in its own field (`free_next`, Linux's
+//! `vm_freeptr`) so freeing never touches `vm_refcnt` or `vm_mm`; allocation and
+//! duplication never touch `vm_refcnt` (it is already 0) and copy fields one by one.
+
+use alloc::alloc::{Layout, alloc};
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::area::{VM_LOCK_SEQ_NONE, Vma, VmaRef};
+use crate::errno::Errno;
+
+/// Head of the free list of VMA slots.
+struct FreeList {
+    head: *mut Vma,
+}
+// SAFETY: the raw pointer is only used under the pool lock.
+unsafe impl Send for FreeList {}
+
+static FREE: spin::Mutex<FreeList> = spin::Mutex::new(FreeList {
+    head: ptr::null_mut(),
+});
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static SLOTS: AtomicUsize = AtomicUsize::new(0);
+static FREED_ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Allocator statistics, for tests and leak checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmaPoolStats {
+    /// VMAs handed out and not freed yet (all address spaces).
+    pub live: usize,
+    /// Slots ever taken from the global allocator.
+    pub slots: usize,
+    /// Attempts to free an attached VMA (a bug; the VMA was leaked instead).
+    pub freed_attached: usize,
+}
+
+/// Current pool statistics.
+pub fn vma_pool_stats() -> VmaPoolStats {
+    VmaPoolStats {
+        live: LIVE.load(Ordering::Relaxed),
+        slots: SLOTS.load(Ordering::Relaxed),
+        freed_attached: FREED_ATTACHED.load(Ordering::Relaxed),
+    }
+}
+
+/// Take a slot (reused or new) and initialise it for `mm_id`: zeroed fields, anonymous,
+/// detached (`vm_refcnt` 0), `vm_lock_seq` = never-locked.
+///
+/// Linux: `vm_area_alloc()` + `vma_init()`.
+pub(super) fn vm_area_alloc(mm_id: u64) -> Result<VmaRef, Errno> {
+    let slot: &'static Vma = {
+        let mut fl = FREE.lock();
+        if !fl.head.is_null() {
+            // SAFETY: free-list entries are leaked, initialised `Vma` slots.
+            let v: &'static Vma = unsafe { &*fl.head };
+            fl.head = v.cold.free_next.swap(ptr::null_mut(), Ordering::Relaxed);
+            v
+        } else {
+            drop(fl);
+            let layout = Layout::new::<Vma>();
+            // SAFETY: `Vma` has non-zero size.
+            let p = unsafe { alloc(layout) } as *mut Vma;
+            if p.is_null() {
+                return Err(Errno::ENOMEM);
+            }
+            // SAFETY: fresh allocation with `Vma`'s layout; never freed, hence `'static`.
+            unsafe { p.write(Vma::empty()) };
+            SLOTS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: initialised just above and never deallocated.
+            unsafe { &*p }
+        }
+    };
+    debug_assert_eq!(slot.refcnt(), 0, "free VMA slot must be detached");
+    // Field-by-field (re)initialisation; `vm_refcnt` stays 0 throughout, so a racing
+    // lock-free reader that still holds this pointer sees a detached VMA.
+    slot.vm_mm.store(mm_id, Ordering::Relaxed);
+    slot.set_range(0, 0, 0);
+    slot.vm_page_prot.store(0, Ordering::Relaxed);
+    slot.vm_flags.store(0, Ordering::Relaxed);
+    slot.vm_lock_seq.store(VM_LOCK_SEQ_NONE, Ordering::Relaxed);
+    slot.set_ops_raw(None);
+    slot.vm_private_data.store(0, Ordering::Relaxed);
+    slot.vm_policy.store(0, Ordering::Relaxed);
+    slot.cold.uffd_ctx.store(0, Ordering::Relaxed);
+    // SAFETY: the slot is detached and owned by us alone (just taken off the free list).
+    unsafe {
+        debug_assert!(slot.chain_ref().is_empty());
+        *slot.file_mut() = None;
+        *slot.anon_name_mut() = None;
+    }
+    drop(slot.replace_anon_vma(None));
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    Ok(slot)
+}
+
+/// Duplicate `orig` field by field into a new detached VMA. The anon_vma *pointer* is
+/// copied (as Linux does); the chain is left empty for `anon_vma_clone` to fill.
+///
+/// Linux: `vm_area_dup()` / `vm_area_init_from()`.
+///
+/// # Safety
+/// `orig` is stable (caller holds the mmap write lock).
+pub(super) unsafe fn vm_area_dup(orig: &Vma) -> Result<VmaRef, Errno> {
+    let new = vm_area_alloc(orig.mm_id())?;
+    new.set_range(orig.start(), orig.end(), orig.pgoff());
+    new.vm_page_prot.store(orig.page_prot(), Ordering::Relaxed);
+    new.set_flags_raw(orig.flags());
+    new.set_ops_raw(orig.ops());
+    new.vm_private_data
+        .store(orig.private_data(), Ordering::Relaxed);
+    new.vm_policy.store(orig.policy(), Ordering::Relaxed);
+    new.cold.uffd_ctx.store(orig.uffd_ctx(), Ordering::Relaxed);
+    drop(new.replace_anon_vma(orig.anon_vma()));
+    // SAFETY: `new` is detached and private; `orig` is stable per the caller.
+    unsafe {
+        *new.file_mut() = (*orig.vm_file.get()).clone();
+        *new.anon_name_mut() = (*orig.cold.anon_name.get()).clone();
+    }
+    Ok(new)
+}
+
+/// Return a detached VMA to the pool, dropping its file, anon_vma chain and name.
+///
+/// Linux: `vm_area_free()`. Freeing an attached VMA is a bug: it is refused (and
+/// counted, and asserted in debug builds) rather than corrupting a live tree.
+pub(super) fn vm_area_free(vma: VmaRef) {
+    if vma.refcnt() != 0 {
+        FREED_ATTACHED.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(false, "vm_area_free of attached VMA {:?}", vma);
+        return;
+    }
+    // SAFETY: detached and handed to us by the owner: no one else may touch it now
+    // (lock-free readers only read atomics and fail on refcnt 0).
+    unsafe {
+        super::anon::unlink_anon_vmas(vma);
+        *vma.file_mut() = None;
+        *vma.anon_name_mut() = None;
+    }
+    vma.set_ops_raw(None);
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    let mut fl = FREE.lock();
+    vma.cold.free_next.store(fl.head, Ordering::Relaxed);
+    fl.head = vma as *const Vma as *mut Vma;
+}

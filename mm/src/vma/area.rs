@@ -1,0 +1,500 @@
+//! The VMA itself: `struct vm_area_struct`, its flags, operations and file handle.
+//!
+//! Linux: `include/linux/mm_types.h` (`struct vm_area_struct`), `include/linux/mm.h`
+//! (`VM_*` flags, `struct vm_operations_struct`).
+//!
+//! # Concurrency model of the fields
+//!
+//! A [`Vma`] lives in type-stable memory (see [`super::alloc`]) and is shared by
+//! reference ([`VmaRef`] = `&'static Vma`) between the mmap-lock holder and lock-free
+//! readers on the fault path. Fields are therefore split in two classes:
+//!
+//! * Word-sized fields a lock-free reader may look at before it holds any lock
+//!   (range, flags, pgoff, page protection, owning mm, lock fields, ops, anon_vma, private
+//!   data) are atomics. Writers store them only while holding the mmap write lock *and*
+//!   the VMA write lock (or while the VMA is detached), so the relaxed ordering used for
+//!   ordinary accesses is enough: publication to lock-free readers goes through the
+//!   release/acquire pairs of [`Vma::vm_refcnt`] and `mm_lock_seq`.
+//! * Multi-word fields (`vm_file`, the anon_vma chain, the anonymous name) sit in
+//!   `UnsafeCell`s. Their safe accessors take a [`VmaStable`] proof: a guard showing
+//!   that the caller holds the mmap lock or a VMA read lock, i.e. that no writer can be
+//!   changing them (Linux: `vma_assert_stabilised()`).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::anon::AnonVmaRef;
+use crate::errno::Errno;
+
+/// Page size the VMA layer works in (x86_64 base pages).
+pub const PAGE_SIZE: usize = 0x1000;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+/// Number of pages in `len` bytes (Linux: `PHYS_PFN`).
+#[inline]
+pub const fn pages(len: usize) -> usize {
+    len >> PAGE_SHIFT
+}
+
+bitflags::bitflags! {
+    /// VMA flags with Linux's bit values (Linux: `vm_flags_t`, `VM_*` in `include/linux/mm.h`).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+    pub struct VmFlags: u64 {
+        const READ = 0x0000_0001;
+        const WRITE = 0x0000_0002;
+        const EXEC = 0x0000_0004;
+        const SHARED = 0x0000_0008;
+        const MAYREAD = 0x0000_0010;
+        const MAYWRITE = 0x0000_0020;
+        const MAYEXEC = 0x0000_0040;
+        const MAYSHARE = 0x0000_0080;
+        const GROWSDOWN = 0x0000_0100;
+        const UFFD_MISSING = 0x0000_0200;
+        const PFNMAP = 0x0000_0400;
+        /// The VMA may contain guard regions (sticky, ≈6.19).
+        const MAYBE_GUARD = 0x0000_0800;
+        const UFFD_WP = 0x0000_1000;
+        const LOCKED = 0x0000_2000;
+        const IO = 0x0000_4000;
+        const SEQ_READ = 0x0000_8000;
+        const RAND_READ = 0x0001_0000;
+        const DONTCOPY = 0x0002_0000;
+        const DONTEXPAND = 0x0004_0000;
+        const LOCKONFAULT = 0x0008_0000;
+        const ACCOUNT = 0x0010_0000;
+        const NORESERVE = 0x0020_0000;
+        const HUGETLB = 0x0040_0000;
+        const SYNC = 0x0080_0000;
+        /// `VM_ARCH_1`; `VM_PAT` on x86.
+        const PAT = 0x0100_0000;
+        const WIPEONFORK = 0x0200_0000;
+        const DONTDUMP = 0x0400_0000;
+        const SOFTDIRTY = 0x0800_0000;
+        const MIXEDMAP = 0x1000_0000;
+        const HUGEPAGE = 0x2000_0000;
+        const NOHUGEPAGE = 0x4000_0000;
+        const MERGEABLE = 0x8000_0000;
+        /// x86 protection-key bits (`VM_HIGH_ARCH_0..3`).
+        const PKEY_BIT0 = 1 << 32;
+        const PKEY_BIT1 = 1 << 33;
+        const PKEY_BIT2 = 1 << 34;
+        const PKEY_BIT3 = 1 << 35;
+        /// x86 shadow stack (`VM_HIGH_ARCH_5`).
+        const SHADOW_STACK = 1 << 37;
+        const ALLOW_ANY_UNCACHED = 1 << 39;
+        const DROPPABLE = 1 << 40;
+        const UFFD_MINOR = 1 << 41;
+        /// mseal()'d (64-bit only bit 42 since 6.12).
+        const SEALED = 1 << 42;
+    }
+}
+
+impl VmFlags {
+    /// Linux: `VM_SPECIAL` — mappings that never merge.
+    pub const SPECIAL: VmFlags = VmFlags::IO
+        .union(VmFlags::DONTEXPAND)
+        .union(VmFlags::PFNMAP)
+        .union(VmFlags::MIXEDMAP);
+    /// Linux: `VM_STICKY` — OR'd into the result of a merge if any participant has them.
+    pub const STICKY: VmFlags = VmFlags::SOFTDIRTY.union(VmFlags::MAYBE_GUARD);
+    /// Linux: `VM_IGNORE_MERGE` — differences in these bits do not prevent a merge.
+    pub const IGNORE_MERGE: VmFlags = VmFlags::STICKY;
+    /// Linux: `VM_ACCESS_FLAGS`.
+    pub const ACCESS: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::EXEC);
+    /// Linux: `VM_DATA_DEFAULT_FLAGS`-like default for anonymous read/write memory
+    /// (and the flags every `tools/testing/vma` scenario uses).
+    pub const RW_DEFAULT: VmFlags = VmFlags::READ
+        .union(VmFlags::WRITE)
+        .union(VmFlags::MAYREAD)
+        .union(VmFlags::MAYWRITE);
+}
+
+/// A file that can back a VMA. The VFS comes later; the VMA layer only needs identity.
+///
+/// Linux: `struct file` as seen from `vm_file`.
+pub trait VmFile: Send + Sync {
+    /// Name for diagnostics (`/proc/pid/maps`).
+    fn name(&self) -> &str {
+        ""
+    }
+}
+
+/// A counted reference to a backing file.
+pub type FileRef = Arc<dyn VmFile>;
+
+/// Pointer identity of two optional files (Linux compares `vm_file` pointers).
+pub fn same_file(a: Option<&FileRef>, b: Option<&FileRef>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => core::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+        _ => false,
+    }
+}
+
+/// Page-fault description handed to [`VmOperations::fault`] (Linux: `struct vm_fault`).
+#[derive(Clone, Copy, Debug)]
+pub struct VmFault {
+    /// Faulting VMA.
+    pub vma: VmaRef,
+    /// Faulting address (page aligned).
+    pub address: usize,
+    /// File page offset of the address.
+    pub pgoff: usize,
+    /// `FAULT_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// Result bits of a fault handler (Linux: `vm_fault_t`, `VM_FAULT_*`).
+pub type VmFaultT = u32;
+
+/// VMA operations (Linux: `struct vm_operations_struct`); all hooks optional.
+///
+/// A VMA with `ops == None` is anonymous (Linux: `vma_is_anonymous()`).
+#[derive(Default)]
+pub struct VmOperations {
+    /// Called when a VMA is duplicated (split, fork, copy_vma). Linux: `->open`.
+    pub open: Option<fn(VmaRef)>,
+    /// Called before a VMA is removed. A VMA with this hook is never *deleted* by a merge.
+    pub close: Option<fn(VmaRef)>,
+    /// May veto a split at `addr`. Linux: `->may_split`.
+    pub may_split: Option<fn(VmaRef, usize) -> Result<(), Errno>>,
+    /// Page fault handler. Linux: `->fault`.
+    pub fault: Option<fn(&VmFault) -> VmFaultT>,
+    /// Name shown in maps. Linux: `->name`.
+    pub name: Option<fn(VmaRef) -> &'static str>,
+}
+
+impl fmt::Debug for VmOperations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmOperations")
+            .field("open", &self.open.is_some())
+            .field("close", &self.close.is_some())
+            .field("may_split", &self.may_split.is_some())
+            .field("fault", &self.fault.is_some())
+            .field("name", &self.name.is_some())
+            .finish()
+    }
+}
+
+/// A VMA handle. VMA memory is type-stable and never returned to the allocator, so a
+/// `'static` reference is always safe to dereference; whether it still describes the
+/// mapping you looked up is what the lock protocol (§3) tells you.
+pub type VmaRef = &'static Vma;
+
+/// Pointer identity of two VMA handles.
+#[inline]
+pub fn vma_eq(a: VmaRef, b: VmaRef) -> bool {
+    core::ptr::eq(a, b)
+}
+
+/// Pointer identity of two optional VMA handles.
+#[inline]
+pub fn opt_vma_eq(a: Option<VmaRef>, b: Option<VmaRef>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => vma_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Proof that the caller holds a lock under which a VMA's multi-word fields cannot
+/// change: the mmap lock (read or write) or a VMA read lock.
+///
+/// Linux: `vma_assert_stabilised()`. Sealed: only the lock guards of this module
+/// implement it.
+pub trait VmaStable: sealed::Sealed {}
+
+pub(super) mod sealed {
+    /// Seal of [`super::VmaStable`].
+    pub trait Sealed {}
+}
+
+/// Sentinel for `vm_lock_seq` meaning "never write-locked" (Linux: `UINT_MAX`).
+pub const VM_LOCK_SEQ_NONE: u32 = u32::MAX;
+
+/// The refcount and the rarely used fields, on their own cache line (§7).
+#[repr(C, align(64))]
+pub(super) struct ColdLine {
+    /// Linux: `vm_refcnt` — 0 detached, 1 attached, +1 per reader, +FLAG while a
+    /// writer or detacher excludes readers (§3.1).
+    pub(super) vm_refcnt: AtomicU32,
+    /// Anonymous VMA name (Linux: `anon_name`); `None` = unnamed.
+    pub(super) anon_name: UnsafeCell<Option<Arc<str>>>,
+    /// userfaultfd context identity, 0 = none (Linux: `vm_userfaultfd_ctx`).
+    pub(super) uffd_ctx: AtomicUsize,
+    /// Free-list link while the slot is free (Linux: `vm_freeptr`). Kept away from
+    /// the refcount and `vm_mm` so a freed VMA still reads as detached.
+    pub(super) free_next: AtomicPtr<Vma>,
+}
+
+/// A virtual memory area: one contiguous range of an address space with uniform
+/// attributes.
+///
+/// Linux: `struct vm_area_struct`. Layout follows the 6.15 repacking: everything the
+/// tree walk and the fault path read sits in the first two cache lines, the refcount
+/// starts the third one (see the const assertion below).
+#[repr(C, align(64))]
+pub struct Vma {
+    // ---- cache line 0: tree walk / lookup -------------------------------------
+    /// Linux: `vm_start`.
+    pub(super) vm_start: AtomicUsize,
+    /// Linux: `vm_end` (exclusive).
+    pub(super) vm_end: AtomicUsize,
+    /// Identity of the owning address space (Linux: `vm_mm`); 0 = none.
+    pub(super) vm_mm: AtomicU64,
+    /// Page protection bits for PTEs (Linux: `vm_page_prot`).
+    pub(super) vm_page_prot: AtomicU64,
+    /// Linux: `vm_flags`.
+    pub(super) vm_flags: AtomicU64,
+    /// Linux: `vm_lock_seq` — equals `mm_lock_seq` while write-locked.
+    pub(super) vm_lock_seq: AtomicU32,
+    /// Linux: `anon_vma_chain` — every anon_vma this VMA's pages may belong to.
+    pub(super) anon_vma_chain: UnsafeCell<Vec<AnonVmaRef>>,
+    // ---- cache line 1: fault path ----------------------------------------------
+    /// Linux: `anon_vma`; owns one reference (raw pointer of an [`AnonVmaRef`]).
+    pub(super) anon_vma: AtomicPtr<super::anon::AnonVma>,
+    /// Linux: `vm_ops`; null = anonymous.
+    pub(super) vm_ops: AtomicPtr<VmOperations>,
+    /// Linux: `vm_pgoff` (in pages).
+    pub(super) vm_pgoff: AtomicUsize,
+    /// Linux: `vm_file`.
+    pub(super) vm_file: UnsafeCell<Option<FileRef>>,
+    /// Linux: `vm_private_data` (opaque to the VMA layer).
+    pub(super) vm_private_data: AtomicUsize,
+    /// Memory policy identity, 0 = default (Linux: `vm_policy`, compared by `mpol_equal`).
+    pub(super) vm_policy: AtomicUsize,
+    // ---- cache line 2: refcount and cold fields ---------------------------------
+    pub(super) cold: ColdLine,
+}
+
+// The §7 contract: three cache lines, refcount on its own line, tree fields in line 0.
+const _: () = assert!(core::mem::size_of::<Vma>() <= 192);
+const _: () = assert!(core::mem::offset_of!(Vma, cold) == 128);
+const _: () = assert!(core::mem::offset_of!(Vma, vm_end) < 64);
+
+// SAFETY: all fields are atomics except the `UnsafeCell`s, whose accessors either take
+// a `VmaStable` proof (shared access excluded from writers by the lock protocol) or are
+// `unsafe`/`pub(super)` with the writer's exclusivity documented at the call site.
+unsafe impl Sync for Vma {}
+// SAFETY: a VMA owns only `Send` data (Arcs of `Send + Sync` types, atomics).
+unsafe impl Send for Vma {}
+
+impl Vma {
+    pub(super) const fn empty() -> Self {
+        Vma {
+            vm_start: AtomicUsize::new(0),
+            vm_end: AtomicUsize::new(0),
+            vm_mm: AtomicU64::new(0),
+            vm_page_prot: AtomicU64::new(0),
+            vm_flags: AtomicU64::new(0),
+            vm_lock_seq: AtomicU32::new(VM_LOCK_SEQ_NONE),
+            anon_vma_chain: UnsafeCell::new(Vec::new()),
+            anon_vma: AtomicPtr::new(core::ptr::null_mut()),
+            vm_ops: AtomicPtr::new(core::ptr::null_mut()),
+            vm_pgoff: AtomicUsize::new(0),
+            vm_file: UnsafeCell::new(None),
+            vm_private_data: AtomicUsize::new(0),
+            vm_policy: AtomicUsize::new(0),
+            cold: ColdLine {
+                vm_refcnt: AtomicU32::new(0),
+                anon_name: UnsafeCell::new(None),
+                uffd_ctx: AtomicUsize::new(0),
+                free_next: AtomicPtr::new(core::ptr::null_mut()),
+            },
+        }
+    }
+
+    /// Linux: `vm_start`. Racy snapshot unless the VMA is stable.
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.vm_start.load(Ordering::Relaxed)
+    }
+    /// Linux: `vm_end`.
+    #[inline]
+    pub fn end(&self) -> usize {
+        self.vm_end.load(Ordering::Relaxed)
+    }
+    /// Linux: `vma_pages()`.
+    #[inline]
+    pub fn pages(&self) -> usize {
+        pages(self.end() - self.start())
+    }
+    /// Linux: `vm_pgoff`.
+    #[inline]
+    pub fn pgoff(&self) -> usize {
+        self.vm_pgoff.load(Ordering::Relaxed)
+    }
+    /// Linux: `vm_flags`.
+    #[inline]
+    pub fn flags(&self) -> VmFlags {
+        VmFlags::from_bits_retain(self.vm_flags.load(Ordering::Relaxed))
+    }
+    /// Linux: `vm_page_prot`.
+    #[inline]
+    pub fn page_prot(&self) -> u64 {
+        self.vm_page_prot.load(Ordering::Relaxed)
+    }
+    /// Identity of the owning address space (Linux: `vm_mm`).
+    #[inline]
+    pub fn mm_id(&self) -> u64 {
+        self.vm_mm.load(Ordering::Relaxed)
+    }
+    /// Linux: `vm_private_data`.
+    #[inline]
+    pub fn private_data(&self) -> usize {
+        self.vm_private_data.load(Ordering::Relaxed)
+    }
+    /// Memory policy identity (0 = default).
+    #[inline]
+    pub fn policy(&self) -> usize {
+        self.vm_policy.load(Ordering::Relaxed)
+    }
+    /// userfaultfd context identity (0 = none).
+    #[inline]
+    pub fn uffd_ctx(&self) -> usize {
+        self.cold.uffd_ctx.load(Ordering::Relaxed)
+    }
+    /// Linux: `vm_ops`.
+    #[inline]
+    pub fn ops(&self) -> Option<&'static VmOperations> {
+        let p = self.vm_ops.load(Ordering::Acquire);
+        // SAFETY: `vm_ops` only ever holds null or a pointer derived from a
+        // `&'static VmOperations` (see `set_ops`).
+        unsafe { p.as_ref() }
+    }
+    /// Linux: `vma_is_anonymous()`.
+    #[inline]
+    pub fn is_anonymous(&self) -> bool {
+        self.vm_ops.load(Ordering::Relaxed).is_null()
+    }
+    /// True if the VMA has a `close` hook (and so may not be deleted by a merge).
+    #[inline]
+    pub fn has_close(&self) -> bool {
+        self.ops().is_some_and(|o| o.close.is_some())
+    }
+    /// Current `vm_refcnt` (diagnostics and tests).
+    #[inline]
+    pub fn refcnt(&self) -> u32 {
+        self.cold.vm_refcnt.load(Ordering::Acquire)
+    }
+    /// Current `vm_lock_seq` (diagnostics and tests).
+    #[inline]
+    pub fn lock_seq(&self) -> u32 {
+        self.vm_lock_seq.load(Ordering::Relaxed)
+    }
+    /// Linux: `vma_is_attached()` — refcnt != 0.
+    #[inline]
+    pub fn is_attached(&self) -> bool {
+        self.refcnt() != 0
+    }
+
+    /// Linux: `anon_vma`; a new counted reference.
+    pub fn anon_vma(&self) -> Option<AnonVmaRef> {
+        let p = self.anon_vma.load(Ordering::Acquire);
+        // SAFETY: a non-null `anon_vma` pointer carries a reference owned by this VMA,
+        // released only by a writer holding the VMA write lock; `clone_raw` takes its
+        // own reference while that one is still held (callers of readers hold a lock).
+        unsafe { AnonVmaRef::clone_raw(p) }
+    }
+    /// True if `anon_vma` is set ("faulted").
+    #[inline]
+    pub fn has_anon_vma(&self) -> bool {
+        !self.anon_vma.load(Ordering::Relaxed).is_null()
+    }
+    /// Raw identity of the anon_vma (null = none), for pointer comparisons.
+    #[inline]
+    pub fn anon_vma_ptr(&self) -> *const super::anon::AnonVma {
+        self.anon_vma.load(Ordering::Relaxed)
+    }
+
+    /// Linux: `vm_file`.
+    pub fn file(&self, _stable: &dyn VmaStable) -> Option<FileRef> {
+        // SAFETY: the proof shows a lock excluding writers of `vm_file` is held.
+        unsafe { (*self.vm_file.get()).clone() }
+    }
+    /// Linux: `anon_vma_name()`.
+    pub fn anon_name(&self, _stable: &dyn VmaStable) -> Option<Arc<str>> {
+        // SAFETY: as for `file`.
+        unsafe { (*self.cold.anon_name.get()).clone() }
+    }
+    /// Number of `anon_vma_chain` entries.
+    pub fn anon_vma_chain_len(&self, _stable: &dyn VmaStable) -> usize {
+        // SAFETY: as for `file`.
+        unsafe { (*self.anon_vma_chain.get()).len() }
+    }
+    /// Linux: `vma_is_fork_child()` — faulted and the chain is not a single entry.
+    pub fn is_fork_child(&self, stable: &dyn VmaStable) -> bool {
+        self.has_anon_vma() && self.anon_vma_chain_len(stable) != 1
+    }
+
+    // ---- writer-side setters; callers hold the mmap write lock and the VMA write lock
+    //      (or own a detached VMA). They are `pub(super)`: the rest of the kernel
+    //      changes VMAs through `MmWriteGuard`.
+
+    pub(super) fn set_range(&self, start: usize, end: usize, pgoff: usize) {
+        self.vm_start.store(start, Ordering::Relaxed);
+        self.vm_end.store(end, Ordering::Relaxed);
+        self.vm_pgoff.store(pgoff, Ordering::Relaxed);
+    }
+    pub(super) fn set_flags_raw(&self, flags: VmFlags) {
+        self.vm_flags.store(flags.bits(), Ordering::Relaxed);
+    }
+    pub(super) fn set_ops_raw(&self, ops: Option<&'static VmOperations>) {
+        let p = ops.map_or(core::ptr::null_mut(), |o| {
+            o as *const _ as *mut VmOperations
+        });
+        self.vm_ops.store(p, Ordering::Release);
+    }
+    /// # Safety
+    /// Caller has exclusive access to the multi-word fields (mmap write lock and VMA
+    /// write lock, or the VMA is detached and private to the caller).
+    pub(super) unsafe fn file_mut(&self) -> &mut Option<FileRef> {
+        // SAFETY: exclusivity is the caller's contract.
+        unsafe { &mut *self.vm_file.get() }
+    }
+    /// # Safety
+    /// As for [`Vma::file_mut`].
+    pub(super) unsafe fn anon_name_mut(&self) -> &mut Option<Arc<str>> {
+        // SAFETY: exclusivity is the caller's contract.
+        unsafe { &mut *self.cold.anon_name.get() }
+    }
+    /// # Safety
+    /// As for [`Vma::file_mut`].
+    pub(super) unsafe fn chain_mut(&self) -> &mut Vec<AnonVmaRef> {
+        // SAFETY: exclusivity is the caller's contract.
+        unsafe { &mut *self.anon_vma_chain.get() }
+    }
+    /// # Safety
+    /// As for [`Vma::file_mut`].
+    pub(super) unsafe fn chain_ref(&self) -> &Vec<AnonVmaRef> {
+        // SAFETY: shared access under the caller's lock.
+        unsafe { &*self.anon_vma_chain.get() }
+    }
+    /// Replace `anon_vma`, returning the previous reference.
+    pub(super) fn replace_anon_vma(&self, new: Option<AnonVmaRef>) -> Option<AnonVmaRef> {
+        let p = new.map_or(core::ptr::null_mut(), AnonVmaRef::into_raw);
+        let old = self.anon_vma.swap(p, Ordering::AcqRel);
+        // SAFETY: the slot held either null or a pointer produced by `into_raw`, whose
+        // reference is transferred back to us by the swap.
+        unsafe { AnonVmaRef::from_raw(old) }
+    }
+}
+
+impl fmt::Debug for Vma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Vma[{:#x},{:#x}) pgoff={:#x} flags={:?} anon={:p} refcnt={}",
+            self.start(),
+            self.end(),
+            self.pgoff(),
+            self.flags(),
+            self.anon_vma_ptr(),
+            self.refcnt()
+        )
+    }
+}

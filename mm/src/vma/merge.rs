@@ -1,0 +1,755 @@
+//! Merge, split, expand, shrink, modify and copy of VMAs, with Linux's results.
+//!
+//! Linux: `mm/vma.c` (`vma_merge_new_range`, `vma_merge_existing_range`,
+//! `vma_modify`, `__split_vma`, `split_vma`, `vma_expand`, `vma_shrink`,
+//! `vma_merge_extend`, `copy_vma`, `dup_anon_vma`, `is_mergeable_anon_vma`),
+//! `mm/vma.c`/`mm/mmap.c` (`__mmap_region`, anonymous part).
+//!
+//! Every operation write-locks each VMA whose range or anon_vma changes before
+//! changing it, preallocates tree memory before the first change (so ENOMEM leaves
+//! everything as it was, apart from VMA write locks, as in Linux), and keeps
+//! `map_count` equal to the number of tree entries.
+
+use alloc::sync::Arc;
+
+use super::anon::{self, AnonVma, AnonVmaRef};
+use super::area::{FileRef, PAGE_SIZE, VmFlags, VmaRef, pages, same_file, vma_eq};
+use super::mm::{Held, MmWriteGuard, VmaIterator};
+use crate::errno::Errno;
+
+/// Linux: `enum vma_merge_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmaMergeState {
+    /// Nothing attempted yet.
+    Start,
+    /// No merge possible; nothing changed.
+    NoMerge,
+    /// Merged.
+    Success,
+    /// Out of memory; nothing changed (except write locks).
+    ErrorNomem,
+}
+
+/// Parameters and results of a merge. Linux: `struct vma_merge_struct` ("vmg").
+pub struct VmaMergeStruct {
+    /// Iterator position (Linux: `vmg->vmi`).
+    pub vmi: VmaIterator,
+    /// VMA before the range (or `middle` itself when the range starts inside it).
+    pub prev: Option<VmaRef>,
+    /// Existing VMA being modified (existing-range merges).
+    pub middle: Option<VmaRef>,
+    /// VMA after the range.
+    pub next: Option<VmaRef>,
+    /// The VMA that survives (output).
+    pub target: Option<VmaRef>,
+    /// Range start (rewritten to the merged span on success).
+    pub start: usize,
+    /// Range end.
+    pub end: usize,
+    /// pgoff of `start`.
+    pub pgoff: usize,
+    /// Proposed flags.
+    pub flags: VmFlags,
+    /// Proposed file.
+    pub file: Option<FileRef>,
+    /// Proposed anon_vma.
+    pub anon_vma: Option<AnonVmaRef>,
+    /// Memory-policy identity.
+    pub policy: usize,
+    /// userfaultfd context identity.
+    pub uffd_ctx: usize,
+    /// Anonymous name.
+    pub anon_name: Option<Arc<str>>,
+    /// Outcome.
+    pub state: VmaMergeState,
+    /// Caller guarantees nothing to merge on the right; iterator already at prev (brk).
+    pub just_expand: bool,
+    /// On OOM, report NOMERGE rather than ERROR_NOMEM (caller falls back).
+    pub give_up_on_oom: bool,
+    /// mremap source (2026 fix "anon_vma UAF on mremap() faulted, unfaulted merge").
+    pub copied_from: Option<VmaRef>,
+    remove_middle: bool,
+    remove_next: bool,
+}
+
+impl VmaMergeStruct {
+    /// A proposal for a new range. Linux: `VMG_STATE()`.
+    pub fn new(start: usize, end: usize, pgoff: usize, flags: VmFlags) -> Self {
+        VmaMergeStruct {
+            vmi: VmaIterator::new(start),
+            prev: None,
+            middle: None,
+            next: None,
+            target: None,
+            start,
+            end,
+            pgoff,
+            flags,
+            file: None,
+            anon_vma: None,
+            policy: 0,
+            uffd_ctx: 0,
+            anon_name: None,
+            state: VmaMergeState::Start,
+            just_expand: false,
+            give_up_on_oom: false,
+            copied_from: None,
+            remove_middle: false,
+            remove_next: false,
+        }
+    }
+
+    /// A proposal to change `[start, end)` of `vma`, with `vma`'s attributes.
+    /// Linux: `VMG_VMA_STATE()`.
+    pub fn from_vma(
+        g: &MmWriteGuard<'_>,
+        prev: Option<VmaRef>,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+    ) -> Self {
+        let pgoff = vma.pgoff() + pages(start.saturating_sub(vma.start()));
+        let mut m = Self::new(start, end, pgoff, vma.flags());
+        m.prev = prev;
+        m.middle = Some(vma);
+        m.file = vma.file(g);
+        m.anon_vma = vma.anon_vma();
+        m.policy = vma.policy();
+        m.uffd_ctx = vma.uffd_ctx();
+        m.anon_name = vma.anon_name(g);
+        m
+    }
+
+    fn anon_ptr(&self) -> *const AnonVma {
+        self.anon_vma
+            .as_ref()
+            .map_or(core::ptr::null(), |a| a.as_ptr())
+    }
+
+    /// True if the last operation ran out of memory. Linux: `vmg_nomem()`.
+    pub fn nomem(&self) -> bool {
+        self.state == VmaMergeState::ErrorNomem
+    }
+}
+
+fn name_eq(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+        _ => false,
+    }
+}
+
+/// Linux: `can_merge_remove_vma()` — a VMA with a close hook may not be deleted.
+fn can_merge_remove_vma(v: VmaRef) -> bool {
+    !v.has_close()
+}
+
+/// Linux: `is_mergeable_vma()`.
+fn is_mergeable_vma(vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
+    let held = Held;
+    tgt.policy() == vmg.policy
+        && ((tgt.flags() ^ vmg.flags) & !VmFlags::IGNORE_MERGE).is_empty()
+        && same_file(tgt.file(&held).as_ref(), vmg.file.as_ref())
+        && tgt.uffd_ctx() == vmg.uffd_ctx
+        && name_eq(&tgt.anon_name(&held), &vmg.anon_name)
+}
+
+fn is_fork_child(v: Option<VmaRef>) -> bool {
+    v.is_some_and(|v| v.is_fork_child(&Held))
+}
+
+/// Linux: `is_mergeable_anon_vma()` after 879bca0a2c4f and the 2026 `copied_from` fix.
+fn is_mergeable_anon_vma(vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
+    let tgt_anon = tgt.anon_vma_ptr();
+    let src_anon = vmg.anon_ptr();
+    match (tgt_anon.is_null(), src_anon.is_null()) {
+        // Case 1: we will dup src's anon_vma into tgt.
+        (true, false) => !is_fork_child(vmg.middle) && !is_fork_child(vmg.copied_from),
+        // Case 2: the result simply keeps tgt's anon_vma.
+        (false, true) => !tgt.is_fork_child(&Held),
+        // Case 3: both or neither.
+        _ => tgt_anon == src_anon,
+    }
+}
+
+/// Linux: `can_vma_merge_left()` / `can_vma_merge_after()`.
+fn can_vma_merge_left(vmg: &VmaMergeStruct) -> bool {
+    let Some(prev) = vmg.prev else { return false };
+    prev.end() == vmg.start
+        && is_mergeable_vma(vmg, prev)
+        && is_mergeable_anon_vma(vmg, prev)
+        && prev.pgoff() + prev.pages() == vmg.pgoff
+}
+
+/// Linux: `can_vma_merge_right()` / `can_vma_merge_before()`, plus the three-way check.
+fn can_vma_merge_right(vmg: &VmaMergeStruct, merge_left: bool) -> bool {
+    let Some(next) = vmg.next else { return false };
+    if vmg.end != next.start()
+        || !is_mergeable_vma(vmg, next)
+        || !is_mergeable_anon_vma(vmg, next)
+        || next.pgoff() != vmg.pgoff + pages(vmg.end - vmg.start)
+    {
+        return false;
+    }
+    if !merge_left {
+        return true;
+    }
+    // prev and next must also be compatible with each other.
+    let (pa, na) = (
+        vmg.prev.map_or(core::ptr::null(), |p| p.anon_vma_ptr()),
+        next.anon_vma_ptr(),
+    );
+    pa.is_null() || na.is_null() || pa == na
+}
+
+fn aligned(x: usize) -> bool {
+    x % PAGE_SIZE == 0
+}
+
+impl MmWriteGuard<'_> {
+    fn attached_here(&self, v: VmaRef) -> bool {
+        v.is_attached() && v.mm_id() == self.mm().id()
+    }
+
+    /// Linux: `dup_anon_vma()` — if `src` is faulted and `dst` is not, give `dst` src's
+    /// anon_vma and chain; record `dst` in `dup` so an abort can unlink it.
+    fn dup_anon_vma(
+        &mut self,
+        dst: VmaRef,
+        src: VmaRef,
+        dup: &mut Option<VmaRef>,
+    ) -> Result<(), Errno> {
+        if src.has_anon_vma() && !dst.has_anon_vma() {
+            self.vma_assert_write_locked(dst);
+            drop(dst.replace_anon_vma(src.anon_vma()));
+            let fail = self.inner_ref().fail_anon_clone;
+            // SAFETY: mmap write lock held, `dst` write-locked, `src` stable.
+            unsafe { anon::anon_vma_clone(dst, src, fail)? };
+            *dup = Some(dst);
+        }
+        Ok(())
+    }
+
+    fn abort_anon_dup(&mut self, dup: Option<VmaRef>) {
+        if let Some(d) = dup {
+            // SAFETY: `d` is write-locked by us under the mmap write lock.
+            unsafe { anon::unlink_anon_vmas(d) };
+        }
+    }
+
+    /// Check that `[start, end)` holds no VMA other than those in `allowed`.
+    fn range_only_contains(&self, start: usize, end: usize, allowed: &[Option<VmaRef>]) -> bool {
+        let v = self.view();
+        let mut it = VmaIterator::new(start);
+        while let Some(x) = it.next(&v) {
+            if x.start() >= end {
+                break;
+            }
+            if !allowed.iter().any(|a| a.is_some_and(|a| vma_eq(a, x))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Expand `vmg.target` to `[vmg.start, vmg.end)`, deleting `vmg.next` if the range
+    /// covers it entirely. Linux: `vma_expand()`.
+    ///
+    /// anon_vma propagation: from a removed `next`, and (2026 fix) from
+    /// `vmg.copied_from`. Errors: ENOMEM (state ERROR_NOMEM unless `give_up_on_oom`),
+    /// EINVAL for an inconsistent request.
+    pub fn vma_expand(&mut self, vmg: &mut VmaMergeStruct) -> Result<(), Errno> {
+        let Some(target) = vmg.target else {
+            return Err(Errno::EINVAL);
+        };
+        if !self.attached_here(target)
+            || vmg.start >= vmg.end
+            || !aligned(vmg.start)
+            || !aligned(vmg.end)
+            || target.start() < vmg.start
+            || target.end() > vmg.end
+        {
+            return Err(Errno::EINVAL);
+        }
+        let next = vmg.next.filter(|n| !vma_eq(*n, target));
+        let remove_next = next.is_some_and(|n| vmg.end == n.end());
+        let allowed = [Some(target), if remove_next { next } else { None }];
+        if !self.range_only_contains(vmg.start, vmg.end, &allowed) {
+            return Err(Errno::EINVAL);
+        }
+        let mut sticky = (vmg.flags | target.flags()) & VmFlags::STICKY;
+        self.vma_start_write(target);
+        let mut dup = None;
+        let mut res = Ok(());
+        if let Some(n) = next.filter(|_| remove_next) {
+            debug_assert!(can_merge_remove_vma(n));
+            sticky |= n.flags() & VmFlags::STICKY;
+            self.vma_start_write(n);
+            res = self.dup_anon_vma(target, n, &mut dup);
+        }
+        if res.is_ok() {
+            if let Some(src) = vmg.copied_from {
+                res = self.dup_anon_vma(target, src, &mut dup);
+            }
+        }
+        vmg.remove_next = remove_next;
+        if res.is_ok() {
+            let removes: &[VmaRef] = match next {
+                Some(n) if remove_next => &[n],
+                _ => &[],
+            };
+            res = self.commit(&[(target, vmg.start, vmg.end, vmg.pgoff)], removes, None);
+        }
+        if let Err(e) = res {
+            self.abort_anon_dup(dup);
+            if !vmg.give_up_on_oom {
+                vmg.state = VmaMergeState::ErrorNomem;
+            }
+            return Err(e);
+        }
+        target.set_flags_raw(target.flags() | sticky);
+        Ok(())
+    }
+
+    /// Merge a new, empty range `[vmg.start, vmg.end)` into `vmg.prev` and/or
+    /// `vmg.next`. Returns the expanded VMA, or `None` with `vmg.state` NOMERGE or
+    /// ERROR_NOMEM. Linux: `vma_merge_new_range()`.
+    pub fn vma_merge_new_range(&mut self, vmg: &mut VmaMergeStruct) -> Option<VmaRef> {
+        vmg.state = VmaMergeState::NoMerge;
+        let (prev, next, end) = (vmg.prev, vmg.next, vmg.end);
+        if vmg.flags.intersects(VmFlags::SPECIAL) || (prev.is_none() && next.is_none()) {
+            return None;
+        }
+        // Malformed requests never merge (no panics at the API boundary).
+        if vmg.middle.is_some()
+            || vmg.start >= vmg.end
+            || prev.is_some_and(|p| !self.attached_here(p) || p.end() > vmg.start)
+            || next.is_some_and(|n| !self.attached_here(n) || n.start() < vmg.end)
+        {
+            return None;
+        }
+        let left = can_vma_merge_left(vmg);
+        let right = !vmg.just_expand && can_vma_merge_right(vmg, left);
+        vmg.target = None;
+        if right {
+            let n = next?;
+            vmg.end = n.end();
+            vmg.target = Some(n);
+        }
+        if left {
+            let p = prev?;
+            vmg.start = p.start();
+            vmg.pgoff = p.pgoff();
+            vmg.target = Some(p);
+            // Deleting next is not allowed: reduce to prev + the new range.
+            if right && !can_merge_remove_vma(next?) {
+                vmg.end = end;
+            }
+            if !vmg.just_expand {
+                vmg.vmi.prev(&self.view());
+            }
+        }
+        let target = vmg.target?;
+        match self.vma_expand(vmg) {
+            Ok(()) => {
+                vmg.state = VmaMergeState::Success;
+                vmg.vmi.set(vmg.start);
+                Some(target)
+            }
+            Err(_) => {
+                vmg.target = None;
+                None
+            }
+        }
+    }
+
+    /// Change attributes of `[vmg.start, vmg.end)` inside `vmg.middle` by merging it
+    /// into a neighbour when the rules allow. Returns the surviving VMA, or `None` with
+    /// state NOMERGE (caller splits instead) or ERROR_NOMEM.
+    /// Linux: `vma_merge_existing_range()`.
+    pub fn vma_merge_existing_range(&mut self, vmg: &mut VmaMergeStruct) -> Option<VmaRef> {
+        vmg.state = VmaMergeState::NoMerge;
+        let middle = vmg.middle?;
+        let (start, end) = (vmg.start, vmg.end);
+        if !self.attached_here(middle)
+            || start >= end
+            || start < middle.start()
+            || end > middle.end()
+            || vmg.target.is_some()
+            || vmg
+                .prev
+                .is_some_and(|p| !self.attached_here(p) || p.start() >= start && !vma_eq(p, middle))
+        {
+            return None;
+        }
+        let left_side = start == middle.start();
+        let right_side = end == middle.end();
+        if vmg.flags.intersects(VmFlags::SPECIAL) || (!left_side && !right_side) {
+            return None;
+        }
+        let mut sticky = vmg.flags & VmFlags::STICKY;
+        let merge_left = left_side && can_vma_merge_left(vmg);
+        let mut merge_right = false;
+        let mut next = None;
+        if right_side {
+            next = self.vma_next_from(middle.end());
+            vmg.next = next;
+            merge_right = can_vma_merge_right(vmg, merge_left);
+        }
+        if merge_left {
+            vmg.vmi.prev(&self.view());
+        } else if !merge_right {
+            return None;
+        }
+        let mut merge_both = merge_left && merge_right;
+        vmg.remove_middle = left_side && right_side;
+        if vmg.remove_middle && !can_merge_remove_vma(middle) {
+            return None;
+        }
+        vmg.remove_next = merge_both;
+        if vmg.remove_next && next.is_some_and(|n| !can_merge_remove_vma(n)) {
+            vmg.remove_next = false;
+            merge_right = false;
+            merge_both = false;
+        }
+
+        // Middle changes in every outcome.
+        self.vma_start_write(middle);
+        let prev = vmg.prev;
+        if merge_right {
+            let n = next?;
+            self.vma_start_write(n);
+            vmg.target = Some(n);
+            sticky |= n.flags() & VmFlags::STICKY;
+        }
+        if merge_left {
+            let p = prev?;
+            self.vma_start_write(p);
+            vmg.target = Some(p);
+            sticky |= p.flags() & VmFlags::STICKY;
+        }
+        let mut dup = None;
+        let mut updates: [(VmaRef, usize, usize, usize); 2] = [(middle, 0, 0, 0); 2];
+        let nupd;
+        let mut removes: [VmaRef; 2] = [middle; 2];
+        let nrem;
+        let res;
+        if merge_both {
+            let (p, n) = (prev?, next?);
+            updates[0] = (p, p.start(), n.end(), p.pgoff());
+            nupd = 1;
+            removes = [middle, n];
+            nrem = 2;
+            let src = if n.has_anon_vma() { n } else { middle };
+            res = self.dup_anon_vma(p, src, &mut dup);
+        } else if merge_left {
+            let p = prev?;
+            updates[0] = (p, p.start(), end, p.pgoff());
+            if vmg.remove_middle {
+                nupd = 1;
+                nrem = 1;
+            } else {
+                updates[1] = (
+                    middle,
+                    end,
+                    middle.end(),
+                    middle.pgoff() + pages(end - middle.start()),
+                );
+                nupd = 2;
+                nrem = 0;
+            }
+            res = self.dup_anon_vma(p, middle, &mut dup);
+        } else {
+            let n = next?;
+            let newpg = n.pgoff().wrapping_sub(pages(n.start() - start));
+            if vmg.remove_middle {
+                updates[0] = (n, start, n.end(), newpg);
+                nupd = 1;
+                nrem = 1;
+            } else {
+                updates[0] = (middle, middle.start(), start, middle.pgoff());
+                updates[1] = (n, start, n.end(), newpg);
+                nupd = 2;
+                nrem = 0;
+            }
+            res = self.dup_anon_vma(n, middle, &mut dup);
+        }
+        let res = res.and_then(|()| self.commit(&updates[..nupd], &removes[..nrem], None));
+        if res.is_err() {
+            vmg.vmi.set(start);
+            self.abort_anon_dup(dup);
+            vmg.target = None;
+            if !vmg.give_up_on_oom {
+                vmg.state = VmaMergeState::ErrorNomem;
+            }
+            return None;
+        }
+        let target = vmg.target?;
+        target.set_flags_raw(target.flags() | sticky);
+        vmg.start = target.start();
+        vmg.end = target.end();
+        vmg.pgoff = target.pgoff();
+        vmg.state = VmaMergeState::Success;
+        Some(target)
+    }
+
+    /// Make `[vmg.start, vmg.end)` of `vmg.middle` exactly one VMA, by merging or by
+    /// splitting; the caller then applies its attribute change to the returned VMA.
+    /// Linux: `vma_modify()`.
+    pub fn vma_modify(&mut self, vmg: &mut VmaMergeStruct) -> Result<VmaRef, Errno> {
+        let Some(vma) = vmg.middle else {
+            return Err(Errno::EINVAL);
+        };
+        let (start, end) = (vmg.start, vmg.end);
+        if !self.attached_here(vma) || start >= end || start < vma.start() || end > vma.end() {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(m) = self.vma_merge_existing_range(vmg) {
+            return Ok(m);
+        }
+        if vmg.nomem() {
+            return Err(Errno::ENOMEM);
+        }
+        if vma.start() < start {
+            self.split_vma(vma, start, true)?;
+        }
+        if vma.end() > end {
+            self.split_vma(vma, end, false)?;
+        }
+        Ok(vma)
+    }
+
+    /// Linux: `vma_modify_flags()` — `vma_modify` with new flags as the proposal. The
+    /// flags are *not* applied: the caller sets them on the returned (write-locked) VMA.
+    pub fn vma_modify_flags(
+        &mut self,
+        prev: Option<VmaRef>,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+        flags: VmFlags,
+    ) -> Result<VmaRef, Errno> {
+        let mut vmg = VmaMergeStruct::from_vma(self, prev, vma, start, end);
+        vmg.flags = flags;
+        self.vma_modify(&mut vmg)
+    }
+
+    /// Split with the `max_map_count` check. Linux: `split_vma()`.
+    pub fn split_vma(
+        &mut self,
+        vma: VmaRef,
+        addr: usize,
+        new_below: bool,
+    ) -> Result<VmaRef, Errno> {
+        if self.map_count() >= self.max_map_count() {
+            return Err(Errno::ENOMEM);
+        }
+        self.__split_vma(vma, addr, new_below)
+    }
+
+    /// Split `vma` at `addr`; returns the new VMA (the low part if `new_below`, else the
+    /// high part; the original object keeps the other part). No `max_map_count` check.
+    ///
+    /// Linux: `__split_vma()`: `may_split` veto, dup, preallocate, clone anon_vmas,
+    /// `open(new)`, write-lock both, `hugetlb_split` hook, adjust, insert.
+    #[allow(non_snake_case)]
+    pub fn __split_vma(
+        &mut self,
+        vma: VmaRef,
+        addr: usize,
+        new_below: bool,
+    ) -> Result<VmaRef, Errno> {
+        if !self.attached_here(vma) || addr <= vma.start() || addr >= vma.end() || !aligned(addr) {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(may_split) = vma.ops().and_then(|o| o.may_split) {
+            may_split(vma, addr)?;
+        }
+        let new = self.vm_area_dup(vma)?;
+        let (vs, ve, vp) = (vma.start(), vma.end(), vma.pgoff());
+        if new_below {
+            new.set_range(vs, addr, vp);
+        } else {
+            new.set_range(addr, ve, vp + pages(addr - vs));
+        }
+        // Preallocate before anything observable (erase + insert of vma, insert new).
+        if let Err(e) = self.inner().tw.prealloc(3) {
+            drop(new.replace_anon_vma(None));
+            self.vm_area_free(new);
+            return Err(e);
+        }
+        let fail = self.inner_ref().fail_anon_clone;
+        // SAFETY: `new` is detached and private; `vma` stable under the write lock.
+        if let Err(e) = unsafe { anon::anon_vma_clone(new, vma, fail) } {
+            self.vm_area_free(new);
+            return Err(e);
+        }
+        if let Some(open) = vma.ops().and_then(|o| o.open) {
+            open(new);
+        }
+        self.vma_start_write(vma);
+        self.vma_start_write(new);
+        if vma.flags().contains(VmFlags::HUGETLB) {
+            if let Some(hook) = self.inner_ref().hooks.hugetlb_split {
+                hook(vma, addr);
+            }
+        }
+        let upd = if new_below {
+            (vma, addr, ve, vp + pages(addr - vs))
+        } else {
+            (vma, vs, addr, vp)
+        };
+        if let Err(e) = self.commit(&[upd], &[], Some(new)) {
+            // Unreachable after the preallocation above; undo anyway.
+            if let Some(close) = new.ops().and_then(|o| o.close) {
+                close(new);
+            }
+            self.vm_area_free(new);
+            return Err(e);
+        }
+        Ok(new)
+    }
+
+    /// Shrink `vma` to `[start, end)` (one end must stay). Linux: `vma_shrink()`.
+    pub fn vma_shrink(
+        &mut self,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+        pgoff: usize,
+    ) -> Result<(), Errno> {
+        if !self.attached_here(vma)
+            || start >= end
+            || start < vma.start()
+            || end > vma.end()
+            || (start != vma.start() && end != vma.end())
+            || !aligned(start)
+            || !aligned(end)
+        {
+            return Err(Errno::EINVAL);
+        }
+        self.inner().tw.prealloc(2)?;
+        self.vma_start_write(vma);
+        self.commit(&[(vma, start, end, pgoff)], &[], None)
+    }
+
+    /// Grow `vma` in place by `delta` bytes, merging with the following VMA if possible.
+    /// Linux: `vma_merge_extend()` (mremap in-place growth).
+    pub fn vma_merge_extend(&mut self, vma: VmaRef, delta: usize) -> Option<VmaRef> {
+        let end = vma.end().checked_add(delta)?;
+        let mut vmg = VmaMergeStruct::from_vma(self, Some(vma), vma, vma.end(), end);
+        vmg.pgoff = vma.pgoff() + vma.pages();
+        vmg.next = self.vma_next_from(vma.end());
+        vmg.vmi = VmaIterator::new(vma.start());
+        vmg.middle = None;
+        self.vma_merge_new_range(&mut vmg)
+    }
+
+    /// Copy `*vma` to `[addr, addr + len)` at `pgoff` (mremap move): merge into a
+    /// neighbour if possible, else link a duplicate. Returns the new VMA and
+    /// `need_rmap_locks`; `*vma` is updated if the source itself was merged into it.
+    /// Linux: `copy_vma()` via `vma_merge_copied_range()` (copied_from rule).
+    pub fn copy_vma(
+        &mut self,
+        vma: &mut VmaRef,
+        addr: usize,
+        len: usize,
+        pgoff: usize,
+    ) -> Result<(VmaRef, bool), Errno> {
+        let src = *vma;
+        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+        if len == 0 || !aligned(addr) || !aligned(len) || !self.attached_here(src) {
+            return Err(Errno::EINVAL);
+        }
+        let vma_start = src.start();
+        let mut pgoff = pgoff;
+        let mut faulted_in_anon_vma = true;
+        if src.is_anonymous() && !src.has_anon_vma() {
+            pgoff = addr >> super::area::PAGE_SHIFT;
+            faulted_in_anon_vma = false;
+        }
+        if self.find_vma_intersection(addr, end).is_some() {
+            return Err(Errno::ENOMEM);
+        }
+        let mut vmg = VmaMergeStruct::from_vma(self, None, src, addr, end);
+        vmg.prev = self.vma_prev_of(addr);
+        vmg.vmi = VmaIterator::new(addr);
+        vmg.pgoff = pgoff;
+        vmg.next = self.vma_next_from(end);
+        // Linux: vma_merge_copied_range().
+        vmg.copied_from = vmg.middle.take();
+        if let Some(new) = self.vma_merge_new_range(&mut vmg) {
+            if vma_start >= new.start() && vma_start < new.end() {
+                debug_assert!(!faulted_in_anon_vma);
+                *vma = new;
+            }
+            return Ok((new, new.pgoff() <= vma.pgoff()));
+        }
+        let new = self.vm_area_dup(src)?;
+        new.set_range(addr, end, pgoff);
+        let fail = self.inner_ref().fail_anon_clone;
+        // SAFETY: `new` detached and private; `src` stable.
+        if let Err(e) = unsafe { anon::anon_vma_clone(new, src, fail) } {
+            self.vm_area_free(new);
+            return Err(e);
+        }
+        if let Some(open) = new.ops().and_then(|o| o.open) {
+            open(new);
+        }
+        if let Err(e) = self.vma_link(new) {
+            if let Some(close) = new.ops().and_then(|o| o.close) {
+                close(new);
+            }
+            self.vm_area_free(new);
+            return Err(e);
+        }
+        Ok((new, false))
+    }
+
+    /// Map `[addr, addr + len)`: merge with a neighbour or link a new VMA. The range must
+    /// be free (EEXIST otherwise: MAP_FIXED replacement is the caller's detach + zap +
+    /// remove). ENOMEM past `max_map_count`. Linux: `__mmap_region()` without the
+    /// gather/unmap, accounting and driver steps.
+    pub fn mmap_region(
+        &mut self,
+        addr: usize,
+        len: usize,
+        flags: VmFlags,
+        pgoff: usize,
+        file: Option<FileRef>,
+    ) -> Result<usize, Errno> {
+        let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
+        if len == 0 || !aligned(addr) || !aligned(len) {
+            return Err(Errno::EINVAL);
+        }
+        if self.find_vma_intersection(addr, end).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if self.map_count() > self.max_map_count() {
+            return Err(Errno::ENOMEM);
+        }
+        let mut vmg = VmaMergeStruct::new(addr, end, pgoff, flags);
+        vmg.file = file.clone();
+        vmg.prev = self.vma_prev_of(addr);
+        vmg.next = self.vma_next_from(end);
+        vmg.vmi = VmaIterator::new(addr);
+        if (vmg.prev.is_some() || vmg.next.is_some())
+            && self.vma_merge_new_range(&mut vmg).is_some()
+        {
+            return Ok(addr);
+        }
+        if vmg.nomem() {
+            return Err(Errno::ENOMEM);
+        }
+        let v = self.vm_area_alloc()?;
+        let r = self
+            .vma_init(v, addr, end, pgoff, flags, file, None)
+            .and_then(|()| self.vma_link(v));
+        if let Err(e) = r {
+            self.vm_area_free(v);
+            return Err(e);
+        }
+        Ok(addr)
+    }
+}

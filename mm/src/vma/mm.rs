@@ -1,0 +1,764 @@
+//! The address space as the VMA layer sees it: tree, mmap lock, map count, lock seq.
+//!
+//! Linux: the VMA-related part of `struct mm_struct` (`mm_mt`, `mmap_lock`,
+//! `mm_lock_seq`, `map_count`) and `mm/mmap_lock.c` (`mmap_write_lock`,
+//! `lock_vma_under_rcu`), `mm/mmap.c` (`find_vma`, `insert_vm_struct`).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::alloc as valloc;
+use super::anon;
+use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, VmaRef, VmaStable};
+use super::lock::{self, VmaReadError, VmaReadGuard};
+use super::rcu;
+use super::tree::{TreeView, TreeWriter, VmaTree};
+use crate::errno::Errno;
+
+/// Linux: `DEFAULT_MAX_MAP_COUNT` (`vm.max_map_count`).
+pub const DEFAULT_MAX_MAP_COUNT: usize = 65530;
+
+static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Kernel hooks the VMA layer calls at page-table-relevant moments (extension points).
+#[derive(Clone, Copy, Default)]
+pub struct MmHooks {
+    /// Called by `__split_vma` for `VM_HUGETLB` VMAs after both halves are write-locked
+    /// and before the ranges change (Linux: `hugetlb_split(vma, addr)`).
+    pub hugetlb_split: Option<fn(VmaRef, usize)>,
+}
+
+/// Writer-side state, protected by the mmap lock.
+pub(super) struct MmInner {
+    pub(super) tw: TreeWriter,
+    /// Linux: `mm->map_count`.
+    pub(super) map_count: usize,
+    /// Linux: `sysctl_max_map_count`.
+    pub(super) max_map_count: usize,
+    /// VMAs allocated for this mm and not yet freed.
+    pub(super) live_vmas: usize,
+    /// Fault injection: `anon_vma_clone` fails with ENOMEM.
+    pub(super) fail_anon_clone: bool,
+    pub(super) hooks: MmHooks,
+}
+
+/// An address space's VMA state (Linux: the VMA part of `struct mm_struct`).
+pub struct Mm {
+    id: u64,
+    /// Linux: `mm->mm_lock_seq`; odd while the mmap lock is write-held.
+    pub(super) mm_lock_seq: AtomicU32,
+    pub(super) tree: VmaTree,
+    /// Linux: `mmap_lock`.
+    lock: spin::RwLock<MmInner>,
+}
+
+impl Default for Mm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mm {
+    /// An empty address space.
+    pub fn new() -> Self {
+        Mm {
+            id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
+            mm_lock_seq: AtomicU32::new(0),
+            tree: VmaTree::new(),
+            lock: spin::RwLock::new(MmInner {
+                tw: TreeWriter::new(),
+                map_count: 0,
+                max_map_count: DEFAULT_MAX_MAP_COUNT,
+                live_vmas: 0,
+                fail_anon_clone: false,
+                hooks: MmHooks::default(),
+            }),
+        }
+    }
+
+    /// Identity stored in each VMA's `vm_mm`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Current `mm_lock_seq` (diagnostics/tests).
+    pub fn lock_seq(&self) -> u32 {
+        self.mm_lock_seq.load(Ordering::Relaxed)
+    }
+
+    /// Take the mmap lock for writing; `mm_lock_seq` becomes odd.
+    /// Linux: `mmap_write_lock()`.
+    pub fn write_lock(&self) -> MmWriteGuard<'_> {
+        let inner = self.lock.write();
+        // Linux: `mm_lock_seqcount_begin()`; plain increment, we are the only writer.
+        let s = self.mm_lock_seq.load(Ordering::Relaxed);
+        self.mm_lock_seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Release);
+        MmWriteGuard {
+            mm: self,
+            inner: Some(inner),
+        }
+    }
+
+    /// Take the mmap lock for reading. Linux: `mmap_read_lock()`.
+    pub fn read_lock(&self) -> MmReadGuard<'_> {
+        MmReadGuard {
+            mm: self,
+            _inner: self.lock.read(),
+        }
+    }
+
+    /// Lock-free lookup of the VMA containing `addr`, read-locked.
+    ///
+    /// Linux: `lock_vma_under_rcu()`: RCU tree walk, `vma_start_read`, retry on
+    /// `Detached` (EAGAIN), give up on other failures (caller falls back to the mmap
+    /// lock), and re-check the range after locking (the slot may have been reused).
+    pub fn lock_vma_under_rcu(&self, addr: usize) -> Option<VmaReadGuard<'_>> {
+        loop {
+            let g = rcu::rcu_read_lock();
+            let e = self.tree.view_rcu(&g).lookup(addr)?;
+            match lock::vma_start_read(self.id, &self.mm_lock_seq, e.vma) {
+                Ok(()) => {
+                    drop(g);
+                    let rg = VmaReadGuard::new(e.vma);
+                    if e.vma.start() <= addr && addr < e.vma.end() {
+                        return Some(rg);
+                    }
+                    return None;
+                }
+                Err(VmaReadError::Detached) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// One lock-free read attempt on a VMA pointer the caller found itself (tests and
+    /// the fault path). Linux: `vma_start_read()`.
+    pub fn vma_start_read(&self, vma: VmaRef) -> Result<VmaReadGuard<'_>, VmaReadError> {
+        lock::vma_start_read(self.id, &self.mm_lock_seq, vma).map(|()| VmaReadGuard::new(vma))
+    }
+}
+
+impl Drop for Mm {
+    fn drop(&mut self) {
+        // Exclusive access: no guard, RCU reader or read lock can borrow `self`.
+        let inner = self.lock.get_mut();
+        let mut all = Vec::new();
+        let _ = all.try_reserve(inner.tw.len());
+        inner.tw.view().for_each(|e| all.push(e.vma));
+        for v in all {
+            v.cold.vm_refcnt.store(0, Ordering::Release);
+            valloc::vm_area_free(v);
+        }
+        // SAFETY: `&mut self`: nothing else can reach the tree.
+        unsafe { inner.tw.destroy(&self.tree) };
+    }
+}
+
+/// The mmap lock held for reading.
+pub struct MmReadGuard<'a> {
+    mm: &'a Mm,
+    _inner: spin::RwLockReadGuard<'a, MmInner>,
+}
+
+impl super::area::sealed::Sealed for MmReadGuard<'_> {}
+impl VmaStable for MmReadGuard<'_> {}
+
+impl<'a> MmReadGuard<'a> {
+    /// The tree as of now (stable while the read lock is held).
+    pub fn view(&self) -> TreeView<'_> {
+        self.mm.tree.view_locked()
+    }
+    /// Linux: `find_vma()`.
+    pub fn find_vma(&self, addr: usize) -> Option<VmaRef> {
+        self.view().find(addr).map(|e| e.vma)
+    }
+    /// Linux: `vma_lookup()`.
+    pub fn vma_lookup(&self, addr: usize) -> Option<VmaRef> {
+        self.view().lookup(addr).map(|e| e.vma)
+    }
+    /// Linux: `vma_start_read_locked()` — only fails on detached/overflow.
+    pub fn vma_start_read_locked(&self, vma: VmaRef) -> Option<VmaReadGuard<'a>> {
+        lock::refcnt_inc_limited(vma)
+            .ok()
+            .map(|()| VmaReadGuard::new(vma))
+    }
+}
+
+/// The mmap lock held for writing; all VMA-tree changes go through it.
+///
+/// Dropping it is `mmap_write_unlock()`: `mm_lock_seq` becomes even, which releases
+/// every VMA write lock taken during the hold.
+pub struct MmWriteGuard<'a> {
+    pub(super) mm: &'a Mm,
+    inner: Option<spin::RwLockWriteGuard<'a, MmInner>>,
+}
+
+impl super::area::sealed::Sealed for MmWriteGuard<'_> {}
+impl VmaStable for MmWriteGuard<'_> {}
+
+/// Zero-sized proof used internally while `self` is mutably borrowed.
+pub(super) struct Held;
+impl super::area::sealed::Sealed for Held {}
+impl VmaStable for Held {}
+
+impl Drop for MmWriteGuard<'_> {
+    fn drop(&mut self) {
+        // Linux: `vma_end_write_all()` — the release pairs with readers' acquire.
+        let s = self.mm.mm_lock_seq.load(Ordering::Relaxed);
+        self.mm
+            .mm_lock_seq
+            .store(s.wrapping_add(1), Ordering::Release);
+        drop(self.inner.take());
+    }
+}
+
+/// A positionable cursor over the VMA tree (Linux: `struct vma_iterator`).
+///
+/// It holds only an address; each step is an `O(log n)` lookup, so it stays valid
+/// across tree changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VmaIterator {
+    /// Current position (Linux: `vmi->mas.index`).
+    pub index: usize,
+}
+
+impl VmaIterator {
+    /// Iterator at `addr`. Linux: `VMA_ITERATOR(vmi, mm, addr)`.
+    pub fn new(addr: usize) -> Self {
+        VmaIterator { index: addr }
+    }
+    /// Reposition. Linux: `vma_iter_set()`.
+    pub fn set(&mut self, addr: usize) {
+        self.index = addr;
+    }
+    /// Next VMA ending above the position; moves to its end. Linux: `vma_next()`/`vma_find()`.
+    pub fn next(&mut self, v: &TreeView<'_>) -> Option<VmaRef> {
+        let e = v.find(self.index)?;
+        self.index = e.end;
+        Some(e.vma)
+    }
+    /// VMA starting below the position; moves to its start. Linux: `vma_prev()`.
+    pub fn prev(&mut self, v: &TreeView<'_>) -> Option<VmaRef> {
+        let e = v.prev_before(self.index)?;
+        self.index = e.start;
+        Some(e.vma)
+    }
+}
+
+impl<'a> MmWriteGuard<'a> {
+    pub(super) fn inner(&mut self) -> &mut MmInner {
+        self.inner.as_mut().expect("write guard alive")
+    }
+    pub(super) fn inner_ref(&self) -> &MmInner {
+        self.inner.as_ref().expect("write guard alive")
+    }
+
+    /// The address space.
+    pub fn mm(&self) -> &'a Mm {
+        self.mm
+    }
+    /// The (working) tree.
+    pub fn view(&self) -> TreeView<'_> {
+        self.inner_ref().tw.view()
+    }
+    /// Linux: `mm->map_count`.
+    pub fn map_count(&self) -> usize {
+        self.inner_ref().map_count
+    }
+    /// Number of tree entries (equals `map_count` unless a bug).
+    pub fn tree_len(&self) -> usize {
+        self.inner_ref().tw.len()
+    }
+    /// Linux: `sysctl_max_map_count`.
+    pub fn max_map_count(&self) -> usize {
+        self.inner_ref().max_map_count
+    }
+    /// Set the per-mm `max_map_count`.
+    pub fn set_max_map_count(&mut self, n: usize) {
+        self.inner().max_map_count = n;
+    }
+    /// VMAs allocated for this mm and not yet freed.
+    pub fn live_vmas(&self) -> usize {
+        self.inner_ref().live_vmas
+    }
+    /// Fault injection: make tree preallocation fail (Linux harness: `fail_prealloc`).
+    pub fn set_fail_prealloc(&mut self, fail: bool) {
+        self.inner().tw.fail_prealloc = fail;
+    }
+    /// Fault injection: make `anon_vma_clone` fail.
+    pub fn set_fail_anon_clone(&mut self, fail: bool) {
+        self.inner().fail_anon_clone = fail;
+    }
+    /// Install kernel hooks (hugetlb split, …).
+    pub fn set_hooks(&mut self, hooks: MmHooks) {
+        self.inner().hooks = hooks;
+    }
+    /// Current odd `mm_lock_seq` of this hold.
+    fn seq(&self) -> u32 {
+        self.mm.mm_lock_seq.load(Ordering::Relaxed)
+    }
+
+    // ---- lookups ------------------------------------------------------------------
+
+    /// Linux: `find_vma()` — lowest VMA with `end > addr`.
+    pub fn find_vma(&self, addr: usize) -> Option<VmaRef> {
+        self.view().find(addr).map(|e| e.vma)
+    }
+    /// Linux: `vma_lookup()`.
+    pub fn vma_lookup(&self, addr: usize) -> Option<VmaRef> {
+        self.view().lookup(addr).map(|e| e.vma)
+    }
+    /// Linux: `find_vma_prev()` — (find_vma(addr), the VMA before it).
+    pub fn find_vma_prev(&self, addr: usize) -> (Option<VmaRef>, Option<VmaRef>) {
+        let v = self.view();
+        (
+            v.find(addr).map(|e| e.vma),
+            v.last_ending_at_or_before(addr).map(|e| e.vma),
+        )
+    }
+    /// Linux: `find_vma_intersection()`.
+    pub fn find_vma_intersection(&self, start: usize, end: usize) -> Option<VmaRef> {
+        self.view().intersection(start, end).map(|e| e.vma)
+    }
+    /// Linux: `vma_prev` from a position: the VMA ending at or before `addr`.
+    pub fn vma_prev_of(&self, addr: usize) -> Option<VmaRef> {
+        self.view().last_ending_at_or_before(addr).map(|e| e.vma)
+    }
+    /// The first VMA starting at or after `addr`.
+    pub fn vma_next_from(&self, addr: usize) -> Option<VmaRef> {
+        self.view().next_from(addr).map(|e| e.vma)
+    }
+    /// All VMAs in address order (tests, diagnostics).
+    pub fn vmas(&self) -> Vec<VmaRef> {
+        let mut out = Vec::new();
+        let _ = out.try_reserve(self.tree_len());
+        self.view().for_each(|e| out.push(e.vma));
+        out
+    }
+
+    // ---- per-VMA write locks --------------------------------------------------------
+
+    /// Linux: `vma_start_write()`. Waits for readers; idempotent within this hold.
+    pub fn vma_start_write(&mut self, vma: VmaRef) {
+        lock::vma_start_write(vma, self.seq());
+    }
+    /// True if `vma` is write-locked in this hold (Linux: `__is_vma_write_locked`).
+    pub fn vma_is_write_locked(&self, vma: VmaRef) -> bool {
+        vma.lock_seq() == self.seq()
+    }
+    /// Linux: `vma_assert_write_locked()` (debug builds).
+    pub fn vma_assert_write_locked(&self, vma: VmaRef) {
+        debug_assert!(
+            self.vma_is_write_locked(vma),
+            "VMA not write-locked: {vma:?}"
+        );
+    }
+    /// Linux: `mmap_write_downgrade()` — release all VMA write locks, keep reading.
+    pub fn downgrade(mut self) -> MmReadGuard<'a> {
+        let mm = self.mm;
+        let w = self.inner.take().expect("write guard alive");
+        let s = mm.mm_lock_seq.load(Ordering::Relaxed);
+        mm.mm_lock_seq.store(s.wrapping_add(1), Ordering::Release);
+        // The seq bump above replaces the one in `Drop`.
+        core::mem::forget(self);
+        MmReadGuard {
+            mm,
+            _inner: w.downgrade(),
+        }
+    }
+
+    // ---- allocation -----------------------------------------------------------------
+
+    /// A new detached VMA of this mm. Linux: `vm_area_alloc()`.
+    pub fn vm_area_alloc(&mut self) -> Result<VmaRef, Errno> {
+        let v = valloc::vm_area_alloc(self.mm.id)?;
+        self.inner().live_vmas += 1;
+        Ok(v)
+    }
+    /// Field-by-field copy, detached, empty anon chain. Linux: `vm_area_dup()`.
+    pub fn vm_area_dup(&mut self, orig: VmaRef) -> Result<VmaRef, Errno> {
+        // SAFETY: we hold the mmap write lock, so `orig` is stable.
+        let v = unsafe { valloc::vm_area_dup(orig)? };
+        self.inner().live_vmas += 1;
+        Ok(v)
+    }
+    /// Free a detached VMA (refused if attached). Linux: `vm_area_free()`.
+    pub fn vm_area_free(&mut self, vma: VmaRef) {
+        if vma.refcnt() == 0 {
+            self.inner().live_vmas -= 1;
+        }
+        valloc::vm_area_free(vma);
+    }
+
+    /// Set up a detached VMA's attributes before linking it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vma_init(
+        &mut self,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+        pgoff: usize,
+        flags: VmFlags,
+        file: Option<FileRef>,
+        ops: Option<&'static VmOperations>,
+    ) -> Result<(), Errno> {
+        if vma.is_attached()
+            || start >= end
+            || start % super::area::PAGE_SIZE != 0
+            || end % super::area::PAGE_SIZE != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        vma.set_range(start, end, pgoff);
+        vma.set_flags_raw(flags);
+        vma.set_ops_raw(ops);
+        // SAFETY: detached VMA owned by the caller, mmap write lock held.
+        unsafe { *vma.file_mut() = file };
+        Ok(())
+    }
+
+    /// Set attributes of a VMA the caller owns (detached) or has write-locked.
+    fn check_writable(&self, vma: VmaRef) -> Result<(), Errno> {
+        if vma.is_attached() && !self.vma_is_write_locked(vma) {
+            return Err(Errno::EBUSY);
+        }
+        Ok(())
+    }
+    /// Set `vm_flags` (the VMA must be detached or write-locked). Linux: `vm_flags_reset`.
+    pub fn vma_set_flags(&mut self, vma: VmaRef, flags: VmFlags) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.set_flags_raw(flags);
+        Ok(())
+    }
+    /// Set `vm_ops`.
+    pub fn vma_set_ops(
+        &mut self,
+        vma: VmaRef,
+        ops: Option<&'static VmOperations>,
+    ) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.set_ops_raw(ops);
+        Ok(())
+    }
+    /// Set `vm_page_prot`.
+    pub fn vma_set_page_prot(&mut self, vma: VmaRef, prot: u64) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.vm_page_prot.store(prot, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Set `vm_private_data`.
+    pub fn vma_set_private_data(&mut self, vma: VmaRef, data: usize) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.vm_private_data.store(data, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Set the memory-policy identity.
+    pub fn vma_set_policy(&mut self, vma: VmaRef, policy: usize) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.vm_policy.store(policy, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Set the userfaultfd context identity.
+    pub fn vma_set_uffd_ctx(&mut self, vma: VmaRef, ctx: usize) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        vma.cold.uffd_ctx.store(ctx, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Set the anonymous name. Linux: `anon_vma_name` via prctl.
+    pub fn vma_set_anon_name(
+        &mut self,
+        vma: VmaRef,
+        name: Option<alloc::sync::Arc<str>>,
+    ) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        // SAFETY: detached or write-locked under the mmap write lock.
+        unsafe { *vma.anon_name_mut() = name };
+        Ok(())
+    }
+
+    // ---- anon_vma -----------------------------------------------------------------
+
+    /// Give `vma` an anon_vma: reuse a compatible neighbour's (Linux:
+    /// `find_mergeable_anon_vma`) or allocate a new one. Linux: `__anon_vma_prepare()`.
+    /// (The first-fault path will call this under the VMA read lock + page-table lock
+    /// later; here the caller holds the mmap write lock.)
+    pub fn anon_vma_prepare(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        if vma.has_anon_vma() {
+            return Ok(());
+        }
+        self.check_writable(vma)?;
+        let reuse = self.find_mergeable_anon_vma(vma);
+        // SAFETY: write-locked or detached under the mmap write lock.
+        unsafe { anon::anon_vma_attach(vma, reuse) }
+    }
+
+    /// Give `vma` a brand-new anon_vma even if a neighbour's could be reused (tests use
+    /// this to build "different anon_vma" layouts).
+    pub fn anon_vma_new(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        if vma.has_anon_vma() {
+            return Err(Errno::EEXIST);
+        }
+        self.check_writable(vma)?;
+        // SAFETY: as above.
+        unsafe { anon::anon_vma_attach(vma, None) }
+    }
+
+    /// Make `child` (detached) a fork child of `parent`. Linux: `anon_vma_fork()`.
+    pub fn anon_vma_fork(&mut self, child: VmaRef, parent: VmaRef) -> Result<(), Errno> {
+        if child.is_attached() && !self.vma_is_write_locked(child) {
+            return Err(Errno::EBUSY);
+        }
+        // SAFETY: child exclusive per the check; parent stable under the write lock.
+        unsafe { anon::anon_vma_fork(child, parent) }
+    }
+
+    /// Linux: `find_mergeable_anon_vma()` — a neighbour's anon_vma `vma` could share.
+    pub fn find_mergeable_anon_vma(&self, vma: VmaRef) -> Option<crate::vma::AnonVmaRef> {
+        let v = self.view();
+        let held = Held;
+        if let Some(next) = v
+            .next_from(vma.end())
+            .map(|e| e.vma)
+            .filter(|n| n.start() == vma.end())
+        {
+            if let Some(av) = anon::reusable_anon_vma(next, vma, next, &held) {
+                return Some(av);
+            }
+        }
+        if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma) {
+            if let Some(av) = anon::reusable_anon_vma(prev, prev, vma, &held) {
+                return Some(av);
+            }
+        }
+        None
+    }
+
+    // ---- linking ------------------------------------------------------------------
+
+    /// Insert a detached VMA into the tree: write-lock, store, attach, map_count++.
+    /// Fails with ENOMEM on overlap or preallocation failure (nothing changed).
+    /// Linux: `vma_link()`.
+    pub fn vma_link(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        if vma.is_attached() || vma.mm_id() != self.mm.id || vma.start() >= vma.end() {
+            return Err(Errno::EINVAL);
+        }
+        if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
+            return Err(Errno::ENOMEM);
+        }
+        self.inner().tw.prealloc(1)?;
+        self.vma_start_write(vma);
+        let mm = self.mm;
+        let inner = self.inner();
+        inner.tw.insert(vma.start(), vma.end(), vma);
+        inner.tw.publish(&mm.tree);
+        lock::vma_mark_attached(vma);
+        self.inner().map_count += 1;
+        Ok(())
+    }
+
+    /// Linux: `insert_vm_struct()` — anonymous VMAs get `pgoff = start >> PAGE_SHIFT`;
+    /// ENOMEM if the range is occupied.
+    pub fn insert_vm_struct(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
+            return Err(Errno::ENOMEM);
+        }
+        if vma.is_anonymous() && !vma.is_attached() {
+            if vma.has_anon_vma() {
+                return Err(Errno::EINVAL);
+            }
+            vma.vm_pgoff
+                .store(vma.start() >> PAGE_SHIFT, Ordering::Relaxed);
+        }
+        self.vma_link(vma)
+    }
+
+    /// Allocate, initialise and link an anonymous VMA (tests, benchmarks, exec).
+    pub fn map_anon(
+        &mut self,
+        start: usize,
+        end: usize,
+        pgoff: usize,
+        flags: VmFlags,
+    ) -> Result<VmaRef, Errno> {
+        let v = self.vm_area_alloc()?;
+        let r = self
+            .vma_init(v, start, end, pgoff, flags, None, None)
+            .and_then(|()| self.vma_link(v));
+        if let Err(e) = r {
+            self.vm_area_free(v);
+            return Err(e);
+        }
+        Ok(v)
+    }
+
+    // ---- committing range changes -------------------------------------------------
+
+    /// Apply range changes atomically with respect to allocation failure: preallocate,
+    /// then update VMA fields and the tree, publish, and finally detach, unlink and free
+    /// the removed VMAs (Linux: `commit_merge()` / `vma_complete()`).
+    ///
+    /// Every VMA in `updates` and `removes` must already be write-locked.
+    pub(super) fn commit(
+        &mut self,
+        updates: &[(VmaRef, usize, usize, usize)],
+        removes: &[VmaRef],
+        insert: Option<VmaRef>,
+    ) -> Result<(), Errno> {
+        let nops = 2 * updates.len() + removes.len() + insert.is_some() as usize;
+        self.inner().tw.prealloc(nops)?;
+        for &(v, ..) in updates {
+            self.vma_assert_write_locked(v);
+        }
+        for &v in removes {
+            self.vma_assert_write_locked(v);
+        }
+        let mm = self.mm;
+        let inner = self.inner();
+        for &(v, ..) in updates {
+            inner.tw.erase(v.start());
+        }
+        for &v in removes {
+            inner.tw.erase(v.start());
+        }
+        for &(v, s, e, pg) in updates {
+            v.set_range(s, e, pg);
+            inner.tw.insert(s, e, v);
+        }
+        if let Some(v) = insert {
+            inner.tw.insert(v.start(), v.end(), v);
+        }
+        inner.tw.publish(&mm.tree);
+        if let Some(v) = insert {
+            lock::vma_mark_attached(v);
+            self.inner().map_count += 1;
+        }
+        for &v in removes {
+            lock::vma_mark_detached(v);
+            self.inner().map_count -= 1;
+            self.vm_area_free(v);
+        }
+        Ok(())
+    }
+
+    // ---- removal ------------------------------------------------------------------
+
+    /// Detach every VMA inside `[start, end)` after splitting the VMAs that straddle the
+    /// boundaries, and return them still allocated: the caller zaps their page tables,
+    /// then hands them to [`MmWriteGuard::remove_vmas`] (Linux: the gather half of
+    /// `do_vmi_align_munmap()` + `vms_complete_munmap_vmas()`).
+    ///
+    /// Errors: EINVAL for an unaligned/empty range; ENOMEM if punching a hole in one
+    /// VMA would exceed `max_map_count` or on allocation failure; EPERM if a VMA in the
+    /// range is sealed. On error nothing is removed (splits already done may remain,
+    /// as in Linux).
+    pub fn detach_range(&mut self, start: usize, end: usize) -> Result<DetachedVmas, Errno> {
+        use super::area::PAGE_SIZE;
+        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut list = Vec::new();
+        let Some(first) = self.find_vma_intersection(start, end) else {
+            return Ok(DetachedVmas { vmas: list });
+        };
+        // mseal: refuse before changing anything.
+        {
+            let v = self.view();
+            let mut sealed = false;
+            let mut it = VmaIterator::new(start);
+            while let Some(x) = it.next(&v) {
+                if x.start() >= end {
+                    break;
+                }
+                sealed |= x.flags().contains(VmFlags::SEALED);
+            }
+            if sealed {
+                return Err(Errno::EPERM);
+            }
+        }
+        if first.start() < start {
+            // A hole inside one VMA adds one VMA net.
+            if end < first.end() && self.map_count() >= self.max_map_count() {
+                return Err(Errno::ENOMEM);
+            }
+            self.__split_vma(first, start, true)?;
+        }
+        if let Some(last) = self.find_vma_intersection(end - 1, end) {
+            if last.end() > end {
+                self.__split_vma(last, end, false)?;
+            }
+        }
+        let v = self.view();
+        let mut it = VmaIterator::new(start);
+        while let Some(x) = it.next(&v) {
+            if x.start() >= end {
+                break;
+            }
+            list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+            list.push(x);
+        }
+        self.inner().tw.prealloc(list.len())?;
+        for &x in &list {
+            self.vma_start_write(x);
+        }
+        let mm = self.mm;
+        let inner = self.inner();
+        for &x in &list {
+            inner.tw.erase(x.start());
+        }
+        inner.tw.publish(&mm.tree);
+        for &x in &list {
+            lock::vma_mark_detached(x);
+        }
+        self.inner().map_count -= list.len();
+        Ok(DetachedVmas { vmas: list })
+    }
+
+    /// Finish removing detached VMAs: `vm_ops->close`, drop file and anon_vmas, free.
+    /// Linux: `remove_vma()`.
+    pub fn remove_vmas(&mut self, detached: DetachedVmas) {
+        for v in detached.vmas {
+            debug_assert!(!v.is_attached());
+            if let Some(close) = v.ops().and_then(|o| o.close) {
+                close(v);
+            }
+            self.vm_area_free(v);
+        }
+    }
+
+    /// `detach_range` + `remove_vmas` for callers with no page tables (tests).
+    pub fn unmap_range(&mut self, start: usize, end: usize) -> Result<usize, Errno> {
+        let d = self.detach_range(start, end)?;
+        let n = d.len();
+        self.remove_vmas(d);
+        Ok(n)
+    }
+}
+
+/// VMAs removed from the tree and detached but not yet freed (Linux: the detached
+/// side tree of `struct vma_munmap_struct`). Hand them back to
+/// [`MmWriteGuard::remove_vmas`] once their page tables are gone.
+#[must_use = "detached VMAs must be passed to remove_vmas"]
+pub struct DetachedVmas {
+    vmas: Vec<VmaRef>,
+}
+
+impl DetachedVmas {
+    /// The removed VMAs in address order (their ranges are still valid).
+    pub fn iter(&self) -> impl Iterator<Item = VmaRef> + '_ {
+        self.vmas.iter().copied()
+    }
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.vmas.len()
+    }
+    /// None removed.
+    pub fn is_empty(&self) -> bool {
+        self.vmas.is_empty()
+    }
+}
+
+/// `pgoff` an anonymous mapping at `addr` gets (Linux: `addr >> PAGE_SHIFT`).
+pub fn anon_pgoff(addr: usize) -> usize {
+    addr >> PAGE_SHIFT
+}
