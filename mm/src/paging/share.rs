@@ -20,7 +20,7 @@ const GIB: u64 = 1 << 30;
 
 fn check_pud_va(va: VirtAddr) -> Result<u64, MapError> {
     let va = va.as_u64();
-    if va % GIB != 0 {
+    if !va.is_multiple_of(GIB) {
         return Err(MapError::Misaligned);
     }
     if va + GIB > USER_END {
@@ -91,7 +91,7 @@ impl PageTableRoot {
         let va = check_pud_va(va)?;
         let alloc = self.allocator();
         let meta = alloc.meta(table).ok_or(MapError::NotMapped)?;
-        if !meta.flags().contains(FrameFlags::PAGETABLE) || table.as_u64() % 4096 != 0 {
+        if !meta.flags().contains(FrameFlags::PAGETABLE) || !table.as_u64().is_multiple_of(4096) {
             return Err(MapError::NotMapped);
         }
         let root = self.root_table();

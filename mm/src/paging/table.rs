@@ -63,7 +63,7 @@ fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u64), MapErro
     if s > e {
         return Err(MapError::InvalidRange);
     }
-    if s % align != 0 || e % align != 0 {
+    if !s.is_multiple_of(align) || !e.is_multiple_of(align) {
         return Err(MapError::Misaligned);
     }
     if e > USER_END {
@@ -321,7 +321,7 @@ impl PageTableRoot {
     ) -> Result<(), MapError> {
         let (start, end) = user_range(&range, size.bytes())?;
         check_flags(flags)?;
-        if phys.as_u64() % size.bytes() != 0 {
+        if !phys.as_u64().is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned);
         }
         let len = end - start;
@@ -372,7 +372,7 @@ impl PageTableRoot {
             .ok_or(MapError::OutOfRange)?;
         let (start, end) = user_range(&(va..VirtAddr::new_truncate(end)), size.bytes())?;
         check_flags(flags)?;
-        if pa.as_u64() % size.bytes() != 0 {
+        if !pa.as_u64().is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned);
         }
         let alloc = self.allocator();
@@ -490,8 +490,7 @@ impl PageTableRoot {
         table: Table,
         level: Level,
         base: u64,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         prot: u64,
         g: &mut MmuGather,
     ) {
@@ -515,7 +514,7 @@ impl PageTableRoot {
                     // SAFETY: present non-leaf entry, kept linked by `&mut self`.
                     let child = unsafe { table.child(pa) };
                     if let Some(lower) = level.lower() {
-                        self.protect_level(child, lower, va, start, end, prot, g);
+                        self.protect_level(child, lower, va, (start, end), prot, g);
                     }
                 }
             }
@@ -547,7 +546,7 @@ impl PageTableRoot {
             prot |= PTE_PROTNONE;
         }
         g.add_cpus(self.active_cpus());
-        self.protect_level(root, Level::Pml4, 0, start, end, prot.bits(), g);
+        self.protect_level(root, Level::Pml4, 0, (start, end), prot.bits(), g);
         Ok(())
     }
 

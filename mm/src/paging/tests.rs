@@ -789,3 +789,393 @@ fn kernel_half_is_shared_not_owned() {
     kpml4.free();
     assert_eq!(a.allocated_frames(), base);
 }
+
+#[test]
+fn shared_pmd_survives_unshare_of_one_sharer() {
+    let a = mem(32);
+    let base = a.allocated_frames();
+    let mut sa = space(a);
+    let mut sb = space(a);
+    let v = 2 * G1;
+    let f1 = a.alloc(9).unwrap();
+    let f2 = a.alloc(9).unwrap();
+    sa.map_frame(va(v), f1, PageSize::Size2M, RW).unwrap();
+    sa.map_frame(va(v + 2 * M2), f2, PageSize::Size2M, RW)
+        .unwrap();
+    let pd = sa.pmd_table_at(va(v)).unwrap();
+    assert!(!sa.is_pmd_shared(va(v)));
+    // B shares at another address with the same offset inside the GiB.
+    let vb = 7 * G1;
+    sb.share_pmd_with(va(vb), &sa, va(v)).unwrap();
+    assert_eq!(a.meta(pd).unwrap().pt_share_count(), 1);
+    assert!(sa.is_pmd_shared(va(v)) && sb.is_pmd_shared(va(vb)));
+    assert_eq!(sb.pmd_table_at(va(vb)), Some(pd));
+    assert_eq!(sb.translate(va(vb + 2 * M2 + 5)).unwrap().phys, f2 + 5u64);
+    // A fault in B populates the shared table: A sees it too (hugetlb semantics).
+    let f3 = a.alloc(9).unwrap();
+    sb.map_frame(va(vb + 5 * M2), f3, PageSize::Size2M, RW)
+        .unwrap();
+    assert_eq!(sa.translate(va(v + 5 * M2)).unwrap().frame, f3);
+    // Nothing may clear or change entries another space sees, nor hang a PT under it.
+    let mut g = MmuGather::new(&sa);
+    assert_eq!(sa.unmap(r(v, v + M2), &mut g), Err(MapError::SharedTable));
+    assert_eq!(
+        sa.unmap(r(v - K4, v + G1), &mut g),
+        Err(MapError::SharedTable)
+    );
+    assert_eq!(
+        sa.protect(r(v, v + M2), P | U, &mut g),
+        Err(MapError::SharedTable)
+    );
+    g.finish();
+    assert_eq!(
+        sb.map(
+            r(vb + 9 * M2, vb + 9 * M2 + K4),
+            PhysAddr::new(MMIO),
+            PageSize::Size4K,
+            RW
+        ),
+        Err(MapError::SharedTable)
+    );
+    assert_eq!(sa.translate(va(v)).unwrap().flags, RW);
+    // Sharing argument errors.
+    assert_eq!(
+        sb.share_pmd_with(va(vb), &sa, va(v)),
+        Err(MapError::AlreadyMapped)
+    );
+    assert_eq!(
+        sb.share_pmd_with(va(9 * G1), &sa, va(3 * G1)),
+        Err(MapError::NotMapped)
+    );
+    assert_eq!(
+        sb.share_pmd_with(va(vb + M2), &sa, va(v)),
+        Err(MapError::Misaligned)
+    );
+    let other = mem(4);
+    let mut sc = space(other);
+    assert_eq!(
+        sc.share_pmd_with(va(vb), &sa, va(v)),
+        Err(MapError::WrongAllocator)
+    );
+    drop(sc);
+
+    // A unshares: the whole GiB is flushed, the table lives on in B.
+    sa.tlb().clear();
+    let mut g = MmuGather::new(&sa);
+    assert_eq!(sa.unshare_pmd(va(v), &mut g), Ok(true));
+    g.finish();
+    assert_eq!(flushes(&sa), [FlushKind::All { global: false }]);
+    assert_eq!(a.meta(pd).unwrap().pt_share_count(), 0);
+    assert_eq!(sa.translate(va(v)), None);
+    assert_eq!(sa.count_user(), (0, 0)); // its emptied PDPT went too
+    assert_eq!(sb.translate(va(vb)).unwrap().frame, f1);
+    for f in [f1, f2, f3] {
+        assert_eq!(
+            (a.meta(f).unwrap().refcount(), a.meta(f).unwrap().mapcount()),
+            (1, 1)
+        );
+    }
+    drop(sa);
+    // B is the sole owner now: not shared, and a normal unmap frees table and frames.
+    let mut g = MmuGather::new(&sb);
+    assert_eq!(sb.unshare_pmd(va(vb), &mut g), Ok(false));
+    sb.unmap(r(vb, vb + G1), &mut g).unwrap();
+    let st = g.finish();
+    assert_eq!((st.frames_put, st.tables_freed), (3, 2));
+    drop(sb);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn shared_pmd_freed_by_last_owner_on_drop() {
+    let a = mem(32);
+    let base = a.allocated_frames();
+    let mut sa = space(a);
+    let mut sb = space(a);
+    let mut sc = space(a);
+    let f = a.alloc(9).unwrap();
+    sa.map_frame(va(G1 + M2), f, PageSize::Size2M, RW).unwrap();
+    let pd = sa.pmd_table_at(va(G1)).unwrap();
+    sb.share_pmd_with(va(G1), &sa, va(G1)).unwrap();
+    sc.share_pmd_with(va(3 * G1), &sb, va(G1)).unwrap();
+    assert_eq!(a.meta(pd).unwrap().pt_share_count(), 2);
+    drop(sa);
+    assert_eq!(a.meta(pd).unwrap().pt_share_count(), 1);
+    assert_eq!(sb.translate(va(G1 + M2)).unwrap().frame, f);
+    drop(sc);
+    assert_eq!(a.meta(pd).unwrap().pt_share_count(), 0);
+    assert!(
+        a.meta(pd)
+            .unwrap()
+            .flags()
+            .contains(crate::frame::FrameFlags::PAGETABLE)
+    );
+    assert_eq!(a.meta(f).unwrap().refcount(), 1);
+    assert_eq!(sb.translate(va(G1 + M2)).unwrap().frame, f);
+    drop(sb);
+    assert_eq!(a.meta(f).unwrap().refcount(), 0);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+#[test]
+fn raw_share_rejects_non_table_pages() {
+    let a = mem(8);
+    let mut s = space(a);
+    let f = a.alloc(0).unwrap();
+    // SAFETY: the call must refuse `f`, which is not marked as a page table.
+    assert_eq!(
+        unsafe { s.share_pmd_table(va(G1), f) },
+        Err(MapError::NotMapped)
+    );
+    a.free(f, 0).unwrap();
+}
+
+/// Benchmark-shaped operations through the public API (what the kernel's bench mode
+/// times), checked for leaks.
+#[test]
+fn bench_shapes() {
+    let a = mem(64);
+    let base = a.allocated_frames();
+    let mut s = space(a);
+    // map + unmap one 4K page.
+    for _ in 0..10 {
+        let f = a.alloc(0).unwrap();
+        s.map_frame(va(0x1000_0000), f, PageSize::Size4K, RW)
+            .unwrap();
+        let mut g = MmuGather::new(&s);
+        s.unmap(r(0x1000_0000, 0x1000_1000), &mut g).unwrap();
+        g.finish();
+    }
+    // protect a 512-page range.
+    s.map(
+        r(0x2000_0000, 0x2020_0000),
+        PhysAddr::new(MMIO),
+        PageSize::Size4K,
+        RW,
+    )
+    .unwrap();
+    let mut g = MmuGather::new(&s);
+    s.protect(r(0x2000_0000, 0x2020_0000), P | U, &mut g)
+        .unwrap();
+    g.finish();
+    // map a 2M page.
+    let f = a.alloc(9).unwrap();
+    s.map_frame(va(0x4000_0000), f, PageSize::Size2M, RW)
+        .unwrap();
+    // teardown of a space with N mapped pages.
+    for i in 0..1000u64 {
+        let f = a.alloc(0).unwrap();
+        s.map_frame(va(0x8000_0000 + i * K4), f, PageSize::Size4K, RW)
+            .unwrap();
+    }
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
+mod model {
+    //! Randomised map/unmap/protect sequences checked against a shadow model.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Window: 8 x 2 MiB straddling the first GiB boundary, so PDPT-, PD- and PT-level
+    /// tables all come and go.
+    const WIN: u64 = G1 - 4 * M2;
+    const PAGES: u64 = 8 * 512;
+    const FLAGS: [PageTableFlags; 5] = [RW, P.union(U), P.union(U).union(NX), U, RW.union(NX)];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Frame4K(u64),
+        Range4K(u64, u64, usize),
+        Frame2M(u64),
+        Range2M(u64, u64, usize),
+        Unmap(u64, u64),
+        Unmap2M(u64, u64),
+        Protect(u64, u64, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..PAGES).prop_map(Op::Frame4K),
+            2 => (0..PAGES, 1..40u64, 0..5usize).prop_map(|(p, n, f)| Op::Range4K(p, n, f)),
+            2 => (0..8u64).prop_map(Op::Frame2M),
+            1 => (0..8u64, 1..3u64, 0..5usize).prop_map(|(p, n, f)| Op::Range2M(p, n, f)),
+            2 => (0..PAGES, 1..600u64).prop_map(|(p, n)| Op::Unmap(p, n)),
+            1 => (0..8u64, 1..4u64).prop_map(|(p, n)| Op::Unmap2M(p, n)),
+            2 => (0..PAGES, 1..300u64, 0..5usize).prop_map(|(p, n, f)| Op::Protect(p, n, f)),
+        ]
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Leaf {
+        pa: u64,
+        size: PageSize,
+        flags: PageTableFlags,
+        /// Order of the allocated block behind it, if accounted.
+        order: Option<usize>,
+    }
+
+    type Model = BTreeMap<u64, Leaf>;
+
+    fn intersecting(m: &Model, a: u64, b: u64) -> Vec<(u64, Leaf)> {
+        let mut v: Vec<(u64, Leaf)> = Vec::new();
+        if let Some((&s, l)) = m.range(..a).next_back() {
+            if s + l.size.bytes() > a {
+                v.push((s, *l));
+            }
+        }
+        v.extend(m.range(a..b).map(|(&s, l)| (s, *l)));
+        v
+    }
+
+    fn clamp(p: u64, n: u64, unit: u64) -> (u64, u64) {
+        let a = WIN + p * unit;
+        let b = (a + n * unit).min(WIN + PAGES * K4);
+        (a, b.max(a))
+    }
+
+    fn expect_modify(m: &Model, a: u64, b: u64) -> Result<Vec<u64>, MapError> {
+        let hits = intersecting(m, a, b);
+        if hits.iter().any(|(s, l)| *s < a || s + l.size.bytes() > b) {
+            return Err(MapError::PartialHugePage);
+        }
+        Ok(hits.into_iter().map(|(s, _)| s).collect())
+    }
+
+    fn check(s: &PageTableRoot, m: &Model, a: &FrameAllocator, base: u64) {
+        for i in 0..PAGES {
+            let v = WIN + i * K4;
+            let got = s.translate(va(v));
+            let want = intersecting(m, v, v + 1)
+                .first()
+                .map(|(st, l)| Translation {
+                    phys: PhysAddr::new(l.pa + (v - st)),
+                    frame: PhysAddr::new(l.pa),
+                    size: l.size,
+                    flags: l.flags,
+                });
+            assert_eq!(got, want, "at {v:#x}");
+        }
+        let (leaves, tables) = s.count_user();
+        assert_eq!(leaves, m.len() as u64);
+        let data: u64 = m.values().filter_map(|l| l.order).map(|o| 1u64 << o).sum();
+        assert_eq!(
+            a.allocated_frames(),
+            base + 1 + tables + data,
+            "frame accounting"
+        );
+        for l in m.values() {
+            if l.order.is_some() {
+                let meta = a.meta(PhysAddr::new(l.pa)).unwrap();
+                assert_eq!((meta.refcount(), meta.mapcount()), (1, 1));
+            }
+        }
+        assert_no_empty_tables(s);
+    }
+
+    fn run(a: &'static FrameAllocator, ops: &[Op]) {
+        let base = a.allocated_frames();
+        let mut s = space(a);
+        let mut m = Model::new();
+        for op in ops {
+            match *op {
+                Op::Frame4K(p) | Op::Frame2M(p) => {
+                    let size = if matches!(op, Op::Frame4K(_)) {
+                        PageSize::Size4K
+                    } else {
+                        PageSize::Size2M
+                    };
+                    let (v, e) = clamp(p, 1, size.bytes());
+                    let f = a.alloc(size.order()).unwrap();
+                    let want = if intersecting(&m, v, e).is_empty() {
+                        Ok(())
+                    } else {
+                        Err(MapError::AlreadyMapped)
+                    };
+                    let got = s.map_frame(va(v), f, size, RW);
+                    assert_eq!(got, want, "{op:?}");
+                    if got.is_ok() {
+                        m.insert(
+                            v,
+                            Leaf {
+                                pa: f.as_u64(),
+                                size,
+                                flags: RW,
+                                order: Some(size.order()),
+                            },
+                        );
+                    } else {
+                        a.free(f, size.order()).unwrap();
+                    }
+                }
+                Op::Range4K(p, n, fl) | Op::Range2M(p, n, fl) => {
+                    let size = if matches!(op, Op::Range4K(..)) {
+                        PageSize::Size4K
+                    } else {
+                        PageSize::Size2M
+                    };
+                    let (v, e) = clamp(p, n, size.bytes());
+                    let pa = MMIO + (v - WIN);
+                    let want = if intersecting(&m, v, e).is_empty() {
+                        Ok(())
+                    } else {
+                        Err(MapError::AlreadyMapped)
+                    };
+                    let got = s.map(r(v, e), PhysAddr::new(pa), size, FLAGS[fl]);
+                    assert_eq!(got, want, "{op:?}");
+                    if got.is_ok() {
+                        let mut x = v;
+                        while x < e {
+                            let l = Leaf {
+                                pa: pa + (x - v),
+                                size,
+                                flags: FLAGS[fl],
+                                order: None,
+                            };
+                            m.insert(x, l);
+                            x += size.bytes();
+                        }
+                    }
+                }
+                Op::Unmap(p, n) | Op::Unmap2M(p, n) => {
+                    let unit = if matches!(op, Op::Unmap(..)) { K4 } else { M2 };
+                    let (v, e) = clamp(p, n, unit);
+                    let want = expect_modify(&m, v, e);
+                    let mut g = MmuGather::new(&s);
+                    let got = s.unmap(r(v, e), &mut g);
+                    g.finish();
+                    assert_eq!(got, want.clone().map(|_| ()), "{op:?}");
+                    for st in want.unwrap_or_default() {
+                        m.remove(&st);
+                    }
+                }
+                Op::Protect(p, n, fl) => {
+                    let (v, e) = clamp(p, n, K4);
+                    let want = expect_modify(&m, v, e);
+                    let mut g = MmuGather::new(&s);
+                    let got = s.protect(r(v, e), FLAGS[fl], &mut g);
+                    g.finish();
+                    assert_eq!(got, want.clone().map(|_| ()), "{op:?}");
+                    for st in want.unwrap_or_default() {
+                        m.get_mut(&st).unwrap().flags = FLAGS[fl];
+                    }
+                }
+            }
+            check(&s, &m, a, base);
+        }
+        drop(s);
+        assert_eq!(a.allocated_frames(), base, "teardown leaked");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn random_sequences_match_model(ops in proptest::collection::vec(op(), 1..40)) {
+            static ALLOC: std::sync::OnceLock<&'static FrameAllocator> = std::sync::OnceLock::new();
+            let a = *ALLOC.get_or_init(|| mem(64));
+            run(a, &ops);
+        }
+    }
+}
