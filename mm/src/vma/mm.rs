@@ -504,6 +504,18 @@ impl<'a> MmWriteGuard<'a> {
         unsafe { anon::anon_vma_attach(vma, None) }
     }
 
+    /// Link `vma` to an existing anon_vma with a single chain entry, as
+    /// `anon_vma_prepare` does when it reuses a neighbour's (tests build the harness's
+    /// shared `dummy_anon_vma` layouts with it).
+    pub fn anon_vma_link(&mut self, vma: VmaRef, av: &crate::vma::AnonVmaRef) -> Result<(), Errno> {
+        if vma.has_anon_vma() {
+            return Err(Errno::EEXIST);
+        }
+        self.check_writable(vma)?;
+        // SAFETY: as above.
+        unsafe { anon::anon_vma_attach(vma, Some(av.clone())) }
+    }
+
     /// Make `child` (detached) a fork child of `parent`. Linux: `anon_vma_fork()`.
     pub fn anon_vma_fork(&mut self, child: VmaRef, parent: VmaRef) -> Result<(), Errno> {
         if child.is_attached() && !self.vma_is_write_locked(child) {
