@@ -1,7 +1,44 @@
 //! VMAs and the machinery around them (Linux: `mm/vma.c`, `mm/mmap_lock.c`).
+//!
+//! # Map
+//! - [`area`]: [`Vma`] (`struct vm_area_struct`, 192 bytes, refcount on its own line),
+//!   [`VmFlags`] (Linux bit values), [`VmOperations`], [`VmFile`]/[`FileRef`].
+//! - [`alloc`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`alloc::vma_pool_stats`].
+//! - [`tree`]: persistent AVL VMA tree with gap search; readable under RCU.
+//! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
+//! - [`lock`]: `vm_refcnt` state machine, [`VmaReadGuard`], [`VmaReadError`].
+//! - [`anon`]: [`AnonVma`]/[`AnonVmaRef`] and chains (clone, fork, unlink, reuse).
+//! - [`mm`]: [`Mm`] (tree + mmap lock + `mm_lock_seq` + `map_count`),
+//!   [`MmWriteGuard`] (every change), [`MmReadGuard`], [`VmaIterator`], [`DetachedVmas`].
+//! - [`merge`]: [`VmaMergeStruct`] and the operations on [`MmWriteGuard`]:
+//!   `vma_merge_new_range`, `vma_merge_existing_range`, `vma_modify`, `vma_modify_flags`,
+//!   `split_vma`, `__split_vma`, `vma_expand`, `vma_shrink`, `vma_merge_extend`,
+//!   `copy_vma`, `mmap_region`.
+//! - [`bench`]: helpers for the kernel's `--bench` mode.
+//!
+//! # Typical kernel use
+//! ```ignore
+//! let mm = Mm::new();
+//! let mut g = mm.write_lock();                 // mmap_write_lock
+//! g.mmap_region(addr, len, flags, pgoff, None)?;
+//! let d = g.detach_range(start, end)?;         // munmap: gather + detach
+//! /* zap page tables of d.iter() */
+//! g.remove_vmas(d);                            // close + free
+//! drop(g);                                     // mmap_write_unlock: VMA write locks end
+//! let r = mm.lock_vma_under_rcu(fault_addr);   // lock-free fault path
+//! ```
+//!
+//! # Benchmarks (`bench` module)
+//! - `bench::build_mm(n)`: an [`Mm`] with `n` non-mergeable 4-page VMAs at
+//!   `bench::addr(i)`; `n` = 10 / 1,000 / 65,530 for the `find` BENCH lines.
+//! - `bench::find(&mm, addr)`: `find_vma` under the mmap read lock.
+//! - `bench::find_rcu(&mm, addr)`: `lock_vma_under_rcu` + unlock (fault-path lookup).
+//! - `bench::split_remerge(&mm, i)`: mprotect-style split of VMA `i` into three and
+//!   re-merge into one (one BENCH "split+re-merge pair").
 pub mod alloc;
 pub mod anon;
 pub mod area;
+pub mod bench;
 pub mod lock;
 pub mod merge;
 pub mod mm;
