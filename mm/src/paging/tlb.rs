@@ -2,8 +2,8 @@
 //! `mmu_gather` that defers frees until after the flush (Linux: `arch/x86/mm/tlb.c`,
 //! `mm/mmu_gather.c`, `include/asm-generic/tlb.h`).
 //!
-//! The backend is chosen by target: on the kernel target ([`HwTlb`]) flushes are `invlpg`
-//! and CR3 reloads; on the host ([`RecordingTlb`]) every flush, CR3 load and deferred free
+//! The backend is chosen by target: on the kernel target (`HwTlb`) flushes are `invlpg`
+//! and CR3 reloads; on the host (`RecordingTlb`) every flush, CR3 load and deferred free
 //! is appended to a log that tests read, and no privileged instruction is ever executed.
 
 use x86_64::{PhysAddr, VirtAddr};
@@ -81,7 +81,7 @@ pub enum Release {
 
 /// The real backend: `invlpg`, CR3 and CR4 (kernel target only).
 #[cfg(target_os = "none")]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HwTlb;
 
 #[cfg(target_os = "none")]
