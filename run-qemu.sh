@@ -7,7 +7,7 @@
 #   ./run-qemu.sh --bench                          boot the benchmark kernel (release)
 #   ./run-qemu.sh --kernel ELF [options]           boot a given kernel ELF (cargo's runner)
 #
-# Options: --smp N (multi-threaded TCG), --mem SIZE (default 1G), --uefi (OVMF),
+# Options: --smp N (multi-threaded TCG), --mem SIZE (default 3G), --uefi (OVMF),
 #          --gdb (wait for gdb on :1234), --timeout S (default 300), --release.
 # Exit status: the kernel's (0 = success); 124 if it hung and was killed.
 set -euo pipefail
@@ -47,7 +47,7 @@ ensure_qemu() {
 }
 
 # --- arguments ---------------------------------------------------------------------
-MODE=run; KERNEL=""; SMP=1; MEM=1G; UEFI=0; GDB=0; TIMEOUT=300; PROFILE=dev; EXTRA=()
+MODE=run; KERNEL=""; SMP=1; MEM=3G; UEFI=0; GDB=0; TIMEOUT=300; PROFILE=dev; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --test) MODE=test ;;

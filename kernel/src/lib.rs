@@ -13,12 +13,14 @@
 
 extern crate alloc;
 
+pub mod address_space;
 pub mod arch;
 pub mod bench;
 pub mod fault;
 pub mod heap;
 pub mod logger;
 pub mod memory;
+pub mod percpu;
 pub mod serial;
 pub mod testing;
 

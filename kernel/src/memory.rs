@@ -8,6 +8,8 @@
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::frame::{FrameAllocator, FrameStats};
 use spin::Once;
+use x86_64::registers::control::Cr3;
+use x86_64::PhysAddr;
 
 /// Physical memory below 1 MiB is left alone, as Linux reserves it on x86: it
 /// holds the real-mode IVT, BIOS data, EBDA and option ROM shadows.
@@ -17,6 +19,9 @@ const LOW_MEMORY_RESERVED: u64 = 0x10_0000;
 const MAX_RANGES: usize = 64;
 
 static FRAMES: Once<FrameAllocator> = Once::new();
+/// The boot page table's root: the kernel's own address space, whose upper half
+/// every user address space shares.
+static KERNEL_PML4: Once<PhysAddr> = Once::new();
 
 /// A summary of the boot memory map, for the boot log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,6 +44,11 @@ pub struct MemoryMapSummary {
 /// Before [`init`]: there is no memory manager without it.
 pub fn frames() -> &'static FrameAllocator {
     FRAMES.get().expect("frame allocator used before memory::init")
+}
+
+/// The kernel's PML4 (the boot page table).
+pub fn kernel_pml4() -> PhysAddr {
+    *KERNEL_PML4.get().expect("kernel_pml4 before memory::init")
 }
 
 /// Builds the frame allocator from the boot memory map. Returns the map summary.
@@ -76,6 +86,7 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
     let alloc = unsafe { FrameAllocator::new(phys_offset, &usable[..n]) }
         .expect("cannot build the frame allocator from the boot memory map");
     FRAMES.call_once(|| alloc);
+    KERNEL_PML4.call_once(|| Cr3::read().0.start_address());
     summary
 }
 
