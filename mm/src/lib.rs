@@ -17,7 +17,9 @@
 extern crate alloc;
 
 pub mod errno;
+pub mod file;
 pub mod frame;
+pub mod mmap;
 pub mod paging;
 pub mod sync;
 pub mod vma;

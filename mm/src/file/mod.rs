@@ -1,0 +1,694 @@
+//! A small VFS core: inodes with a page cache and `i_mmap`, open files, and the two
+//! mmap hooks (Linux: `include/linux/fs.h`, `mm/filemap.c`, `mm/util.c`,
+//! `mm/secretmem.c`, `fs/ramfs`, `mm/shmem.c`).
+//!
+//! # Model
+//! - [`Inode`] (Linux: `struct inode` + its `struct address_space`): identity (dev,
+//!   ino), size, a page cache (page index → frame, [`Inode::find_or_create_page`]) and
+//!   `i_mmap`, the set of VMAs mapping it ([`Inode::i_mmap_vmas`]).
+//! - [`File`] (Linux: `struct file`): an inode opened with an [`OpenMode`], a
+//!   [`FileOperations`] table, the mount's `noexec`, and for stacking files the lower file.
+//! - [`FileOperations`] provides either [`FileOperations::mmap`] (legacy, receives the
+//!   new, still detached VMA through an [`MmapCtx`]) or [`FileOperations::mmap_prepare`]
+//!   (receives a [`VmAreaDesc`] and never sees a VMA). Both or neither: `mmap` fails with
+//!   ENODEV.
+//! - File types: [`ramfs_file`] (shmem/ramfs), [`secretmem_file`] (`mmap_prepare` sets
+//!   `VM_LOCKED | VM_DONTDUMP`), [`device_file`] (legacy `mmap` that maps device memory
+//!   with `VM_PFNMAP | VM_IO`), [`stacking_file`] (legacy `mmap` forwarding to a lower file
+//!   that only has `mmap_prepare`, through [`compat_vma_mmap_prepare`]).
+//!
+//! # VMA → file
+//! The VMA layer stores files as `Arc<dyn VmFile>` ([`crate::vma::FileRef`]), which
+//! cannot be downcast. Every [`File`] registers itself (by allocation address) in a
+//! global registry at creation and unregisters in `Drop`; [`lookup`] recovers the
+//! `Arc<File>` from a VMA's file.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::errno::Errno;
+use crate::frame::{FrameAllocator, FrameFlags};
+use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot};
+use crate::vma::{FileRef, MmWriteGuard, PAGE_SIZE, VmFile, VmFlags, VmOperations, VmaRef};
+
+static NEXT_INO: AtomicU64 = AtomicU64::new(1);
+
+/// How a file was opened (Linux: `FMODE_READ` / `FMODE_WRITE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenMode {
+    /// Opened for reading.
+    pub read: bool,
+    /// Opened for writing.
+    pub write: bool,
+}
+
+impl OpenMode {
+    /// `O_RDONLY`.
+    pub const RDONLY: OpenMode = OpenMode {
+        read: true,
+        write: false,
+    };
+    /// `O_WRONLY`.
+    pub const WRONLY: OpenMode = OpenMode {
+        read: false,
+        write: true,
+    };
+    /// `O_RDWR`.
+    pub const RDWR: OpenMode = OpenMode {
+        read: true,
+        write: true,
+    };
+}
+
+/// One VMA registered in an inode's `i_mmap`.
+#[derive(Clone, Copy)]
+struct IMmapEntry {
+    vma: VmaRef,
+    mm_id: u64,
+}
+
+/// An inode and its page cache (Linux: `struct inode` + `struct address_space`).
+pub struct Inode {
+    ino: u64,
+    dev: (u32, u32),
+    alloc: &'static FrameAllocator,
+    /// Size in bytes (Linux: `i_size`); faults beyond it get SIGBUS.
+    size: AtomicUsize,
+    /// Linux: `mapping->i_pages` — page index → frame (one reference held per page).
+    pages: spin::Mutex<BTreeMap<usize, PhysAddr>>,
+    /// Linux: `mapping->i_mmap`. Entries are validated on use (see [`Inode::i_mmap_vmas`]).
+    i_mmap: spin::Mutex<Vec<IMmapEntry>>,
+}
+
+impl Inode {
+    /// A new inode of `size` bytes whose page cache allocates from `alloc`.
+    pub fn new(alloc: &'static FrameAllocator, size: usize) -> Arc<Inode> {
+        Arc::new(Inode {
+            ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
+            dev: (0, 5),
+            alloc,
+            size: AtomicUsize::new(size),
+            pages: spin::Mutex::new(BTreeMap::new()),
+            i_mmap: spin::Mutex::new(Vec::new()),
+        })
+    }
+    /// Inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+    /// Device (major, minor).
+    pub fn dev(&self) -> (u32, u32) {
+        self.dev
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+    /// Set the size (Linux: `i_size_write`; no truncation of cached pages here).
+    pub fn set_size(&self, size: usize) {
+        self.size.store(size, Ordering::Relaxed);
+    }
+    /// Number of cached pages (Linux: `mapping->nrpages`).
+    pub fn nr_pages(&self) -> usize {
+        self.pages.lock().len()
+    }
+    /// The cached frame of page `index`, if any (Linux: `filemap_get_folio`).
+    pub fn find_page(&self, index: usize) -> Option<PhysAddr> {
+        self.pages.lock().get(&index).copied()
+    }
+    /// The cached frame of page `index`, allocating a zeroed one if absent (ramfs/shmem
+    /// semantics: a hole reads as zeros). Linux: `filemap_fault` / `shmem_get_folio`.
+    pub fn find_or_create_page(&self, index: usize) -> Result<PhysAddr, Errno> {
+        let mut pages = self.pages.lock();
+        if let Some(&pa) = pages.get(&index) {
+            return Ok(pa);
+        }
+        let pa = self.alloc.alloc_zeroed(0).map_err(|_| Errno::ENOMEM)?;
+        pages.insert(index, pa);
+        Ok(pa)
+    }
+    /// Copy `data` into the file at byte `offset` (Linux: `generic_perform_write`);
+    /// grows the size.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), Errno> {
+        let mut done = 0;
+        while done < data.len() {
+            let pos = offset + done;
+            let pa = self.find_or_create_page(pos / PAGE_SIZE)?;
+            let in_page = pos % PAGE_SIZE;
+            let n = (PAGE_SIZE - in_page).min(data.len() - done);
+            // SAFETY: `pa` is a page-cache frame we hold a reference on; the direct map
+            // reaches it and `in_page + n <= PAGE_SIZE`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data[done..].as_ptr(),
+                    self.alloc.phys_to_virt(pa).add(in_page),
+                    n,
+                )
+            };
+            done += n;
+        }
+        let end = offset + data.len();
+        self.size.fetch_max(end, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Read `buf.len()` bytes at `offset` from the page cache; holes read as zeros.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done;
+            let in_page = pos % PAGE_SIZE;
+            let n = (PAGE_SIZE - in_page).min(buf.len() - done);
+            match self.find_page(pos / PAGE_SIZE) {
+                // SAFETY: cached frame, reachable through the direct map, in bounds.
+                Some(pa) => unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        self.alloc.phys_to_virt(pa).add(in_page),
+                        buf[done..].as_mut_ptr(),
+                        n,
+                    )
+                },
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+    }
+
+    /// Register `vma` in `i_mmap` (Linux: `vma_link_file`). Idempotent.
+    pub fn i_mmap_insert(&self, vma: VmaRef) {
+        let mut m = self.i_mmap.lock();
+        if !m.iter().any(|e| core::ptr::eq(e.vma, vma)) {
+            m.push(IMmapEntry {
+                vma,
+                mm_id: vma.mm_id(),
+            });
+        }
+    }
+    /// Remove `vma` from `i_mmap` (Linux: `unlink_file_vma`).
+    pub fn i_mmap_remove(&self, vma: VmaRef) {
+        self.i_mmap.lock().retain(|e| !core::ptr::eq(e.vma, vma));
+    }
+    /// VMAs mapping any page in `[first, last]` (Linux: `vma_interval_tree_foreach`).
+    ///
+    /// Entries whose VMA was freed or reused since registration (a merge deletes VMAs
+    /// without telling the file) are pruned here: a live entry is attached, of the same
+    /// mm, and still maps this inode (checked by the caller-supplied `maps_me`).
+    pub fn i_mmap_vmas(
+        &self,
+        first: usize,
+        last: usize,
+        maps_me: &dyn Fn(VmaRef) -> bool,
+    ) -> Vec<VmaRef> {
+        let mut m = self.i_mmap.lock();
+        m.retain(|e| e.vma.is_attached() && e.vma.mm_id() == e.mm_id && maps_me(e.vma));
+        m.iter()
+            .map(|e| e.vma)
+            .filter(|v| v.pgoff() <= last && v.pgoff() + v.pages() > first)
+            .collect()
+    }
+    /// Number of `i_mmap` entries (not validated; diagnostics).
+    pub fn i_mmap_len(&self) -> usize {
+        self.i_mmap.lock().len()
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        // Linux: truncate_inode_pages_final — drop the cache's reference on each page.
+        for (_, pa) in core::mem::take(self.pages.get_mut()) {
+            if let Err(e) = self.alloc.put_frame(pa) {
+                log::error!("file: put of page-cache frame {:#x}: {e}", pa.as_u64());
+            }
+        }
+    }
+}
+
+/// Legacy `->mmap`: gets the new VMA (detached, not yet in the tree) via [`MmapCtx`].
+pub type MmapFn = fn(&Arc<File>, &mut MmapCtx<'_, '_>) -> Result<(), Errno>;
+/// `->mmap_prepare`: gets only a [`VmAreaDesc`].
+pub type MmapPrepareFn = fn(&Arc<File>, &mut VmAreaDesc) -> Result<(), Errno>;
+
+/// File operations relevant to mapping (Linux: `struct file_operations`).
+#[derive(Clone, Copy, Default)]
+pub struct FileOperations {
+    /// Legacy hook. Linux: `->mmap`.
+    pub mmap: Option<MmapFn>,
+    /// Descriptor hook. Linux: `->mmap_prepare`.
+    pub mmap_prepare: Option<MmapPrepareFn>,
+}
+
+/// An open file (Linux: `struct file`).
+pub struct File {
+    inode: Arc<Inode>,
+    mode: OpenMode,
+    ops: &'static FileOperations,
+    noexec: bool,
+    name: String,
+    /// Stacking files: the file underneath (Linux: `backing_file` / overlayfs realfile).
+    lower: Option<Arc<File>>,
+    /// Device files: physical base and length of the device memory.
+    device: Option<(u64, usize)>,
+}
+
+/// Global map from a file's allocation address to the file (see the module docs).
+static REGISTRY: spin::Mutex<BTreeMap<usize, Weak<File>>> = spin::Mutex::new(BTreeMap::new());
+
+fn key_of(p: *const ()) -> usize {
+    p as usize
+}
+
+impl File {
+    /// Open `inode` with `mode` and `ops` (Linux: `alloc_file`).
+    pub fn new(
+        inode: Arc<Inode>,
+        mode: OpenMode,
+        ops: &'static FileOperations,
+        name: &str,
+    ) -> Arc<File> {
+        Self::build(inode, mode, ops, name, None, None, false)
+    }
+
+    fn build(
+        inode: Arc<Inode>,
+        mode: OpenMode,
+        ops: &'static FileOperations,
+        name: &str,
+        lower: Option<Arc<File>>,
+        device: Option<(u64, usize)>,
+        noexec: bool,
+    ) -> Arc<File> {
+        let f = Arc::new(File {
+            inode,
+            mode,
+            ops,
+            noexec,
+            name: String::from(name),
+            lower,
+            device,
+        });
+        REGISTRY
+            .lock()
+            .insert(key_of(Arc::as_ptr(&f) as *const ()), Arc::downgrade(&f));
+        f
+    }
+
+    /// The same inode opened again with another mode/mount flag (a new `struct file`).
+    pub fn reopen(self: &Arc<Self>, mode: OpenMode, noexec: bool) -> Arc<File> {
+        Self::build(
+            self.inode.clone(),
+            mode,
+            self.ops,
+            &self.name,
+            self.lower.clone(),
+            self.device,
+            noexec,
+        )
+    }
+
+    /// Linux: `file_inode()`.
+    pub fn inode(&self) -> &Arc<Inode> {
+        &self.inode
+    }
+    /// Open mode.
+    pub fn mode(&self) -> OpenMode {
+        self.mode
+    }
+    /// Operations.
+    pub fn ops(&self) -> &'static FileOperations {
+        self.ops
+    }
+    /// On a `noexec` mount (Linux: `path_noexec`).
+    pub fn noexec(&self) -> bool {
+        self.noexec
+    }
+    /// Path shown in maps.
+    pub fn path(&self) -> &str {
+        &self.name
+    }
+    /// The lower file of a stacking file.
+    pub fn lower(&self) -> Option<&Arc<File>> {
+        self.lower.as_ref()
+    }
+    /// Device memory (phys base, length) of a device file.
+    pub fn device(&self) -> Option<(u64, usize)> {
+        self.device
+    }
+    /// As the VMA layer's file handle.
+    pub fn as_vm_file(self: &Arc<Self>) -> FileRef {
+        self.clone()
+    }
+    /// Pointer identity.
+    pub fn ptr_eq(a: &Arc<File>, b: &FileRef) -> bool {
+        key_of(Arc::as_ptr(a) as *const ()) == key_of(Arc::as_ptr(b) as *const ())
+    }
+}
+
+impl VmFile for File {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        let k = key_of(self as *const File as *const ());
+        let mut r = REGISTRY.lock();
+        // Only remove our own entry (a new file may already reuse the address after
+        // our Weak died; its insert replaced ours).
+        if r.get(&k).is_some_and(|w| w.strong_count() == 0) {
+            r.remove(&k);
+        }
+    }
+}
+
+/// The [`File`] behind a VMA's file handle, if it is one of ours.
+pub fn lookup(f: &FileRef) -> Option<Arc<File>> {
+    let k = key_of(Arc::as_ptr(f) as *const ());
+    let w = REGISTRY.lock().get(&k).cloned();
+    // Upgrade outside the lock: dropping the result may run `File::drop`.
+    w.and_then(|w| w.upgrade())
+}
+
+/// Descriptor handed to `->mmap_prepare` (Linux: `struct vm_area_desc`).
+///
+/// Immutable fields (`mm`, `start`, `end`, the file being mapped) are readable only;
+/// mutable fields are pre-filled and applied afterwards; write-only fields start empty
+/// and are applied to the resulting VMA whether it was merged or newly allocated.
+pub struct VmAreaDesc {
+    mm_id: u64,
+    start: usize,
+    end: usize,
+    file: Arc<File>,
+    mm_live_vmas: usize,
+    /// Mutable: file page offset.
+    pub pgoff: usize,
+    /// Mutable: the file the VMA will reference (Linux: `vm_file`).
+    pub vm_file: Arc<File>,
+    /// Mutable: VMA flags.
+    pub vm_flags: VmFlags,
+    /// Mutable: PTE protection bits.
+    pub page_prot: u64,
+    /// Write-only: VMA operations (applied only if set).
+    pub vm_ops: Option<&'static VmOperations>,
+    /// Write-only: `vm_private_data`.
+    pub private_data: usize,
+}
+
+impl VmAreaDesc {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        mm_id: u64,
+        start: usize,
+        end: usize,
+        file: Arc<File>,
+        pgoff: usize,
+        vm_flags: VmFlags,
+        page_prot: u64,
+        mm_live_vmas: usize,
+    ) -> Self {
+        VmAreaDesc {
+            mm_id,
+            start,
+            end,
+            vm_file: file.clone(),
+            file,
+            mm_live_vmas,
+            pgoff,
+            vm_flags,
+            page_prot,
+            vm_ops: None,
+            private_data: 0,
+        }
+    }
+    /// Immutable: the address space's id.
+    pub fn mm_id(&self) -> u64 {
+        self.mm_id
+    }
+    /// Immutable: start address.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+    /// Immutable: end address.
+    pub fn end(&self) -> usize {
+        self.end
+    }
+    /// Immutable: the file being mapped (may differ from `vm_file` when stacked).
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+    /// Diagnostics: VMAs allocated for this mm when the hook was called (tests check
+    /// that the hook runs before any VMA for the new range exists).
+    pub fn mm_live_vmas(&self) -> usize {
+        self.mm_live_vmas
+    }
+}
+
+/// What a legacy `->mmap` may do with the new VMA (Linux: the `vma` argument plus
+/// `remap_pfn_range`). The VMA is detached: not yet visible in the tree.
+pub struct MmapCtx<'g, 'm> {
+    pub(crate) g: &'g mut MmWriteGuard<'m>,
+    pub(crate) pt: &'g mut PageTableRoot,
+    pub(crate) vma: VmaRef,
+}
+
+impl MmapCtx<'_, '_> {
+    /// The VMA being set up.
+    pub fn vma(&self) -> VmaRef {
+        self.vma
+    }
+    /// The VMA's current file.
+    pub fn vm_file(&self) -> Option<Arc<File>> {
+        self.vma.file(&*self.g).as_ref().and_then(lookup)
+    }
+    /// Linux: `vm_flags_set/reset`.
+    pub fn set_flags(&mut self, flags: VmFlags) -> Result<(), Errno> {
+        self.g.vma_set_flags(self.vma, flags)
+    }
+    /// Linux: `vma->vm_ops = ...`.
+    pub fn set_ops(&mut self, ops: Option<&'static VmOperations>) -> Result<(), Errno> {
+        self.g.vma_set_ops(self.vma, ops)
+    }
+    /// Linux: `vma->vm_private_data = ...`.
+    pub fn set_private_data(&mut self, data: usize) -> Result<(), Errno> {
+        self.g.vma_set_private_data(self.vma, data)
+    }
+    /// Linux: `vma->vm_page_prot = ...`.
+    pub fn set_page_prot(&mut self, prot: u64) -> Result<(), Errno> {
+        self.g.vma_set_page_prot(self.vma, prot)
+    }
+    /// Replace pgoff and file together (Linux: `vma->vm_pgoff = `, `vma_set_file`).
+    pub fn set_pgoff_and_file(&mut self, pgoff: usize, file: &Arc<File>) -> Result<(), Errno> {
+        let v = self.vma;
+        self.g.vma_init(
+            v,
+            v.start(),
+            v.end(),
+            pgoff,
+            v.flags(),
+            Some(file.as_vm_file()),
+            v.ops(),
+        )
+    }
+    /// Map the whole VMA to physical `phys` (Linux: `remap_pfn_range`): unaccounted
+    /// PTEs with the VMA's protection. Also sets `VM_IO | VM_PFNMAP | VM_DONTEXPAND |
+    /// VM_DONTDUMP`, as Linux does.
+    pub fn remap_pfn_range(&mut self, phys: u64) -> Result<(), Errno> {
+        let v = self.vma;
+        let flags =
+            v.flags() | VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
+        self.g.vma_set_flags(v, flags)?;
+        let pte = PageTableFlags::from_bits_truncate(v.page_prot());
+        self.pt
+            .map(
+                VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
+                PhysAddr::new(phys),
+                PageSize::Size4K,
+                pte,
+            )
+            .map_err(Errno::from)
+    }
+    /// Undo a partial driver mapping (Linux: `unmap_region` on the error path).
+    pub(crate) fn zap_all(&mut self) {
+        let v = self.vma;
+        let mut gather = MmuGather::new(self.pt);
+        let _ = self.pt.unmap(
+            VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
+            &mut gather,
+        );
+        gather.finish();
+    }
+}
+
+/// Call the `->mmap_prepare` of `lower` for a VMA being set up by a legacy `->mmap`
+/// (Linux: `compat_vma_mmap_prepare()` / `__compat_vma_mmap_prepare()`).
+///
+/// Builds a descriptor from the VMA (range, pgoff, file, flags, page_prot; write-only
+/// fields empty), calls the hook, then applies pgoff, file (replaced if changed),
+/// flags, page_prot, and assigns `vm_ops` and `vm_private_data` unconditionally.
+pub fn compat_vma_mmap_prepare(ctx: &mut MmapCtx<'_, '_>, lower: &Arc<File>) -> Result<(), Errno> {
+    let prepare = lower.ops.mmap_prepare.ok_or(Errno::ENODEV)?;
+    let v = ctx.vma;
+    let cur = ctx.vm_file().unwrap_or_else(|| lower.clone());
+    let live = ctx.g.live_vmas();
+    let mut desc = VmAreaDesc::new(
+        v.mm_id(),
+        v.start(),
+        v.end(),
+        lower.clone(),
+        v.pgoff(),
+        v.flags(),
+        v.page_prot(),
+        live,
+    );
+    desc.vm_file = cur;
+    prepare(lower, &mut desc)?;
+    ctx.g.vma_init(
+        v,
+        v.start(),
+        v.end(),
+        desc.pgoff,
+        desc.vm_flags,
+        Some(desc.vm_file.as_vm_file()),
+        desc.vm_ops,
+    )?;
+    ctx.g.vma_set_page_prot(v, desc.page_prot)?;
+    ctx.g.vma_set_private_data(v, desc.private_data)?;
+    Ok(())
+}
+
+// ---- file types ---------------------------------------------------------------------
+
+/// ramfs/shmem: `mmap_prepare` that only accepts the defaults (Linux:
+/// `shmem_mmap_prepare` / `generic_file_mmap_prepare`).
+pub static RAMFS_FOPS: FileOperations = FileOperations {
+    mmap: None,
+    mmap_prepare: Some(ramfs_mmap_prepare),
+};
+
+fn ramfs_mmap_prepare(_f: &Arc<File>, _d: &mut VmAreaDesc) -> Result<(), Errno> {
+    Ok(())
+}
+
+/// A ramfs/shmem file of `size` bytes.
+pub fn ramfs_file(
+    alloc: &'static FrameAllocator,
+    name: &str,
+    size: usize,
+    mode: OpenMode,
+) -> Arc<File> {
+    File::new(Inode::new(alloc, size), mode, &RAMFS_FOPS, name)
+}
+
+/// secretmem: `mmap_prepare` that requires a shared mapping and sets
+/// `VM_LOCKED | VM_DONTDUMP` (Linux: `secretmem_mmap_prepare`). Because the flags are
+/// set on the descriptor, adjacent mappings of the same file merge.
+pub static SECRETMEM_FOPS: FileOperations = FileOperations {
+    mmap: None,
+    mmap_prepare: Some(secretmem_mmap_prepare),
+};
+
+fn secretmem_mmap_prepare(_f: &Arc<File>, d: &mut VmAreaDesc) -> Result<(), Errno> {
+    if !d.vm_flags.contains(VmFlags::SHARED | VmFlags::MAYSHARE) {
+        return Err(Errno::EINVAL);
+    }
+    d.vm_flags |= VmFlags::LOCKED | VmFlags::DONTDUMP;
+    Ok(())
+}
+
+/// A secretmem file (Linux: `memfd_secret`), opened read-write.
+pub fn secretmem_file(alloc: &'static FrameAllocator, size: usize) -> Arc<File> {
+    File::new(
+        Inode::new(alloc, size),
+        OpenMode::RDWR,
+        &SECRETMEM_FOPS,
+        "secretmem",
+    )
+}
+
+/// A device: legacy `mmap` mapping device memory with `VM_PFNMAP | VM_IO` (Linux: a
+/// character driver calling `remap_pfn_range`).
+pub static DEVICE_FOPS: FileOperations = FileOperations {
+    mmap: Some(device_mmap),
+    mmap_prepare: None,
+};
+
+fn device_mmap(f: &Arc<File>, ctx: &mut MmapCtx<'_, '_>) -> Result<(), Errno> {
+    let (base, len) = f.device.ok_or(Errno::ENODEV)?;
+    let v = ctx.vma();
+    let off = v.pgoff().checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+    let size = v.end() - v.start();
+    if off.checked_add(size).is_none_or(|e| e > len) {
+        return Err(Errno::EINVAL);
+    }
+    ctx.remap_pfn_range(base + off as u64)
+}
+
+/// A device file exposing `len` bytes of device memory at physical `phys`.
+pub fn device_file(
+    alloc: &'static FrameAllocator,
+    name: &str,
+    phys: u64,
+    len: usize,
+    mode: OpenMode,
+) -> Arc<File> {
+    File::build(
+        Inode::new(alloc, len),
+        mode,
+        &DEVICE_FOPS,
+        name,
+        None,
+        Some((phys, len)),
+        false,
+    )
+}
+
+/// A stacking (overlayfs-like) file: legacy `mmap` that forwards to the lower file's
+/// `mmap_prepare` via [`compat_vma_mmap_prepare`] and switches the VMA to the lower
+/// file (Linux: `ovl_mmap` → `backing_file_mmap`).
+pub static STACKING_FOPS: FileOperations = FileOperations {
+    mmap: Some(stacking_mmap),
+    mmap_prepare: None,
+};
+
+fn stacking_mmap(f: &Arc<File>, ctx: &mut MmapCtx<'_, '_>) -> Result<(), Errno> {
+    let lower = f.lower.clone().ok_or(Errno::ENODEV)?;
+    // Linux: vma_set_file(vma, realfile) before calling the lower hook.
+    let pgoff = ctx.vma().pgoff();
+    ctx.set_pgoff_and_file(pgoff, &lower)?;
+    compat_vma_mmap_prepare(ctx, &lower)
+}
+
+/// A stacking file over `lower` (same mode).
+pub fn stacking_file(lower: &Arc<File>, name: &str) -> Arc<File> {
+    File::build(
+        lower.inode.clone(),
+        lower.mode,
+        &STACKING_FOPS,
+        name,
+        Some(lower.clone()),
+        None,
+        false,
+    )
+}
+
+/// The shmem file behind a shared anonymous mapping (Linux: `shmem_zero_setup`,
+/// named `/dev/zero (deleted)` in maps).
+pub fn shmem_zero_file(alloc: &'static FrameAllocator, size: usize) -> Arc<File> {
+    File::new(
+        Inode::new(alloc, size),
+        OpenMode::RDWR,
+        &RAMFS_FOPS,
+        "/dev/zero (deleted)",
+    )
+}
+
+/// Mark a page-cache frame dirty (Linux: `folio_mark_dirty`).
+pub(crate) fn mark_dirty(alloc: &FrameAllocator, pa: PhysAddr) {
+    if let Some(m) = alloc.meta(pa) {
+        m.set_flags(FrameFlags::DIRTY);
+    }
+}

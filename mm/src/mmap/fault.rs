@@ -1,0 +1,366 @@
+//! The page-fault entry: demand paging, zero page, copy-on-write, stack growth.
+//!
+//! Linux: `arch/x86/mm/fault.c` (`do_user_addr_fault`, `access_error`), `mm/memory.c`
+//! (`handle_mm_fault`, `do_anonymous_page`, `do_read_fault`, `do_cow_fault`,
+//! `do_shared_fault`, `do_wp_page`), `mm/mmap.c` (`expand_downwards`).
+
+use alloc::vec::Vec;
+
+use x86_64::PhysAddr;
+
+use super::{AddressSpace, pte_prot, va};
+use crate::errno::Errno;
+use crate::file;
+use crate::frame::{FrameAllocator, FrameFlags};
+use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot, Translation};
+use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaMergeStruct, VmaRef, VmaStable};
+
+/// Kind of access that faulted (Linux: `FAULT_FLAG_WRITE`, `X86_PF_INSTR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Data read.
+    Read,
+    /// Data write.
+    Write,
+    /// Instruction fetch.
+    Exec,
+}
+
+/// Why a fault could not be resolved: what the kernel sends to the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultError {
+    /// SIGSEGV / SEGV_MAPERR: no mapping at the address (incl. refused stack growth).
+    MapErr,
+    /// SIGSEGV / SEGV_ACCERR: the mapping does not permit the access.
+    AccErr,
+    /// SIGBUS: beyond the end of the file, or a PFN mapping with nothing mapped.
+    Bus,
+    /// Out of memory (Linux: `VM_FAULT_OOM`).
+    Oom,
+}
+
+/// One shared zero frame per frame allocator (Linux: `ZERO_PAGE(0)`).
+static ZERO_PAGES: spin::Mutex<Vec<(usize, u64)>> = spin::Mutex::new(Vec::new());
+
+/// The zero page of `alloc`, allocated on first use and never freed: it is marked
+/// [`FrameFlags::ZERO`] and the registry keeps one reference, so unmaps (which put the
+/// mapping's own reference) never free it.
+pub fn zero_page(alloc: &'static FrameAllocator) -> Result<PhysAddr, Errno> {
+    let key = alloc as *const FrameAllocator as usize;
+    let mut z = ZERO_PAGES.lock();
+    if let Some(&(_, pa)) = z.iter().find(|(k, _)| *k == key) {
+        return Ok(PhysAddr::new(pa));
+    }
+    z.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+    let pa = alloc.alloc_zeroed(0).map_err(|_| Errno::ENOMEM)?;
+    if let Some(m) = alloc.meta(pa) {
+        m.set_flags(FrameFlags::ZERO);
+    }
+    z.push((key, pa.as_u64()));
+    Ok(pa)
+}
+
+/// Linux: x86 `access_error()`.
+fn access_error(vma: VmaRef, access: Access) -> bool {
+    let f = vma.flags();
+    match access {
+        Access::Write => !f.contains(VmFlags::WRITE),
+        Access::Exec => !f.contains(VmFlags::EXEC),
+        Access::Read => !f.intersects(VmFlags::ACCESS),
+    }
+}
+
+/// Does this fault need `anon_vma_prepare` first (a private page will be created)?
+fn needs_anon_vma(vma: VmaRef, access: Access) -> bool {
+    !vma.has_anon_vma()
+        && access == Access::Write
+        && !vma
+            .flags()
+            .intersects(VmFlags::SHARED | VmFlags::PFNMAP | VmFlags::IO)
+}
+
+impl AddressSpace {
+    /// Resolve a user page fault at `addr` (Linux: `do_user_addr_fault` →
+    /// `handle_mm_fault`).
+    ///
+    /// Fast path: the VMA is found and read-locked without the mmap lock
+    /// (`lock_vma_under_rcu`). Falls back to the mmap write lock when the address is
+    /// below a VMA (stack growth) or the fault needs an anon_vma (the VMA engine's
+    /// `anon_vma_prepare` wants the write lock; Linux uses the read lock plus the
+    /// page-table lock there).
+    pub fn handle_fault(&self, addr: usize, access: Access) -> Result<(), FaultError> {
+        if addr >= self.layout.task_size {
+            return Err(FaultError::MapErr);
+        }
+        if let Some(vg) = self.mm.lock_vma_under_rcu(addr) {
+            let vma = vg.vma();
+            if access_error(vma, access) {
+                return Err(FaultError::AccErr);
+            }
+            if !needs_anon_vma(vma, access) {
+                let mut pt = self.pt.lock();
+                return self.do_fault(&vg, vma, addr, access, &mut pt);
+            }
+        }
+        let mut g = self.mm.write_lock();
+        let vma = g.find_vma(addr).ok_or(FaultError::MapErr)?;
+        if vma.start() > addr {
+            if !vma.flags().contains(VmFlags::GROWSDOWN) {
+                return Err(FaultError::MapErr);
+            }
+            self.expand_stack(&mut g, vma, addr)
+                .map_err(|_| FaultError::MapErr)?;
+        }
+        if access_error(vma, access) {
+            return Err(FaultError::AccErr);
+        }
+        if needs_anon_vma(vma, access) {
+            g.vma_start_write(vma);
+            g.anon_vma_prepare(vma).map_err(|_| FaultError::Oom)?;
+        }
+        let mut pt = self.pt.lock();
+        self.do_fault(&g, vma, addr, access, &mut pt)
+    }
+
+    /// Grow a GROWSDOWN VMA down to `addr` (Linux: `expand_downwards`): the new start
+    /// must be ≥ `mmap_min_addr` (EPERM), keep `stack_guard_gap` from the previous
+    /// accessible non-stack VMA (ENOMEM), and the size must stay ≤ RLIMIT_STACK (ENOMEM).
+    fn expand_stack(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        vma: VmaRef,
+        addr: usize,
+    ) -> Result<(), Errno> {
+        let l = &self.layout;
+        let address = addr & !(PAGE_SIZE - 1);
+        if address < l.mmap_min_addr {
+            return Err(Errno::EPERM);
+        }
+        if let Some(p) = g.vma_prev_of(vma.start()) {
+            if address < p.end() {
+                return Err(Errno::ENOMEM);
+            }
+            if !p.flags().contains(VmFlags::GROWSDOWN)
+                && p.flags().intersects(VmFlags::ACCESS)
+                && address - p.end() < l.stack_guard_gap
+            {
+                return Err(Errno::ENOMEM);
+            }
+        }
+        if vma.end() - address > l.stack_limit {
+            return Err(Errno::ENOMEM);
+        }
+        let grow = (vma.start() - address) / PAGE_SIZE;
+        let pgoff = vma.pgoff().checked_sub(grow).ok_or(Errno::ENOMEM)?;
+        g.vma_start_write(vma);
+        g.anon_vma_prepare(vma)?;
+        let mut vmg = VmaMergeStruct::new(address, vma.end(), pgoff, vma.flags());
+        vmg.target = Some(vma);
+        g.vma_expand(&mut vmg)
+    }
+
+    /// Linux: `handle_pte_fault` and the fault kinds below it.
+    fn do_fault(
+        &self,
+        stable: &dyn VmaStable,
+        vma: VmaRef,
+        addr: usize,
+        access: Access,
+        pt: &mut PageTableRoot,
+    ) -> Result<(), FaultError> {
+        let page = addr & !(PAGE_SIZE - 1);
+        let flags = vma.flags();
+        let write = access == Access::Write;
+        let cur = pt.translate(va(page));
+        if flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP) {
+            return if cur.is_some() {
+                Ok(())
+            } else {
+                Err(FaultError::Bus)
+            };
+        }
+        let shared = flags.contains(VmFlags::SHARED);
+        if let Some(vf) = vma.file(stable) {
+            let f = file::lookup(&vf).ok_or(FaultError::Bus)?;
+            let idx = vma.pgoff() + (page - vma.start()) / PAGE_SIZE;
+            if idx.saturating_mul(PAGE_SIZE) >= f.inode().size() {
+                return Err(FaultError::Bus);
+            }
+            let pc = f
+                .inode()
+                .find_or_create_page(idx)
+                .map_err(|_| FaultError::Oom)?;
+            if shared {
+                // Linux: do_shared_fault — the page-cache page itself, writable if the
+                // VMA is.
+                if cur.is_none() {
+                    self.map_page(pt, page, pc, pte_prot(flags, true))?;
+                }
+                if write {
+                    file::mark_dirty(self.alloc, pc);
+                }
+                return Ok(());
+            }
+            return match cur {
+                // Linux: do_read_fault — map the cache page read-only.
+                None if !write => self.map_page(pt, page, pc, pte_prot(flags, false)),
+                // Linux: do_cow_fault.
+                None => self.cow_into_new(pt, page, Some(pc), flags, false),
+                Some(t) => self.wp(pt, page, t, flags, write),
+            };
+        }
+        if !vma.is_anonymous() {
+            return Err(FaultError::Bus);
+        }
+        match cur {
+            // Linux: do_anonymous_page — zero page for reads, a fresh frame for writes.
+            None if !write => self.map_page(pt, page, self.zero, pte_prot(flags, false)),
+            None => self.cow_into_new(pt, page, None, flags, false),
+            Some(t) => self.wp(pt, page, t, flags, write),
+        }
+    }
+
+    /// A fault on a present PTE: spurious unless it is a write to a read-only one
+    /// (Linux: `do_wp_page`: reuse an exclusive anonymous page, else copy).
+    fn wp(
+        &self,
+        pt: &mut PageTableRoot,
+        page: usize,
+        t: Translation,
+        flags: VmFlags,
+        write: bool,
+    ) -> Result<(), FaultError> {
+        if !write || t.flags.contains(PageTableFlags::WRITABLE) {
+            return Ok(());
+        }
+        let m = self.alloc.meta(t.frame);
+        let exclusive_anon = m.is_some_and(|m| {
+            m.flags().contains(FrameFlags::ANON)
+                && !m.flags().contains(FrameFlags::ZERO)
+                && m.mapcount() == 1
+        });
+        if exclusive_anon {
+            let mut g = MmuGather::new(pt);
+            pt.protect(
+                va(page)..va(page + PAGE_SIZE),
+                pte_prot(flags, true),
+                &mut g,
+            )
+            .map_err(|_| FaultError::Oom)?;
+            g.finish();
+            return Ok(());
+        }
+        let src = m
+            .filter(|m| !m.flags().contains(FrameFlags::ZERO))
+            .map(|_| t.frame);
+        self.cow_into_new(pt, page, src, flags, true)
+    }
+
+    /// Install a new private anonymous page at `page`, copied from `src` (or zeroed),
+    /// replacing the current PTE if `replace`.
+    fn cow_into_new(
+        &self,
+        pt: &mut PageTableRoot,
+        page: usize,
+        src: Option<PhysAddr>,
+        flags: VmFlags,
+        replace: bool,
+    ) -> Result<(), FaultError> {
+        let new = self.alloc.alloc_zeroed(0).map_err(|_| FaultError::Oom)?;
+        if let Some(s) = src {
+            // SAFETY: `s` is a frame mapped by us (we hold the page-table lock, so it
+            // stays referenced) and `new` is ours alone; both are reachable through
+            // the direct map and one page long.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.alloc.phys_to_virt(s),
+                    self.alloc.phys_to_virt(new),
+                    PAGE_SIZE,
+                )
+            };
+        }
+        if let Some(m) = self.alloc.meta(new) {
+            m.set_flags(FrameFlags::ANON);
+        }
+        if replace {
+            super::zap(pt, page, page + PAGE_SIZE);
+        }
+        if pt
+            .map_frame(va(page), new, PageSize::Size4K, pte_prot(flags, true))
+            .is_err()
+        {
+            let _ = self.alloc.put_frame(new);
+            return Err(FaultError::Oom);
+        }
+        Ok(())
+    }
+
+    fn map_page(
+        &self,
+        pt: &mut PageTableRoot,
+        page: usize,
+        pa: PhysAddr,
+        prot: PageTableFlags,
+    ) -> Result<(), FaultError> {
+        pt.map(va(page)..va(page + PAGE_SIZE), pa, PageSize::Size4K, prot)
+            .map_err(|_| FaultError::Oom)
+    }
+
+    /// Copy `data` to user address `addr`, faulting pages in as a write would (Linux:
+    /// `copy_to_user` with fault handling). Fails with the fault's error.
+    pub fn copy_to_user(&self, addr: usize, data: &[u8]) -> Result<(), FaultError> {
+        let mut done = 0;
+        while done < data.len() {
+            let a = addr + done;
+            let n = (PAGE_SIZE - a % PAGE_SIZE).min(data.len() - done);
+            let pa = self.user_page(a, Access::Write)?;
+            // SAFETY: `pa` is the writable frame mapped at `a`'s page (just resolved);
+            // direct-map access within one page.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data[done..].as_ptr(),
+                    self.alloc.phys_to_virt(pa).add(a % PAGE_SIZE),
+                    n,
+                )
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copy from user address `addr` into `buf`, faulting pages in as a read would.
+    pub fn copy_from_user(&self, addr: usize, buf: &mut [u8]) -> Result<(), FaultError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = addr + done;
+            let n = (PAGE_SIZE - a % PAGE_SIZE).min(buf.len() - done);
+            let pa = self.user_page(a, Access::Read)?;
+            // SAFETY: `pa` is the frame mapped at `a`'s page; direct-map read within it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.alloc.phys_to_virt(pa).add(a % PAGE_SIZE),
+                    buf[done..].as_mut_ptr(),
+                    n,
+                )
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The frame at `addr` after making it accessible for `access` (as the MMU would:
+    /// fault if the PTE is absent or lacks the permission).
+    fn user_page(&self, addr: usize, access: Access) -> Result<PhysAddr, FaultError> {
+        for _ in 0..3 {
+            if let Some(t) = self.translate(addr & !(PAGE_SIZE - 1)) {
+                let ok = t.flags.contains(PageTableFlags::PRESENT)
+                    && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
+                if ok {
+                    return Ok(t.frame);
+                }
+            }
+            self.handle_fault(addr, access)?;
+        }
+        Err(FaultError::AccErr)
+    }
+}

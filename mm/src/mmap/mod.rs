@@ -1,0 +1,1180 @@
+//! The syscall-shaped memory API of one address space: mmap, munmap, mprotect,
+//! mremap, madvise, the page-fault entry, and the `/proc/PID/maps` / PROCMAP_QUERY views.
+//!
+//! Linux: `mm/mmap.c` (`do_mmap`, `get_unmapped_area`, `expand_downwards`), `mm/vma.c`
+//! (`__mmap_region`, `do_vmi_munmap`), `mm/mprotect.c`, `mm/mremap.c`, `mm/madvise.c`,
+//! `mm/memory.c` (`handle_mm_fault`), `fs/proc/task_mmu.c`.
+//!
+//! # Kernel use
+//! ```ignore
+//! let asp = AddressSpace::new(frame_allocator)?;          // mm_alloc + pgd_alloc
+//! let a = asp.mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, None, 0)?;
+//! // #PF handler, user mode:
+//! match asp.handle_fault(cr2, Access::Write) { Ok(()) => retry, Err(e) => send SIGSEGV/SIGBUS }
+//! drop(asp);                                              // exit_mmap: everything freed
+//! ```
+//!
+//! # Locking
+//! mmap lock ([`Mm::write_lock`]) → page-table lock (the `spin::Mutex` around
+//! [`PageTableRoot`]). Syscalls take both; the fault fast path takes a VMA read lock
+//! ([`Mm::lock_vma_under_rcu`]) and the page-table lock, and falls back to the mmap
+//! write lock when it must create an anon_vma or grow a stack.
+
+pub mod consts;
+mod fault;
+mod query;
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use x86_64::{PhysAddr, VirtAddr};
+
+pub use consts::*;
+pub use fault::{Access, FaultError, zero_page};
+pub use query::VmaQuery;
+
+use crate::errno::Errno;
+use crate::file::{self, File, MmapCtx, VmAreaDesc};
+use crate::frame::FrameAllocator;
+use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot, Translation};
+use crate::vma::{
+    DetachedVmas, Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaMergeStruct, VmaRef,
+};
+
+/// Linux x86_64 `TASK_SIZE_MAX` (47-bit user space minus the guard page).
+pub const TASK_SIZE: usize = 0x7fff_ffff_f000;
+/// Linux `mmap_min_addr` default (`CONFIG_DEFAULT_MMAP_MIN_ADDR` = 64 KiB).
+pub const MMAP_MIN_ADDR: usize = 0x1_0000;
+/// Linux `stack_guard_gap`: 256 pages.
+pub const STACK_GUARD_GAP: usize = 256 * PAGE_SIZE;
+/// Default `RLIMIT_STACK` (8 MiB).
+pub const RLIMIT_STACK: usize = 8 << 20;
+/// Largest file offset (Linux: `MAX_LFS_FILESIZE`).
+const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+
+/// Operations of ordinary file VMAs that set none (Linux: `vma_dummy_vm_ops`): their
+/// presence is what makes a VMA non-anonymous.
+pub static FILE_VM_OPS: VmOperations = VmOperations {
+    open: None,
+    close: None,
+    may_split: None,
+    fault: None,
+    name: None,
+};
+
+/// Address-space layout parameters (Linux: `mm->mmap_base`, `mmap_min_addr`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmLayout {
+    /// Linux: `TASK_SIZE`.
+    pub task_size: usize,
+    /// Top of the top-down search (Linux: `mm->mmap_base`).
+    pub mmap_base: usize,
+    /// Bottom of the bottom-up fallback (Linux: `TASK_UNMAPPED_BASE`).
+    pub unmapped_base: usize,
+    /// Linux: `mmap_min_addr`.
+    pub mmap_min_addr: usize,
+    /// Linux: `stack_guard_gap`.
+    pub stack_guard_gap: usize,
+    /// Linux: `rlimit(RLIMIT_STACK)`.
+    pub stack_limit: usize,
+}
+
+impl Default for MmLayout {
+    /// Linux's non-randomised x86_64 layout: `mmap_base = TASK_SIZE - 128 MiB`
+    /// (`mmap_base()` clamps the stack gap to at least 128 MiB).
+    fn default() -> Self {
+        MmLayout {
+            task_size: TASK_SIZE,
+            mmap_base: TASK_SIZE - (128 << 20),
+            unmapped_base: (TASK_SIZE / 3).next_multiple_of(PAGE_SIZE),
+            mmap_min_addr: MMAP_MIN_ADDR,
+            stack_guard_gap: STACK_GUARD_GAP,
+            stack_limit: RLIMIT_STACK,
+        }
+    }
+}
+
+/// One user address space: VMAs plus page tables (Linux: `struct mm_struct`).
+///
+/// Dropping it unmaps everything (calling `vm_ops->close`, dropping files and
+/// anon_vmas) and frees every page-table page and every anonymous frame (Linux:
+/// `exit_mmap`). The kernel must have deactivated it on every CPU first.
+pub struct AddressSpace {
+    mm: Mm,
+    pt: spin::Mutex<PageTableRoot>,
+    alloc: &'static FrameAllocator,
+    zero: PhysAddr,
+    layout: MmLayout,
+    start_stack: AtomicUsize,
+}
+
+fn page_align(x: usize) -> Option<usize> {
+    x.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1))
+}
+
+fn va(x: usize) -> VirtAddr {
+    VirtAddr::new_truncate(x as u64)
+}
+
+/// Linux: `calc_vm_prot_bits()`.
+fn calc_vm_prot_bits(prot: u32) -> VmFlags {
+    let mut f = VmFlags::empty();
+    if prot & PROT_READ != 0 {
+        f |= VmFlags::READ;
+    }
+    if prot & PROT_WRITE != 0 {
+        f |= VmFlags::WRITE;
+    }
+    if prot & PROT_EXEC != 0 {
+        f |= VmFlags::EXEC;
+    }
+    f
+}
+
+/// Linux: `calc_vm_flag_bits()`.
+fn calc_vm_flag_bits(flags: u32) -> VmFlags {
+    let mut f = VmFlags::empty();
+    if flags & MAP_GROWSDOWN != 0 {
+        f |= VmFlags::GROWSDOWN;
+    }
+    if flags & MAP_LOCKED != 0 {
+        f |= VmFlags::LOCKED;
+    }
+    if flags & MAP_SYNC != 0 && flags & MAP_TYPE == MAP_SHARED_VALIDATE {
+        f |= VmFlags::SYNC;
+    }
+    if flags & MAP_STACK != 0 {
+        f |= VmFlags::NOHUGEPAGE;
+    }
+    f
+}
+
+/// PTE bits for a VMA's pages; `writable` only where a write needs no fault.
+pub(crate) fn pte_prot(flags: VmFlags, writable: bool) -> PageTableFlags {
+    let mut f = PageTableFlags::USER_ACCESSIBLE;
+    if flags.intersects(VmFlags::ACCESS) {
+        f |= PageTableFlags::PRESENT;
+    }
+    if writable && flags.contains(VmFlags::WRITE) {
+        f |= PageTableFlags::WRITABLE;
+    }
+    if !flags.contains(VmFlags::EXEC) {
+        f |= PageTableFlags::NO_EXECUTE;
+    }
+    f
+}
+
+/// Linux: `vm_get_page_prot()` — private writable mappings start read-only (COW).
+pub fn vm_get_page_prot(flags: VmFlags) -> u64 {
+    pte_prot(flags, flags.contains(VmFlags::SHARED)).bits()
+}
+
+/// Linux: `vm_start_gap()` (x86 has no VM_GROWSUP, so `vm_end_gap` is `vm_end`).
+fn vm_start_gap(v: VmaRef, gap: usize) -> usize {
+    if v.flags().contains(VmFlags::GROWSDOWN) {
+        v.start().saturating_sub(gap)
+    } else {
+        v.start()
+    }
+}
+
+/// Zap `[start, end)` in the page tables (Linux: `zap_page_range_single` /
+/// `unmap_region`). Ranges come from VMAs, which never split a huge page here.
+fn zap(pt: &mut PageTableRoot, start: usize, end: usize) {
+    if start >= end {
+        return;
+    }
+    let mut g = MmuGather::new(pt);
+    if let Err(e) = pt.unmap(va(start)..va(end), &mut g) {
+        log::error!("mmap: zap {start:#x}..{end:#x} failed: {e}");
+    }
+    g.finish();
+}
+
+impl AddressSpace {
+    /// A new, empty address space whose page tables and pages come from `alloc`
+    /// (Linux: `mm_alloc` + `pgd_alloc`). The kernel half of the PML4 is empty; see
+    /// [`AddressSpace::with_kernel_pml4`].
+    pub fn new(alloc: &'static FrameAllocator) -> Result<Self, Errno> {
+        let pt = PageTableRoot::new_user_only(alloc).map_err(Errno::from)?;
+        Self::from_root(alloc, pt, MmLayout::default())
+    }
+
+    /// As [`AddressSpace::new`], copying the kernel half from `kernel_pml4`.
+    ///
+    /// # Safety
+    /// As [`PageTableRoot::new`]: `kernel_pml4` is a live PML4 reachable through
+    /// `alloc`'s direct map whose upper-half tables outlive this address space.
+    pub unsafe fn with_kernel_pml4(
+        alloc: &'static FrameAllocator,
+        kernel_pml4: PhysAddr,
+        layout: MmLayout,
+    ) -> Result<Self, Errno> {
+        // SAFETY: forwarded from the caller.
+        let pt = unsafe { PageTableRoot::new(alloc, Some(kernel_pml4)) }.map_err(Errno::from)?;
+        Self::from_root(alloc, pt, layout)
+    }
+
+    /// With a custom layout (tests, exec).
+    pub fn with_layout(alloc: &'static FrameAllocator, layout: MmLayout) -> Result<Self, Errno> {
+        let pt = PageTableRoot::new_user_only(alloc).map_err(Errno::from)?;
+        Self::from_root(alloc, pt, layout)
+    }
+
+    fn from_root(
+        alloc: &'static FrameAllocator,
+        pt: PageTableRoot,
+        layout: MmLayout,
+    ) -> Result<Self, Errno> {
+        let zero = zero_page(alloc)?;
+        Ok(AddressSpace {
+            mm: Mm::new(),
+            pt: spin::Mutex::new(pt),
+            alloc,
+            zero,
+            layout,
+            start_stack: AtomicUsize::new(0),
+        })
+    }
+
+    /// The VMA layer's view (for the kernel's lock-free paths and diagnostics).
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+    /// Layout parameters.
+    pub fn layout(&self) -> MmLayout {
+        self.layout
+    }
+    /// The frame allocator.
+    pub fn allocator(&self) -> &'static FrameAllocator {
+        self.alloc
+    }
+    /// Physical address of the PML4 (CR3), for the context switch.
+    pub fn root_phys(&self) -> PhysAddr {
+        self.pt.lock().root_phys()
+    }
+    /// Run `f` on the page tables (activation, diagnostics). Takes the page-table lock.
+    pub fn with_page_tables<R>(&self, f: impl FnOnce(&mut PageTableRoot) -> R) -> R {
+        f(&mut self.pt.lock())
+    }
+    /// The mapping of `addr` in the page tables, if any.
+    pub fn translate(&self, addr: usize) -> Option<Translation> {
+        self.pt.lock().translate(va(addr))
+    }
+    /// Linux: `mm->map_count`.
+    pub fn map_count(&self) -> usize {
+        self.mm.write_lock().map_count()
+    }
+    /// VMAs allocated for this mm and not yet freed.
+    pub fn live_vmas(&self) -> usize {
+        self.mm.write_lock().live_vmas()
+    }
+    /// Set `vm.max_map_count` for this mm.
+    pub fn set_max_map_count(&self, n: usize) {
+        self.mm.write_lock().set_max_map_count(n);
+    }
+    /// Record the initial stack pointer (Linux: `mm->start_stack`, names `[stack]`).
+    pub fn set_start_stack(&self, addr: usize) {
+        self.start_stack.store(addr, Ordering::Relaxed);
+    }
+
+    // ---- placement ---------------------------------------------------------------
+
+    /// Is `[addr, addr+len)` free, including the guard gap below a GROWSDOWN VMA?
+    fn range_fits(&self, g: &MmWriteGuard<'_>, addr: usize, len: usize) -> bool {
+        let l = &self.layout;
+        if addr < l.mmap_min_addr || l.task_size - len < addr {
+            return false;
+        }
+        let (next, prev) = g.find_vma_prev(addr);
+        next.is_none_or(|n| addr + len <= vm_start_gap(n, l.stack_guard_gap))
+            && prev.is_none_or(|p| addr >= p.end())
+    }
+
+    fn search_top_down(
+        &self,
+        g: &MmWriteGuard<'_>,
+        len: usize,
+        low: usize,
+        high: usize,
+    ) -> Option<usize> {
+        let mut hi = high;
+        loop {
+            let a = g.view().gap_top_down(len, low, hi, PAGE_SIZE)?;
+            match g.vma_next_from(a + len) {
+                Some(n) if a + len > vm_start_gap(n, self.layout.stack_guard_gap) => {
+                    hi = hi.min(vm_start_gap(n, self.layout.stack_guard_gap));
+                }
+                _ => return Some(a),
+            }
+        }
+    }
+
+    fn search_bottom_up(
+        &self,
+        g: &MmWriteGuard<'_>,
+        len: usize,
+        low: usize,
+        high: usize,
+    ) -> Option<usize> {
+        let mut lo = low;
+        loop {
+            let a = g.view().gap_bottom_up(len, lo, high, PAGE_SIZE)?;
+            match g.vma_next_from(a + len) {
+                Some(n) if a + len > vm_start_gap(n, self.layout.stack_guard_gap) => {
+                    lo = n.end();
+                }
+                _ => return Some(a),
+            }
+        }
+    }
+
+    /// Linux: `__get_unmapped_area()` + `arch_get_unmapped_area_topdown()` +
+    /// `security_mmap_addr()`, in that order.
+    fn get_unmapped_area(
+        &self,
+        g: &MmWriteGuard<'_>,
+        addr: usize,
+        len: usize,
+        fixed: bool,
+    ) -> Result<usize, Errno> {
+        let l = &self.layout;
+        if len > l.task_size {
+            return Err(Errno::ENOMEM);
+        }
+        if len > l.task_size - l.mmap_min_addr {
+            return Err(Errno::ENOMEM);
+        }
+        let addr = if fixed {
+            addr
+        } else {
+            let mut found = None;
+            if addr != 0 {
+                if let Some(a) = page_align(addr) {
+                    if self.range_fits(g, a, len) {
+                        found = Some(a);
+                    }
+                }
+            }
+            if found.is_none() {
+                let low = PAGE_SIZE.max(l.mmap_min_addr);
+                found = self.search_top_down(g, len, low, l.mmap_base);
+            }
+            if found.is_none() {
+                found = self.search_bottom_up(g, len, l.unmapped_base, l.task_size);
+            }
+            found.ok_or(Errno::ENOMEM)?
+        };
+        if addr > l.task_size - len {
+            return Err(Errno::ENOMEM);
+        }
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if addr < l.mmap_min_addr {
+            return Err(Errno::EPERM);
+        }
+        Ok(addr)
+    }
+
+    // ---- mmap ---------------------------------------------------------------------
+
+    /// `mmap(2)`. Returns the mapped address.
+    ///
+    /// Check order (Linux: `sys_mmap` → `ksys_mmap_pgoff` → `do_mmap`): offset
+    /// alignment (EINVAL); no file without MAP_ANONYMOUS (EINVAL; Linux: EBADF); length 0
+    /// (EINVAL); page rounding overflow (ENOMEM); pgoff overflow (EOVERFLOW); map_count
+    /// above the limit (ENOMEM); placement (`get_unmapped_area`: ENOMEM / EINVAL / EPERM);
+    /// MAP_FIXED_NOREPLACE overlap (EEXIST); file checks: offset range (EOVERFLOW),
+    /// MAP_SHARED_VALIDATE unknown flags (EOPNOTSUPP), shared writable needs FMODE_WRITE
+    /// (EACCES), needs FMODE_READ (EACCES), noexec + PROT_EXEC (EPERM), hooks both or
+    /// neither (ENODEV), GROWSDOWN (EINVAL), bad map type (EINVAL); anonymous: bad type
+    /// or shared GROWSDOWN (EINVAL); then the region itself (hook errors, ENOMEM).
+    pub fn mmap(
+        &self,
+        addr: usize,
+        len: usize,
+        prot: u32,
+        flags: u32,
+        file: Option<&Arc<File>>,
+        off: u64,
+    ) -> Result<usize, Errno> {
+        if off % PAGE_SIZE as u64 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let file = if flags & MAP_ANONYMOUS != 0 {
+            None
+        } else {
+            Some(file.ok_or(Errno::EINVAL)?.clone())
+        };
+        let pgoff = (off >> 12) as usize;
+        let (a, populate) = self.do_mmap(file, addr, len, prot, flags, pgoff)?;
+        if populate {
+            self.populate(a, page_align(len).unwrap_or(0));
+        }
+        Ok(a)
+    }
+
+    fn do_mmap(
+        &self,
+        file: Option<Arc<File>>,
+        addr: usize,
+        len: usize,
+        prot: u32,
+        mut flags: u32,
+        mut pgoff: usize,
+    ) -> Result<(usize, bool), Errno> {
+        let l = self.layout;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut addr = addr;
+        if flags & MAP_FIXED == 0 {
+            // Linux: round_hint_to_min().
+            addr &= !(PAGE_SIZE - 1);
+            if addr != 0 && addr < l.mmap_min_addr {
+                addr = l.mmap_min_addr.next_multiple_of(PAGE_SIZE);
+            }
+        }
+        let len = page_align(len).filter(|&x| x != 0).ok_or(Errno::ENOMEM)?;
+        let pages = len / PAGE_SIZE;
+        if pgoff.checked_add(pages).is_none() {
+            return Err(Errno::EOVERFLOW);
+        }
+        let mut g = self.mm.write_lock();
+        if g.map_count() > g.max_map_count() {
+            return Err(Errno::ENOMEM);
+        }
+        let mut vm_flags = calc_vm_prot_bits(prot)
+            | calc_vm_flag_bits(flags)
+            | VmFlags::MAYREAD
+            | VmFlags::MAYWRITE
+            | VmFlags::MAYEXEC;
+        let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
+        let addr = self.get_unmapped_area(&g, addr, len, fixed)?;
+        if flags & MAP_FIXED_NOREPLACE != 0 && g.find_vma_intersection(addr, addr + len).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if let Some(f) = &file {
+            // Linux: file_mmap_ok().
+            let maxpages = (MAX_LFS_FILESIZE >> 12) as usize;
+            if pages > maxpages || pgoff > maxpages - pages {
+                return Err(Errno::EOVERFLOW);
+            }
+            let mode = f.mode();
+            let ty = flags & MAP_TYPE;
+            if ty == MAP_SHARED || ty == MAP_SHARED_VALIDATE {
+                if ty == MAP_SHARED {
+                    flags &= LEGACY_MAP_MASK;
+                }
+                if flags & !(LEGACY_MAP_MASK | MAP_FIXED_NOREPLACE) != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                if prot & PROT_WRITE != 0 && !mode.write {
+                    return Err(Errno::EACCES);
+                }
+                vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+                if !mode.write {
+                    vm_flags -= VmFlags::MAYWRITE | VmFlags::SHARED;
+                }
+            } else if ty != MAP_PRIVATE {
+                return Err(Errno::EINVAL);
+            }
+            if !mode.read {
+                return Err(Errno::EACCES);
+            }
+            if f.noexec() {
+                if vm_flags.contains(VmFlags::EXEC) {
+                    return Err(Errno::EPERM);
+                }
+                vm_flags -= VmFlags::MAYEXEC;
+            }
+            // Linux: can_mmap_file() — exactly one of the hooks.
+            let ops = f.ops();
+            if ops.mmap.is_some() == ops.mmap_prepare.is_some() {
+                return Err(Errno::ENODEV);
+            }
+            if vm_flags.contains(VmFlags::GROWSDOWN) {
+                return Err(Errno::EINVAL);
+            }
+        } else {
+            match flags & MAP_TYPE {
+                MAP_SHARED => {
+                    if vm_flags.contains(VmFlags::GROWSDOWN) {
+                        return Err(Errno::EINVAL);
+                    }
+                    pgoff = 0;
+                    vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+                }
+                MAP_PRIVATE => pgoff = addr >> 12,
+                _ => return Err(Errno::EINVAL),
+            }
+        }
+        if flags & MAP_NORESERVE != 0 {
+            vm_flags |= VmFlags::NORESERVE;
+        }
+        let mut pt = self.pt.lock();
+        let a = self.mmap_region(&mut g, &mut pt, file, addr, len, vm_flags, pgoff)?;
+        let populate = vm_flags.contains(VmFlags::LOCKED)
+            || flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE;
+        Ok((a, populate))
+    }
+
+    /// Unlink removed VMAs from their files' `i_mmap`, then free them.
+    fn remove_detached(&self, g: &mut MmWriteGuard<'_>, d: DetachedVmas) {
+        for v in d.iter() {
+            if let Some(f) = v.file(&*g).as_ref().and_then(file::lookup) {
+                f.inode().i_mmap_remove(v);
+            }
+        }
+        g.remove_vmas(d);
+    }
+
+    /// Re-register the file VMAs in `[start, end)` in `i_mmap` (after splits).
+    fn relink_files(&self, g: &MmWriteGuard<'_>, start: usize, end: usize) {
+        let mut a = start;
+        while let Some(v) = g.find_vma(a) {
+            if v.start() >= end {
+                break;
+            }
+            if let Some(f) = v.file(g).as_ref().and_then(file::lookup) {
+                f.inode().i_mmap_insert(v);
+            }
+            a = v.end();
+        }
+    }
+
+    /// Linux: `__mmap_region()` (§4.1).
+    #[allow(clippy::too_many_arguments)]
+    fn mmap_region(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        pt: &mut PageTableRoot,
+        file: Option<Arc<File>>,
+        addr: usize,
+        len: usize,
+        mut vm_flags: VmFlags,
+        mut pgoff: usize,
+    ) -> Result<usize, Errno> {
+        let end = addr + len;
+        // 2. Gather the overlapped VMAs and clear their page tables. They cannot be
+        // restored after this point (Linux: vms_clear_ptes in __mmap_setup).
+        if g.find_vma_intersection(addr, end).is_some() {
+            let d = g.detach_range(addr, end)?;
+            zap(pt, addr, end);
+            self.remove_detached(g, d);
+        }
+        // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory.
+        if vm_flags.contains(VmFlags::WRITE)
+            && !vm_flags.intersects(VmFlags::SHARED | VmFlags::NORESERVE | VmFlags::HUGETLB)
+        {
+            vm_flags |= VmFlags::ACCOUNT;
+        }
+        // New and expanded VMAs are soft-dirty (sticky: ignored for merging).
+        vm_flags |= VmFlags::SOFTDIRTY;
+        let mut file = file;
+        if file.is_none() && vm_flags.contains(VmFlags::SHARED) {
+            // Linux: shmem_zero_setup().
+            file = Some(file::shmem_zero_file(self.alloc, len));
+        }
+        let mut page_prot = vm_get_page_prot(vm_flags);
+        // 3. mmap_prepare.
+        let mut wo_ops = None;
+        let mut wo_private = 0;
+        let mut used_prepare = false;
+        let legacy = file.as_ref().and_then(|f| f.ops().mmap);
+        if let Some(f) = file.clone() {
+            if let Some(prepare) = f.ops().mmap_prepare {
+                let mut desc = VmAreaDesc::new(
+                    self.mm.id(),
+                    addr,
+                    end,
+                    f.clone(),
+                    pgoff,
+                    vm_flags,
+                    page_prot,
+                    g.live_vmas(),
+                );
+                prepare(&f, &mut desc)?;
+                pgoff = desc.pgoff;
+                file = Some(desc.vm_file);
+                vm_flags = desc.vm_flags;
+                page_prot = desc.page_prot;
+                wo_ops = desc.vm_ops;
+                wo_private = desc.private_data;
+                used_prepare = true;
+            }
+        }
+        let vm_file = file.as_ref().map(|f| f.as_vm_file());
+        // 5. Merge with the post-hook attributes.
+        let mut vma = None;
+        let prev = g.vma_prev_of(addr);
+        let next = g.vma_next_from(end);
+        if prev.is_some() || next.is_some() {
+            let mut vmg = VmaMergeStruct::new(addr, end, pgoff, vm_flags);
+            vmg.file = vm_file.clone();
+            vmg.prev = prev;
+            vmg.next = next;
+            vmg.vmi = crate::vma::VmaIterator::new(addr);
+            vma = g.vma_merge_new_range(&mut vmg);
+            if vmg.nomem() {
+                return Err(Errno::ENOMEM);
+            }
+        }
+        // 6. Allocate a new VMA only if nothing merged.
+        let vma = match vma {
+            Some(v) => v,
+            None => {
+                let v = g.vm_area_alloc()?;
+                let ops = file.as_ref().map(|_| &FILE_VM_OPS);
+                let r = g
+                    .vma_init(v, addr, end, pgoff, vm_flags, vm_file, ops)
+                    .and_then(|()| g.vma_set_page_prot(v, page_prot));
+                if let Err(e) = r {
+                    g.vm_area_free(v);
+                    return Err(e);
+                }
+                if let (Some(mmap), Some(f)) = (legacy, file.as_ref()) {
+                    let mut ctx = MmapCtx {
+                        g: &mut *g,
+                        pt: &mut *pt,
+                        vma: v,
+                    };
+                    if let Err(e) = mmap(f, &mut ctx) {
+                        ctx.zap_all();
+                        g.vm_area_free(v);
+                        return Err(e);
+                    }
+                }
+                if let Err(e) = g.vma_link(v) {
+                    zap(pt, addr, end);
+                    g.vm_area_free(v);
+                    return Err(e);
+                }
+                v
+            }
+        };
+        // 7. Write-only descriptor fields, on a merged VMA too.
+        if used_prepare {
+            g.vma_start_write(vma);
+            if wo_ops.is_some() {
+                g.vma_set_ops(vma, wo_ops)?;
+            }
+            g.vma_set_private_data(vma, wo_private)?;
+        }
+        if let Some(f) = vma.file(&*g).as_ref().and_then(file::lookup) {
+            f.inode().i_mmap_insert(vma);
+        }
+        Ok(addr)
+    }
+
+    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `populate_vma_page_range`).
+    fn populate(&self, addr: usize, len: usize) {
+        let mut a = addr;
+        while a < addr + len {
+            let flags = {
+                let g = self.mm.read_lock();
+                match g.vma_lookup(a) {
+                    Some(v) => v.flags(),
+                    None => return,
+                }
+            };
+            if flags.contains(VmFlags::PFNMAP) || !flags.intersects(VmFlags::ACCESS) {
+                a += PAGE_SIZE;
+                continue;
+            }
+            let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+            let _ = self.handle_fault(a, if write { Access::Write } else { Access::Read });
+            a += PAGE_SIZE;
+        }
+    }
+
+    // ---- munmap -------------------------------------------------------------------
+
+    /// `munmap(2)`. EINVAL for an unaligned start, a range beyond TASK_SIZE or an empty
+    /// length; ENOMEM if a hole punched in one VMA would exceed `max_map_count`;
+    /// unmapping holes succeeds. Linux: `do_vmi_munmap()`.
+    pub fn munmap(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        let ts = self.layout.task_size;
+        if addr % PAGE_SIZE != 0 || addr > ts || len > ts - addr {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_align(len).ok_or(Errno::EINVAL)?;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut g = self.mm.write_lock();
+        let mut pt = self.pt.lock();
+        self.do_munmap(&mut g, &mut pt, addr, addr + len)
+    }
+
+    fn do_munmap(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        pt: &mut PageTableRoot,
+        start: usize,
+        end: usize,
+    ) -> Result<(), Errno> {
+        let d = g.detach_range(start, end)?;
+        if d.is_empty() {
+            return Ok(());
+        }
+        zap(pt, start, end);
+        self.remove_detached(g, d);
+        Ok(())
+    }
+
+    // ---- mprotect -----------------------------------------------------------------
+
+    /// `mprotect(2)` (Linux: `do_mprotect_pkey` + `mprotect_fixup`).
+    ///
+    /// EINVAL: both PROT_GROWSDOWN and PROT_GROWSUP, unaligned start, unknown prot bits;
+    /// 0 length succeeds; end overflow → ENOMEM; unmapped page in the range → ENOMEM
+    /// (VMAs before the hole keep their change, as in Linux); PROT_WRITE/READ/EXEC
+    /// beyond the VMA's MAY bits → EACCES; sealed → EPERM.
+    pub fn mprotect(&self, start: usize, len: usize, prot: u32) -> Result<(), Errno> {
+        let grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP);
+        let prot = prot & !(PROT_GROWSDOWN | PROT_GROWSUP);
+        if grows == PROT_GROWSDOWN | PROT_GROWSUP {
+            return Err(Errno::EINVAL);
+        }
+        if start % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = page_align(len).ok_or(Errno::ENOMEM)?;
+        let end = start.checked_add(len).ok_or(Errno::ENOMEM)?;
+        if prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut g = self.mm.write_lock();
+        let mut pt = self.pt.lock();
+        let Some(mut vma) = g.find_vma(start) else {
+            return Err(Errno::ENOMEM);
+        };
+        let mut start = start;
+        if grows & PROT_GROWSDOWN != 0 {
+            if vma.start() >= end {
+                return Err(Errno::ENOMEM);
+            }
+            start = vma.start();
+            if !vma.flags().contains(VmFlags::GROWSDOWN) {
+                return Err(Errno::EINVAL);
+            }
+        } else if vma.start() > start {
+            return Err(Errno::ENOMEM);
+        }
+        // mseal: refuse before changing anything.
+        {
+            let mut a = start;
+            while let Some(v) = g.find_vma(a) {
+                if v.start() >= end {
+                    break;
+                }
+                if v.flags().contains(VmFlags::SEALED) {
+                    return Err(Errno::EPERM);
+                }
+                a = v.end();
+            }
+        }
+        let mut prev = if start > vma.start() {
+            Some(vma)
+        } else {
+            g.vma_prev_of(start)
+        };
+        let newbits = calc_vm_prot_bits(prot);
+        // `tmp`: where the next VMA must start for the range to have no hole (a
+        // merge may have extended the previous result past it).
+        let mut tmp = start;
+        loop {
+            if vma.start() > tmp {
+                return Err(Errno::ENOMEM);
+            }
+            let old = vma.flags();
+            let mut newflags = newbits | (old - VmFlags::ACCESS);
+            // Linux: (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS.
+            let may = VmFlags::from_bits_retain(newflags.bits() >> 4);
+            if !(newflags & !may & VmFlags::ACCESS).is_empty() {
+                return Err(Errno::EACCES);
+            }
+            let vend = vma.end().min(end);
+            // Linux: mprotect_fixup().
+            if newflags.contains(VmFlags::WRITE)
+                && !old.intersects(
+                    VmFlags::ACCOUNT | VmFlags::SHARED | VmFlags::NORESERVE | VmFlags::HUGETLB,
+                )
+            {
+                newflags |= VmFlags::ACCOUNT;
+            }
+            let v = if newflags == old {
+                vma
+            } else {
+                let v = g.vma_modify_flags(prev, vma, tmp, vend, newflags)?;
+                g.vma_start_write(v);
+                g.vma_set_flags(v, newflags)?;
+                g.vma_set_page_prot(v, vm_get_page_prot(newflags))?;
+                let pte = pte_prot(newflags, newflags.contains(VmFlags::SHARED));
+                let mut gather = MmuGather::new(&pt);
+                if let Err(e) = pt.protect(va(tmp)..va(vend), pte, &mut gather) {
+                    log::error!("mprotect: change_protection failed: {e}");
+                }
+                gather.finish();
+                self.relink_files(&g, v.start(), v.end());
+                v
+            };
+            tmp = vend;
+            if tmp >= end {
+                break;
+            }
+            prev = Some(v);
+            match g.find_vma(tmp) {
+                Some(n) => vma = n,
+                None => return Err(Errno::ENOMEM),
+            }
+        }
+        Ok(())
+    }
+
+    // ---- madvise ------------------------------------------------------------------
+
+    /// `madvise(2)` for MADV_NORMAL, MADV_DONTNEED, MADV_DONTFORK/DOFORK,
+    /// MADV_WIPEONFORK/KEEPONFORK (others: EINVAL). Holes give ENOMEM after the mapped
+    /// parts were processed. Linux: `do_madvise()` / `madvise_walk_vmas()`.
+    pub fn madvise(&self, start: usize, len: usize, advice: u32) -> Result<(), Errno> {
+        if !matches!(
+            advice,
+            MADV_NORMAL
+                | MADV_DONTNEED
+                | MADV_DONTFORK
+                | MADV_DOFORK
+                | MADV_WIPEONFORK
+                | MADV_KEEPONFORK
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        if start % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let alen = page_align(len).unwrap_or(0);
+        if len != 0 && alen == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = start.checked_add(alen).ok_or(Errno::EINVAL)?;
+        if end == start {
+            return Ok(());
+        }
+        let mut g = self.mm.write_lock();
+        let mut pt = self.pt.lock();
+        let (first, p) = g.find_vma_prev(start);
+        let mut vma = first;
+        let mut prev = match vma {
+            Some(v) if start > v.start() => Some(v),
+            _ => p,
+        };
+        let mut unmapped = Ok(());
+        let mut start = start;
+        loop {
+            let Some(v) = vma else {
+                return Err(Errno::ENOMEM);
+            };
+            if start < v.start() {
+                unmapped = Err(Errno::ENOMEM);
+                start = v.start();
+                if start >= end {
+                    break;
+                }
+            }
+            let tmp = v.end().min(end);
+            let nv = self.madvise_vma(&mut g, &mut pt, prev, v, start, tmp, advice)?;
+            prev = Some(nv);
+            start = tmp;
+            if start < nv.end() {
+                start = nv.end();
+            }
+            if start >= end {
+                break;
+            }
+            vma = g.find_vma(start);
+        }
+        unmapped
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn madvise_vma(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        pt: &mut PageTableRoot,
+        prev: Option<VmaRef>,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+        advice: u32,
+    ) -> Result<VmaRef, Errno> {
+        let old = vma.flags();
+        let new = match advice {
+            MADV_DONTNEED => {
+                // Linux: madvise_dontneed_free_valid_vma().
+                if old.intersects(VmFlags::LOCKED | VmFlags::PFNMAP) {
+                    return Err(Errno::EINVAL);
+                }
+                zap(pt, start, end);
+                return Ok(vma);
+            }
+            MADV_NORMAL => old - (VmFlags::SEQ_READ | VmFlags::RAND_READ),
+            MADV_DONTFORK => old | VmFlags::DONTCOPY,
+            MADV_DOFORK => {
+                if old.contains(VmFlags::IO) {
+                    return Err(Errno::EINVAL);
+                }
+                old - VmFlags::DONTCOPY
+            }
+            MADV_WIPEONFORK => {
+                if !vma.is_anonymous() || old.contains(VmFlags::SHARED) {
+                    return Err(Errno::EINVAL);
+                }
+                old | VmFlags::WIPEONFORK
+            }
+            MADV_KEEPONFORK => {
+                if old.contains(VmFlags::DROPPABLE) {
+                    return Err(Errno::EINVAL);
+                }
+                old - VmFlags::WIPEONFORK
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        if old.contains(VmFlags::SEALED) {
+            return Err(Errno::EPERM);
+        }
+        if new == old {
+            return Ok(vma);
+        }
+        // Linux: madvise_update_vma() → vma_modify_flags().
+        let v = g.vma_modify_flags(prev, vma, start, end, new)?;
+        g.vma_start_write(v);
+        g.vma_set_flags(v, new)?;
+        self.relink_files(g, v.start(), v.end());
+        Ok(v)
+    }
+
+    // ---- mremap -------------------------------------------------------------------
+
+    /// `mremap(2)` (Linux: `do_mremap` / `mremap_to` / `move_vma`). Returns the new
+    /// address. The old range must lie in one VMA (EFAULT); multi-VMA moves (≈6.17)
+    /// are not supported.
+    pub fn mremap(
+        &self,
+        addr: usize,
+        old_len: usize,
+        new_len: usize,
+        flags: u32,
+        new_addr: usize,
+    ) -> Result<usize, Errno> {
+        if flags & !(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if flags & MREMAP_DONTUNMAP != 0 && (flags & MREMAP_MAYMOVE == 0 || old_len != new_len) {
+            return Err(Errno::EINVAL);
+        }
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
+        let new_len = page_align(new_len).ok_or(Errno::EINVAL)?;
+        if new_len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut g = self.mm.write_lock();
+        let mut pt = self.pt.lock();
+        if g.vma_lookup(addr).is_none() {
+            return Err(Errno::EFAULT);
+        }
+        if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
+            return self.mremap_to(&mut g, &mut pt, addr, old_len, new_addr, new_len, flags);
+        }
+        if old_len >= new_len {
+            if old_len > new_len {
+                self.do_munmap(&mut g, &mut pt, addr + new_len, addr + old_len)?;
+            }
+            return Ok(addr);
+        }
+        let vma = self.vma_to_resize(&g, addr, old_len, new_len, flags)?;
+        // Grow in place if the range ends the VMA and the space after it is free.
+        if old_len == vma.end() - addr {
+            let delta = new_len - old_len;
+            if self.vma_expandable(&g, vma, delta) {
+                if g.vma_merge_extend(vma, delta).is_none() {
+                    return Err(Errno::ENOMEM);
+                }
+                return Ok(addr);
+            }
+        }
+        if flags & MREMAP_MAYMOVE == 0 {
+            return Err(Errno::ENOMEM);
+        }
+        let new_addr = self.get_unmapped_area(&g, 0, new_len, false)?;
+        self.move_vma(
+            &mut g, &mut pt, vma, addr, old_len, new_len, new_addr, flags,
+        )
+    }
+
+    fn vma_expandable(&self, g: &MmWriteGuard<'_>, vma: VmaRef, delta: usize) -> bool {
+        let Some(end) = vma.end().checked_add(delta) else {
+            return false;
+        };
+        end <= self.layout.task_size && g.find_vma_intersection(vma.end(), end).is_none()
+    }
+
+    /// Linux: `vma_to_resize()` / `check_prep_vma()`.
+    fn vma_to_resize(
+        &self,
+        g: &MmWriteGuard<'_>,
+        addr: usize,
+        old_len: usize,
+        new_len: usize,
+        flags: u32,
+    ) -> Result<VmaRef, Errno> {
+        let vma = g.vma_lookup(addr).ok_or(Errno::EFAULT)?;
+        if flags & MREMAP_DONTUNMAP != 0
+            && vma
+                .flags()
+                .intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if old_len > vma.end() - addr {
+            return Err(Errno::EFAULT);
+        }
+        if vma.flags().contains(VmFlags::SEALED) {
+            return Err(Errno::EPERM);
+        }
+        if new_len == old_len {
+            return Ok(vma);
+        }
+        let pgoff = (addr - vma.start()) / PAGE_SIZE + vma.pgoff();
+        if pgoff.checked_add(new_len / PAGE_SIZE).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if vma
+            .flags()
+            .intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP)
+        {
+            return Err(Errno::EFAULT);
+        }
+        Ok(vma)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mremap_to(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        pt: &mut PageTableRoot,
+        addr: usize,
+        old_len: usize,
+        new_addr: usize,
+        new_len: usize,
+        flags: u32,
+    ) -> Result<usize, Errno> {
+        let ts = self.layout.task_size;
+        let fixed = flags & MREMAP_FIXED != 0;
+        let mut old_len = old_len;
+        if fixed {
+            if new_addr % PAGE_SIZE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if new_len > ts || new_addr > ts - new_len {
+                return Err(Errno::EINVAL);
+            }
+            if addr + old_len > new_addr && new_addr + new_len > addr {
+                return Err(Errno::EINVAL);
+            }
+            if new_addr < self.layout.mmap_min_addr {
+                return Err(Errno::EPERM);
+            }
+            self.do_munmap(g, pt, new_addr, new_addr + new_len)?;
+            if old_len > new_len {
+                self.do_munmap(g, pt, addr + new_len, addr + old_len)?;
+                old_len = new_len;
+            }
+        }
+        let vma = self.vma_to_resize(g, addr, old_len, new_len, flags)?;
+        let target = if fixed {
+            new_addr
+        } else {
+            self.get_unmapped_area(g, 0, new_len, false)?
+        };
+        self.move_vma(g, pt, vma, addr, old_len, new_len, target, flags)
+    }
+
+    /// Linux: `move_vma()` — copy the VMA, move the page-table entries, unmap the old
+    /// range (unless MREMAP_DONTUNMAP).
+    #[allow(clippy::too_many_arguments)]
+    fn move_vma(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        pt: &mut PageTableRoot,
+        vma: VmaRef,
+        old_addr: usize,
+        old_len: usize,
+        new_len: usize,
+        new_addr: usize,
+        flags: u32,
+    ) -> Result<usize, Errno> {
+        if g.map_count() + 3 >= g.max_map_count() {
+            return Err(Errno::ENOMEM);
+        }
+        let new_pgoff = vma.pgoff() + (old_addr - vma.start()) / PAGE_SIZE;
+        let mut src = vma;
+        let (new_vma, _) = g.copy_vma(&mut src, new_addr, new_len, new_pgoff)?;
+        if let Some(f) = new_vma.file(&*g).as_ref().and_then(file::lookup) {
+            f.inode().i_mmap_insert(new_vma);
+        }
+        // Linux: move_page_tables().
+        let moved = old_len.min(new_len);
+        let mut off = 0;
+        while off < moved {
+            if let Some(t) = pt.translate(va(old_addr + off)) {
+                let fl = t.flags & crate::paging::LEAF_FLAGS;
+                if let Err(e) = pt.map(
+                    va(new_addr + off)..va(new_addr + off + PAGE_SIZE),
+                    t.frame,
+                    PageSize::Size4K,
+                    fl,
+                ) {
+                    log::error!("mremap: moving a PTE failed: {e}");
+                }
+            }
+            off += PAGE_SIZE;
+        }
+        zap(pt, old_addr, old_addr + moved);
+        if flags & MREMAP_DONTUNMAP == 0 {
+            self.do_munmap(g, pt, old_addr, old_addr + old_len)?;
+        }
+        Ok(new_addr)
+    }
+}
+
+impl Drop for AddressSpace {
+    /// Linux: `exit_mmap()`.
+    fn drop(&mut self) {
+        let ts = self.layout.task_size;
+        let mut g = self.mm.write_lock();
+        let pt = self.pt.get_mut();
+        match g.detach_range(0, ts) {
+            Ok(d) => {
+                zap(pt, 0, ts);
+                for v in d.iter() {
+                    if let Some(f) = v.file(&g).as_ref().and_then(file::lookup) {
+                        f.inode().i_mmap_remove(v);
+                    }
+                }
+                g.remove_vmas(d);
+            }
+            Err(e) => log::error!("exit_mmap: detach failed: {e}"),
+        }
+    }
+}
