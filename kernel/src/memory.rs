@@ -93,14 +93,20 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
 /// What the memory manager currently holds, for the harness's leak checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
-    /// Frames allocated for anything but the kernel heap (which never shrinks).
+    /// Frames allocated for anything but the kernel heap (which never shrinks):
+    /// mapped frames and page-table pages included.
     pub frames: u64,
+    /// VMAs allocated and not yet freed, in every address space.
+    pub vmas: usize,
 }
 
 /// The current [`Usage`].
 pub fn usage() -> Usage {
     let allocated = FRAMES.get().map_or(0, |f| f.allocated_frames());
-    Usage { frames: allocated - crate::heap::frames() }
+    Usage {
+        frames: allocated - crate::heap::frames(),
+        vmas: mm::vma::alloc::vma_pool_stats().live,
+    }
 }
 
 /// Frame allocator statistics.

@@ -30,6 +30,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     }
 
     page_table_benches();
+    vma_benches();
 
     kernel::serial_println!("bench: done");
     qemu::exit(ExitCode::Success)
@@ -112,4 +113,33 @@ fn page_table_benches() {
         total += tsc::rdtsc() - start;
     }
     bench::report("pt_teardown_per_page_10000", tsc::cycles_to_ns(total) / (rounds * PAGES), rounds * PAGES);
+}
+
+/// Issue 4's figures: VMA lookup at 10, 1,000 and 65,530 VMAs (under the mmap read
+/// lock and lock-free, as the fault path does it), and an mprotect-style
+/// split+re-merge pair in the middle of the largest tree.
+fn vma_benches() {
+    use mm::vma::bench as vb;
+    for (n, find_name, rcu_name) in [
+        (10usize, "vma_find_10", "vma_find_rcu_10"),
+        (1_000, "vma_find_1000", "vma_find_rcu_1000"),
+        (65_530, "vma_find_65530", "vma_find_rcu_65530"),
+    ] {
+        let mm = vb::build_mm(n).expect("bench: build_mm");
+        // Spread the lookups over the whole tree with a multiplicative hash.
+        let pick = |i: u64| vb::addr(((i.wrapping_mul(0x9e37_79b9) >> 7) as usize) % n) + 4096;
+        bench::run(find_name, 200_000, |i| {
+            core::hint::black_box(vb::find(&mm, pick(i)).expect("bench: VMA present"));
+        });
+        bench::run(rcu_name, 200_000, |i| {
+            core::hint::black_box(vb::find_rcu(&mm, pick(i)).expect("bench: VMA present"));
+        });
+    }
+    // A full tree (65,530 = max_map_count) refuses splits with ENOMEM, as Linux does;
+    // leave room for the two extra VMAs a middle split creates.
+    let n = 65_528;
+    let mm = vb::build_mm(n).expect("bench: build_mm");
+    bench::run("vma_split_remerge_pair_65528", 20_000, |i| {
+        vb::split_remerge(&mm, n / 2 + (i as usize % 64)).expect("bench: split+re-merge");
+    });
 }
