@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: boot image <kernel-elf> <out.img> [--uefi]\n       boot [run-qemu.sh options]");
+    eprintln!(
+        "usage: boot image <kernel-elf> <out.img> [--uefi]\n       boot [run-qemu.sh options]"
+    );
     ExitCode::from(2)
 }
 

@@ -14,12 +14,12 @@
 use alloc::sync::Arc;
 use mm::paging::{MapError, PageTableRoot};
 use mm::sync::IrqSpinLock;
+use x86_64::PhysAddr;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::PhysFrame;
-use x86_64::PhysAddr;
 
 use crate::memory;
-use crate::percpu::{this_cpu, PerCpu, MAX_CPUS};
+use crate::percpu::{MAX_CPUS, PerCpu, this_cpu};
 
 /// A user address space.
 pub struct AddressSpace {
@@ -37,7 +37,9 @@ impl AddressSpace {
         // SAFETY: the kernel PML4 is the live boot page table, reachable through the
         // direct map; its upper-half tables are never freed while the kernel runs.
         let tables = unsafe { PageTableRoot::new(memory::frames(), Some(memory::kernel_pml4())) }?;
-        Ok(Arc::new(Self { tables: IrqSpinLock::new(tables) }))
+        Ok(Arc::new(Self {
+            tables: IrqSpinLock::new(tables),
+        }))
     }
 
     /// Runs `f` with the page tables locked (Linux: `spin_lock(&mm->page_table_lock)`).
@@ -67,7 +69,11 @@ impl AddressSpace {
 
     /// True if this space is the current one of the calling CPU.
     pub fn is_current(self: &Arc<Self>) -> bool {
-        CURRENT.get().lock().as_ref().is_some_and(|c| Arc::ptr_eq(c, self))
+        CURRENT
+            .get()
+            .lock()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, self))
     }
 }
 

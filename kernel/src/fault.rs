@@ -15,7 +15,7 @@ use x86_64::structures::paging::PageTableFlags as F;
 
 use crate::address_space;
 use crate::arch::idt::PageFault;
-use crate::percpu::{PerCpu, MAX_CPUS};
+use crate::percpu::{MAX_CPUS, PerCpu};
 
 /// Why a fault could not be resolved (Linux: the `si_code` of the SIGSEGV).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,8 @@ pub enum Segv {
 /// The last address resolved as spurious on each CPU: a second spurious fault at
 /// the same address in a row means the tables do not really allow the access
 /// (e.g. a reserved bit), and it must not loop forever.
-static LAST_SPURIOUS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(u64::MAX) }; MAX_CPUS]);
+static LAST_SPURIOUS: PerCpu<AtomicU64> =
+    PerCpu::new([const { AtomicU64::new(u64::MAX) }; MAX_CPUS]);
 
 /// Resolves a fault on a user address of the current address space.
 pub fn handle_user_fault(fault: &PageFault) -> Result<(), Segv> {

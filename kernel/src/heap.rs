@@ -42,7 +42,10 @@ static HEAP_BYTES_USED: AtomicU64 = AtomicU64::new(0);
 
 #[global_allocator]
 static ALLOCATOR: GrowableHeap = GrowableHeap {
-    chunks: IrqSpinLock::new(Chunks { list: [const { None }; MAX_CHUNKS], count: 0 }),
+    chunks: IrqSpinLock::new(Chunks {
+        list: [const { None }; MAX_CHUNKS],
+        count: 0,
+    }),
 };
 
 /// Frames the heap holds (all chunks).
@@ -99,7 +102,11 @@ fn grow(chunks: &mut Chunks, order: usize) -> Option<()> {
     // in the direct map, and belongs to this heap chunk forever (never freed).
     unsafe { heap.init(start, size) };
     let start = start as usize;
-    chunks.list[chunks.count] = Some(Chunk { heap, start, end: start + size });
+    chunks.list[chunks.count] = Some(Chunk {
+        heap,
+        start,
+        end: start + size,
+    });
     chunks.count += 1;
     HEAP_FRAMES.fetch_add(1 << order, Ordering::Relaxed);
     Some(())
@@ -123,7 +130,9 @@ unsafe impl GlobalAlloc for GrowableHeap {
         // bookkeeping, and doubling-ish so growth is rare.
         let needed = order_for(layout.size() + layout.align() + 64);
         let current = order_for((frames() * PAGE_SIZE) as usize);
-        let order = needed.max(MIN_CHUNK_ORDER).max(current.min(MAX_GROWTH_ORDER));
+        let order = needed
+            .max(MIN_CHUNK_ORDER)
+            .max(current.min(MAX_GROWTH_ORDER));
         if grow(&mut chunks, order).is_none() {
             return core::ptr::null_mut();
         }

@@ -24,8 +24,8 @@ pub mod percpu;
 pub mod serial;
 pub mod testing;
 
-use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
+use bootloader_api::config::{BootloaderConfig, Mapping};
 
 /// How the bootloader must lay out the kernel's virtual memory.
 ///

@@ -38,5 +38,9 @@ pub fn init(level: LevelFilter) {
 /// The default level: `info` for the kernel, `warn` for test and bench kernels so
 /// their libtest-format output stays readable.
 pub const fn default_level(quiet: bool) -> LevelFilter {
-    if quiet { LevelFilter::Warn } else { LevelFilter::Info }
+    if quiet {
+        LevelFilter::Warn
+    } else {
+        LevelFilter::Info
+    }
 }

@@ -18,16 +18,30 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     test_main();
 
     let s = memory::stats();
-    serial_println!("frame allocator: {} frames ({} MiB), {} free, {} reserved for metadata",
-        s.total_frames, s.total_frames * PAGE_SIZE >> 20, s.free_frames, s.reserved_frames);
+    serial_println!(
+        "frame allocator: {} frames ({} MiB), {} free, {} reserved for metadata",
+        s.total_frames,
+        s.total_frames * PAGE_SIZE >> 20,
+        s.free_frames,
+        s.reserved_frames
+    );
     serial_println!("  free blocks per order:");
     for order in 0..NR_ORDERS {
         if s.free_per_order[order] > 0 {
-            serial_println!("    order {order:2} ({:>9} KiB): {}", (PAGE_SIZE << order) >> 10, s.free_per_order[order]);
+            serial_println!(
+                "    order {order:2} ({:>9} KiB): {}",
+                (PAGE_SIZE << order) >> 10,
+                s.free_per_order[order]
+            );
         }
     }
     let h = heap::stats();
-    serial_println!("heap: {} chunk(s), {} KiB, {} bytes in use", h.chunks, h.size >> 10, h.used);
+    serial_println!(
+        "heap: {} chunk(s), {} KiB, {} bytes in use",
+        h.chunks,
+        h.size >> 10,
+        h.used
+    );
     serial_println!("kernel: boot complete");
     qemu::exit(ExitCode::Success)
 }

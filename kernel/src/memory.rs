@@ -8,8 +8,8 @@
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::frame::{FrameAllocator, FrameStats};
 use spin::Once;
-use x86_64::registers::control::Cr3;
 use x86_64::PhysAddr;
+use x86_64::registers::control::Cr3;
 
 /// Physical memory below 1 MiB is left alone, as Linux reserves it on x86: it
 /// holds the real-mode IVT, BIOS data, EBDA and option ROM shadows.
@@ -43,7 +43,9 @@ pub struct MemoryMapSummary {
 /// # Panics
 /// Before [`init`]: there is no memory manager without it.
 pub fn frames() -> &'static FrameAllocator {
-    FRAMES.get().expect("frame allocator used before memory::init")
+    FRAMES
+        .get()
+        .expect("frame allocator used before memory::init")
 }
 
 /// The kernel's PML4 (the boot page table).
@@ -53,7 +55,10 @@ pub fn kernel_pml4() -> PhysAddr {
 
 /// Builds the frame allocator from the boot memory map. Returns the map summary.
 pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
-    let mut summary = MemoryMapSummary { regions: regions.len(), ..Default::default() };
+    let mut summary = MemoryMapSummary {
+        regions: regions.len(),
+        ..Default::default()
+    };
     let mut usable = [const { 0u64..0u64 }; MAX_RANGES];
     let mut n = 0;
     for r in regions.iter() {
@@ -73,7 +78,11 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
                     usable[n] = start..r.end;
                     n += 1;
                 } else {
-                    log::warn!("memory map: more than {MAX_RANGES} usable ranges; ignoring {:#x}..{:#x}", start, r.end);
+                    log::warn!(
+                        "memory map: more than {MAX_RANGES} usable ranges; ignoring {:#x}..{:#x}",
+                        start,
+                        r.end
+                    );
                 }
             }
             MemoryRegionKind::Bootloader => summary.bootloader_bytes += len,

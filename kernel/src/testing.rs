@@ -111,7 +111,11 @@ pub fn run_tests(tests: &[&dyn Testable]) {
     let tests: TestList = unsafe { core::mem::transmute::<&[&dyn Testable], TestList>(tests) };
     TESTS.call_once(|| tests);
     START_TSC.store(tsc::rdtsc(), Ordering::Relaxed);
-    serial_println!("\nrunning {} test{}", tests.len(), if tests.len() == 1 { "" } else { "s" });
+    serial_println!(
+        "\nrunning {} test{}",
+        tests.len(),
+        if tests.len() == 1 { "" } else { "s" }
+    );
     run_from(0)
 }
 
@@ -145,7 +149,10 @@ fn leak_check() -> Option<String> {
         return None;
     }
     let mut msg = String::new();
-    let _ = write!(msg, "leak check: usage before the test {before:?}, after {after:?}");
+    let _ = write!(
+        msg,
+        "leak check: usage before the test {before:?}, after {after:?}"
+    );
     Some(msg)
 }
 
@@ -172,7 +179,11 @@ fn finish() -> ! {
         "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; finished in {secs}.{centis:02}s\n",
         if failed == 0 { "ok" } else { "FAILED" },
     );
-    qemu::exit(if failed == 0 { ExitCode::Success } else { ExitCode::Failed })
+    qemu::exit(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failed
+    })
 }
 
 /// The panic handler of test kernels. Inside a test: records the outcome and

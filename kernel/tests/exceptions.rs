@@ -45,7 +45,10 @@ fn page_fault_on_unmapped_read_is_caught() {
     let err = probe_read(addr).expect_err("an unmapped read must fault");
     assert_eq!(err.addr, addr, "CR2 reported");
     let code = PageFaultErrorCode::from_bits_truncate(err.error_code);
-    assert!(!code.contains(PageFaultErrorCode::PROTECTION_VIOLATION), "not-present fault");
+    assert!(
+        !code.contains(PageFaultErrorCode::PROTECTION_VIOLATION),
+        "not-present fault"
+    );
     assert!(!code.contains(PageFaultErrorCode::CAUSED_BY_WRITE));
     assert_eq!(PAGE_FAULTS.load(Ordering::Relaxed), faults + 1);
 }
@@ -74,12 +77,17 @@ fn heap_grows_past_its_first_chunk() {
     let mut v: Vec<u64> = Vec::new();
     v.resize(3 * 1024 * 1024 / 8, 0xdead_beef);
     let grown = heap::stats();
-    assert!(grown.chunks > before.chunks, "heap grew: {before:?} -> {grown:?}");
+    assert!(
+        grown.chunks > before.chunks,
+        "heap grew: {before:?} -> {grown:?}"
+    );
     assert!(grown.size >= before.size + 3 * 1024 * 1024);
     assert!(v.iter().all(|&x| x == 0xdead_beef));
     drop(v);
     // Many small allocations across chunks keep working.
-    let boxes: Vec<alloc::boxed::Box<[u8; 256]>> = (0..2000).map(|_| alloc::boxed::Box::new([1u8; 256])).collect();
+    let boxes: Vec<alloc::boxed::Box<[u8; 256]>> = (0..2000)
+        .map(|_| alloc::boxed::Box::new([1u8; 256]))
+        .collect();
     assert_eq!(boxes.iter().map(|b| b[255] as usize).sum::<usize>(), 2000);
 }
 

@@ -46,9 +46,16 @@ fn split_takes_one_block_and_leaves_a_buddy_at_each_lower_order() {
     let before = frames().stats();
     let pa = frames().alloc(0).unwrap();
     let after = frames().stats();
-    assert_eq!(after.free_per_order[k], before.free_per_order[k] - 1, "one order-{k} block split");
+    assert_eq!(
+        after.free_per_order[k],
+        before.free_per_order[k] - 1,
+        "one order-{k} block split"
+    );
     for o in 0..k {
-        assert_eq!(after.free_per_order[o], 1, "one free buddy left at order {o}");
+        assert_eq!(
+            after.free_per_order[o], 1,
+            "one free buddy left at order {o}"
+        );
     }
     assert_eq!(after.free_frames, before.free_frames - 1);
     frames().free(pa, 0).unwrap();
@@ -74,7 +81,11 @@ fn freeing_buddies_coalesces_back_to_the_original_block() {
 fn blocks_are_aligned_to_their_order() {
     for order in [0, 1, 5, 9, 10] {
         let pa = frames().alloc(order).unwrap();
-        assert_eq!(pa.as_u64() % (PAGE_SIZE << order), 0, "order {order} block aligned");
+        assert_eq!(
+            pa.as_u64() % (PAGE_SIZE << order),
+            0,
+            "order {order} block aligned"
+        );
         frames().free(pa, order).unwrap();
     }
 }
@@ -114,7 +125,13 @@ fn wrong_order_free_is_rejected() {
     // Order 4 is wrong too; if the block isn't order-4 aligned it is also misaligned
     // for that order, which the allocator may report first.
     let too_big = frames().free(pa, 4);
-    assert!(matches!(too_big, Err(FrameError::WrongOrder | FrameError::Misaligned)), "{too_big:?}");
+    assert!(
+        matches!(
+            too_big,
+            Err(FrameError::WrongOrder | FrameError::Misaligned)
+        ),
+        "{too_big:?}"
+    );
     assert_eq!(frames().stats(), before);
     frames().free(pa, 3).unwrap();
 }
@@ -134,10 +151,16 @@ fn zeroed_allocation_is_really_zero() {
     unsafe { core::ptr::write_bytes(frames().phys_to_virt(pa), 0xA5, bytes) };
     frames().free(pa, order).unwrap();
     let z = frames().alloc_zeroed(order).unwrap();
-    assert_eq!(z, pa, "the buddy allocator hands the just-freed block back first");
+    assert_eq!(
+        z, pa,
+        "the buddy allocator hands the just-freed block back first"
+    );
     // SAFETY: we own the block now; reading it through the direct map.
     let s = unsafe { core::slice::from_raw_parts(frames().phys_to_virt(z), bytes) };
-    assert!(s.iter().all(|&b| b == 0), "zeroed allocation has non-zero bytes");
+    assert!(
+        s.iter().all(|&b| b == 0),
+        "zeroed allocation has non-zero bytes"
+    );
     frames().free(z, order).unwrap();
 }
 

@@ -31,7 +31,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     kernel::testing::on_panic(info)
 }
 
-const RW: F = F::PRESENT.union(F::WRITABLE).union(F::USER_ACCESSIBLE).union(F::NO_EXECUTE);
+const RW: F = F::PRESENT
+    .union(F::WRITABLE)
+    .union(F::USER_ACCESSIBLE)
+    .union(F::NO_EXECUTE);
 const RO: F = F::PRESENT.union(F::USER_ACCESSIBLE).union(F::NO_EXECUTE);
 /// A user address far from anything the bootloader left in the lower half.
 const BASE: u64 = 0x40_0000_0000; // 256 GiB, 1 GiB aligned
@@ -50,7 +53,8 @@ fn map_tagged(mm: &AddressSpace, at: VirtAddr, size: PageSize, flags: F, tag: u8
     let pa = frames().alloc(order).expect("frame");
     // SAFETY: we own the fresh block; it is mapped in the direct map.
     unsafe { core::ptr::write_bytes(frames().phys_to_virt(pa), tag, size.bytes() as usize) };
-    mm.with_tables(|t| t.map_frame(at, pa, size, flags)).expect("map_frame");
+    mm.with_tables(|t| t.map_frame(at, pa, size, flags))
+        .expect("map_frame");
     pa
 }
 
@@ -73,7 +77,10 @@ fn protect(mm: &AddressSpace, range: core::ops::Range<VirtAddr>, flags: F) {
 /// Runs `f` with `mm` active, then switches back to the kernel's tables.
 fn with_active(mm: &Arc<AddressSpace>, f: impl FnOnce()) {
     mm.activate();
-    assert_eq!(address_space::loaded_root(), mm.with_tables(|t| t.root_phys()));
+    assert_eq!(
+        address_space::loaded_root(),
+        mm.with_tables(|t| t.root_phys())
+    );
     f();
     address_space::deactivate_current();
 }
@@ -81,7 +88,9 @@ fn with_active(mm: &Arc<AddressSpace>, f: impl FnOnce()) {
 #[test_case]
 fn write_and_read_through_an_activated_mapping() {
     let mm = AddressSpace::new().unwrap();
-    let frames_used: Vec<PhysAddr> = (0..4).map(|i| map_tagged(&mm, va(i * 4096), PageSize::Size4K, RW, 0)).collect();
+    let frames_used: Vec<PhysAddr> = (0..4)
+        .map(|i| map_tagged(&mm, va(i * 4096), PageSize::Size4K, RW, 0))
+        .collect();
     with_active(&mm, || {
         for i in 0..4u64 {
             let p = (BASE + i * 4096 + 8 * i) as *mut u64;
@@ -107,8 +116,15 @@ fn read_only_protection_makes_writes_fault() {
         protect(&mm, va(0)..va(4096), RO);
         let err = probe_write(va(0), 0x55).expect_err("write to a read-only page must fault");
         let code = Code::from_bits_truncate(err.error_code);
-        assert!(code.contains(Code::PROTECTION_VIOLATION | Code::CAUSED_BY_WRITE), "{code:?}");
-        assert_eq!(probe_read(va(0)), Ok(0x44), "reads still work and see the old write");
+        assert!(
+            code.contains(Code::PROTECTION_VIOLATION | Code::CAUSED_BY_WRITE),
+            "{code:?}"
+        );
+        assert_eq!(
+            probe_read(va(0)),
+            Ok(0x44),
+            "reads still work and see the old write"
+        );
         protect(&mm, va(0)..va(4096), RW);
         probe_write(va(0), 0x66).expect("writable again");
     });
@@ -142,7 +158,10 @@ fn two_mib_page_both_ends() {
     // SAFETY: the block is owned by `mm`'s mapping; reading through the direct map.
     let (first, last) = unsafe {
         let p = frames().phys_to_virt(pa);
-        (p.read_volatile(), p.add(PageSize::Size2M.bytes() as usize - 1).read_volatile())
+        (
+            p.read_volatile(),
+            p.add(PageSize::Size2M.bytes() as usize - 1).read_volatile(),
+        )
     };
     assert_eq!((first, last), (0xa1, 0xa2));
 }
@@ -157,7 +176,9 @@ fn one_gib_page_both_ends() {
         probe_write(at + (PageSize::Size1G.bytes() - 1), 0xb2).unwrap();
         assert_eq!(probe_read(at + (PageSize::Size1G.bytes() / 2)), Ok(0));
     });
-    let t = mm.with_tables(|t| t.translate(at + 0x1234_5678u64)).unwrap();
+    let t = mm
+        .with_tables(|t| t.translate(at + 0x1234_5678u64))
+        .unwrap();
     assert_eq!((t.size, t.phys), (PageSize::Size1G, pa + 0x1234_5678u64));
     // SAFETY: owned by the mapping; direct-map read.
     let last = unsafe { frames().phys_to_virt(pa).add((1 << 30) - 1).read_volatile() };
@@ -171,7 +192,10 @@ fn translate_agrees_with_the_hardware() {
         map_tagged(&mm, va(0x10_0000 + i * 0x3000), PageSize::Size4K, RW, 0);
     }
     map_tagged(&mm, va(0x40_0000), PageSize::Size2M, RW, 0);
-    let addrs: Vec<VirtAddr> = (0..8u64).map(|i| va(0x10_0000 + i * 0x3000 + i * 17)).chain([va(0x40_0000 + 0x12345)]).collect();
+    let addrs: Vec<VirtAddr> = (0..8u64)
+        .map(|i| va(0x10_0000 + i * 0x3000 + i * 17))
+        .chain([va(0x40_0000 + 0x12345)])
+        .collect();
     with_active(&mm, || {
         for (i, a) in addrs.iter().enumerate() {
             probe_write(*a, 0xc0 + i as u8).unwrap();
@@ -181,8 +205,16 @@ fn translate_agrees_with_the_hardware() {
         let t = mm.with_tables(|t| t.translate(*a)).expect("mapped");
         // SAFETY: the frame is owned by the mapping; direct-map read of one byte.
         let b = unsafe { frames().phys_to_virt(t.phys).read_volatile() };
-        assert_eq!(b, 0xc0 + i as u8, "translate({a:?}) points where the CPU wrote");
-        assert!(t.flags.contains(F::DIRTY | F::ACCESSED), "hardware set A/D: {:?}", t.flags);
+        assert_eq!(
+            b,
+            0xc0 + i as u8,
+            "translate({a:?}) points where the CPU wrote"
+        );
+        assert!(
+            t.flags.contains(F::DIRTY | F::ACCESSED),
+            "hardware set A/D: {:?}",
+            t.flags
+        );
     }
 }
 
@@ -199,11 +231,18 @@ fn emptied_page_table_pages_are_freed() {
     }
     let (leaves, tables) = mm.with_tables(|t| t.count_user());
     assert_eq!(leaves, 4);
-    assert!(tables >= 4 + 3 + 2, "PTs, PDs and PDPTs allocated: {tables}");
+    assert!(
+        tables >= 4 + 3 + 2,
+        "PTs, PDs and PDPTs allocated: {tables}"
+    );
     for s in spots {
         unmap(&mm, s..s + 4096u64);
     }
-    assert_eq!(mm.with_tables(|t| t.count_user()), (0, 0), "every emptied table freed");
+    assert_eq!(
+        mm.with_tables(|t| t.count_user()),
+        (0, 0),
+        "every emptied table freed"
+    );
     assert_eq!(memory::usage(), after_root);
 }
 
@@ -215,19 +254,34 @@ fn shared_pmd_table_survives_one_sharer_and_is_freed_after_the_last() {
     let at_a = va(0);
     let at_b = va(4 << 30);
     map_tagged(&a, at_a, PageSize::Size2M, RW, 0x5a);
-    let table = a.with_tables(|t| t.pmd_table_at(at_a)).expect("A has a PD table");
-    b.with_tables(|tb| a.with_tables(|ta| tb.share_pmd_with(at_b, ta, at_a))).expect("share");
-    assert_eq!(frames().meta(table).unwrap().pt_share_count(), 1, "one additional sharer");
+    let table = a
+        .with_tables(|t| t.pmd_table_at(at_a))
+        .expect("A has a PD table");
+    b.with_tables(|tb| a.with_tables(|ta| tb.share_pmd_with(at_b, ta, at_a)))
+        .expect("share");
+    assert_eq!(
+        frames().meta(table).unwrap().pt_share_count(),
+        1,
+        "one additional sharer"
+    );
     with_active(&b, || assert_eq!(probe_read(at_b + 0x1000u64), Ok(0x5a)));
     drop(a); // the first sharer goes away: the table must stay for B
     assert_eq!(b.with_tables(|t| t.pmd_table_at(at_b)), Some(table));
     assert_eq!(frames().meta(table).unwrap().pt_share_count(), 0);
     with_active(&b, || {
         probe_write(at_b + 0x1fffffu64, 0x5b).unwrap();
-        assert_eq!(probe_read(at_b), Ok(0x5a), "B still sees the data through the table");
+        assert_eq!(
+            probe_read(at_b),
+            Ok(0x5a),
+            "B still sees the data through the table"
+        );
     });
     drop(b);
-    assert_eq!(memory::usage(), before, "table, data and roots all freed after the last sharer");
+    assert_eq!(
+        memory::usage(),
+        before,
+        "table, data and roots all freed after the last sharer"
+    );
 }
 
 #[test_case]
@@ -235,7 +289,13 @@ fn dropping_an_address_space_frees_everything() {
     let before = memory::usage();
     let mm = AddressSpace::new().unwrap();
     for i in 0..600u64 {
-        map_tagged(&mm, va(i * 0x5000 + (i % 7) * (1 << 30)), PageSize::Size4K, RW, 0);
+        map_tagged(
+            &mm,
+            va(i * 0x5000 + (i % 7) * (1 << 30)),
+            PageSize::Size4K,
+            RW,
+            0,
+        );
     }
     map_tagged(&mm, va(100 << 30), PageSize::Size2M, RW, 0);
     assert!(memory::usage().frames > before.frames + 600);
@@ -323,7 +383,11 @@ fn random_map_unmap_protect_matches_a_shadow_model() {
                 None => assert!(got.is_err(), "step {step}: page {i} should be unmapped"),
                 Some((tag, w)) => {
                     assert_eq!(got, Ok(*tag), "step {step}: page {i} content");
-                    assert_eq!(probe_write(page(i), *tag).is_ok(), *w, "step {step}: page {i} writability");
+                    assert_eq!(
+                        probe_write(page(i), *tag).is_ok(),
+                        *w,
+                        "step {step}: page {i} writability"
+                    );
                 }
             }
         }

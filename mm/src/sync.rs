@@ -25,7 +25,9 @@ pub struct IrqSpinLockGuard<'a, T: ?Sized> {
 impl<T> IrqSpinLock<T> {
     /// A new unlocked lock.
     pub const fn new(value: T) -> Self {
-        Self { inner: spin::Mutex::new(value) }
+        Self {
+            inner: spin::Mutex::new(value),
+        }
     }
 }
 
@@ -33,7 +35,10 @@ impl<T: ?Sized> IrqSpinLock<T> {
     /// Disables local interrupts, then spins until the lock is ours.
     pub fn lock(&self) -> IrqSpinLockGuard<'_, T> {
         let irq = IrqState::save_and_disable();
-        IrqSpinLockGuard { guard: self.inner.lock(), irq }
+        IrqSpinLockGuard {
+            guard: self.inner.lock(),
+            irq,
+        }
     }
 
     /// True if some CPU holds the lock (diagnostics and assertions only).
@@ -71,7 +76,9 @@ impl IrqState {
 
     #[cfg(not(target_os = "none"))]
     fn save_and_disable() -> Self {
-        Self { were_enabled: false }
+        Self {
+            were_enabled: false,
+        }
     }
 }
 

@@ -77,8 +77,14 @@ static LAST_FAULT_CODE: AtomicU64 = AtomicU64::new(0);
 pub fn fixup_for(rip: VirtAddr, addr: VirtAddr, error_code: u64) -> Option<VirtAddr> {
     let rip = rip.as_u64();
     let table: [(u64, u64); 2] = [
-        (mm_probe_read_u8_insn as *const () as u64, mm_probe_read_u8_fixup as *const () as u64),
-        (mm_probe_write_u8_insn as *const () as u64, mm_probe_write_u8_fixup as *const () as u64),
+        (
+            mm_probe_read_u8_insn as *const () as u64,
+            mm_probe_read_u8_fixup as *const () as u64,
+        ),
+        (
+            mm_probe_write_u8_insn as *const () as u64,
+            mm_probe_write_u8_fixup as *const () as u64,
+        ),
     ];
     let (_, fixup) = table.iter().find(|(insn, _)| *insn == rip)?;
     LAST_FAULT_ADDR.store(addr.as_u64(), Ordering::Relaxed);
@@ -100,7 +106,11 @@ pub fn probe_read(addr: VirtAddr) -> Result<u8, ProbeFault> {
     // resumes at the fix-up stub, which returns normally. No Rust reference to the
     // memory is created, so no aliasing rule is involved.
     let ret = unsafe { mm_probe_read_u8(addr.as_u64()) };
-    if ret.faulted == 0 { Ok(ret.value as u8) } else { Err(last_fault()) }
+    if ret.faulted == 0 {
+        Ok(ret.value as u8)
+    } else {
+        Err(last_fault())
+    }
 }
 
 /// Writes one byte at `addr`; an unresolvable fault comes back as `Err`
@@ -111,10 +121,17 @@ pub fn probe_read(addr: VirtAddr) -> Result<u8, ProbeFault> {
 pub fn probe_write(addr: VirtAddr, value: u8) -> Result<(), ProbeFault> {
     if addr.as_u64() >= 0x8000_0000_0000 {
         // Kernel memory is never probed for writing: it could corrupt Rust objects.
-        return Err(ProbeFault { addr, error_code: u64::MAX });
+        return Err(ProbeFault {
+            addr,
+            error_code: u64::MAX,
+        });
     }
     // SAFETY: `addr` is a lower-half (user) address, where no kernel object lives;
     // a fault resumes at the fix-up stub as in `probe_read`.
     let ret = unsafe { mm_probe_write_u8(addr.as_u64(), value as u64) };
-    if ret.faulted == 0 { Ok(()) } else { Err(last_fault()) }
+    if ret.faulted == 0 {
+        Ok(())
+    } else {
+        Err(last_fault())
+    }
 }

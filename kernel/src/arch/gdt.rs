@@ -6,11 +6,11 @@
 //! that ring-3 processes later need no GDT change.
 
 use spin::Lazy;
+use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
-use x86_64::VirtAddr;
 
 /// IST slot used by the double-fault handler.
 pub const DOUBLE_FAULT_IST_INDEX: u16 = 0;

@@ -28,9 +28,11 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.non_maskable_interrupt.set_handler_fn(nmi);
     idt.breakpoint.set_handler_fn(breakpoint);
     idt.overflow.set_handler_fn(overflow);
-    idt.bound_range_exceeded.set_handler_fn(bound_range_exceeded);
+    idt.bound_range_exceeded
+        .set_handler_fn(bound_range_exceeded);
     idt.invalid_opcode.set_handler_fn(invalid_opcode);
-    idt.device_not_available.set_handler_fn(device_not_available);
+    idt.device_not_available
+        .set_handler_fn(device_not_available);
     // SAFETY: the IST slot is set up in the TSS by `gdt::init` and used by no other
     // handler, so a double fault always lands on a fresh, valid stack.
     unsafe {
@@ -41,7 +43,8 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.invalid_tss.set_handler_fn(invalid_tss);
     idt.segment_not_present.set_handler_fn(segment_not_present);
     idt.stack_segment_fault.set_handler_fn(stack_segment_fault);
-    idt.general_protection_fault.set_handler_fn(general_protection_fault);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection_fault);
     idt.page_fault.set_handler_fn(page_fault);
     idt.x87_floating_point.set_handler_fn(x87_floating_point);
     idt.alignment_check.set_handler_fn(alignment_check);
@@ -50,7 +53,8 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.virtualization.set_handler_fn(virtualization);
     idt.cp_protection_exception.set_handler_fn(cp_protection);
     idt.hv_injection_exception.set_handler_fn(hv_injection);
-    idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+    idt.vmm_communication_exception
+        .set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security_exception);
     idt
 });
@@ -73,7 +77,10 @@ macro_rules! fatal {
 macro_rules! fatal_code {
     ($name:ident, $what:literal) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
-            panic!("EXCEPTION: {} (error code {:#x})\n{:#?}", $what, code, frame);
+            panic!(
+                "EXCEPTION: {} (error code {:#x})\n{:#?}",
+                $what, code, frame
+            );
         }
     };
 }

@@ -3,15 +3,18 @@
 #![no_main]
 
 use bootloader_api::BootInfo;
-use kernel::arch::qemu::{self, ExitCode};
-use kernel::bench;
 use kernel::address_space::AddressSpace;
-use kernel::memory::frames;
+use kernel::arch::qemu::{self, ExitCode};
 use kernel::arch::tsc;
+use kernel::bench;
+use kernel::memory::frames;
 use mm::paging::{MmuGather, PageSize, PageTableFlags as F};
 use x86_64::VirtAddr;
 
-const RW: F = F::PRESENT.union(F::WRITABLE).union(F::USER_ACCESSIBLE).union(F::NO_EXECUTE);
+const RW: F = F::PRESENT
+    .union(F::WRITABLE)
+    .union(F::USER_ACCESSIBLE)
+    .union(F::NO_EXECUTE);
 const RO: F = F::PRESENT.union(F::USER_ACCESSIBLE).union(F::NO_EXECUTE);
 const BASE: u64 = 0x40_0000_0000;
 
@@ -57,7 +60,8 @@ fn page_table_benches() {
     // Keep one page mapped nearby so the map+unmap pair measures the leaf work, not
     // allocating and freeing the whole table path each time.
     let anchor = frames().alloc(0).unwrap();
-    mm.with_tables(|t| t.map_frame(at + 0x10_0000u64, anchor, PageSize::Size4K, RW)).unwrap();
+    mm.with_tables(|t| t.map_frame(at + 0x10_0000u64, anchor, PageSize::Size4K, RW))
+        .unwrap();
     bench::run("pt_map_unmap_4k", 20_000, |_| {
         let pa = frames().alloc(0).unwrap();
         mm.with_tables(|t| {
@@ -70,7 +74,8 @@ fn page_table_benches() {
 
     for i in 0..512u64 {
         let pa = frames().alloc(0).unwrap();
-        mm.with_tables(|t| t.map_frame(at + (0x20_0000 + i * 4096), pa, PageSize::Size4K, RW)).unwrap();
+        mm.with_tables(|t| t.map_frame(at + (0x20_0000 + i * 4096), pa, PageSize::Size4K, RW))
+            .unwrap();
     }
     let range = at + 0x20_0000u64..at + (0x20_0000 + 512 * 4096u64);
     bench::run("pt_protect_512_pages", 2_000, |i| {
@@ -88,11 +93,13 @@ fn page_table_benches() {
     for _ in 0..ops {
         let pa = frames().alloc(9).unwrap();
         let start = tsc::rdtsc();
-        mm.with_tables(|t| t.map_frame(huge, pa, PageSize::Size2M, RW)).unwrap();
+        mm.with_tables(|t| t.map_frame(huge, pa, PageSize::Size2M, RW))
+            .unwrap();
         total += tsc::rdtsc() - start;
         mm.with_tables(|t| {
             let mut g = MmuGather::new(t);
-            t.unmap(huge..huge + PageSize::Size2M.bytes(), &mut g).unwrap();
+            t.unmap(huge..huge + PageSize::Size2M.bytes(), &mut g)
+                .unwrap();
             g.finish();
         });
     }
@@ -106,13 +113,18 @@ fn page_table_benches() {
         let mm = AddressSpace::new().unwrap();
         for i in 0..PAGES {
             let pa = frames().alloc(0).unwrap();
-            mm.with_tables(|t| t.map_frame(at + i * 4096, pa, PageSize::Size4K, RW)).unwrap();
+            mm.with_tables(|t| t.map_frame(at + i * 4096, pa, PageSize::Size4K, RW))
+                .unwrap();
         }
         let start = tsc::rdtsc();
         drop(mm);
         total += tsc::rdtsc() - start;
     }
-    bench::report("pt_teardown_per_page_10000", tsc::cycles_to_ns(total) / (rounds * PAGES), rounds * PAGES);
+    bench::report(
+        "pt_teardown_per_page_10000",
+        tsc::cycles_to_ns(total) / (rounds * PAGES),
+        rounds * PAGES,
+    );
 }
 
 /// Issue 4's figures: VMA lookup at 10, 1,000 and 65,530 VMAs (under the mmap read
