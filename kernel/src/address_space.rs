@@ -1,18 +1,22 @@
 //! Address spaces (Linux: `struct mm_struct`) and the one each CPU runs in.
 //!
-//! An [`AddressSpace`] owns a page-table root whose upper half is the kernel's
-//! (shared into every space) and whose lower half is its own. Activating a space
-//! makes it the CPU's current one and loads CR3; the page-fault handler resolves
-//! lower-half faults against the current space. Dropping the last reference tears
-//! the lower half down: every page-table page and every mapped frame goes back to
-//! the frame allocator.
+//! An [`AddressSpace`] is the memory manager's [`mm::mmap::AddressSpace`] (VMA tree,
+//! mmap lock, page tables, the syscall-shaped `mmap`/`munmap`/`mprotect`/`mremap`/
+//! `madvise`, demand paging) plus what only the kernel can do: load it into CR3 and
+//! make it a CPU's current space, whose lower-half faults the page-fault handler
+//! resolves. Its page tables share the kernel's upper half. Dropping the last
+//! reference tears the lower half down (`exit_mmap`): every VMA, page-table page and
+//! mapped frame goes back.
 //!
-//! Lock order (Linux's, the part that exists so far): the mmap lock (with the VMA
-//! tree) → page-table lock ([`AddressSpace::tables`], an [`IrqSpinLock`]). Never touch
-//! user memory while holding the page-table lock: the fault would need it.
+//! Lock order (Linux's): mmap lock → VMA write lock → file i_mmap lock → anon_vma
+//! lock → page-table lock. Never touch user memory while holding the page-table
+//! lock: the fault would need it.
 
 use alloc::sync::Arc;
-use mm::paging::{MapError, PageTableRoot};
+use core::ops::Deref;
+use mm::errno::Errno;
+use mm::mmap::MmLayout;
+use mm::paging::PageTableRoot;
 use mm::sync::IrqSpinLock;
 use x86_64::PhysAddr;
 use x86_64::registers::control::Cr3;
@@ -23,8 +27,7 @@ use crate::percpu::{MAX_CPUS, PerCpu, this_cpu};
 
 /// A user address space.
 pub struct AddressSpace {
-    /// The page tables (Linux: `mm->pgd` under `mm->page_table_lock`).
-    tables: IrqSpinLock<PageTableRoot>,
+    inner: mm::mmap::AddressSpace,
 }
 
 /// Each CPU's current address space (`None`: only the kernel's tables are loaded).
@@ -32,19 +35,24 @@ static CURRENT: PerCpu<IrqSpinLock<Option<Arc<AddressSpace>>>> =
     PerCpu::new([const { IrqSpinLock::new(None) }; MAX_CPUS]);
 
 impl AddressSpace {
-    /// A new, empty address space sharing the kernel's upper half.
-    pub fn new() -> Result<Arc<Self>, MapError> {
+    /// A new, empty address space sharing the kernel's upper half, with Linux's
+    /// default x86_64 layout.
+    pub fn new() -> Result<Arc<Self>, Errno> {
         // SAFETY: the kernel PML4 is the live boot page table, reachable through the
         // direct map; its upper-half tables are never freed while the kernel runs.
-        let tables = unsafe { PageTableRoot::new(memory::frames(), Some(memory::kernel_pml4())) }?;
-        Ok(Arc::new(Self {
-            tables: IrqSpinLock::new(tables),
-        }))
+        let inner = unsafe {
+            mm::mmap::AddressSpace::with_kernel_pml4(
+                memory::frames(),
+                memory::kernel_pml4(),
+                MmLayout::default(),
+            )
+        }?;
+        Ok(Arc::new(Self { inner }))
     }
 
-    /// Runs `f` with the page tables locked (Linux: `spin_lock(&mm->page_table_lock)`).
+    /// Runs `f` with the page tables locked (Linux: `mm->page_table_lock`).
     pub fn with_tables<R>(&self, f: impl FnOnce(&mut PageTableRoot) -> R) -> R {
-        f(&mut self.tables.lock())
+        self.inner.with_page_tables(f)
     }
 
     /// Makes this space the CPU's current one and loads its page tables
@@ -52,28 +60,28 @@ impl AddressSpace {
     pub fn activate(self: &Arc<Self>) {
         let cpu = this_cpu();
         let mut current = CURRENT.get().lock();
+        // SAFETY: we run on `cpu`; the upper half of this PML4 is the kernel's (copied
+        // from the boot PML4), so the running kernel stays mapped; the space stays
+        // alive while `CURRENT` holds its `Arc`, and is deactivated before that `Arc`
+        // is dropped (below and in `deactivate_current`).
+        self.with_tables(|t| unsafe { t.activate(cpu) });
+        if let Some(prev) = current.replace(self.clone())
+            && !Arc::ptr_eq(&prev, self)
         {
-            let tables = self.tables.lock();
-            // SAFETY: we run on `cpu`; the upper half of this PML4 is the kernel's
-            // (copied from the boot PML4), so the running kernel stays mapped; the
-            // space stays alive while `CURRENT` holds its `Arc`, and is deactivated
-            // before that `Arc` is dropped (below and in `deactivate_current`).
-            unsafe { tables.activate(cpu) };
-        }
-        if let Some(prev) = current.replace(self.clone()) {
-            if !Arc::ptr_eq(&prev, self) {
-                prev.tables.lock().deactivate(cpu);
-            }
+            prev.with_tables(|t| t.deactivate(cpu));
         }
     }
 
     /// True if this space is the current one of the calling CPU.
     pub fn is_current(self: &Arc<Self>) -> bool {
-        CURRENT
-            .get()
-            .lock()
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, self))
+        CURRENT.get().lock().as_ref().is_some_and(|c| Arc::ptr_eq(c, self))
+    }
+}
+
+impl Deref for AddressSpace {
+    type Target = mm::mmap::AddressSpace;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
@@ -86,7 +94,7 @@ pub fn deactivate_current() {
         let (_, flags) = Cr3::read();
         // SAFETY: the boot PML4 maps the whole kernel and stays alive forever.
         unsafe { Cr3::write(kernel, flags) };
-        prev.tables.lock().deactivate(cpu);
+        prev.with_tables(|t| t.deactivate(cpu));
     }
 }
 

@@ -4,16 +4,21 @@
 //! lower-half address. `Ok` means the fault was resolved and the instruction is
 //! restarted; `Err` is a segmentation fault for the faulting context.
 //!
-//! Today the entry resolves spurious faults (the page tables already allow the
-//! access: a stale TLB entry, Linux's `flush_tlb_fix_spurious_fault`) and reports
-//! everything else as a segmentation fault: `MapErr` where nothing is mapped,
-//! `AccErr` where a mapping forbids the access.
+//! The VMA path comes first: [`mm::mmap::AddressSpace::handle_fault`] (Linux:
+//! `handle_mm_fault`, with the lock-free VMA lookup) does demand paging, copy on
+//! write and stack growth. Where no VMA covers the address, the page tables may
+//! still hold a mapping installed directly (page-table tests, kernel-internal
+//! mappings): a fault there is resolved only if it is spurious (the tables already
+//! allow the access, a stale TLB entry: Linux's `flush_tlb_fix_spurious_fault`).
+//! Everything else is a segmentation fault: `MapErr` where nothing is mapped,
+//! `AccErr` where a mapping forbids the access, `Bus` for SIGBUS.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 use x86_64::structures::paging::PageTableFlags as F;
 
 use crate::address_space;
+use mm::mmap::{Access, FaultError};
 use crate::arch::idt::PageFault;
 use crate::percpu::{MAX_CPUS, PerCpu};
 
@@ -24,6 +29,8 @@ pub enum Segv {
     MapErr,
     /// A mapping exists but does not allow the access (`SEGV_ACCERR`).
     AccErr,
+    /// SIGBUS: beyond the end of a file, or out of memory for the fault.
+    Bus,
 }
 
 /// The last address resolved as spurious on each CPU: a second spurious fault at
@@ -35,6 +42,19 @@ static LAST_SPURIOUS: PerCpu<AtomicU64> =
 /// Resolves a fault on a user address of the current address space.
 pub fn handle_user_fault(fault: &PageFault) -> Result<(), Segv> {
     let mm = address_space::current().ok_or(Segv::MapErr)?;
+    let access = if fault.code.contains(Code::INSTRUCTION_FETCH) {
+        Access::Exec
+    } else if fault.code.contains(Code::CAUSED_BY_WRITE) {
+        Access::Write
+    } else {
+        Access::Read
+    };
+    match mm.handle_fault(fault.addr.as_u64() as usize, access) {
+        Ok(()) => return Ok(()),
+        Err(FaultError::AccErr) => return Err(Segv::AccErr),
+        Err(FaultError::Bus | FaultError::Oom) => return Err(Segv::Bus),
+        Err(FaultError::MapErr) => {}
+    }
     let addr = fault.addr;
     let page = addr.align_down(4096u64).as_u64();
     let allowed = mm.with_tables(|t| {

@@ -96,6 +96,9 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
         .expect("cannot build the frame allocator from the boot memory map");
     FRAMES.call_once(|| alloc);
     KERNEL_PML4.call_once(|| Cr3::read().0.start_address());
+    // The shared zero page lives forever; take it now so it is part of every test's
+    // baseline rather than a "leak" of the first test that faults.
+    mm::mmap::zero_page(frames()).expect("no memory for the zero page");
     summary
 }
 
