@@ -19,12 +19,15 @@ pub const fn addr(i: usize) -> usize {
     BENCH_BASE + i * (BENCH_VMA_PAGES + 1) * PAGE_SIZE
 }
 
-/// An address space with `n` anonymous VMAs (see the module doc). `n` up to
-/// `DEFAULT_MAX_MAP_COUNT` (65,530).
+/// An address space with `n` anonymous VMAs (see the module doc). Its
+/// `max_map_count` is raised to `n + 16` when needed so that [`split_remerge`] still
+/// works in a 65,530-VMA tree (Linux would refuse the split at the limit).
 pub fn build_mm(n: usize) -> Result<Mm, Errno> {
     let mm = Mm::new();
     {
         let mut g = mm.write_lock();
+        let limit = g.max_map_count().max(n + 16);
+        g.set_max_map_count(limit);
         for i in 0..n {
             let a = addr(i);
             g.map_anon(a, a + BENCH_VMA_PAGES * PAGE_SIZE, a >> 12, BENCH_FLAGS)?;

@@ -407,6 +407,10 @@ impl MmWriteGuard<'_> {
         if vmg.remove_middle && !can_merge_remove_vma(middle) {
             return None;
         }
+        if vmg.remove_middle {
+            // A deleted middle is a participant too: its sticky flags survive.
+            sticky |= middle.flags() & VmFlags::STICKY;
+        }
         vmg.remove_next = merge_both;
         if vmg.remove_next && next.is_some_and(|n| !can_merge_remove_vma(n)) {
             vmg.remove_next = false;
