@@ -452,18 +452,24 @@ impl Vma {
     /// # Safety
     /// Caller has exclusive access to the multi-word fields (mmap write lock and VMA
     /// write lock, or the VMA is detached and private to the caller).
+    // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
+    #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn file_mut(&self) -> &mut Option<FileRef> {
         // SAFETY: exclusivity is the caller's contract.
         unsafe { &mut *self.vm_file.get() }
     }
     /// # Safety
     /// As for [`Vma::file_mut`].
+    // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
+    #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn anon_name_mut(&self) -> &mut Option<Arc<str>> {
         // SAFETY: exclusivity is the caller's contract.
         unsafe { &mut *self.cold.anon_name.get() }
     }
     /// # Safety
     /// As for [`Vma::file_mut`].
+    // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
+    #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn chain_mut(&self) -> &mut Vec<AnonVmaRef> {
         // SAFETY: exclusivity is the caller's contract.
         unsafe { &mut *self.anon_vma_chain.get() }
