@@ -147,11 +147,11 @@ fn vma_benches() {
             core::hint::black_box(vb::find_rcu(&mm, pick(i)).expect("bench: VMA present"));
         });
     }
-    // A full tree (65,530 = max_map_count) refuses splits with ENOMEM, as Linux does;
-    // leave room for the two extra VMAs a middle split creates.
-    let n = 65_528;
+    // `build_mm` raises max_map_count a little above n: at exactly 65,530 VMAs
+    // Linux's default limit would refuse the split with ENOMEM.
+    let n = 65_530;
     let mm = vb::build_mm(n).expect("bench: build_mm");
-    bench::run("vma_split_remerge_pair_65528", 20_000, |i| {
+    bench::run("vma_split_remerge_pair_65530", 20_000, |i| {
         vb::split_remerge(&mm, n / 2 + (i as usize % 64)).expect("bench: split+re-merge");
     });
 }
