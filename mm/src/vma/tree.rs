@@ -393,7 +393,13 @@ impl TreeWriter {
         if self.fail_prealloc {
             return Err(Errno::ENOMEM);
         }
-        let need = nops * 3 * (h(self.work) as usize + nops + 2);
+        // Each insert or erase copies at most one root-to-leaf path (plus the path to
+        // an erased node's successor, plus rotation nodes); the height during the
+        // batch is bounded by the AVL height of the largest tree it can reach. Linear
+        // in `nops`, so a munmap of thousands of VMAs reserves megabytes, not the
+        // quadratic amount a per-op `+ nops` bound would.
+        let max_h = avl_max_height(self.count + nops).max(h(self.work) as usize);
+        let need = nops * 2 * (max_h + 3);
         self.pending.try_reserve(need).map_err(|_| Errno::ENOMEM)?;
         self.retired.try_reserve(need).map_err(|_| Errno::ENOMEM)?;
         self.cache
@@ -698,4 +704,11 @@ impl TreeWriter {
             unsafe { dealloc(n as *mut u8, layout) };
         }
     }
+}
+
+/// Upper bound on the height of an AVL tree with `n` nodes: `1.4405 * log2(n + 2)`,
+/// over-approximated as `1.5 * ceil(log2(n + 2)) + 1`.
+fn avl_max_height(n: usize) -> usize {
+    let ceil_log2 = (usize::BITS - (n + 1).leading_zeros()) as usize;
+    (3 * ceil_log2).div_ceil(2) + 1
 }
