@@ -74,7 +74,11 @@ impl AddressSpace {
 
     /// True if this space is the current one of the calling CPU.
     pub fn is_current(self: &Arc<Self>) -> bool {
-        CURRENT.get().lock().as_ref().is_some_and(|c| Arc::ptr_eq(c, self))
+        CURRENT
+            .get()
+            .lock()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, self))
     }
 }
 

@@ -18,9 +18,9 @@ use x86_64::structures::idt::PageFaultErrorCode as Code;
 use x86_64::structures::paging::PageTableFlags as F;
 
 use crate::address_space;
-use mm::mmap::{Access, FaultError};
 use crate::arch::idt::PageFault;
 use crate::percpu::{MAX_CPUS, PerCpu};
+use mm::mmap::{Access, FaultError};
 
 /// Why a fault could not be resolved (Linux: the `si_code` of the SIGSEGV).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,11 +66,29 @@ fn demo_address_space() {
 
     let lib = ramfs_file(memory::frames(), "/lib/libdemo.so", 4 * P, OpenMode::RDONLY);
     lib.inode().write(0, b"\x7fELF").expect("demo: file write");
-    let text = mm.mmap(0, 2 * P, PROT_READ | PROT_EXEC, MAP_PRIVATE, Some(&lib), 0).expect("demo: text");
-    let heap = mm.mmap(0, 16 * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, None, 0).expect("demo: heap");
+    let text = mm
+        .mmap(0, 2 * P, PROT_READ | PROT_EXEC, MAP_PRIVATE, Some(&lib), 0)
+        .expect("demo: text");
+    let heap = mm
+        .mmap(
+            0,
+            16 * P,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            None,
+            0,
+        )
+        .expect("demo: heap");
     let stack_top = 0x7fff_f000_0000usize;
     let stack = mm
-        .mmap(stack_top - 4 * P, 4 * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_FIXED, None, 0)
+        .mmap(
+            stack_top - 4 * P,
+            4 * P,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_FIXED,
+            None,
+            0,
+        )
         .expect("demo: stack");
     show(&mm, "mmap: library text, anonymous heap, GROWSDOWN stack");
 
@@ -81,24 +99,49 @@ fn demo_address_space() {
     probe_write(at(stack - 2 * P), 2).expect("demo: stack growth fault");
     serial_println!(
         "\nfaults: text read {:#x} ('E' of ELF: {}), heap read {zero} (zero page), heap write, stack grew by 2 pages; {} frames allocated",
-        text_byte, text_byte == b'E', memory::usage().frames - before
+        text_byte,
+        text_byte == b'E',
+        memory::usage().frames - before
     );
     show(&mm, "after the faults (the stack VMA grew)");
 
-    mm.mprotect(heap + 4 * P, 4 * P, PROT_READ).expect("demo: mprotect");
-    show(&mm, "mprotect(heap + 4 pages, 4 pages, PROT_READ): split in three");
+    mm.mprotect(heap + 4 * P, 4 * P, PROT_READ)
+        .expect("demo: mprotect");
+    show(
+        &mm,
+        "mprotect(heap + 4 pages, 4 pages, PROT_READ): split in three",
+    );
     let segv = probe_write(at(heap + 5 * P), 3).is_err();
-    serial_println!("write to the read-only part: {}", if segv { "SIGSEGV (as expected)" } else { "succeeded?!" });
-    mm.mprotect(heap + 4 * P, 4 * P, PROT_READ | PROT_WRITE).expect("demo: mprotect back");
+    serial_println!(
+        "write to the read-only part: {}",
+        if segv {
+            "SIGSEGV (as expected)"
+        } else {
+            "succeeded?!"
+        }
+    );
+    mm.mprotect(heap + 4 * P, 4 * P, PROT_READ | PROT_WRITE)
+        .expect("demo: mprotect back");
     show(&mm, "mprotect back to PROT_READ|PROT_WRITE: re-merged");
 
     let lower = ramfs_file(memory::frames(), "/lower/data", P, OpenMode::RDWR);
-    lower.inode().write(0, b"from the lower file").expect("demo: lower write");
+    lower
+        .inode()
+        .write(0, b"from the lower file")
+        .expect("demo: lower write");
     let upper = stacking_file(&lower, "/overlay/data");
-    let o = mm.mmap(0, P, PROT_READ, MAP_PRIVATE, Some(&upper), 0).expect("demo: overlay mmap");
+    let o = mm
+        .mmap(0, P, PROT_READ, MAP_PRIVATE, Some(&upper), 0)
+        .expect("demo: overlay mmap");
     let first = probe_read(at(o)).expect("demo: overlay fault");
-    show(&mm, "mmap of a stacking (overlay) file: its legacy mmap forwards to the lower file's mmap_prepare (compat_vma_mmap_prepare)");
-    serial_println!("first byte through the overlay mapping: {:?}", first as char);
+    show(
+        &mm,
+        "mmap of a stacking (overlay) file: its legacy mmap forwards to the lower file's mmap_prepare (compat_vma_mmap_prepare)",
+    );
+    serial_println!(
+        "first byte through the overlay mapping: {:?}",
+        first as char
+    );
 
     mm.munmap(heap, 16 * P).expect("demo: munmap");
     show(&mm, "munmap(heap)");
@@ -106,7 +149,13 @@ fn demo_address_space() {
     let used = memory::usage();
     drop(mm);
     let after = memory::usage();
-    serial_println!("address space dropped: frames {} -> {}, VMAs {} -> {}", used.frames, after.frames, used.vmas, after.vmas);
+    serial_println!(
+        "address space dropped: frames {} -> {}, VMAs {} -> {}",
+        used.frames,
+        after.frames,
+        used.vmas,
+        after.vmas
+    );
 }
 
 #[panic_handler]

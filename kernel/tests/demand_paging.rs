@@ -61,10 +61,17 @@ fn untouched_anonymous_reads_are_zero_and_allocate_no_data_frames() {
         let before = memory::usage().frames;
         for i in 0..16 {
             assert_eq!(probe_read(at(a + i * P + 123)), Ok(0));
-            assert_eq!(mm.translate(a + i * P).unwrap().frame, zero, "page {i} is the zero page");
+            assert_eq!(
+                mm.translate(a + i * P).unwrap().frame,
+                zero,
+                "page {i} is the zero page"
+            );
         }
         let grew = memory::usage().frames - before;
-        assert!(grew <= 3, "only page-table pages were allocated, not 16 frames: {grew}");
+        assert!(
+            grew <= 3,
+            "only page-table pages were allocated, not 16 frames: {grew}"
+        );
     });
 }
 
@@ -78,7 +85,11 @@ fn writes_get_a_private_frame_and_persist() {
         assert_eq!(probe_read(at(a)), Ok(0x42));
         assert_eq!(probe_read(at(a + 3 * P + 7)), Ok(0x43));
         assert_ne!(mm.translate(a).unwrap().frame, zero_page(frames()).unwrap());
-        assert_eq!(probe_read(at(a + P)), Ok(0), "untouched neighbour still zero");
+        assert_eq!(
+            probe_read(at(a + P)),
+            Ok(0),
+            "untouched neighbour still zero"
+        );
     });
 }
 
@@ -89,7 +100,10 @@ fn madv_dontneed_makes_the_next_read_zero() {
         probe_write(at(a), 9).unwrap();
         let before = memory::usage().frames;
         mm.madvise(a, 2 * P, MADV_DONTNEED).unwrap();
-        assert!(memory::usage().frames < before, "the private frame was freed");
+        assert!(
+            memory::usage().frames < before,
+            "the private frame was freed"
+        );
         assert_eq!(probe_read(at(a)), Ok(0));
         assert_eq!(vma_count(mm), 1, "no split");
     });
@@ -121,7 +135,11 @@ fn unmapped_space_is_a_segv_and_munmap_gives_everything_back() {
         assert!(probe_read(at(a + 8 * P)).is_err());
         assert_eq!(vma_count(mm), 0);
     });
-    assert_eq!(memory::usage(), before, "frames, tables and VMAs back to baseline");
+    assert_eq!(
+        memory::usage(),
+        before,
+        "frames, tables and VMAs back to baseline"
+    );
 }
 
 /// The mprotect merge cases of Linux's selftests/mm/merge.c (879bca0a2c4f): after a
@@ -129,37 +147,58 @@ fn unmapped_space_is_a_segv_and_munmap_gives_everything_back() {
 #[test_case]
 fn mprotect_unfaulted_left_remerges() {
     in_new_space(|mm| {
-        let a = mm.mmap(0, 10 * P, RW, ANON | MAP_NORESERVE, None, 0).unwrap();
+        let a = mm
+            .mmap(0, 10 * P, RW, ANON | MAP_NORESERVE, None, 0)
+            .unwrap();
         mm.mprotect(a, 5 * P, PROT_READ).unwrap();
         assert_eq!(vma_count(mm), 2);
         probe_write(at(a + 5 * P), b'x').unwrap(); // fault in the RW (right) part
         mm.mprotect(a, 5 * P, RW).unwrap();
-        assert_eq!(vma_count(mm), 1, "unfaulted left + faulted right merge:\n{}", mm.maps());
+        assert_eq!(
+            vma_count(mm),
+            1,
+            "unfaulted left + faulted right merge:\n{}",
+            mm.maps()
+        );
     });
 }
 
 #[test_case]
 fn mprotect_unfaulted_right_remerges() {
     in_new_space(|mm| {
-        let a = mm.mmap(0, 10 * P, RW, ANON | MAP_NORESERVE, None, 0).unwrap();
+        let a = mm
+            .mmap(0, 10 * P, RW, ANON | MAP_NORESERVE, None, 0)
+            .unwrap();
         mm.mprotect(a + 5 * P, 5 * P, PROT_READ).unwrap();
         probe_write(at(a), b'x').unwrap(); // fault in the left part
         mm.mprotect(a + 5 * P, 5 * P, RW).unwrap();
-        assert_eq!(vma_count(mm), 1, "faulted left + unfaulted right merge:\n{}", mm.maps());
+        assert_eq!(
+            vma_count(mm),
+            1,
+            "faulted left + unfaulted right merge:\n{}",
+            mm.maps()
+        );
     });
 }
 
 #[test_case]
 fn mprotect_unfaulted_both_remerges() {
     in_new_space(|mm| {
-        let a = mm.mmap(0, 9 * P, RW, ANON | MAP_NORESERVE, None, 0).unwrap();
+        let a = mm
+            .mmap(0, 9 * P, RW, ANON | MAP_NORESERVE, None, 0)
+            .unwrap();
         mm.mprotect(a, 3 * P, PROT_READ).unwrap();
         mm.mprotect(a + 6 * P, 3 * P, PROT_READ).unwrap();
         assert_eq!(vma_count(mm), 3);
         probe_write(at(a + 3 * P), b'x').unwrap(); // fault in the middle
         assert!(probe_write(at(a), 1).is_err(), "left is read-only");
         mm.mprotect(a, 9 * P, RW).unwrap();
-        assert_eq!(vma_count(mm), 1, "unfaulted/faulted/unfaulted merge:\n{}", mm.maps());
+        assert_eq!(
+            vma_count(mm),
+            1,
+            "unfaulted/faulted/unfaulted merge:\n{}",
+            mm.maps()
+        );
         assert_eq!(probe_read(at(a + 3 * P)), Ok(b'x'));
     });
 }
@@ -184,14 +223,21 @@ fn faulted_sides_with_different_anon_vmas_do_not_merge() {
 fn growsdown_stack_grows_on_faults_and_respects_the_guard_gap() {
     in_new_space(|mm| {
         let top = 0x7000_0000usize;
-        let s = mm.mmap(top - P, P, RW, ANON | MAP_GROWSDOWN | MAP_FIXED, None, 0).unwrap();
+        let s = mm
+            .mmap(top - P, P, RW, ANON | MAP_GROWSDOWN | MAP_FIXED, None, 0)
+            .unwrap();
         assert_eq!(s, top - P);
         probe_write(at(s - 3 * P), 7).expect("fault below the stack grows it");
         let q = mm.query_vma(s - 3 * P, 0).expect("grown VMA");
         assert_eq!((q.start, q.end), (s - 3 * P, top));
         // A mapping 512 KiB below the stack: inside the 1 MiB guard gap.
-        let below = mm.mmap(s - 3 * P - 0x8_0000 - P, P, RW, ANON | MAP_FIXED, None, 0).unwrap();
-        assert!(probe_write(at(s - 4 * P), 1).is_err(), "growth into the guard gap is refused");
+        let below = mm
+            .mmap(s - 3 * P - 0x8_0000 - P, P, RW, ANON | MAP_FIXED, None, 0)
+            .unwrap();
+        assert!(
+            probe_write(at(s - 4 * P), 1).is_err(),
+            "growth into the guard gap is refused"
+        );
         mm.munmap(below, P).unwrap();
         probe_write(at(s - 4 * P), 1).expect("gap clear again");
     });
@@ -230,8 +276,14 @@ fn stacking_file_maps_the_lower_file_through_the_compat_layer() {
     lower.inode().write(0, b"L").unwrap();
     let upper = stacking_file(&lower, "overlay");
     in_new_space(|mm| {
-        let a = mm.mmap(0, P, PROT_READ, MAP_PRIVATE, Some(&upper), 0).unwrap();
+        let a = mm
+            .mmap(0, P, PROT_READ, MAP_PRIVATE, Some(&upper), 0)
+            .unwrap();
         assert_eq!(probe_read(at(a)), Ok(b'L'));
-        assert!(mm.maps().contains("lower"), "the VMA maps the lower file:\n{}", mm.maps());
+        assert!(
+            mm.maps().contains("lower"),
+            "the VMA maps the lower file:\n{}",
+            mm.maps()
+        );
     });
 }
