@@ -38,8 +38,7 @@ impl AddressSpace {
     /// A new, empty address space sharing the kernel's upper half, with Linux's
     /// default x86_64 layout.
     pub fn new() -> Result<Arc<Self>, Errno> {
-        // SAFETY: the kernel PML4 is the live boot page table, reachable through the
-        // direct map; its upper-half tables are never freed while the kernel runs.
+        // SAFETY: the kernel PML4 is the live boot page table, reachable through the direct map; its upper-half tables are never freed while the kernel runs.
         let inner = unsafe {
             mm::mmap::AddressSpace::with_kernel_pml4(
                 memory::frames(),
@@ -60,10 +59,7 @@ impl AddressSpace {
     pub fn activate(self: &Arc<Self>) {
         let cpu = this_cpu();
         let mut current = CURRENT.get().lock();
-        // SAFETY: we run on `cpu`; the upper half of this PML4 is the kernel's (copied
-        // from the boot PML4), so the running kernel stays mapped; the space stays
-        // alive while `CURRENT` holds its `Arc`, and is deactivated before that `Arc`
-        // is dropped (below and in `deactivate_current`).
+        // SAFETY: we run on `cpu`; the upper half of this PML4 is the kernel's (copied from the boot PML4), so the running kernel stays mapped; the space stays alive while `CURRENT` holds its `Arc`, and is deactivated before that `Arc` is dropped (below and in `deactivate_current`).
         self.with_tables(|t| unsafe { t.activate(cpu) });
         if let Some(prev) = current.replace(self.clone())
             && !Arc::ptr_eq(&prev, self)

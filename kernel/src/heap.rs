@@ -98,8 +98,7 @@ fn grow(chunks: &mut Chunks, order: usize) -> Option<()> {
     let start = frames.phys_to_virt(pa);
     let size = (PAGE_SIZE as usize) << order;
     let mut heap = Heap::empty();
-    // SAFETY: the block was just allocated to us, is `size` bytes, mapped writable
-    // in the direct map, and belongs to this heap chunk forever (never freed).
+    // SAFETY: the block was just allocated to us, is `size` bytes, mapped writable in the direct map, and belongs to this heap chunk forever (never freed).
     unsafe { heap.init(start, size) };
     let start = start as usize;
     chunks.list[chunks.count] = Some(Chunk {
@@ -156,8 +155,7 @@ unsafe impl GlobalAlloc for GrowableHeap {
             .flatten()
             .find(|c| c.start <= addr && addr < c.end)
             .expect("dealloc of a pointer the heap never handed out");
-        // SAFETY: `ptr` came from this chunk's `allocate_first_fit` with `layout`
-        // (GlobalAlloc's contract), and the chunk is the one containing it.
+        // SAFETY: `ptr` came from this chunk's `allocate_first_fit` with `layout` (GlobalAlloc's contract), and the chunk is the one containing it.
         unsafe { chunk.heap.deallocate(NonNull::new_unchecked(ptr), layout) };
         HEAP_BYTES_USED.fetch_sub(layout.size() as u64, Ordering::Relaxed);
     }

@@ -25,6 +25,9 @@ pub mod serial;
 pub mod testing;
 
 use bootloader_api::BootInfo;
+
+#[doc(hidden)]
+pub use bootloader_api as __bootloader_api;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 
 /// How the bootloader must lay out the kernel's virtual memory.

@@ -89,9 +89,7 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
             _ => summary.reserved_bytes += len,
         }
     }
-    // SAFETY: the ranges are RAM the bootloader reports as usable (not holding the
-    // kernel, its stack, page tables or boot info), all mapped at `phys_offset`; the
-    // allocator owns them for the rest of the kernel's life.
+    // SAFETY: the ranges are RAM the bootloader reports as usable (not holding the kernel, its stack, page tables or boot info), all mapped at `phys_offset`; the allocator owns them for the rest of the kernel's life.
     let alloc = unsafe { FrameAllocator::new(phys_offset, &usable[..n]) }
         .expect("cannot build the frame allocator from the boot memory map");
     FRAMES.call_once(|| alloc);

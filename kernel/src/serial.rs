@@ -16,8 +16,7 @@ static SERIAL: IrqSpinLock<Option<SerialPort>> = IrqSpinLock::new(None);
 
 /// Programs the UART (115200 8N1, FIFOs on). Called first thing at boot.
 pub fn init() {
-    // SAFETY: COM1 is the standard PC serial port; nothing else in the kernel
-    // drives these I/O ports.
+    // SAFETY: COM1 is the standard PC serial port; nothing else in the kernel drives these I/O ports.
     let mut port = unsafe { SerialPort::new(COM1) };
     port.init();
     *SERIAL.lock() = Some(port);
@@ -36,8 +35,7 @@ pub fn _print(args: fmt::Arguments) {
 /// Writes to the console even if the lock is held: for the panic path, where the
 /// lock holder may be the very code that panicked (it will never release it).
 pub fn emergency_print(args: fmt::Arguments) {
-    // SAFETY: COM1 is always present; two writers can at worst interleave bytes,
-    // which is acceptable on the way down.
+    // SAFETY: COM1 is always present; two writers can at worst interleave bytes, which is acceptable on the way down.
     let mut port = unsafe { SerialPort::new(COM1) };
     let _ = port.write_fmt(args);
 }

@@ -86,6 +86,29 @@ macro_rules! should_panic_test {
     };
 }
 
+/// The boilerplate every integration test kernel (`kernel/tests/*.rs`) needs: the
+/// bootloader entry point, which brings the kernel up quietly and runs the tests,
+/// and the panic handler, which hands panics to the harness. Use it once per file,
+/// after the `#![test_runner(kernel::testing::run_tests)]` and
+/// `#![reexport_test_harness_main = "test_main"]` attributes.
+#[macro_export]
+macro_rules! test_kernel_main {
+    () => {
+        $crate::__bootloader_api::entry_point!(__test_kernel_entry, config = &$crate::BOOT_CONFIG);
+
+        fn __test_kernel_entry(boot_info: &'static mut $crate::__bootloader_api::BootInfo) -> ! {
+            $crate::init(boot_info, true);
+            test_main();
+            $crate::hlt_loop()
+        }
+
+        #[panic_handler]
+        fn __test_kernel_panic(info: &core::panic::PanicInfo) -> ! {
+            $crate::testing::on_panic(info)
+        }
+    };
+}
+
 type TestList = &'static [&'static dyn Testable];
 
 static TESTS: Once<TestList> = Once::new();
@@ -103,11 +126,7 @@ static BASELINE: Mutex<Option<memory::Usage>> = Mutex::new(None);
 /// The `#![test_runner]`: runs every test, prints the summary, exits QEMU.
 /// Never returns.
 pub fn run_tests(tests: &[&dyn Testable]) {
-    // SAFETY: the generated `test_main` builds the list as a temporary in its own
-    // frame. That frame stays alive for the rest of the run: this function never
-    // returns (it ends in `qemu::exit`), and the panic handler continues the run on
-    // top of the same stack, below `test_main`'s frame. So the list outlives every
-    // use of the extended reference.
+    // SAFETY: the generated `test_main` builds the list as a temporary in its own frame. That frame stays alive for the rest of the run: this function never returns (it ends in `qemu::exit`), and the panic handler continues the run on top of the same stack, below `test_main`'s frame. So the list outlives every use of the extended reference.
     let tests: TestList = unsafe { core::mem::transmute::<&[&dyn Testable], TestList>(tests) };
     TESTS.call_once(|| tests);
     START_TSC.store(tsc::rdtsc(), Ordering::Relaxed);

@@ -11,7 +11,6 @@
 extern crate alloc;
 
 use alloc::sync::Arc;
-use bootloader_api::BootInfo;
 use kernel::address_space::{self, AddressSpace};
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::memory::{self, frames};
@@ -20,18 +19,7 @@ use mm::mmap::*;
 use x86_64::VirtAddr;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 const P: usize = 4096;
 const RW: u32 = PROT_READ | PROT_WRITE;

@@ -8,7 +8,6 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use bootloader_api::BootInfo;
 use core::sync::atomic::Ordering;
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::arch::idt::{BREAKPOINTS, PAGE_FAULTS};
@@ -16,18 +15,7 @@ use kernel::heap;
 use x86_64::VirtAddr;
 use x86_64::structures::idt::PageFaultErrorCode;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 #[test_case]
 fn breakpoint_exception_returns() {

@@ -8,22 +8,10 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use bootloader_api::BootInfo;
 use kernel::memory::frames;
 use mm::frame::{FrameError, MAX_ORDER, NR_ORDERS, PAGE_SIZE};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 /// The smallest order with a free block, and that order's block count.
 fn smallest_free_order() -> Option<usize> {

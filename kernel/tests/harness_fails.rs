@@ -7,21 +7,9 @@
 #![test_runner(kernel::testing::run_tests)]
 #![reexport_test_harness_main = "test_main"]
 
-use bootloader_api::BootInfo;
 use kernel::memory::frames;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 #[test_case]
 fn this_test_passes() {}

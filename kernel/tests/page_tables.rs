@@ -10,7 +10,6 @@ extern crate alloc;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use bootloader_api::BootInfo;
 use kernel::address_space::{self, AddressSpace};
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::memory::{self, frames};
@@ -18,18 +17,7 @@ use mm::paging::{MmuGather, PageSize, PageTableFlags as F};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 use x86_64::{PhysAddr, VirtAddr};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 const RW: F = F::PRESENT
     .union(F::WRITABLE)

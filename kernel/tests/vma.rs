@@ -8,22 +8,10 @@
 
 extern crate alloc;
 
-use bootloader_api::BootInfo;
 use mm::errno::Errno;
 use mm::vma::{Mm, VmFlags};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOT_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info, true);
-    test_main();
-    kernel::hlt_loop()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::testing::on_panic(info)
-}
+kernel::test_kernel_main!();
 
 const P: usize = 0x1000;
 const RW: VmFlags = VmFlags::RW_DEFAULT;

@@ -19,10 +19,8 @@ pub fn current_id() -> u32 {
 ///   write faults on read-only mappings must trigger even when the kernel touches
 ///   user memory on a process's behalf.
 pub fn enable_paging_features() {
-    // SAFETY: setting NXE only makes the NX bit meaningful; the bootloader's tables
-    // either don't use it or rely on it being set. Preserves every other EFER bit.
+    // SAFETY: setting NXE only makes the NX bit meaningful; the bootloader's tables either don't use it or rely on it being set. Preserves every other EFER bit.
     unsafe { Efer::update(|f| f.insert(EferFlags::NO_EXECUTE_ENABLE)) };
-    // SAFETY: WP makes supervisor writes to read-only pages fault; the kernel never
-    // writes through read-only mappings of its own (its data is mapped writable).
+    // SAFETY: WP makes supervisor writes to read-only pages fault; the kernel never writes through read-only mappings of its own (its data is mapped writable).
     unsafe { Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT)) };
 }

@@ -102,9 +102,7 @@ fn last_fault() -> ProbeFault {
 /// Reads one byte at `addr`; a fault the memory manager cannot resolve comes back
 /// as `Err` (Linux: `get_user`).
 pub fn probe_read(addr: VirtAddr) -> Result<u8, ProbeFault> {
-    // SAFETY: the probe only reads `addr`; if that faults, the page-fault handler
-    // resumes at the fix-up stub, which returns normally. No Rust reference to the
-    // memory is created, so no aliasing rule is involved.
+    // SAFETY: the probe only reads `addr`; if that faults, the page-fault handler resumes at the fix-up stub, which returns normally. No Rust reference to the memory is created, so no aliasing rule is involved.
     let ret = unsafe { mm_probe_read_u8(addr.as_u64()) };
     if ret.faulted == 0 {
         Ok(ret.value as u8)
@@ -126,8 +124,7 @@ pub fn probe_write(addr: VirtAddr, value: u8) -> Result<(), ProbeFault> {
             error_code: u64::MAX,
         });
     }
-    // SAFETY: `addr` is a lower-half (user) address, where no kernel object lives;
-    // a fault resumes at the fix-up stub as in `probe_read`.
+    // SAFETY: `addr` is a lower-half (user) address, where no kernel object lives; a fault resumes at the fix-up stub as in `probe_read`.
     let ret = unsafe { mm_probe_write_u8(addr.as_u64(), value as u64) };
     if ret.faulted == 0 {
         Ok(())

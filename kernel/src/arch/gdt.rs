@@ -68,8 +68,7 @@ static GDT: Lazy<(GlobalDescriptorTable, Selectors)> = Lazy::new(|| {
 pub fn init() {
     GDT.0.load();
     let sel = &GDT.1;
-    // SAFETY: the selectors index descriptors of the GDT just loaded, which stays
-    // alive forever (static); code/data are the flat 64-bit kernel segments.
+    // SAFETY: the selectors index descriptors of the GDT just loaded, which stays alive forever (static); code/data are the flat 64-bit kernel segments.
     unsafe {
         CS::set_reg(sel.code);
         DS::set_reg(sel.data);

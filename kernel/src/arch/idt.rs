@@ -33,8 +33,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.invalid_opcode.set_handler_fn(invalid_opcode);
     idt.device_not_available
         .set_handler_fn(device_not_available);
-    // SAFETY: the IST slot is set up in the TSS by `gdt::init` and used by no other
-    // handler, so a double fault always lands on a fresh, valid stack.
+    // SAFETY: the IST slot is set up in the TSS by `gdt::init` and used by no other handler, so a double fault always lands on a fresh, valid stack.
     unsafe {
         idt.double_fault
             .set_handler_fn(double_fault)
@@ -151,9 +150,7 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageF
     // Unresolved: a segmentation fault for the faulting context. A probing access
     // gets it as an error value through its fix-up.
     if let Some(fixup) = super::extable::fixup_for(fault.rip, fault.addr, code.bits()) {
-        // SAFETY: the fix-up stub belongs to the very probe function that faulted; it
-        // expects the probe's stack frame unchanged (it just returns), so resuming
-        // there is exactly a return from the probe with an error.
+        // SAFETY: the fix-up stub belongs to the very probe function that faulted; it expects the probe's stack frame unchanged (it just returns), so resuming there is exactly a return from the probe with an error.
         unsafe { frame.as_mut().update(|f| f.instruction_pointer = fixup) };
         return;
     }

@@ -17,8 +17,7 @@ pub enum ExitCode {
 
 /// Ends the run. Halts forever if the device is missing (e.g. on real hardware).
 pub fn exit(code: ExitCode) -> ! {
-    // SAFETY: port 0xf4 is the debug-exit device `run-qemu.sh` always adds; on a
-    // machine without it the write goes nowhere.
+    // SAFETY: port 0xf4 is the debug-exit device `run-qemu.sh` always adds; on a machine without it the write goes nowhere.
     unsafe { Port::<u32>::new(0xf4).write(code as u32) };
     crate::hlt_loop()
 }

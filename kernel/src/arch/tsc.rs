@@ -22,8 +22,7 @@ pub fn calibrate() -> u64 {
     let mut gate: Port<u8> = Port::new(0x61);
     let mut cmd: Port<u8> = Port::new(0x43);
     let mut ch2: Port<u8> = Port::new(0x42);
-    // SAFETY: ports 0x42/0x43/0x61 are the PIT and the speaker gate, used by nobody
-    // else; channel 2 is configured in one-shot mode with the speaker off.
+    // SAFETY: ports 0x42/0x43/0x61 are the PIT and the speaker gate, used by nobody else; channel 2 is configured in one-shot mode with the speaker off.
     let cycles = unsafe {
         let g = gate.read();
         gate.write((g & !0x02) | 0x01); // gate high, speaker off
