@@ -106,4 +106,46 @@ mod tests {
         assert_eq!(*b + 1, 42);
         assert_eq!(v.iter().sum::<u64>(), 999 * 1000 / 2);
     }
+
+    /// Every size class hands out aligned, disjoint objects, and a freed object is
+    /// the next one that class hands out (LIFO free list, no list walk).
+    #[test_case]
+    fn slab_classes_are_aligned_disjoint_and_reuse_freed_objects() {
+        use crate::heap::slab;
+        use core::alloc::Layout;
+        for (size, align) in [(8, 8), (24, 8), (64, 64), (96, 32), (100, 64), (2048, 8)] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            let class = slab::class_of(layout).expect("small layouts have a class");
+            let mut objs = Vec::new();
+            for i in 0..=255u8 {
+                let p = slab::alloc(class);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                // SAFETY: `p` is a fresh object of at least `size` bytes.
+                unsafe { core::ptr::write_bytes(p, i, size) };
+                objs.push((p, i));
+            }
+            for &(p, i) in &objs {
+                // SAFETY: each object is still ours; a neighbour writing into it would show here.
+                let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+                assert!(bytes.iter().all(|&b| b == i), "objects overlap");
+            }
+            let (last, _) = objs[150];
+            // SAFETY: `last` came from this class and is not used again below.
+            unsafe { slab::free(last, class) };
+            assert_eq!(slab::alloc(class), last, "a freed object is reused first");
+            for (p, _) in objs {
+                // SAFETY: every object (including the re-allocated one) is given back once.
+                unsafe { slab::free(p, class) };
+            }
+        }
+        assert_eq!(
+            slab::class_of(Layout::from_size_align(4096, 8).unwrap()),
+            None
+        );
+        assert_eq!(
+            slab::class_of(Layout::from_size_align(8, 4096).unwrap()),
+            None
+        );
+    }
 }

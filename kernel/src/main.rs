@@ -37,9 +37,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     let h = heap::stats();
     serial_println!(
-        "heap: {} chunk(s), {} KiB, {} bytes in use",
+        "heap: {} chunk(s), {} KiB ({} slab pages), {} bytes in use",
         h.chunks,
         h.size >> 10,
+        h.slab_pages,
         h.used
     );
     demo_address_space();

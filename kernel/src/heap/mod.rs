@@ -1,4 +1,5 @@
-//! The kernel heap: `linked_list_allocator` heaps over chunks of frames.
+//! The kernel heap: size-class caches for small objects ([`slab`]) in front of
+//! `linked_list_allocator` heaps over chunks of frames.
 //!
 //! The heap starts with one chunk and grows from the frame allocator whenever an
 //! allocation does not fit, instead of being a fixed array that runs out. Chunks are
@@ -13,6 +14,8 @@ use linked_list_allocator::Heap;
 use mm::frame::PAGE_SIZE;
 use mm::sync::IrqSpinLock;
 use x86_64::PhysAddr;
+
+pub mod slab;
 
 /// Smallest chunk: 2^8 pages = 1 MiB.
 const MIN_CHUNK_ORDER: usize = 8;
@@ -53,6 +56,11 @@ pub fn frames() -> u64 {
     HEAP_FRAMES.load(Ordering::Relaxed)
 }
 
+/// Counts `n` more frames as the heap's (chunks and slab pages alike).
+fn note_frames(n: u64) {
+    HEAP_FRAMES.fetch_add(n, Ordering::Relaxed);
+}
+
 /// Heap state for the boot log.
 #[derive(Debug, Clone, Copy)]
 pub struct HeapStats {
@@ -62,6 +70,8 @@ pub struct HeapStats {
     pub size: u64,
     /// Bytes currently allocated.
     pub used: u64,
+    /// Pages held by the size-class caches (included in `size`).
+    pub slab_pages: u64,
 }
 
 /// The current [`HeapStats`].
@@ -71,6 +81,7 @@ pub fn stats() -> HeapStats {
         chunks,
         size: frames() * PAGE_SIZE,
         used: HEAP_BYTES_USED.load(Ordering::Relaxed),
+        slab_pages: slab::pages(),
     }
 }
 
@@ -107,16 +118,25 @@ fn grow(chunks: &mut Chunks, order: usize) -> Option<()> {
         end: start + size,
     });
     chunks.count += 1;
-    HEAP_FRAMES.fetch_add(1 << order, Ordering::Relaxed);
+    note_frames(1 << order);
     Some(())
 }
 
-// SAFETY: `alloc` returns blocks from a chunk's `Heap`, which hands out
-// non-overlapping blocks of the requested layout; `dealloc` returns each block to
-// the chunk that contains it, the one that allocated it. The lock serialises all
-// access, and disables interrupts so a handler that allocates can't deadlock.
+// SAFETY: small layouts are served by their size class, whose objects are at least
+// as big and as aligned as the layout and never overlap; the rest come from a
+// chunk's `Heap`, which hands out non-overlapping blocks of the requested layout.
+// `dealloc` picks the same class from the same layout, or returns the block to the
+// chunk that contains it. Locks serialise all access and disable interrupts, so a
+// handler that allocates can't deadlock.
 unsafe impl GlobalAlloc for GrowableHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(class) = slab::class_of(layout) {
+            let p = slab::alloc(class);
+            if !p.is_null() {
+                HEAP_BYTES_USED.fetch_add(layout.size() as u64, Ordering::Relaxed);
+            }
+            return p;
+        }
         let mut chunks = self.chunks.lock();
         let count = chunks.count;
         for chunk in chunks.list[..count].iter_mut().flatten() {
@@ -147,6 +167,12 @@ unsafe impl GlobalAlloc for GrowableHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(class) = slab::class_of(layout) {
+            // SAFETY: the same layout chose the same class in `alloc`, so `ptr` is an object of that class, and the caller gives it up.
+            unsafe { slab::free(ptr, class) };
+            HEAP_BYTES_USED.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+            return;
+        }
         let mut chunks = self.chunks.lock();
         let addr = ptr as usize;
         let count = chunks.count;
