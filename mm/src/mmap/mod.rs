@@ -22,6 +22,7 @@
 
 pub mod consts;
 mod fault;
+mod mremap;
 mod query;
 
 use alloc::sync::Arc;
@@ -36,7 +37,7 @@ pub use query::VmaQuery;
 use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
 use crate::frame::FrameAllocator;
-use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot, Translation};
+use crate::paging::{MmuGather, PageTableFlags, PageTableRoot, Translation};
 use crate::vma::{
     DetachedVmas, Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaMergeStruct, VmaRef,
 };
@@ -956,205 +957,6 @@ impl AddressSpace {
         g.vma_set_flags(v, new)?;
         self.relink_files(g, v.start(), v.end());
         Ok(v)
-    }
-
-    // ---- mremap -------------------------------------------------------------------
-
-    /// `mremap(2)` (Linux: `do_mremap` / `mremap_to` / `move_vma`). Returns the new
-    /// address. The old range must lie in one VMA (EFAULT); multi-VMA moves (≈6.17)
-    /// are not supported.
-    pub fn mremap(
-        &self,
-        addr: usize,
-        old_len: usize,
-        new_len: usize,
-        flags: u32,
-        new_addr: usize,
-    ) -> Result<usize, Errno> {
-        if flags & !(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        if flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0 {
-            return Err(Errno::EINVAL);
-        }
-        if flags & MREMAP_DONTUNMAP != 0 && (flags & MREMAP_MAYMOVE == 0 || old_len != new_len) {
-            return Err(Errno::EINVAL);
-        }
-        if addr % PAGE_SIZE != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
-        let new_len = page_align(new_len).ok_or(Errno::EINVAL)?;
-        if new_len == 0 {
-            return Err(Errno::EINVAL);
-        }
-        let mut g = self.mm.write_lock();
-        let mut pt = self.pt.lock();
-        if g.vma_lookup(addr).is_none() {
-            return Err(Errno::EFAULT);
-        }
-        if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
-            return self.mremap_to(&mut g, &mut pt, addr, old_len, new_addr, new_len, flags);
-        }
-        if old_len >= new_len {
-            if old_len > new_len {
-                self.do_munmap(&mut g, &mut pt, addr + new_len, addr + old_len)?;
-            }
-            return Ok(addr);
-        }
-        let vma = self.vma_to_resize(&g, addr, old_len, new_len, flags)?;
-        // Grow in place if the range ends the VMA and the space after it is free.
-        if old_len == vma.end() - addr {
-            let delta = new_len - old_len;
-            if self.vma_expandable(&g, vma, delta) {
-                if g.vma_merge_extend(vma, delta).is_none() {
-                    return Err(Errno::ENOMEM);
-                }
-                return Ok(addr);
-            }
-        }
-        if flags & MREMAP_MAYMOVE == 0 {
-            return Err(Errno::ENOMEM);
-        }
-        let new_addr = self.get_unmapped_area(&g, 0, new_len, false)?;
-        self.move_vma(
-            &mut g, &mut pt, vma, addr, old_len, new_len, new_addr, flags,
-        )
-    }
-
-    fn vma_expandable(&self, g: &MmWriteGuard<'_>, vma: VmaRef, delta: usize) -> bool {
-        let Some(end) = vma.end().checked_add(delta) else {
-            return false;
-        };
-        end <= self.layout.task_size && g.find_vma_intersection(vma.end(), end).is_none()
-    }
-
-    /// Linux: `vma_to_resize()` / `check_prep_vma()`.
-    fn vma_to_resize(
-        &self,
-        g: &MmWriteGuard<'_>,
-        addr: usize,
-        old_len: usize,
-        new_len: usize,
-        flags: u32,
-    ) -> Result<VmaRef, Errno> {
-        let vma = g.vma_lookup(addr).ok_or(Errno::EFAULT)?;
-        if flags & MREMAP_DONTUNMAP != 0
-            && vma
-                .flags()
-                .intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP)
-        {
-            return Err(Errno::EINVAL);
-        }
-        if old_len > vma.end() - addr {
-            return Err(Errno::EFAULT);
-        }
-        if vma.flags().contains(VmFlags::SEALED) {
-            return Err(Errno::EPERM);
-        }
-        if new_len == old_len {
-            return Ok(vma);
-        }
-        let pgoff = (addr - vma.start()) / PAGE_SIZE + vma.pgoff();
-        if pgoff.checked_add(new_len / PAGE_SIZE).is_none() {
-            return Err(Errno::EINVAL);
-        }
-        if vma
-            .flags()
-            .intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP)
-        {
-            return Err(Errno::EFAULT);
-        }
-        Ok(vma)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn mremap_to(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        addr: usize,
-        old_len: usize,
-        new_addr: usize,
-        new_len: usize,
-        flags: u32,
-    ) -> Result<usize, Errno> {
-        let ts = self.layout.task_size;
-        let fixed = flags & MREMAP_FIXED != 0;
-        let mut old_len = old_len;
-        if fixed {
-            if new_addr % PAGE_SIZE != 0 {
-                return Err(Errno::EINVAL);
-            }
-            if new_len > ts || new_addr > ts - new_len {
-                return Err(Errno::EINVAL);
-            }
-            if addr + old_len > new_addr && new_addr + new_len > addr {
-                return Err(Errno::EINVAL);
-            }
-            if new_addr < self.layout.mmap_min_addr {
-                return Err(Errno::EPERM);
-            }
-            self.do_munmap(g, pt, new_addr, new_addr + new_len)?;
-            if old_len > new_len {
-                self.do_munmap(g, pt, addr + new_len, addr + old_len)?;
-                old_len = new_len;
-            }
-        }
-        let vma = self.vma_to_resize(g, addr, old_len, new_len, flags)?;
-        let target = if fixed {
-            new_addr
-        } else {
-            self.get_unmapped_area(g, 0, new_len, false)?
-        };
-        self.move_vma(g, pt, vma, addr, old_len, new_len, target, flags)
-    }
-
-    /// Linux: `move_vma()` — copy the VMA, move the page-table entries, unmap the old
-    /// range (unless MREMAP_DONTUNMAP).
-    #[allow(clippy::too_many_arguments)]
-    fn move_vma(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        vma: VmaRef,
-        old_addr: usize,
-        old_len: usize,
-        new_len: usize,
-        new_addr: usize,
-        flags: u32,
-    ) -> Result<usize, Errno> {
-        if g.map_count() + 3 >= g.max_map_count() {
-            return Err(Errno::ENOMEM);
-        }
-        let new_pgoff = vma.pgoff() + (old_addr - vma.start()) / PAGE_SIZE;
-        let mut src = vma;
-        let (new_vma, _) = g.copy_vma(&mut src, new_addr, new_len, new_pgoff)?;
-        if let Some(f) = new_vma.file(&*g).as_ref().and_then(file::lookup) {
-            f.inode().i_mmap_insert(new_vma);
-        }
-        // Linux: move_page_tables().
-        let moved = old_len.min(new_len);
-        let mut off = 0;
-        while off < moved {
-            if let Some(t) = pt.translate(va(old_addr + off)) {
-                let fl = t.flags & crate::paging::LEAF_FLAGS;
-                if let Err(e) = pt.map(
-                    va(new_addr + off)..va(new_addr + off + PAGE_SIZE),
-                    t.frame,
-                    PageSize::Size4K,
-                    fl,
-                ) {
-                    log::error!("mremap: moving a PTE failed: {e}");
-                }
-            }
-            off += PAGE_SIZE;
-        }
-        zap(pt, old_addr, old_addr + moved);
-        if flags & MREMAP_DONTUNMAP == 0 {
-            self.do_munmap(g, pt, old_addr, old_addr + old_len)?;
-        }
-        Ok(new_addr)
     }
 }
 

@@ -516,6 +516,16 @@ impl<'a> MmWriteGuard<'a> {
         unsafe { anon::anon_vma_attach(vma, Some(av.clone())) }
     }
 
+    /// Drop `vma`'s anon_vma links (Linux: `unlink_anon_vmas()`), as mremap's
+    /// MREMAP_DONTUNMAP does once every page of the VMA has moved away. The VMA must be
+    /// detached or write-locked (EBUSY otherwise).
+    pub fn unlink_anon_vmas(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        self.check_writable(vma)?;
+        // SAFETY: detached or write-locked under the mmap write lock (checked above).
+        unsafe { anon::unlink_anon_vmas(vma) };
+        Ok(())
+    }
+
     /// Make `child` (detached) a fork child of `parent`. Linux: `anon_vma_fork()`.
     pub fn anon_vma_fork(&mut self, child: VmaRef, parent: VmaRef) -> Result<(), Errno> {
         if child.is_attached() && !self.vma_is_write_locked(child) {
