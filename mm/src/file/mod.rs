@@ -34,7 +34,7 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::errno::Errno;
 use crate::frame::{FrameAllocator, FrameFlags};
 use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot};
-use crate::vma::{FileRef, MmWriteGuard, PAGE_SIZE, VmFile, VmFlags, VmOperations, VmaRef};
+use crate::vma::{FileRef, IMmap, MmWriteGuard, PAGE_SIZE, VmFile, VmFlags, VmOperations, VmaRef};
 
 static NEXT_INO: AtomicU64 = AtomicU64::new(1);
 
@@ -65,13 +65,6 @@ impl OpenMode {
     };
 }
 
-/// One VMA registered in an inode's `i_mmap`.
-#[derive(Clone, Copy)]
-struct IMmapEntry {
-    vma: VmaRef,
-    mm_id: u64,
-}
-
 /// An inode and its page cache (Linux: `struct inode` + `struct address_space`).
 pub struct Inode {
     ino: u64,
@@ -81,8 +74,8 @@ pub struct Inode {
     size: AtomicUsize,
     /// Linux: `mapping->i_pages` — page index → frame (one reference held per page).
     pages: spin::Mutex<BTreeMap<usize, PhysAddr>>,
-    /// Linux: `mapping->i_mmap`. Entries are validated on use (see [`Inode::i_mmap_vmas`]).
-    i_mmap: spin::Mutex<Vec<IMmapEntry>>,
+    /// Linux: `mapping->i_mmap` — kept exact by the VMA engine (see [`IMmap`]).
+    i_mmap: IMmap,
 }
 
 impl Inode {
@@ -94,7 +87,7 @@ impl Inode {
             alloc,
             size: AtomicUsize::new(size),
             pages: spin::Mutex::new(BTreeMap::new()),
-            i_mmap: spin::Mutex::new(Vec::new()),
+            i_mmap: IMmap::new(),
         })
     }
     /// Inode number.
@@ -178,41 +171,14 @@ impl Inode {
         }
     }
 
-    /// Register `vma` in `i_mmap` (Linux: `vma_link_file`). Idempotent.
-    pub fn i_mmap_insert(&self, vma: VmaRef) {
-        let mut m = self.i_mmap.lock();
-        if !m.iter().any(|e| core::ptr::eq(e.vma, vma)) {
-            m.push(IMmapEntry {
-                vma,
-                mm_id: vma.mm_id(),
-            });
-        }
+    /// VMAs mapping any page in `[first, last]`, in `vm_pgoff` order (Linux:
+    /// `vma_interval_tree_foreach`).
+    pub fn i_mmap_vmas(&self, first: usize, last: usize) -> Vec<VmaRef> {
+        self.i_mmap.vmas_overlapping(first, last)
     }
-    /// Remove `vma` from `i_mmap` (Linux: `unlink_file_vma`).
-    pub fn i_mmap_remove(&self, vma: VmaRef) {
-        self.i_mmap.lock().retain(|e| !core::ptr::eq(e.vma, vma));
-    }
-    /// VMAs mapping any page in `[first, last]` (Linux: `vma_interval_tree_foreach`).
-    ///
-    /// Entries whose VMA was freed or reused since registration (a merge deletes VMAs
-    /// without telling the file) are pruned here: a live entry is attached, of the same
-    /// mm, and still maps this inode (checked by the caller-supplied `maps_me`).
-    pub fn i_mmap_vmas(
-        &self,
-        first: usize,
-        last: usize,
-        maps_me: &dyn Fn(VmaRef) -> bool,
-    ) -> Vec<VmaRef> {
-        let mut m = self.i_mmap.lock();
-        m.retain(|e| e.vma.is_attached() && e.vma.mm_id() == e.mm_id && maps_me(e.vma));
-        m.iter()
-            .map(|e| e.vma)
-            .filter(|v| v.pgoff() <= last && v.pgoff() + v.pages() > first)
-            .collect()
-    }
-    /// Number of `i_mmap` entries (not validated; diagnostics).
+    /// Number of VMAs mapping the file.
     pub fn i_mmap_len(&self) -> usize {
-        self.i_mmap.lock().len()
+        self.i_mmap.len()
     }
 }
 
@@ -350,6 +316,9 @@ impl File {
 impl VmFile for File {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn i_mmap(&self) -> Option<&IMmap> {
+        Some(&self.inode.i_mmap)
     }
 }
 

@@ -521,28 +521,9 @@ impl AddressSpace {
         Ok((a, populate))
     }
 
-    /// Unlink removed VMAs from their files' `i_mmap`, then free them.
+    /// Free removed VMAs (the engine unlinks them from their files' `i_mmap`).
     fn remove_detached(&self, g: &mut MmWriteGuard<'_>, d: DetachedVmas) {
-        for v in d.iter() {
-            if let Some(f) = v.file(&*g).as_ref().and_then(file::lookup) {
-                f.inode().i_mmap_remove(v);
-            }
-        }
         g.remove_vmas(d);
-    }
-
-    /// Re-register the file VMAs in `[start, end)` in `i_mmap` (after splits).
-    fn relink_files(&self, g: &MmWriteGuard<'_>, start: usize, end: usize) {
-        let mut a = start;
-        while let Some(v) = g.find_vma(a) {
-            if v.start() >= end {
-                break;
-            }
-            if let Some(f) = v.file(g).as_ref().and_then(file::lookup) {
-                f.inode().i_mmap_insert(v);
-            }
-            a = v.end();
-        }
     }
 
     /// Linux: `__mmap_region()` (§4.1).
@@ -662,9 +643,6 @@ impl AddressSpace {
                 g.vma_set_ops(vma, wo_ops)?;
             }
             g.vma_set_private_data(vma, wo_private)?;
-        }
-        if let Some(f) = vma.file(&*g).as_ref().and_then(file::lookup) {
-            f.inode().i_mmap_insert(vma);
         }
         Ok(addr)
     }
@@ -822,7 +800,6 @@ impl AddressSpace {
                     log::error!("mprotect: change_protection failed: {e}");
                 }
                 gather.finish();
-                self.relink_files(&g, v.start(), v.end());
                 v
             };
             tmp = vend;
@@ -955,7 +932,6 @@ impl AddressSpace {
         let v = g.vma_modify_flags(prev, vma, start, end, new)?;
         g.vma_start_write(v);
         g.vma_set_flags(v, new)?;
-        self.relink_files(g, v.start(), v.end());
         Ok(v)
     }
 }
@@ -969,11 +945,6 @@ impl Drop for AddressSpace {
         match g.detach_range(0, ts) {
             Ok(d) => {
                 zap(pt, 0, ts);
-                for v in d.iter() {
-                    if let Some(f) = v.file(&g).as_ref().and_then(file::lookup) {
-                        f.inode().i_mmap_remove(v);
-                    }
-                }
                 g.remove_vmas(d);
             }
             Err(e) => log::error!("exit_mmap: detach failed: {e}"),

@@ -10,7 +10,6 @@
 
 use super::{AddressSpace, page_align, va, zap};
 use crate::errno::Errno;
-use crate::file;
 use crate::mmap::consts::*;
 use crate::paging::{PageSize, PageTableRoot};
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef};
@@ -77,7 +76,7 @@ impl AddressSpace {
         if flags & !(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP) != 0 {
             return Err(Errno::EINVAL);
         }
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
@@ -93,7 +92,7 @@ impl AddressSpace {
             new_addr,
         };
         if r.implies_new_addr() {
-            if new_addr > ts - new_len || new_addr % PAGE_SIZE != 0 {
+            if new_addr > ts - new_len || !new_addr.is_multiple_of(PAGE_SIZE) {
                 return Err(Errno::EINVAL);
             }
             if flags & MREMAP_MAYMOVE == 0 {
@@ -315,9 +314,6 @@ impl AddressSpace {
         let new_pgoff = vma.pgoff() + (r.addr - vma.start()) / PAGE_SIZE;
         let mut src = vma;
         let (new_vma, _) = g.copy_vma(&mut src, new_addr, r.new_len, new_pgoff)?;
-        if let Some(f) = new_vma.file(&*g).as_ref().and_then(file::lookup) {
-            f.inode().i_mmap_insert(new_vma);
-        }
         let moved = r.old_len.min(r.new_len);
         if let Err(e) = move_page_tables(pt, r.addr, new_addr, moved) {
             // Nothing of the source changed: drop the copy and keep the original.

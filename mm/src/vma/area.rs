@@ -113,13 +113,19 @@ impl VmFlags {
         .union(VmFlags::MAYWRITE);
 }
 
-/// A file that can back a VMA. The VFS comes later; the VMA layer only needs identity.
+/// A file that can back a VMA, as the VMA layer sees it: an identity, a name, and the
+/// `i_mmap` the engine keeps up to date as VMAs of the file come, change and go.
 ///
-/// Linux: `struct file` as seen from `vm_file`.
+/// Linux: `struct file` as seen from `vm_file` (and `f_mapping->i_mmap`).
 pub trait VmFile: Send + Sync {
     /// Name for diagnostics (`/proc/pid/maps`).
     fn name(&self) -> &str {
         ""
+    }
+    /// The index of the VMAs mapping this file, if the file keeps one (Linux:
+    /// `file->f_mapping->i_mmap`). Files without one (test stand-ins) return `None`.
+    fn i_mmap(&self) -> Option<&super::i_mmap::IMmap> {
+        None
     }
 }
 

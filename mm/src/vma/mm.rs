@@ -4,6 +4,7 @@
 //! `mm_lock_seq`, `map_count`) and `mm/mmap_lock.c` (`mmap_write_lock`,
 //! `lock_vma_under_rcu`), `mm/mmap.c` (`find_vma`, `insert_vm_struct`).
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -146,13 +147,30 @@ impl Drop for Mm {
         let mut all = Vec::new();
         let _ = all.try_reserve(inner.tw.len());
         inner.tw.view().for_each(|e| all.push(e.vma));
+        // Linux: exit_mmap() → remove_vma() for each: the file forgets the VMA and its
+        // close hook runs, as for munmap.
         for v in all {
             v.cold.vm_refcnt.store(0, Ordering::Release);
-            valloc::vm_area_free(v);
+            release_vma(v);
         }
         // SAFETY: `&mut self`: nothing else can reach the tree.
         unsafe { inner.tw.destroy(&self.tree) };
     }
+}
+
+/// The last steps for a VMA leaving its address space: out of its file's `i_mmap`,
+/// `vm_ops->close`, then freed with its file and anon_vma references (Linux:
+/// `unlink_file_vma()` + `remove_vma()`). The VMA is detached and owned by the caller.
+fn release_vma(v: VmaRef) {
+    if let Some(f) = v.file(&Held) {
+        if let Some(im) = f.i_mmap() {
+            im.write().remove(v);
+        }
+    }
+    if let Some(close) = v.ops().and_then(|o| o.close) {
+        close(v);
+    }
+    valloc::vm_area_free(v);
 }
 
 /// The mmap lock held for reading.
@@ -569,12 +587,25 @@ impl<'a> MmWriteGuard<'a> {
             return Err(Errno::ENOMEM);
         }
         self.inner().tw.prealloc(1)?;
+        // Linux: vma_link_file() — the file's i_mmap learns of the VMA as it attaches.
+        let file = vma.file(&Held);
+        let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
+            Some(im) => {
+                let mut w = im.write();
+                w.reserve(1)?;
+                Some(w)
+            }
+            None => None,
+        };
         self.vma_start_write(vma);
         let mm = self.mm;
         let inner = self.inner();
         inner.tw.insert(vma.start(), vma.end(), vma);
         inner.tw.publish(&mm.tree);
         lock::vma_mark_attached(vma);
+        if let Some(w) = i_mmap.as_mut() {
+            w.insert(vma);
+        }
         self.inner().map_count += 1;
         Ok(())
     }
@@ -635,6 +666,27 @@ impl<'a> MmWriteGuard<'a> {
         for &v in removes {
             self.vma_assert_write_locked(v);
         }
+        // Linux: vma_prepare() — take the file's i_mmap for the whole change and make
+        // room for the re-inserted entries. A merge or split only ever involves VMAs
+        // of one file (merging requires the same `vm_file`).
+        let file = updates
+            .iter()
+            .map(|u| u.0)
+            .chain(removes.iter().copied())
+            .chain(insert)
+            .find_map(|v| v.file(&Held).filter(|f| f.i_mmap().is_some()));
+        let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
+            Some(im) => {
+                let mut w = im.write();
+                w.reserve(updates.len() + insert.is_some() as usize)?;
+                Some(w)
+            }
+            None => None,
+        };
+        let indexed = |v: VmaRef| match (&file, v.file(&Held)) {
+            (Some(f), Some(g)) => Arc::ptr_eq(f, &g),
+            _ => false,
+        };
         let mm = self.mm;
         let inner = self.inner();
         for &(v, ..) in updates {
@@ -644,7 +696,18 @@ impl<'a> MmWriteGuard<'a> {
             inner.tw.erase(v.start());
         }
         for &(v, s, e, pg) in updates {
+            let w = i_mmap.as_mut().filter(|_| indexed(v));
+            // Re-key: the index is by file page range, which this update may change.
+            let was_indexed = match w {
+                Some(w) => w.remove(v),
+                None => false,
+            };
             v.set_range(s, e, pg);
+            if was_indexed {
+                if let Some(w) = i_mmap.as_mut() {
+                    w.insert(v);
+                }
+            }
             inner.tw.insert(s, e, v);
         }
         if let Some(v) = insert {
@@ -653,13 +716,21 @@ impl<'a> MmWriteGuard<'a> {
         inner.tw.publish(&mm.tree);
         if let Some(v) = insert {
             lock::vma_mark_attached(v);
+            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
+                w.insert(v);
+            }
             self.inner().map_count += 1;
         }
         for &v in removes {
+            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
+                w.remove(v);
+            }
             lock::vma_mark_detached(v);
             self.inner().map_count -= 1;
             self.vm_area_free(v);
         }
+        // Linux: vma_complete() drops the i_mmap lock here.
+        drop(i_mmap);
         Ok(())
     }
 
@@ -736,15 +807,15 @@ impl<'a> MmWriteGuard<'a> {
         Ok(DetachedVmas { vmas: list })
     }
 
-    /// Finish removing detached VMAs: `vm_ops->close`, drop file and anon_vmas, free.
-    /// Linux: `remove_vma()`.
+    /// Finish removing detached VMAs: unlink them from their file's `i_mmap`,
+    /// `vm_ops->close`, drop file and anon_vmas, free. Call after their page tables
+    /// are gone, so rmap walkers could reach the pages until then (Linux:
+    /// `unlink_file_vma_batch_add()` in `free_pgtables()`, then `remove_vma()`).
     pub fn remove_vmas(&mut self, detached: DetachedVmas) {
         for v in detached.vmas {
             debug_assert!(!v.is_attached());
-            if let Some(close) = v.ops().and_then(|o| o.close) {
-                close(v);
-            }
-            self.vm_area_free(v);
+            self.inner().live_vmas -= 1;
+            release_vma(v);
         }
     }
 

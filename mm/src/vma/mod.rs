@@ -5,6 +5,9 @@
 //!   [`VmFlags`] (Linux bit values), [`VmOperations`], [`VmFile`]/[`FileRef`].
 //! - [`alloc`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`alloc::vma_pool_stats`].
 //! - [`tree`]: persistent AVL VMA tree with gap search; readable under RCU.
+//! - [`i_mmap`]: [`IMmap`], a file's VMAs by file page range, kept exact by the engine.
+//! - [`interval`]: [`IntervalTree`], augmented interval tree by file page range
+//!   (`vma_interval_tree`, the index of `i_mmap`).
 //! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
 //! - [`lock`]: `vm_refcnt` state machine, [`VmaReadGuard`], [`VmaReadError`].
 //! - [`anon`]: [`AnonVma`]/[`AnonVmaRef`] and chains (clone, fork, unlink, reuse).
@@ -39,6 +42,8 @@ pub mod alloc;
 pub mod anon;
 pub mod area;
 pub mod bench;
+pub mod i_mmap;
+pub mod interval;
 pub mod lock;
 pub mod merge;
 pub mod mm;
@@ -47,6 +52,8 @@ pub mod tree;
 
 pub use anon::{AnonVma, AnonVmaRef};
 pub use area::{FileRef, PAGE_SIZE, VmFile, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
+pub use i_mmap::IMmap;
+pub use interval::IntervalTree;
 pub use lock::{VM_REFCNT_EXCLUDE_READERS_FLAG, VM_REFCNT_LIMIT, VmaReadError, VmaReadGuard};
 pub use merge::{VmaMergeState, VmaMergeStruct};
 pub use mm::{

@@ -1,0 +1,102 @@
+//! `i_mmap`: every VMA that maps a file, indexed by the file pages it maps (Linux:
+//! `address_space::i_mmap` with `i_mmap_rwsem`).
+//!
+//! The VMA engine keeps it exact: a file VMA is inserted when it is linked into an
+//! address space's tree, re-keyed (removed, then re-inserted) whenever a merge or split
+//! changes its range or `vm_pgoff`, and removed when it is merged away or unmapped
+//! (Linux: `vma_link_file`, `vma_prepare`/`vma_complete`, `unlink_file_vma`). Readers
+//! (truncate, hugetlb PMD sharing, rmap) ask which VMAs map file pages `[first, last]`
+//! under the read lock and never see a stale or half-updated entry.
+//!
+//! Lock order: mmap_lock → VMA write lock → hugetlb vma lock → **i_mmap** →
+//! anon_vma lock → page-table lock. The engine takes the write side only while it
+//! holds the mmap write lock and the affected VMAs' write locks.
+
+use alloc::vec::Vec;
+
+use super::area::VmaRef;
+use super::interval::IntervalTree;
+use crate::errno::Errno;
+
+/// The file page range a VMA maps, inclusive (Linux: `vm_pgoff` .. `vma_last_pgoff`).
+fn key(vma: VmaRef) -> (usize, usize) {
+    (vma.pgoff(), vma.pgoff() + vma.pages().max(1) - 1)
+}
+
+/// One file's `i_mmap` (Linux: `mapping->i_mmap` + `mapping->i_mmap_rwsem`).
+pub struct IMmap {
+    tree: spin::RwLock<IntervalTree<VmaRef>>,
+}
+
+impl Default for IMmap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IMmap {
+    /// An empty index.
+    pub const fn new() -> Self {
+        Self {
+            tree: spin::RwLock::new(IntervalTree::new()),
+        }
+    }
+
+    /// How many VMAs map the file.
+    pub fn len(&self) -> usize {
+        self.tree.read().len()
+    }
+
+    /// No VMA maps the file.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The VMAs mapping any of file pages `[first, last]`, in `vm_pgoff` order (Linux:
+    /// `vma_interval_tree_foreach` under `i_mmap_lock_read`).
+    pub fn vmas_overlapping(&self, first: usize, last: usize) -> Vec<VmaRef> {
+        self.tree
+            .read()
+            .overlapping(first, last)
+            .map(|(_, _, v)| v)
+            .collect()
+    }
+
+    /// Takes the write side (Linux: `i_mmap_lock_write`). Engine only.
+    pub(super) fn write(&self) -> IMmapWriter<'_> {
+        IMmapWriter {
+            tree: self.tree.write(),
+        }
+    }
+}
+
+/// The write side of an [`IMmap`], held while VMAs of the file change.
+pub(super) struct IMmapWriter<'a> {
+    tree: spin::RwLockWriteGuard<'a, IntervalTree<VmaRef>>,
+}
+
+impl IMmapWriter<'_> {
+    /// Make room for `n` insertions, so that they cannot fail afterwards.
+    pub(super) fn reserve(&mut self, n: usize) -> Result<(), Errno> {
+        self.tree.try_reserve(n)
+    }
+
+    /// Index `vma` under its current range (Linux: `vma_interval_tree_insert`). Room
+    /// must have been reserved.
+    pub(super) fn insert(&mut self, vma: VmaRef) {
+        let (first, last) = key(vma);
+        if self.tree.try_insert(first, last, vma).is_err() {
+            // Unreachable when the caller reserved; keep the index consistent anyway.
+            self.tree.insert(first, last, vma);
+        }
+    }
+
+    /// Drop `vma`, keyed by its current range (Linux: `vma_interval_tree_remove`).
+    /// Returns whether it was indexed.
+    pub(super) fn remove(&mut self, vma: VmaRef) -> bool {
+        let (first, last) = key(vma);
+        self.tree
+            .remove_by(first, last, |v| core::ptr::eq(v, vma))
+            .is_some()
+    }
+}
