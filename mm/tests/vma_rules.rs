@@ -314,7 +314,7 @@ fn scales_to_max_map_count() {
     let n = mm::vma::DEFAULT_MAX_MAP_COUNT;
     let mm = mm::vma::bench::build_mm(n).unwrap();
     {
-        let mut g = mm.write_lock();
+        let g = mm.write_lock();
         assert_eq!(g.map_count(), n);
         let h = g.view().height();
         assert!(h <= 24, "AVL height {h} must be logarithmic");

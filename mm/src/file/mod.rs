@@ -18,14 +18,12 @@
 //!   that only has `mmap_prepare`, through [`compat_vma_mmap_prepare`]).
 //!
 //! # VMA → file
-//! The VMA layer stores files as `Arc<dyn VmFile>` ([`crate::vma::FileRef`]), which
-//! cannot be downcast. Every [`File`] registers itself (by allocation address) in a
-//! global registry at creation and unregisters in `Drop`; [`lookup`] recovers the
-//! `Arc<File>` from a VMA's file.
+//! The VMA layer stores files as `Arc<dyn VmFile>` ([`crate::vma::FileRef`]);
+//! [`lookup`] recovers the `Arc<File>` by downcasting through `VmFile::into_any`.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -220,13 +218,6 @@ pub struct File {
     device: Option<(u64, usize)>,
 }
 
-/// Global map from a file's allocation address to the file (see the module docs).
-static REGISTRY: spin::Mutex<BTreeMap<usize, Weak<File>>> = spin::Mutex::new(BTreeMap::new());
-
-fn key_of(p: *const ()) -> usize {
-    p as usize
-}
-
 impl File {
     /// Open `inode` with `mode` and `ops` (Linux: `alloc_file`).
     pub fn new(
@@ -256,9 +247,6 @@ impl File {
             lower,
             device,
         });
-        REGISTRY
-            .lock()
-            .insert(key_of(Arc::as_ptr(&f) as *const ()), Arc::downgrade(&f));
         f
     }
 
@@ -309,7 +297,7 @@ impl File {
     }
     /// Pointer identity.
     pub fn ptr_eq(a: &Arc<File>, b: &FileRef) -> bool {
-        key_of(Arc::as_ptr(a) as *const ()) == key_of(Arc::as_ptr(b) as *const ())
+        core::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
     }
 }
 
@@ -320,26 +308,15 @@ impl VmFile for File {
     fn i_mmap(&self) -> Option<&IMmap> {
         Some(&self.inode.i_mmap)
     }
-}
-
-impl Drop for File {
-    fn drop(&mut self) {
-        let k = key_of(self as *const File as *const ());
-        let mut r = REGISTRY.lock();
-        // Only remove our own entry (a new file may already reuse the address after
-        // our Weak died; its insert replaced ours).
-        if r.get(&k).is_some_and(|w| w.strong_count() == 0) {
-            r.remove(&k);
-        }
+    fn into_any(self: Arc<Self>) -> Arc<dyn core::any::Any + Send + Sync> {
+        self
     }
 }
 
-/// The [`File`] behind a VMA's file handle, if it is one of ours.
+/// The [`File`] behind a VMA's file handle, if it is one of ours (a downcast: no
+/// global table, no lock on the fault path).
 pub fn lookup(f: &FileRef) -> Option<Arc<File>> {
-    let k = key_of(Arc::as_ptr(f) as *const ());
-    let w = REGISTRY.lock().get(&k).cloned();
-    // Upgrade outside the lock: dropping the result may run `File::drop`.
-    w.and_then(|w| w.upgrade())
+    f.clone().into_any().downcast::<File>().ok()
 }
 
 /// Descriptor handed to `->mmap_prepare` (Linux: `struct vm_area_desc`).

@@ -127,6 +127,9 @@ pub trait VmFile: Send + Sync {
     fn i_mmap(&self) -> Option<&super::i_mmap::IMmap> {
         None
     }
+    /// The concrete file, for the layers above that know their own type (the VFS
+    /// recovers its `File` from a VMA's `vm_file` this way). Implement as `self`.
+    fn into_any(self: Arc<Self>) -> Arc<dyn core::any::Any + Send + Sync>;
 }
 
 /// A counted reference to a backing file.
