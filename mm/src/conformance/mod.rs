@@ -3,7 +3,8 @@
 //! Each case is a plain function taking a [`Harness`]: the errno cases of `mmap`,
 //! `munmap`, `mprotect` and `madvise` with their check order, placement, `MAP_FIXED`,
 //! maps and PROCMAP_QUERY ([`syscalls`]), and the `.mmap_prepare` / legacy `.mmap`
-//! file paths ([`file`]). The harness supplies what differs between the two levels:
+//! file paths ([`file`](mod@file)). The harness supplies what differs between the two
+//! levels:
 //!
 //! - on the host ([`host::HostHarness`]), simulated physical memory, and user memory
 //!   touched through [`AddressSpace::copy_from_user`] / [`AddressSpace::copy_to_user`]
@@ -12,9 +13,10 @@
 //!   in CR3, and user memory touched by single-byte probes, so every data access goes
 //!   through the real page-fault handler.
 //!
-//! Both runners generate one named test per case from [`conformance_cases!`]
-//! (`mm/tests/mmap_syscalls.rs` and `mm/tests/mmap_file.rs` on the host,
-//! `kernel/tests/mmap_api.rs` in the kernel); [`CASES`] is the same list as data.
+//! Both runners generate one named test per case from
+//! [`conformance_cases!`](crate::conformance_cases) (`mm/tests/mmap_syscalls.rs` and
+//! `mm/tests/mmap_file.rs` on the host, `kernel/tests/mmap_api.rs` in the kernel);
+//! [`CASES`] is the same list as data.
 //!
 //! A case leaves nothing behind once it returns: every address space and file it made
 //! is dropped, so the frames and VMAs in use are back to where they were (the kernel's
