@@ -38,12 +38,17 @@ impl AddressSpace {
     /// A new, empty address space sharing the kernel's upper half, with Linux's
     /// default x86_64 layout.
     pub fn new() -> Result<Arc<Self>, Errno> {
+        Self::with_layout(MmLayout::default())
+    }
+
+    /// As [`AddressSpace::new`], with a custom layout (tests, exec).
+    pub fn with_layout(layout: MmLayout) -> Result<Arc<Self>, Errno> {
         // SAFETY: the kernel PML4 is the live boot page table, reachable through the direct map; its upper-half tables are never freed while the kernel runs.
         let inner = unsafe {
             mm::mmap::AddressSpace::with_kernel_pml4(
                 memory::frames(),
                 memory::kernel_pml4(),
-                MmLayout::default(),
+                layout,
             )
         }?;
         Ok(Arc::new(Self { inner }))

@@ -6,6 +6,7 @@
 //! `cargo test`, while the kernel crate tests the hardware-facing parts under QEMU.
 //!
 //! Module map (Linux counterpart in brackets):
+//! - [`conformance`]: syscall and `.mmap_prepare` test cases, run on the host and in the kernel.
 //! - [`errno`]: Linux error numbers for syscall-shaped entry points.
 //! - [`frame`]: buddy frame allocator and per-frame metadata [`mm/page_alloc.c`, `struct page`].
 //! - [`paging`]: 4-level page tables, TLB gather [`arch/x86/mm`, `mm/mmu_gather.c`].
@@ -16,6 +17,7 @@
 
 extern crate alloc;
 
+pub mod conformance;
 pub mod errno;
 pub mod file;
 pub mod frame;

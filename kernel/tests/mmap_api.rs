@@ -1,0 +1,114 @@
+//! The syscall conformance suite (`mm::conformance`) in the kernel: the errno cases
+//! and their check order, placement, maps, and the `.mmap_prepare` file paths, on a
+//! real kernel address space loaded in CR3, with every user access a real load or
+//! store that goes through the page-fault handler.
+//!
+//! The same cases run on the host (`mm/tests/mmap_syscalls.rs`, `mm/tests/mmap_file.rs`);
+//! one `#[test_case]` per case is generated from `mm::conformance_cases!`.
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use kernel::address_space::{self, AddressSpace};
+use kernel::arch::extable::{ProbeFault, probe_read, probe_write};
+use kernel::memory;
+use mm::conformance::{Harness, Space, UserFault};
+use mm::frame::FrameAllocator;
+use mm::mmap::MmLayout;
+use x86_64::VirtAddr;
+
+kernel::test_kernel_main!();
+
+/// The kernel level: the global frame allocator, address spaces made current on this
+/// CPU, user bytes touched with fault-probing loads and stores.
+struct KernelHarness;
+
+impl Harness for KernelHarness {
+    fn allocator(&self) -> &'static FrameAllocator {
+        memory::frames()
+    }
+
+    fn frames_in_use(&self) -> u64 {
+        // Not `allocated_frames()`: the heap may grow under a case and never shrinks.
+        memory::usage().frames
+    }
+
+    fn space_with_layout(&self, layout: MmLayout) -> Box<dyn Space + '_> {
+        let mm = AddressSpace::with_layout(layout).expect("no memory for an mm");
+        mm.activate();
+        Box::new(KernelSpace { mm })
+    }
+}
+
+/// A kernel address space under test. It is the CPU's current space whenever a user
+/// access is made, and stops being current when dropped, so that its last reference
+/// goes and it is torn down.
+struct KernelSpace {
+    mm: Arc<AddressSpace>,
+}
+
+impl KernelSpace {
+    /// Loads this space into CR3 if another one (or none) is current.
+    fn make_current(&self) {
+        if !self.mm.is_current() {
+            self.mm.activate();
+        }
+    }
+}
+
+/// The faulting byte of a probe the fault handler could not resolve.
+fn user_fault(f: ProbeFault) -> UserFault {
+    UserFault {
+        addr: f.addr.as_u64() as usize,
+    }
+}
+
+impl Space for KernelSpace {
+    fn asp(&self) -> &mm::mmap::AddressSpace {
+        &self.mm
+    }
+
+    fn read_byte(&self, addr: usize) -> Result<u8, UserFault> {
+        self.make_current();
+        probe_read(VirtAddr::new(addr as u64)).map_err(user_fault)
+    }
+
+    fn write_byte(&self, addr: usize, value: u8) -> Result<(), UserFault> {
+        self.make_current();
+        probe_write(VirtAddr::new(addr as u64), value).map_err(user_fault)
+    }
+}
+
+impl Drop for KernelSpace {
+    fn drop(&mut self) {
+        // The CPU's `current` holds a reference: give it up, or the space outlives
+        // the case and its frames count as a leak.
+        if self.mm.is_current() {
+            address_space::deactivate_current();
+        }
+    }
+}
+
+/// One `#[test_case]` per shared case, in a module per group, so the test names read
+/// `mmap_api::syscalls::mmap_errno_order`.
+macro_rules! kernel_tests {
+    (() $($group:ident: [$($name:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $group {
+                $(
+                    #[test_case]
+                    fn $name() {
+                        mm::conformance::$group::$name(&super::KernelHarness);
+                    }
+                )*
+            }
+        )*
+    };
+}
+mm::conformance_cases!(kernel_tests);
