@@ -10,7 +10,7 @@ use mm::conformance::host::HostHarness;
 
 /// One `#[test]` per shared file case, run with a fresh host harness.
 macro_rules! host_tests {
-    (() syscalls: [$($_syscall_case:ident),* $(,)?], file: [$($name:ident),* $(,)?] $(,)?) => {
+    (() syscalls: [$($_syscall_case:ident),* $(,)?], file: [$($name:ident),* $(,)?], $($other_groups:tt)*) => {
         $(
             #[test]
             fn $name() {

@@ -31,6 +31,7 @@ use crate::mmap::{AddressSpace, MmLayout, PROCMAP_QUERY_COVERING_OR_NEXT_VMA};
 pub mod file;
 #[cfg(not(target_os = "none"))]
 pub mod host;
+pub mod mremap;
 pub mod syscalls;
 
 /// A user access that faulted and could not be resolved (the SIGSEGV/SIGBUS a user
@@ -91,7 +92,7 @@ pub type Case = (&'static str, fn(&dyn Harness));
 /// Calls `$callback!` with the name of every case, grouped by module:
 ///
 /// ```text
-/// $callback! { (extra tokens) syscalls: [name, ...], file: [name, ...] }
+/// $callback! { (extra tokens) syscalls: [name, ...], file: [name, ...], mremap: [name, ...] }
 /// ```
 ///
 /// The runners use it to generate one named test per case, so a case added here
@@ -128,6 +129,19 @@ macro_rules! conformance_cases {
                 device_file_maps_pfns,
                 file_mode_rules,
                 close_hook_is_called_on_munmap_and_replacement,
+            ],
+            mremap: [
+                mremap_errors,
+                mremap_shrink_grow_move_dontunmap,
+                pure_move_spans_vmas_and_keeps_gaps,
+                pure_move_of_part_of_each_end_vma_splits_them,
+                pure_move_must_start_on_a_mapped_page,
+                resizing_or_non_fixed_moves_stay_within_one_vma,
+                pure_move_unmaps_only_each_part_destination,
+                userfaultfd_armed_vma_moves_only_alone,
+                dontunmap_drops_anon_vma_and_mlock_only_when_all_moved,
+                zero_old_len_duplicates_a_shared_mapping_only,
+                sealed_vma_refuses_before_the_range_check,
             ],
         }
     };
@@ -166,11 +180,11 @@ mod tests {
     #[test]
     fn case_names_are_unique_and_grouped() {
         let mut names: alloc::vec::Vec<&str> = CASES.iter().map(|c| c.0).collect();
-        assert!(
-            names
+        assert!(names.iter().all(|n| {
+            ["syscalls::", "file::", "mremap::"]
                 .iter()
-                .all(|n| n.starts_with("syscalls::") || n.starts_with("file::"))
-        );
+                .any(|g| n.starts_with(g))
+        }));
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CASES.len(), "duplicate case names");

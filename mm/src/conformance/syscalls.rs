@@ -2,7 +2,7 @@
 //! placement, MAP_FIXED, munmap/mprotect/madvise, maps and PROCMAP_QUERY, and
 //! frame/VMA baselines.
 //!
-//! mremap is tested on the host only, in `mm/tests/mmap_syscalls.rs`.
+//! mremap has its own group, [`super::mremap`].
 
 use alloc::format;
 use alloc::vec;

@@ -942,7 +942,7 @@ impl Drop for AddressSpace {
         let ts = self.layout.task_size;
         let mut g = self.mm.write_lock();
         let pt = self.pt.get_mut();
-        match g.detach_range(0, ts) {
+        match g.detach_all() {
             Ok(d) => {
                 zap(pt, 0, ts);
                 g.remove_vmas(d);
