@@ -790,6 +790,12 @@ impl<'a> MmWriteGuard<'a> {
             list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
             list.push(x);
         }
+        self.detach_listed(list)
+    }
+
+    /// Take the VMAs in `list` out of the tree in one published update and mark them
+    /// detached (preallocating first, so an error changes nothing).
+    fn detach_listed(&mut self, list: Vec<VmaRef>) -> Result<DetachedVmas, Errno> {
         self.inner().tw.prealloc(list.len())?;
         for &x in &list {
             self.vma_start_write(x);
@@ -818,21 +824,7 @@ impl<'a> MmWriteGuard<'a> {
         while let Some(x) = it.next(&v) {
             list.push(x);
         }
-        self.inner().tw.prealloc(list.len())?;
-        for &x in &list {
-            self.vma_start_write(x);
-        }
-        let mm = self.mm;
-        let inner = self.inner();
-        for &x in &list {
-            inner.tw.erase(x.start());
-        }
-        inner.tw.publish(&mm.tree);
-        for &x in &list {
-            lock::vma_mark_detached(x);
-        }
-        self.inner().map_count -= list.len();
-        Ok(DetachedVmas { vmas: list })
+        self.detach_listed(list)
     }
 
     /// Finish removing detached VMAs: unlink them from their file's `i_mmap`,
