@@ -27,8 +27,7 @@ static DOUBLE_FAULT_STACK: IstStackCell = IstStackCell::new();
 /// Interior-mutable stack storage: the CPU is the only writer.
 struct IstStackCell(core::cell::UnsafeCell<IstStack>);
 
-// SAFETY: the memory is only ever accessed by the CPU as a stack during an
-// exception on the (single, for now) boot CPU; Rust code only takes its address.
+// SAFETY: the memory is only ever accessed by the CPU as a stack during an exception on the (single, for now) boot CPU; Rust code only takes its address.
 unsafe impl Sync for IstStackCell {}
 
 impl IstStackCell {

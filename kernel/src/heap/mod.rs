@@ -122,12 +122,7 @@ fn grow(chunks: &mut Chunks, order: usize) -> Option<()> {
     Some(())
 }
 
-// SAFETY: small layouts are served by their size class, whose objects are at least
-// as big and as aligned as the layout and never overlap; the rest come from a
-// chunk's `Heap`, which hands out non-overlapping blocks of the requested layout.
-// `dealloc` picks the same class from the same layout, or returns the block to the
-// chunk that contains it. Locks serialise all access and disable interrupts, so a
-// handler that allocates can't deadlock.
+// SAFETY: small layouts are served by their size class, whose objects are at least as big and as aligned as the layout and never overlap; the rest come from a chunk's `Heap`, which hands out non-overlapping blocks of the requested layout. `dealloc` picks the same class from the same layout, or returns the block to the chunk that contains it. Locks serialise all access and disable interrupts, so a handler that allocates can't deadlock.
 unsafe impl GlobalAlloc for GrowableHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if let Some(class) = slab::class_of(layout) {

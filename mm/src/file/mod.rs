@@ -132,8 +132,7 @@ impl Inode {
             let pa = self.find_or_create_page(pos / PAGE_SIZE)?;
             let in_page = pos % PAGE_SIZE;
             let n = (PAGE_SIZE - in_page).min(data.len() - done);
-            // SAFETY: `pa` is a page-cache frame we hold a reference on; the direct map
-            // reaches it and `in_page + n <= PAGE_SIZE`.
+            // SAFETY: `pa` is a page-cache frame we hold a reference on; the direct map reaches it and `in_page + n <= PAGE_SIZE`.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     data[done..].as_ptr(),

@@ -59,9 +59,7 @@ pub struct FrameAllocator {
     reserved_frames: u64,
 }
 
-// SAFETY: the metadata array is made only of atomics and is valid for as long as the
-// allocator exists (contract of `new`); the free lists are behind the lock, and the links
-// inside the metadata are only written with that lock held.
+// SAFETY: the metadata array is made only of atomics and is valid for as long as the allocator exists (contract of `new`); the free lists are behind the lock, and the links inside the metadata are only written with that lock held.
 unsafe impl Sync for FrameAllocator {}
 // SAFETY: as for `Sync`; nothing in the allocator is tied to the creating CPU or thread.
 unsafe impl Send for FrameAllocator {}
@@ -144,11 +142,7 @@ impl FrameAllocator {
             .ok_or(FrameError::OutOfMemory)?;
 
         let meta_va = (carve.start * PAGE_SIZE).wrapping_add(phys_offset) as *mut FrameMeta;
-        // SAFETY: `carve` lies inside a usable range, which the caller guarantees is
-        // unused RAM mapped read-write at `phys_offset`; the address is page aligned
-        // (page-aligned physical address plus page-aligned offset), so aligned for
-        // `FrameMeta`, and `meta_frames` frames hold `nr_meta` entries. All-zero bytes are
-        // a valid `FrameMeta`.
+        // SAFETY: `carve` lies inside a usable range, which the caller guarantees is unused RAM mapped read-write at `phys_offset`; the address is page aligned (page-aligned physical address plus page-aligned offset), so aligned for `FrameMeta`, and `meta_frames` frames hold `nr_meta` entries. All-zero bytes are a valid `FrameMeta`.
         let meta = unsafe {
             core::ptr::write_bytes(meta_va, 0, nr_meta);
             NonNull::new(meta_va).ok_or(FrameError::OutOfRange)?
@@ -201,9 +195,7 @@ impl FrameAllocator {
 
     /// The metadata array.
     fn metas(&self) -> &[FrameMeta] {
-        // SAFETY: `meta` points to `nr_meta` initialised entries that live as long as the
-        // allocator (contract of `new`), and are only ever accessed through shared
-        // references (all fields are atomics).
+        // SAFETY: `meta` points to `nr_meta` initialised entries that live as long as the allocator (contract of `new`), and are only ever accessed through shared references (all fields are atomics).
         unsafe { core::slice::from_raw_parts(self.meta.as_ptr(), self.nr_meta) }
     }
 
@@ -321,8 +313,7 @@ impl FrameAllocator {
     /// `kernel_init_pages()`).
     pub fn alloc_zeroed(&self, order: usize) -> Result<PhysAddr, FrameError> {
         let pa = self.alloc(order)?;
-        // SAFETY: the block was just allocated, so nobody else uses it; it is RAM mapped
-        // read-write at `phys_offset` (contract of `new`) and `PAGE_SIZE << order` long.
+        // SAFETY: the block was just allocated, so nobody else uses it; it is RAM mapped read-write at `phys_offset` (contract of `new`) and `PAGE_SIZE << order` long.
         unsafe { core::ptr::write_bytes(self.phys_to_virt(pa), 0, (PAGE_SIZE << order) as usize) };
         Ok(pa)
     }

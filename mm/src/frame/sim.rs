@@ -38,8 +38,7 @@ pub struct SimulatedMemory {
     layout: Layout,
 }
 
-// SAFETY: the buffer is owned by this value alone and only reached through the allocator,
-// which is itself `Send + Sync`.
+// SAFETY: the buffer is owned by this value alone and only reached through the allocator, which is itself `Send + Sync`.
 unsafe impl Send for SimulatedMemory {}
 // SAFETY: as above; shared access goes through the allocator's own synchronisation.
 unsafe impl Sync for SimulatedMemory {}
@@ -77,9 +76,7 @@ impl SimulatedMemory {
             .iter()
             .map(|r| Self::PHYS_BASE + r.start..Self::PHYS_BASE + r.end)
             .collect();
-        // SAFETY: the ranges lie inside `buf`, which nobody else uses and which lives as
-        // long as the allocator (freed only in `drop`, after the allocator is gone, or
-        // never after `leak`); phys + `phys_offset` is the matching address in `buf`.
+        // SAFETY: the ranges lie inside `buf`, which nobody else uses and which lives as long as the allocator (freed only in `drop`, after the allocator is gone, or never after `leak`); phys + `phys_offset` is the matching address in `buf`.
         let allocator = match unsafe { FrameAllocator::new(phys_offset, &ranges) } {
             Ok(a) => a,
             Err(e) => {
@@ -118,8 +115,7 @@ impl SimulatedMemory {
     /// Keeps the memory forever and returns an allocator usable as `'static`.
     pub fn leak(self) -> &'static FrameAllocator {
         let this = core::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so the box is moved out exactly once and the
-        // buffer is never freed.
+        // SAFETY: `this` is never dropped, so the box is moved out exactly once and the buffer is never freed.
         let allocator = unsafe { core::ptr::read(&this.allocator) };
         Box::leak(allocator)
     }
@@ -127,9 +123,7 @@ impl SimulatedMemory {
 
 impl Drop for SimulatedMemory {
     fn drop(&mut self) {
-        // SAFETY: allocated in `with_ranges` with `self.layout`; `&mut self` proves no
-        // borrow of the allocator (hence of the buffer) is alive, and the allocator field
-        // dropped afterwards does not touch the buffer.
+        // SAFETY: allocated in `with_ranges` with `self.layout`; `&mut self` proves no borrow of the allocator (hence of the buffer) is alive, and the allocator field dropped afterwards does not touch the buffer.
         unsafe { dealloc(self.buf.as_ptr(), self.layout) };
     }
 }

@@ -268,9 +268,7 @@ impl AddressSpace {
     ) -> Result<(), FaultError> {
         let new = self.alloc.alloc_zeroed(0).map_err(|_| FaultError::Oom)?;
         if let Some(s) = src {
-            // SAFETY: `s` is a frame mapped by us (we hold the page-table lock, so it
-            // stays referenced) and `new` is ours alone; both are reachable through
-            // the direct map and one page long.
+            // SAFETY: `s` is a frame mapped by us (we hold the page-table lock, so it stays referenced) and `new` is ours alone; both are reachable through the direct map and one page long.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.alloc.phys_to_virt(s),
@@ -314,8 +312,7 @@ impl AddressSpace {
             let a = addr + done;
             let n = (PAGE_SIZE - a % PAGE_SIZE).min(data.len() - done);
             let pa = self.user_page(a, Access::Write)?;
-            // SAFETY: `pa` is the writable frame mapped at `a`'s page (just resolved);
-            // direct-map access within one page.
+            // SAFETY: `pa` is the writable frame mapped at `a`'s page (just resolved); direct-map access within one page.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     data[done..].as_ptr(),

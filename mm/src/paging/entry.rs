@@ -109,8 +109,7 @@ impl Table {
         if let Some(m) = alloc.meta(pa) {
             m.set_flags(FrameFlags::PAGETABLE);
         }
-        // SAFETY: freshly allocated, zeroed, order-0 and ours alone; the allocator's
-        // direct map reaches every frame it hands out.
+        // SAFETY: freshly allocated, zeroed, order-0 and ours alone; the allocator's direct map reaches every frame it hands out.
         Ok(unsafe { Self::from_phys(alloc, pa) })
     }
 
@@ -127,10 +126,7 @@ impl Table {
     fn slot(&self, i: usize) -> &AtomicU64 {
         assert!(i < ENTRIES, "page-table index out of range");
         let base = self.alloc.phys_to_virt(self.pa) as *const AtomicU64;
-        // SAFETY: `from_phys` promised a live, aligned 4 KiB table page reachable at
-        // `base`; `i < 512` keeps the 8-byte slot inside it, and `AtomicU64` has the
-        // layout of the `u64` entry. Entries are only ever accessed atomically, so the
-        // CPU's concurrent A/D updates and other cores are not data races.
+        // SAFETY: `from_phys` promised a live, aligned 4 KiB table page reachable at `base`; `i < 512` keeps the 8-byte slot inside it, and `AtomicU64` has the layout of the `u64` entry. Entries are only ever accessed atomically, so the CPU's concurrent A/D updates and other cores are not data races.
         unsafe { &*base.add(i) }
     }
 
@@ -187,9 +183,7 @@ impl Table {
     /// `child` was read from a present non-leaf entry of this table, which the caller
     /// keeps linked (so the page stays allocated) while the handle is used.
     pub(super) unsafe fn child(self, child: PhysAddr) -> Table {
-        // SAFETY: non-leaf entries in tables this layer manages only ever point at table
-        // pages from the same allocator (created by `Table::alloc` or shared in by
-        // `share_pmd_*`, whose contract says the same); the caller keeps it linked.
+        // SAFETY: non-leaf entries in tables this layer manages only ever point at table pages from the same allocator (created by `Table::alloc` or shared in by `share_pmd_*`, whose contract says the same); the caller keeps it linked.
         unsafe { Table::from_phys(self.alloc, child) }
     }
 }

@@ -71,8 +71,7 @@ impl PageTableRoot {
             return Err(MapError::WrongAllocator);
         }
         let table = other.pmd_table_at(other_va).ok_or(MapError::NotMapped)?;
-        // SAFETY: `table` is a PD table linked in `other`, which `&other` keeps alive
-        // until we hold our own share; same allocator, checked above.
+        // SAFETY: `table` is a PD table linked in `other`, which `&other` keeps alive until we hold our own share; same allocator, checked above.
         unsafe { self.share_pmd_table(va, table) }
     }
 

@@ -48,8 +48,7 @@ impl PageTableRoot {
     ) -> Result<Self, MapError> {
         let root = Table::alloc(alloc)?;
         if let Some(kpa) = kernel_pml4 {
-            // SAFETY: the caller vouches that `kernel_pml4` is a live PML4 reachable
-            // through the direct map; we only read it.
+            // SAFETY: the caller vouches that `kernel_pml4` is a live PML4 reachable through the direct map; we only read it.
             let k = unsafe { Table::from_phys(alloc, kpa.align_down(4096u64)) };
             for i in KERNEL_PML4_START..ENTRIES {
                 root.store(i, k.load(i));
@@ -155,8 +154,7 @@ impl PageTableRoot {
                     g.remove_leaf(va, size, old);
                 }
                 Kind::Table(pa) => {
-                    // SAFETY: read from a present non-leaf entry that stays linked until
-                    // we clear it below.
+                    // SAFETY: read from a present non-leaf entry that stays linked until we clear it below.
                     let child = unsafe { table.child(pa) };
                     let lower = level.lower().expect("tables only above the PT");
                     if lower == Level::Pd && child.share_count() > 0 {

@@ -158,8 +158,7 @@ impl PageTableRoot {
             let e = table.load(index);
             match (e.kind(level), level.lower()) {
                 (Kind::Table(pa), Some(lower)) => {
-                    // SAFETY: read from a present non-leaf entry; `&self` keeps the tables
-                    // linked for the duration of the walk.
+                    // SAFETY: read from a present non-leaf entry; `&self` keeps the tables linked for the duration of the walk.
                     table = unsafe { table.child(pa) };
                     level = lower;
                 }

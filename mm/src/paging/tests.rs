@@ -768,8 +768,7 @@ fn kernel_half_is_shared_not_owned() {
     kpml4.store(300, entry::Pte(kpdpt.pa().as_u64() | TABLE_FLAGS.bits()));
     let kva = 0xffff_0000_0000_0000 | (300u64 << 39);
     {
-        // SAFETY: `kpml4` is a live table in this allocator's direct map; its upper-half
-        // tables outlive the space.
+        // SAFETY: `kpml4` is a live table in this allocator's direct map; its upper-half tables outlive the space.
         let mut s = unsafe { PageTableRoot::new(a, Some(kpml4.pa())) }.unwrap();
         let t = s.translate(va(kva + 77)).unwrap();
         assert_eq!((t.phys.as_u64(), t.size), (MMIO + 77, PageSize::Size1G));

@@ -106,8 +106,7 @@ impl TlbBackend for HwTlb {
                 use x86_64::registers::control::{Cr4, Cr4Flags};
                 let cr4 = Cr4::read();
                 if cr4.contains(Cr4Flags::PAGE_GLOBAL) {
-                    // SAFETY: toggling PGE off and back on changes no translation; it
-                    // only drops every TLB entry, global ones included (SDM 4.10.4.1).
+                    // SAFETY: toggling PGE off and back on changes no translation; it only drops every TLB entry, global ones included (SDM 4.10.4.1).
                     unsafe {
                         Cr4::write(cr4 - Cr4Flags::PAGE_GLOBAL);
                         Cr4::write(cr4);
@@ -123,8 +122,7 @@ impl TlbBackend for HwTlb {
         use x86_64::registers::control::{Cr3, Cr3Flags};
         use x86_64::structures::paging::PhysFrame;
         let frame = PhysFrame::containing_address(root);
-        // SAFETY: the caller guarantees `root` maps the running kernel and outlives its
-        // time in CR3. No PCID: the write flushes all non-global entries.
+        // SAFETY: the caller guarantees `root` maps the running kernel and outlives its time in CR3. No PCID: the write flushes all non-global entries.
         unsafe { Cr3::write(frame, Cr3Flags::empty()) };
     }
 }

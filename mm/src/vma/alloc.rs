@@ -138,8 +138,7 @@ pub(super) fn vm_area_free(vma: VmaRef) {
         debug_assert!(false, "vm_area_free of attached VMA {:?}", vma);
         return;
     }
-    // SAFETY: detached and handed to us by the owner: no one else may touch it now
-    // (lock-free readers only read atomics and fail on refcnt 0).
+    // SAFETY: detached and handed to us by the owner: no one else may touch it now (lock-free readers only read atomics and fail on refcnt 0).
     unsafe {
         super::anon::unlink_anon_vmas(vma);
         *vma.file_mut() = None;

@@ -285,9 +285,7 @@ const _: () = assert!(core::mem::size_of::<Vma>() <= 192);
 const _: () = assert!(core::mem::offset_of!(Vma, cold) == 128);
 const _: () = assert!(core::mem::offset_of!(Vma, vm_end) < 64);
 
-// SAFETY: all fields are atomics except the `UnsafeCell`s, whose accessors either take
-// a `VmaStable` proof (shared access excluded from writers by the lock protocol) or are
-// `unsafe`/`pub(super)` with the writer's exclusivity documented at the call site.
+// SAFETY: all fields are atomics except the `UnsafeCell`s, whose accessors either take a `VmaStable` proof (shared access excluded from writers by the lock protocol) or are `unsafe`/`pub(super)` with the writer's exclusivity documented at the call site.
 unsafe impl Sync for Vma {}
 // SAFETY: a VMA owns only `Send` data (Arcs of `Send + Sync` types, atomics).
 unsafe impl Send for Vma {}
@@ -371,8 +369,7 @@ impl Vma {
     #[inline]
     pub fn ops(&self) -> Option<&'static VmOperations> {
         let p = self.vm_ops.load(Ordering::Acquire);
-        // SAFETY: `vm_ops` only ever holds null or a pointer derived from a
-        // `&'static VmOperations` (see `set_ops`).
+        // SAFETY: `vm_ops` only ever holds null or a pointer derived from a `&'static VmOperations` (see `set_ops`).
         unsafe { p.as_ref() }
     }
     /// Linux: `vma_is_anonymous()`.
@@ -404,9 +401,7 @@ impl Vma {
     /// Linux: `anon_vma`; a new counted reference.
     pub fn anon_vma(&self) -> Option<AnonVmaRef> {
         let p = self.anon_vma.load(Ordering::Acquire);
-        // SAFETY: a non-null `anon_vma` pointer carries a reference owned by this VMA,
-        // released only by a writer holding the VMA write lock; `clone_raw` takes its
-        // own reference while that one is still held (callers of readers hold a lock).
+        // SAFETY: a non-null `anon_vma` pointer carries a reference owned by this VMA, released only by a writer holding the VMA write lock; `clone_raw` takes its own reference while that one is still held (callers of readers hold a lock).
         unsafe { AnonVmaRef::clone_raw(p) }
     }
     /// True if `anon_vma` is set ("faulted").
@@ -493,8 +488,7 @@ impl Vma {
     pub(super) fn replace_anon_vma(&self, new: Option<AnonVmaRef>) -> Option<AnonVmaRef> {
         let p = new.map_or(core::ptr::null_mut(), AnonVmaRef::into_raw);
         let old = self.anon_vma.swap(p, Ordering::AcqRel);
-        // SAFETY: the slot held either null or a pointer produced by `into_raw`, whose
-        // reference is transferred back to us by the swap.
+        // SAFETY: the slot held either null or a pointer produced by `into_raw`, whose reference is transferred back to us by the swap.
         unsafe { AnonVmaRef::from_raw(old) }
     }
 }

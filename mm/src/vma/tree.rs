@@ -58,10 +58,10 @@ pub(super) struct Node {
 
 #[inline]
 fn h(n: *const Node) -> u32 {
-    // SAFETY: callers pass null or a live node of a tree they may read.
     if n.is_null() {
         0
     } else {
+        // SAFETY: callers pass null or a live node of a tree they may read.
         unsafe { (*n).height }
     }
 }
@@ -141,8 +141,7 @@ pub struct TreeEntry {
 impl<'a> TreeView<'a> {
     #[inline]
     fn node(&self, p: *const Node) -> Option<&'a Node> {
-        // SAFETY: nodes reachable from a root loaded under the mmap lock or inside an
-        // RCU section are immutable and stay allocated for the view's lifetime.
+        // SAFETY: nodes reachable from a root loaded under the mmap lock or inside an RCU section are immutable and stay allocated for the view's lifetime.
         unsafe { p.as_ref() }
     }
 
@@ -362,8 +361,7 @@ pub(super) struct TreeWriter {
     pub(super) fail_prealloc: bool,
 }
 
-// SAFETY: the raw node pointers are owned by this writer (or shared read-only with
-// readers per the RCU protocol); the writer is only used under the mmap write lock.
+// SAFETY: the raw node pointers are owned by this writer (or shared read-only with readers per the RCU protocol); the writer is only used under the mmap write lock.
 unsafe impl Send for TreeWriter {}
 // SAFETY: as above.
 unsafe impl Sync for TreeWriter {}
