@@ -4,7 +4,7 @@
 //! and so runs here only.
 
 use mm::conformance::host::HostHarness;
-use mm::conformance::mremap;
+use mm::conformance::{mremap, vmas};
 use mm::errno::Errno;
 use mm::frame::FrameAllocator;
 use mm::frame::sim::simulated;
@@ -33,10 +33,6 @@ fn setup() -> (&'static FrameAllocator, u64, AddressSpace) {
     zero_page(a).unwrap();
     let base = a.allocated_frames();
     (a, base, AddressSpace::new(a).unwrap())
-}
-
-fn vmas(asp: &AddressSpace) -> Vec<(usize, usize)> {
-    mm::conformance::vmas(asp)
 }
 
 fn read(asp: &AddressSpace, addr: usize, n: usize) -> Vec<u8> {

@@ -14,7 +14,9 @@
 //! let mem = SimulatedMemory::new(4 << 20);
 //! let fa = mem.allocator();
 //! let pa = fa.alloc_zeroed(0).unwrap();
-//! assert_eq!(unsafe { *fa.phys_to_virt(pa) }, 0);
+//! // SAFETY: `pa` is a frame we just allocated; the simulated direct map reaches it.
+//! let first = unsafe { *fa.phys_to_virt(pa) };
+//! assert_eq!(first, 0);
 //! fa.free(pa, 0).unwrap();
 //! ```
 

@@ -65,9 +65,9 @@ fn fill(fa: &FrameAllocator, p: PhysAddr, order: usize, byte: u8) {
 }
 
 fn all_bytes(fa: &FrameAllocator, p: PhysAddr, order: usize, byte: u8) -> bool {
+    let len = (PAGE_SIZE << order) as usize;
     // SAFETY: as in `fill`.
-    let s =
-        unsafe { core::slice::from_raw_parts(fa.phys_to_virt(p), (PAGE_SIZE << order) as usize) };
+    let s = unsafe { core::slice::from_raw_parts(fa.phys_to_virt(p), len) };
     s.iter().all(|&b| b == byte)
 }
 

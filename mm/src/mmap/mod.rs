@@ -38,9 +38,7 @@ use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
 use crate::frame::FrameAllocator;
 use crate::paging::{MmuGather, PageTableFlags, PageTableRoot, Translation};
-use crate::vma::{
-    DetachedVmas, Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaMergeStruct, VmaRef,
-};
+use crate::vma::{Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaMergeStruct, VmaRef};
 
 /// Linux x86_64 `TASK_SIZE_MAX` (47-bit user space minus the guard page).
 pub const TASK_SIZE: usize = 0x7fff_ffff_f000;
@@ -521,11 +519,6 @@ impl AddressSpace {
         Ok((a, populate))
     }
 
-    /// Free removed VMAs (the engine unlinks them from their files' `i_mmap`).
-    fn remove_detached(&self, g: &mut MmWriteGuard<'_>, d: DetachedVmas) {
-        g.remove_vmas(d);
-    }
-
     /// Linux: `__mmap_region()` (§4.1).
     #[allow(clippy::too_many_arguments)]
     fn mmap_region(
@@ -544,7 +537,7 @@ impl AddressSpace {
         if g.find_vma_intersection(addr, end).is_some() {
             let d = g.detach_range(addr, end)?;
             zap(pt, addr, end);
-            self.remove_detached(g, d);
+            g.remove_vmas(d);
         }
         // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory.
         if vm_flags.contains(VmFlags::WRITE)
@@ -699,7 +692,7 @@ impl AddressSpace {
             return Ok(());
         }
         zap(pt, start, end);
-        self.remove_detached(g, d);
+        g.remove_vmas(d);
         Ok(())
     }
 

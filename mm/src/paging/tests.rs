@@ -922,10 +922,8 @@ fn raw_share_rejects_non_table_pages() {
     let mut s = space(a);
     let f = a.alloc(0).unwrap();
     // SAFETY: the call must refuse `f`, which is not marked as a page table.
-    assert_eq!(
-        unsafe { s.share_pmd_table(va(G1), f) },
-        Err(MapError::NotMapped)
-    );
+    let r = unsafe { s.share_pmd_table(va(G1), f) };
+    assert_eq!(r, Err(MapError::NotMapped));
     a.free(f, 0).unwrap();
 }
 
