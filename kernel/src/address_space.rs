@@ -8,9 +8,9 @@
 //! reference tears the lower half down (`exit_mmap`): every VMA, page-table page and
 //! mapped frame goes back.
 //!
-//! Lock order (Linux's): mmap lock → VMA write lock → file i_mmap lock → anon_vma
-//! lock → page-table lock. Never touch user memory while holding the page-table
-//! lock: the fault would need it.
+//! Lock order: the memory manager's, written once in `mm::sync`. Never touch user
+//! memory through its user address while holding the page-table lock: the fault
+//! would need it (`copy_to_user` goes through the direct map instead).
 
 use alloc::sync::Arc;
 use core::ops::Deref;

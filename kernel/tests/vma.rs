@@ -60,7 +60,9 @@ fn mprotect_style_split_then_remerge() {
     let v = g.map_anon(0x10_0000, 0x10_0000 + 8 * P, 0x100, RW).unwrap();
     let ro = RW - VmFlags::WRITE;
     let mid = g
-        .vma_modify_flags(Some(v), v, 0x10_0000 + 2 * P, 0x10_0000 + 4 * P, ro)
+        .vma_modify_flags(Some(v), v, 0x10_0000 + 2 * P, 0x10_0000 + 4 * P, &mut {
+            ro
+        })
         .unwrap();
     g.vma_set_flags(mid, ro).unwrap();
     assert_eq!(g.map_count(), 3);
@@ -77,7 +79,7 @@ fn mprotect_style_split_then_remerge() {
     let mut g = mm.write_lock();
     let prev = g.vma_prev_of(0x10_2000);
     let merged = g
-        .vma_modify_flags(prev, mid, 0x10_2000, 0x10_4000, RW)
+        .vma_modify_flags(prev, mid, 0x10_2000, 0x10_4000, &mut { RW })
         .unwrap();
     g.vma_set_flags(merged, RW).unwrap();
     assert_eq!(g.map_count(), 1);

@@ -5,6 +5,35 @@
 //! interrupts for as long as the guard lives, so a handler on the same CPU can never
 //! spin on a lock its own CPU holds. On the host (tests) there are no interrupts and
 //! it is a plain spin lock.
+//!
+//! # Lock order
+//!
+//! The one statement of the memory manager's lock order; every other module refers
+//! here. It is Linux's (`mm/rmap.c`'s header): a path may take a lock only while it
+//! holds none of a higher rank.
+//!
+//! | rank | lock | Linux | here | who takes it |
+//! |---|---|---|---|---|
+//! | 1 | mmap lock | `mmap_lock` | `Mm`'s `spin::RwLock` ([`crate::vma::Mm::write_lock`], `read_lock`) | syscalls (write), the fault slow path (write), populate (read) |
+//! | 2 | VMA lock | `vm_refcnt` + `vm_lock_seq` | [`crate::vma::lock`] | write: under the mmap write lock, waits for the VMA's readers to leave; read: the fault fast path, never waits (a reader that cannot get it falls back to the mmap lock) |
+//! | 3 | hugetlb vma lock | `hugetlb_vma_lock` | not yet (hugetlb) | |
+//! | 4 | file `i_mmap` | `i_mmap_rwsem` | [`crate::vma::IMmap`]'s `RwLock` | the VMA engine's link, commit and removal (write); rmap walkers (read) |
+//! | 5 | anon_vma | `anon_vma->rwsem` | none: anon_vma chains change only under ranks 1 and 2 | |
+//! | 6 | page-table lock | `page_table_lock` / split PTE locks | `AddressSpace`'s `spin::Mutex<PageTableRoot>` | every page-table walk that changes or reads PTEs for a copy: zap, protect, the fault's PTE install, `copy_to_user`/`copy_from_user` (held across the copy so the frame cannot be freed under it) |
+//! | 7 | page cache | `i_pages` lock | `Inode`'s page map | the fault (under rank 6) and file writes |
+//! | 8 | leaves | zone lock, slab | frame allocator (`IrqSpinLock`), zero-page registry, kernel heap | anywhere; they take nothing else |
+//!
+//! The rule that matters most for the per-VMA locks: nothing waits for a VMA lock
+//! (rank 2) while holding the page-table lock (rank 6). The fault fast path holds a
+//! VMA read lock and then takes the page-table lock; a syscall write-locks every VMA
+//! it changes (waiting for those readers) *before* it takes the page-table lock for
+//! the zap or protect that follows, and drops it before the next VMA. Doing it the
+//! other way round deadlocks (a fault waits for the page-table lock while the
+//! syscall, holding it, waits for the fault's VMA read lock to go).
+//!
+//! Interrupts: only locks an interrupt handler also takes disable interrupts
+//! ([`IrqSpinLock`]: the frame allocator). The memory manager's own locks (ranks 1 to
+//! 7) are never taken from interrupt context, so they leave interrupts enabled.
 
 use core::ops::{Deref, DerefMut};
 

@@ -17,7 +17,7 @@ const FIXED_MOVE: u32 = MREMAP_MAYMOVE | MREMAP_FIXED;
 
 /// One `#[test]` per shared mremap case, run with a fresh host harness.
 macro_rules! host_tests {
-    (() syscalls: $_s:tt, file: $_f:tt, mremap: [$($name:ident),* $(,)?] $(,)?) => {
+    (() syscalls: $_s:tt, file: $_f:tt, mremap: [$($name:ident),* $(,)?], $($other_groups:tt)*) => {
         $(
             #[test]
             fn $name() {

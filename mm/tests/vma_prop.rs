@@ -138,7 +138,9 @@ fn protect(g: &mut MmWriteGuard<'_>, s: usize, e: usize, nf: VmFlags) {
             } else {
                 Some(v)
             };
-            let r = g.vma_modify_flags(prev, v, ps, pe, nf).expect("modify");
+            let r = g
+                .vma_modify_flags(prev, v, ps, pe, &mut { nf })
+                .expect("modify");
             assert!(r.start() <= ps && r.end() >= pe, "modify covers the piece");
             g.vma_start_write(r);
             g.vma_set_flags(r, nf).unwrap();

@@ -152,7 +152,7 @@ fn split_respects_max_map_count_but_dunder_split_bypasses() {
     assert!(g.vma_is_write_locked(v) && g.vma_is_write_locked(new));
     assert_eq!(g.map_count(), 2);
     // vma_modify needs a split → ENOMEM at the limit, nothing changed.
-    let r = g.vma_modify_flags(Some(new), new, 0x2000, 0x3000, F | VmFlags::EXEC);
+    let r = g.vma_modify_flags(Some(new), new, 0x2000, 0x3000, &mut (F | VmFlags::EXEC));
     assert_eq!(r.err(), Some(Errno::ENOMEM));
     assert_eq!(g.map_count(), 2);
     assert_eq!(g.split_vma(v, 0, false).err(), Some(Errno::ENOMEM));

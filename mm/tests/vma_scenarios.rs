@@ -115,7 +115,7 @@ fn test_simple_modify() {
     drop(g);
     let mut g = mm.write_lock();
     let r = g
-        .vma_modify_flags(Some(vma), vma, 0x1000, 0x2000, F | VmFlags::EXEC)
+        .vma_modify_flags(Some(vma), vma, 0x1000, 0x2000, &mut (F | VmFlags::EXEC))
         .unwrap();
     assert!(core::ptr::eq(r, vma), "returns the original object");
     assert_eq!(range(vma), (0x1000, 0x2000, 1));

@@ -32,6 +32,7 @@ pub mod file;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 pub mod mremap;
+pub mod regress;
 pub mod syscalls;
 
 /// A user access that faulted and could not be resolved (the SIGSEGV/SIGBUS a user
@@ -92,7 +93,7 @@ pub type Case = (&'static str, fn(&dyn Harness));
 /// Calls `$callback!` with the name of every case, grouped by module:
 ///
 /// ```text
-/// $callback! { (extra tokens) syscalls: [name, ...], file: [name, ...], mremap: [name, ...] }
+/// $callback! { (extra tokens) syscalls: [name, ...], file: [...], mremap: [...], regress: [...] }
 /// ```
 ///
 /// The runners use it to generate one named test per case, so a case added here
@@ -143,6 +144,14 @@ macro_rules! conformance_cases {
                 zero_old_len_duplicates_a_shared_mapping_only,
                 sealed_vma_refuses_before_the_range_check,
             ],
+            regress: [
+                pure_move_with_dontunmap_visits_each_vma_once,
+                mremap_shrink_past_task_size_is_einval_and_leaks_nothing,
+                overflowing_mremap_arguments_are_errors,
+                mprotect_read_only_drops_vm_account_until_faulted,
+                mprotect_and_madvise_keep_sticky_flags_of_a_merge,
+                refused_page_table_change_fails_before_vmas_change,
+            ],
         }
     };
 }
@@ -181,7 +190,7 @@ mod tests {
     fn case_names_are_unique_and_grouped() {
         let mut names: alloc::vec::Vec<&str> = CASES.iter().map(|c| c.0).collect();
         assert!(names.iter().all(|n| {
-            ["syscalls::", "file::", "mremap::"]
+            ["syscalls::", "file::", "mremap::", "regress::"]
                 .iter()
                 .any(|g| n.starts_with(g))
         }));

@@ -396,7 +396,9 @@ impl VmAreaDesc {
 /// `remap_pfn_range`). The VMA is detached: not yet visible in the tree.
 pub struct MmapCtx<'g, 'm> {
     pub(crate) g: &'g mut MmWriteGuard<'m>,
-    pub(crate) pt: &'g mut PageTableRoot,
+    /// The page tables, locked only around each page-table step (the page-table lock
+    /// is innermost: see [`crate::mmap`]).
+    pub(crate) pt: &'g spin::Mutex<PageTableRoot>,
     pub(crate) vma: VmaRef,
 }
 
@@ -448,6 +450,7 @@ impl MmapCtx<'_, '_> {
         self.g.vma_set_flags(v, flags)?;
         let pte = PageTableFlags::from_bits_truncate(v.page_prot());
         self.pt
+            .lock()
             .map(
                 VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
                 PhysAddr::new(phys),
@@ -459,12 +462,16 @@ impl MmapCtx<'_, '_> {
     /// Undo a partial driver mapping (Linux: `unmap_region` on the error path).
     pub(crate) fn zap_all(&mut self) {
         let v = self.vma;
-        let mut gather = MmuGather::new(self.pt);
-        let _ = self.pt.unmap(
+        let mut pt = self.pt.lock();
+        let mut gather = MmuGather::new(&pt);
+        let r = pt.unmap(
             VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
             &mut gather,
         );
         gather.finish();
+        // The VMA was validated by mmap before the hook ran: its range is a plain
+        // user range of 4 KiB pages, which unmap always accepts.
+        debug_assert!(r.is_ok(), "mmap: undoing a driver mapping failed: {r:?}");
     }
 }
 

@@ -280,13 +280,17 @@ impl AddressSpace {
         if let Some(m) = self.alloc.meta(new) {
             m.set_flags(FrameFlags::ANON);
         }
-        if replace {
-            super::zap(pt, page, page + PAGE_SIZE);
-        }
-        if pt
-            .map_frame(va(page), new, PageSize::Size4K, pte_prot(flags, true))
-            .is_err()
-        {
+        let prot = pte_prot(flags, true);
+        let mapped = if replace {
+            // Linux: wp_page_copy() swaps the PTE in place, so no table page is needed.
+            let mut g = MmuGather::new(pt);
+            let r = pt.replace_frame(va(page), new, prot, &mut g);
+            g.finish();
+            r
+        } else {
+            pt.map_frame(va(page), new, PageSize::Size4K, prot)
+        };
+        if mapped.is_err() {
             let _ = self.alloc.put_frame(new);
             return Err(FaultError::Oom);
         }
@@ -309,17 +313,17 @@ impl AddressSpace {
     pub fn copy_to_user(&self, addr: usize, data: &[u8]) -> Result<(), FaultError> {
         let mut done = 0;
         while done < data.len() {
-            let a = addr + done;
+            let a = addr.checked_add(done).ok_or(FaultError::MapErr)?;
             let n = (PAGE_SIZE - a % PAGE_SIZE).min(data.len() - done);
-            let pa = self.user_page(a, Access::Write)?;
-            // SAFETY: `pa` is the writable frame mapped at `a`'s page (just resolved); direct-map access within one page.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    data[done..].as_ptr(),
-                    self.alloc.phys_to_virt(pa).add(a % PAGE_SIZE),
-                    n,
-                )
-            };
+            let src = &data[done..done + n];
+            self.with_user_page(a, Access::Write, |p| {
+                // SAFETY: `p` points at byte `a % PAGE_SIZE` of a frame mapped writable
+                // at `a`'s page, and `n` bytes stay within that page. The page-table lock
+                // is held for the whole copy, and frames are freed only after their PTE
+                // was cleared under that lock: the frame cannot be freed and reused by
+                // someone else while we write.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p, n) }
+            })?;
             done += n;
         }
         Ok(())
@@ -329,31 +333,46 @@ impl AddressSpace {
     pub fn copy_from_user(&self, addr: usize, buf: &mut [u8]) -> Result<(), FaultError> {
         let mut done = 0;
         while done < buf.len() {
-            let a = addr + done;
+            let a = addr.checked_add(done).ok_or(FaultError::MapErr)?;
             let n = (PAGE_SIZE - a % PAGE_SIZE).min(buf.len() - done);
-            let pa = self.user_page(a, Access::Read)?;
-            // SAFETY: `pa` is the frame mapped at `a`'s page; direct-map read within it.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    self.alloc.phys_to_virt(pa).add(a % PAGE_SIZE),
-                    buf[done..].as_mut_ptr(),
-                    n,
-                )
-            };
+            let dst = &mut buf[done..done + n];
+            self.with_user_page(a, Access::Read, |p| {
+                // SAFETY: as in `copy_to_user`: `p..p + n` lies in a frame mapped at `a`'s
+                // page, kept from being freed by the page-table lock held across the copy.
+                unsafe { core::ptr::copy_nonoverlapping(p.cast_const(), dst.as_mut_ptr(), n) }
+            })?;
             done += n;
         }
         Ok(())
     }
 
-    /// The frame at `addr` after making it accessible for `access` (as the MMU would:
-    /// fault if the PTE is absent or lacks the permission).
-    fn user_page(&self, addr: usize, access: Access) -> Result<PhysAddr, FaultError> {
+    /// Run `f` on a direct-map pointer to `addr`'s byte in the frame mapped there, once
+    /// the mapping permits `access` (faulting as the MMU would if the PTE is absent or
+    /// lacks the permission). The translation and `f` run under one hold of the
+    /// page-table lock: an unmap, MADV_DONTNEED or copy-on-write replacing the PTE
+    /// cannot free the frame in between (Linux pins the page with GUP for the same
+    /// reason; here the copy is short enough to hold the lock instead).
+    fn with_user_page(
+        &self,
+        addr: usize,
+        access: Access,
+        f: impl FnOnce(*mut u8),
+    ) -> Result<(), FaultError> {
+        let mut f = Some(f);
         for _ in 0..3 {
-            if let Some(t) = self.translate(addr & !(PAGE_SIZE - 1)) {
-                let ok = t.flags.contains(PageTableFlags::PRESENT)
-                    && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
-                if ok {
-                    return Ok(t.frame);
+            {
+                let pt = self.pt.lock();
+                if let Some(t) = pt.translate(va(addr & !(PAGE_SIZE - 1))) {
+                    let ok = t.flags.contains(PageTableFlags::PRESENT)
+                        && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
+                    if ok {
+                        if let Some(f) = f.take() {
+                            // SAFETY: the offset is below PAGE_SIZE, inside the frame's
+                            // direct-map window.
+                            f(unsafe { self.alloc.phys_to_virt(t.frame).add(addr % PAGE_SIZE) });
+                        }
+                        return Ok(());
+                    }
                 }
             }
             self.handle_fault(addr, access)?;

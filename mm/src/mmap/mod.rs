@@ -15,10 +15,12 @@
 //! ```
 //!
 //! # Locking
-//! mmap lock ([`Mm::write_lock`]) → page-table lock (the `spin::Mutex` around
-//! [`PageTableRoot`]). Syscalls take both; the fault fast path takes a VMA read lock
-//! ([`Mm::lock_vma_under_rcu`]) and the page-table lock, and falls back to the mmap
-//! write lock when it must create an anon_vma or grow a stack.
+//! In the order of [`crate::sync`]: syscalls take the mmap write lock, write-lock
+//! each VMA they change, and only then take the page-table lock (the `spin::Mutex`
+//! around [`PageTableRoot`]) for each zap or protect, never across a VMA lock. The
+//! fault fast path takes a VMA read lock ([`Mm::lock_vma_under_rcu`]) and then the
+//! page-table lock, and falls back to the mmap write lock when it must create an
+//! anon_vma or grow a stack.
 
 pub mod consts;
 mod fault;
@@ -177,19 +179,23 @@ fn vm_start_gap(v: VmaRef, gap: usize) -> usize {
     }
 }
 
-/// Zap `[start, end)` in the page tables (Linux: `zap_page_range_single` /
-/// `unmap_region`). Ranges come from VMAs, which never split a huge page here.
-fn zap(pt: &mut PageTableRoot, start: usize, end: usize) {
+/// Zap `[start, end)` in page tables the caller has locked (Linux:
+/// `zap_page_range_single` / `unmap_region`).
+///
+/// Fails only on a range the page tables refuse (outside the user half, cutting a huge
+/// page or touching a shared PMD table); nothing changes then. Callers check the range
+/// before they change any VMA, so a failure here is a bug they must report, never
+/// swallow: a VMA removed while its PTEs stay mapped would leak the pages' contents to
+/// the next mapping of that range.
+fn zap_locked(pt: &mut PageTableRoot, start: usize, end: usize) -> Result<(), Errno> {
     if start >= end {
-        return;
+        return Ok(());
     }
     let mut g = MmuGather::new(pt);
-    if let Err(e) = pt.unmap(va(start)..va(end), &mut g) {
-        log::error!("mmap: zap {start:#x}..{end:#x} failed: {e}");
-    }
+    let r = pt.unmap(va(start)..va(end), &mut g);
     g.finish();
+    r.map_err(Errno::from)
 }
-
 impl AddressSpace {
     /// A new, empty address space whose page tables and pages come from `alloc`
     /// (Linux: `mm_alloc` + `pgd_alloc`). The kernel half of the PML4 is empty; see
@@ -275,6 +281,22 @@ impl AddressSpace {
     /// Record the initial stack pointer (Linux: `mm->start_stack`, names `[stack]`).
     pub fn set_start_stack(&self, addr: usize) {
         self.start_stack.store(addr, Ordering::Relaxed);
+    }
+
+    /// Zap `[start, end)` under the page-table lock (see [`zap_locked`]). The
+    /// page-table lock is the innermost lock: callers hold the mmap lock and have
+    /// write-locked or detached the VMAs of the range, and never hold it here.
+    fn zap(&self, start: usize, end: usize) -> Result<(), Errno> {
+        zap_locked(&mut self.pt.lock(), start, end)
+    }
+
+    /// Would the page tables accept a zap or protect of `[start, end)`? Checked before
+    /// any VMA changes, so that the page-table step after them cannot fail.
+    fn check_pt_range(&self, start: usize, end: usize) -> Result<(), Errno> {
+        self.pt
+            .lock()
+            .check_modify_range(va(start)..va(end))
+            .map_err(Errno::from)
     }
 
     // ---- placement ---------------------------------------------------------------
@@ -512,8 +534,7 @@ impl AddressSpace {
         if flags & MAP_NORESERVE != 0 {
             vm_flags |= VmFlags::NORESERVE;
         }
-        let mut pt = self.pt.lock();
-        let a = self.mmap_region(&mut g, &mut pt, file, addr, len, vm_flags, pgoff)?;
+        let a = self.mmap_region(&mut g, file, addr, len, vm_flags, pgoff)?;
         let populate = vm_flags.contains(VmFlags::LOCKED)
             || flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE;
         Ok((a, populate))
@@ -524,7 +545,6 @@ impl AddressSpace {
     fn mmap_region(
         &self,
         g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
         file: Option<Arc<File>>,
         addr: usize,
         len: usize,
@@ -535,9 +555,7 @@ impl AddressSpace {
         // 2. Gather the overlapped VMAs and clear their page tables. They cannot be
         // restored after this point (Linux: vms_clear_ptes in __mmap_setup).
         if g.find_vma_intersection(addr, end).is_some() {
-            let d = g.detach_range(addr, end)?;
-            zap(pt, addr, end);
-            g.remove_vmas(d);
+            self.do_munmap(g, addr, len)?;
         }
         // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory.
         if vm_flags.contains(VmFlags::WRITE)
@@ -612,7 +630,7 @@ impl AddressSpace {
                 if let (Some(mmap), Some(f)) = (legacy, file.as_ref()) {
                     let mut ctx = MmapCtx {
                         g: &mut *g,
-                        pt: &mut *pt,
+                        pt: &self.pt,
                         vma: v,
                     };
                     if let Err(e) = mmap(f, &mut ctx) {
@@ -622,7 +640,8 @@ impl AddressSpace {
                     }
                 }
                 if let Err(e) = g.vma_link(v) {
-                    zap(pt, addr, end);
+                    // A legacy hook may have mapped PFNs into the range.
+                    self.zap(addr, end)?;
                     g.vm_area_free(v);
                     return Err(e);
                 }
@@ -667,33 +686,39 @@ impl AddressSpace {
     /// length; ENOMEM if a hole punched in one VMA would exceed `max_map_count`;
     /// unmapping holes succeeds. Linux: `do_vmi_munmap()`.
     pub fn munmap(&self, addr: usize, len: usize) -> Result<(), Errno> {
-        let ts = self.layout.task_size;
-        if addr % PAGE_SIZE != 0 || addr > ts || len > ts - addr {
-            return Err(Errno::EINVAL);
-        }
         let len = page_align(len).ok_or(Errno::EINVAL)?;
         if len == 0 {
             return Err(Errno::EINVAL);
         }
         let mut g = self.mm.write_lock();
-        let mut pt = self.pt.lock();
-        self.do_munmap(&mut g, &mut pt, addr, addr + len)
+        self.do_munmap(&mut g, addr, len)
     }
 
-    fn do_munmap(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        start: usize,
-        end: usize,
-    ) -> Result<(), Errno> {
+    /// Unmap `[start, start + len)` under the mmap write lock (Linux:
+    /// `do_vmi_munmap()`). The range check comes first, before any addition: EINVAL
+    /// for an unaligned start or a range reaching past `task_size`, whatever the
+    /// caller (munmap, mmap's MAP_FIXED, mremap's shrink and moves all come through
+    /// here). Then the VMAs are split and detached, the page tables zapped and the VMAs
+    /// freed. Lock order: the VMAs are write-locked (waiting for their readers) before
+    /// the page-table lock is taken for the zap.
+    fn do_munmap(&self, g: &mut MmWriteGuard<'_>, start: usize, len: usize) -> Result<(), Errno> {
+        let ts = self.layout.task_size;
+        if start % PAGE_SIZE != 0 || start > ts || len > ts - start {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_align(len).ok_or(Errno::EINVAL)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = start + len;
+        self.check_pt_range(start, end)?;
         let d = g.detach_range(start, end)?;
         if d.is_empty() {
             return Ok(());
         }
-        zap(pt, start, end);
+        let zapped = self.zap(start, end);
         g.remove_vmas(d);
-        Ok(())
+        zapped
     }
 
     // ---- mprotect -----------------------------------------------------------------
@@ -722,7 +747,6 @@ impl AddressSpace {
             return Err(Errno::EINVAL);
         }
         let mut g = self.mm.write_lock();
-        let mut pt = self.pt.lock();
         let Some(mut vma) = g.find_vma(start) else {
             return Err(Errno::ENOMEM);
         };
@@ -765,36 +789,14 @@ impl AddressSpace {
                 return Err(Errno::ENOMEM);
             }
             let old = vma.flags();
-            let mut newflags = newbits | (old - VmFlags::ACCESS);
+            let newflags = newbits | (old - VmFlags::ACCESS);
             // Linux: (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS.
             let may = VmFlags::from_bits_retain(newflags.bits() >> 4);
             if !(newflags & !may & VmFlags::ACCESS).is_empty() {
                 return Err(Errno::EACCES);
             }
             let vend = vma.end().min(end);
-            // Linux: mprotect_fixup().
-            if newflags.contains(VmFlags::WRITE)
-                && !old.intersects(
-                    VmFlags::ACCOUNT | VmFlags::SHARED | VmFlags::NORESERVE | VmFlags::HUGETLB,
-                )
-            {
-                newflags |= VmFlags::ACCOUNT;
-            }
-            let v = if newflags == old {
-                vma
-            } else {
-                let v = g.vma_modify_flags(prev, vma, tmp, vend, newflags)?;
-                g.vma_start_write(v);
-                g.vma_set_flags(v, newflags)?;
-                g.vma_set_page_prot(v, vm_get_page_prot(newflags))?;
-                let pte = pte_prot(newflags, newflags.contains(VmFlags::SHARED));
-                let mut gather = MmuGather::new(&pt);
-                if let Err(e) = pt.protect(va(tmp)..va(vend), pte, &mut gather) {
-                    log::error!("mprotect: change_protection failed: {e}");
-                }
-                gather.finish();
-                v
-            };
+            let v = self.mprotect_fixup(&mut g, prev, vma, tmp, vend, newflags)?;
             tmp = vend;
             if tmp >= end {
                 break;
@@ -806,6 +808,57 @@ impl AddressSpace {
             }
         }
         Ok(())
+    }
+
+    /// Apply `newflags` to `[start, end)` of `vma`, splitting or merging as needed.
+    /// Linux: `mprotect_fixup()`.
+    ///
+    /// Commit accounting follows Linux: a private mapping made writable gains
+    /// `VM_ACCOUNT` unless it was already accounted, writable, hugetlb, shared or
+    /// NORESERVE; an anonymous mapping made read-only loses it while it has no
+    /// anon_vma (nothing was ever charged against it that a fault could rely on). Both
+    /// decide which neighbours the result can merge with. The page tables are checked
+    /// before any VMA changes, so the protection change after it cannot fail.
+    fn mprotect_fixup(
+        &self,
+        g: &mut MmWriteGuard<'_>,
+        prev: Option<VmaRef>,
+        vma: VmaRef,
+        start: usize,
+        end: usize,
+        mut newflags: VmFlags,
+    ) -> Result<VmaRef, Errno> {
+        let old = vma.flags();
+        if newflags == old {
+            return Ok(vma);
+        }
+        if newflags.contains(VmFlags::WRITE) {
+            let charged = VmFlags::ACCOUNT
+                | VmFlags::WRITE
+                | VmFlags::HUGETLB
+                | VmFlags::SHARED
+                | VmFlags::NORESERVE;
+            if !old.intersects(charged) {
+                newflags |= VmFlags::ACCOUNT;
+            }
+        } else if old.contains(VmFlags::ACCOUNT) && vma.is_anonymous() && !vma.has_anon_vma() {
+            newflags -= VmFlags::ACCOUNT;
+        }
+        self.check_pt_range(start, end)?;
+        // `newflags` picks up the sticky flags of a merge.
+        let v = g.vma_modify_flags(prev, vma, start, end, &mut newflags)?;
+        g.vma_start_write(v);
+        g.vma_set_flags(v, newflags)?;
+        g.vma_set_page_prot(v, vm_get_page_prot(newflags))?;
+        // Linux: change_protection(). The VMA is write-locked, so no fault can install
+        // a PTE with the old protection while the page-table lock is dropped.
+        let pte = pte_prot(newflags, newflags.contains(VmFlags::SHARED));
+        let mut pt = self.pt.lock();
+        let mut gather = MmuGather::new(&pt);
+        let r = pt.protect(va(start)..va(end), pte, &mut gather);
+        gather.finish();
+        r.map_err(Errno::from)?;
+        Ok(v)
     }
 
     // ---- madvise ------------------------------------------------------------------
@@ -837,7 +890,6 @@ impl AddressSpace {
             return Ok(());
         }
         let mut g = self.mm.write_lock();
-        let mut pt = self.pt.lock();
         let (first, p) = g.find_vma_prev(start);
         let mut vma = first;
         let mut prev = match vma {
@@ -858,7 +910,7 @@ impl AddressSpace {
                 }
             }
             let tmp = v.end().min(end);
-            let nv = self.madvise_vma(&mut g, &mut pt, prev, v, start, tmp, advice)?;
+            let nv = self.madvise_vma(&mut g, prev, v, start, tmp, advice)?;
             prev = Some(nv);
             start = tmp;
             if start < nv.end() {
@@ -872,11 +924,9 @@ impl AddressSpace {
         unmapped
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn madvise_vma(
         &self,
         g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
         prev: Option<VmaRef>,
         vma: VmaRef,
         start: usize,
@@ -890,7 +940,7 @@ impl AddressSpace {
                 if old.intersects(VmFlags::LOCKED | VmFlags::PFNMAP) {
                     return Err(Errno::EINVAL);
                 }
-                zap(pt, start, end);
+                self.zap(start, end)?;
                 return Ok(vma);
             }
             MADV_NORMAL => old - (VmFlags::SEQ_READ | VmFlags::RAND_READ),
@@ -921,8 +971,10 @@ impl AddressSpace {
         if new == old {
             return Ok(vma);
         }
-        // Linux: madvise_update_vma() → vma_modify_flags().
-        let v = g.vma_modify_flags(prev, vma, start, end, new)?;
+        // Linux: madvise_update_vma() → vma_modify_flags(); `new` picks up the sticky
+        // flags of a merge.
+        let mut new = new;
+        let v = g.vma_modify_flags(prev, vma, start, end, &mut new)?;
         g.vma_start_write(v);
         g.vma_set_flags(v, new)?;
         Ok(v)
@@ -937,7 +989,9 @@ impl Drop for AddressSpace {
         let pt = self.pt.get_mut();
         match g.detach_all() {
             Ok(d) => {
-                zap(pt, 0, ts);
+                if let Err(e) = zap_locked(pt, 0, ts) {
+                    log::error!("exit_mmap: zap failed: {e}");
+                }
                 g.remove_vmas(d);
             }
             Err(e) => log::error!("exit_mmap: detach failed: {e}"),

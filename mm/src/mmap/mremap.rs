@@ -8,7 +8,7 @@
 //! unmaps the source: if moving the entries runs out of memory, the copy is unmapped
 //! instead and the source is left exactly as it was.
 
-use super::{AddressSpace, page_align, va, zap};
+use super::{AddressSpace, page_align, va, zap_locked};
 use crate::errno::Errno;
 use crate::mmap::consts::*;
 use crate::paging::{PageSize, PageTableRoot};
@@ -43,9 +43,15 @@ impl Remap {
         self.new_len > self.old_len || self.implies_new_addr()
     }
 
-    /// Source and fixed destination overlap. Linux: `vrm_overlaps()`.
+    /// Source and fixed destination overlap. Linux: `vrm_overlaps()`, whose unsigned
+    /// ends wrap: an old range running past the top of the address space has an end
+    /// below its start there, and the errno that follows (EFAULT from the VMA checks,
+    /// not EINVAL here) is Linux's. The wrap is deliberate, never an overflow panic;
+    /// `new_addr + new_len` was validated not to exceed `task_size`.
     fn overlaps(&self) -> bool {
-        self.addr < self.new_addr + self.new_len && self.new_addr < self.addr + self.old_len
+        let end_old = self.addr.wrapping_add(self.old_len);
+        let end_new = self.new_addr.wrapping_add(self.new_len);
+        end_old > self.new_addr && end_new > self.addr
     }
 }
 
@@ -107,21 +113,20 @@ impl AddressSpace {
         }
 
         let mut g = self.mm.write_lock();
-        let mut pt = self.pt.lock();
         // Linux: check_map_count_against_split_early() — the destination unmap and a
         // shrink may each split one VMA, the copy adds one and the source unmap one.
         if g.map_count() + 4 > g.max_map_count() {
             return Err(Errno::ENOMEM);
         }
         if r.move_only() {
-            return self.remap_move(&mut g, &mut pt, r);
+            return self.remap_move(&mut g, r);
         }
         let vma = g.vma_lookup(addr).ok_or(Errno::EFAULT)?;
         self.check_prep(vma, &r)?;
         if r.implies_new_addr() {
-            self.mremap_to(&mut g, &mut pt, r)
+            self.mremap_to(&mut g, r)
         } else {
-            self.mremap_at(&mut g, &mut pt, vma, r)
+            self.mremap_at(&mut g, vma, r)
         }
     }
 
@@ -164,18 +169,14 @@ impl AddressSpace {
     /// Resize without a new address (Linux: `mremap_at()`): same size is a no-op, a
     /// shrink unmaps the tail, growth extends in place when the space after the VMA
     /// is free, else moves (MREMAP_MAYMOVE) or fails with ENOMEM.
-    fn mremap_at(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        vma: VmaRef,
-        r: Remap,
-    ) -> Result<usize, Errno> {
+    fn mremap_at(&self, g: &mut MmWriteGuard<'_>, vma: VmaRef, r: Remap) -> Result<usize, Errno> {
         if r.new_len == r.old_len {
             return Ok(r.addr);
         }
         if r.new_len < r.old_len {
-            self.do_munmap(g, pt, r.addr + r.new_len, r.addr + r.old_len)?;
+            // Linux: shrink_vma() → do_vmi_munmap(), whose range check refuses a tail
+            // running past `task_size` (EINVAL) before anything is unmapped.
+            self.do_munmap(g, r.addr + r.new_len, r.old_len - r.new_len)?;
             return Ok(r.addr);
         }
         // Linux: expand_vma().
@@ -190,7 +191,7 @@ impl AddressSpace {
             return Err(Errno::ENOMEM);
         }
         let target = self.get_unmapped_area(g, 0, r.new_len, false)?;
-        self.move_vma(g, pt, vma, r, target)
+        self.move_vma(g, vma, r, target)
     }
 
     /// Can `vma` grow by `delta` bytes where it is? Linux: `vma_expandable()`.
@@ -203,12 +204,7 @@ impl AddressSpace {
 
     /// Move to a new address (Linux: `mremap_to()`): with MREMAP_FIXED, unmap the
     /// destination first; shrink the source if asked; pick the destination; move.
-    fn mremap_to(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        mut r: Remap,
-    ) -> Result<usize, Errno> {
+    fn mremap_to(&self, g: &mut MmWriteGuard<'_>, mut r: Remap) -> Result<usize, Errno> {
         let fixed = r.flags & MREMAP_FIXED != 0;
         if fixed {
             // Linux refuses this in get_unmapped_area (security_mmap_addr) after the
@@ -216,10 +212,10 @@ impl AddressSpace {
             if r.new_addr < self.layout.mmap_min_addr {
                 return Err(Errno::EPERM);
             }
-            self.do_munmap(g, pt, r.new_addr, r.new_addr + r.new_len)?;
+            self.do_munmap(g, r.new_addr, r.new_len)?;
         }
         if r.old_len > r.new_len {
-            self.do_munmap(g, pt, r.addr + r.new_len, r.addr + r.old_len)?;
+            self.do_munmap(g, r.addr + r.new_len, r.old_len - r.new_len)?;
             r.old_len = r.new_len;
         }
         // The unmaps above may have split or replaced the VMA: look it up again.
@@ -229,7 +225,7 @@ impl AddressSpace {
         } else {
             self.get_unmapped_area(g, 0, r.new_len, false)?
         };
-        self.move_vma(g, pt, vma, r, target)
+        self.move_vma(g, vma, r, target)
     }
 
     /// A pure move across every VMA in `[addr, addr + old_len)` (Linux: `remap_move()`,
@@ -238,17 +234,18 @@ impl AddressSpace {
     /// moved as its own MREMAP_FIXED request; a failure part-way leaves the parts
     /// already moved where they went, as in Linux. A userfaultfd-armed VMA may only
     /// move alone (EFAULT otherwise). Returns the first part's new address.
-    fn remap_move(
-        &self,
-        g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
-        r: Remap,
-    ) -> Result<usize, Errno> {
-        let (start, end) = (r.addr, r.addr + r.old_len);
+    fn remap_move(&self, g: &mut MmWriteGuard<'_>, r: Remap) -> Result<usize, Errno> {
+        // Linux's `end` wraps for a range past the top, and its VMA walk then finds
+        // nothing: EFAULT.
+        let start = r.addr;
+        let end = r.addr.checked_add(r.old_len).ok_or(Errno::EFAULT)?;
         let mut result = Err(Errno::EFAULT);
         let mut target = r.new_addr;
         let mut last_end = 0;
         let mut seen = false;
+        // The walk's position (Linux: the VMA iterator's index). It moves past each VMA
+        // as found, before the VMA is moved: a VMA that stays where it was (DONTUNMAP,
+        // or a source unmap that failed for lack of memory) is not visited again.
         let mut cursor = start;
         while let Some(vma) = g.find_vma(cursor) {
             if vma.start() >= end {
@@ -261,6 +258,7 @@ impl AddressSpace {
             let len = end.min(vma.end()) - addr;
             let gap = if seen { vma.start() - last_end } else { 0 };
             last_end = vma.end();
+            cursor = vma.end();
             let part = Remap {
                 addr,
                 old_len: len,
@@ -274,13 +272,12 @@ impl AddressSpace {
                 return Err(Errno::EFAULT);
             }
             self.check_prep(vma, &part)?;
-            let moved_to = self.mremap_to(g, pt, part)?;
+            let moved_to = self.mremap_to(g, part)?;
             if !seen {
                 result = Ok(moved_to);
             }
             seen = true;
             target = moved_to + len;
-            cursor = addr + len;
         }
         result
     }
@@ -292,7 +289,6 @@ impl AddressSpace {
     fn move_vma(
         &self,
         g: &mut MmWriteGuard<'_>,
-        pt: &mut PageTableRoot,
         vma: VmaRef,
         r: Remap,
         new_addr: usize,
@@ -315,9 +311,12 @@ impl AddressSpace {
         let mut src = vma;
         let (new_vma, _) = g.copy_vma(&mut src, new_addr, r.new_len, new_pgoff)?;
         let moved = r.old_len.min(r.new_len);
-        if let Err(e) = move_page_tables(pt, r.addr, new_addr, moved) {
+        // Both VMAs are write-locked (the copy is new, or a neighbour the merge locked):
+        // the page-table lock, innermost, is taken only now.
+        let pt_moved = move_page_tables(&mut self.pt.lock(), r.addr, new_addr, moved);
+        if let Err(e) = pt_moved {
             // Nothing of the source changed: drop the copy and keep the original.
-            self.do_munmap(g, pt, new_addr, new_addr + r.new_len)?;
+            self.do_munmap(g, new_addr, r.new_len)?;
             return Err(e);
         }
         if r.flags & MREMAP_DONTUNMAP != 0 {
@@ -331,7 +330,7 @@ impl AddressSpace {
             }
         } else if r.old_len > 0 {
             // Linux: unmap_source_vma() is best effort too; the move itself is done.
-            if let Err(e) = self.do_munmap(g, pt, r.addr, r.addr + r.old_len) {
+            if let Err(e) = self.do_munmap(g, r.addr, r.old_len) {
                 log::warn!("mremap: unmapping the old range failed: {e}");
             }
         }
@@ -360,17 +359,16 @@ fn move_page_tables(
         };
         if t.size != PageSize::Size4K {
             // Huge leaves belong to hugetlb VMAs, which move by whole huge pages.
-            zap(pt, new, new + off);
+            zap_locked(pt, new, new + off)?;
             return Err(Errno::EINVAL);
         }
         let flags = t.flags & crate::paging::LEAF_FLAGS;
         let at = va(new + off);
         if let Err(e) = pt.map(at..at + PAGE_SIZE as u64, t.frame, PageSize::Size4K, flags) {
-            zap(pt, new, new + off.min(len));
+            zap_locked(pt, new, new + off.min(len))?;
             return Err(Errno::from(e));
         }
         off += PAGE_SIZE;
     }
-    zap(pt, old, old + len);
-    Ok(())
+    zap_locked(pt, old, old + len)
 }

@@ -385,6 +385,42 @@ impl PageTableRoot {
         self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash)
     }
 
+    /// Replaces the 4 KiB leaf at `va` by one mapping the allocated frame `pa`, in
+    /// place (Linux: `wp_page_copy`: `ptep_clear_flush` + `set_pte_at` on the same PTE
+    /// slot). Takes over one reference the caller holds on `pa` and adds one map count;
+    /// the old leaf's map count drops now and its reference is put by `g` after the TLB
+    /// flush, as for an unmap. Needs no allocation: the leaf's table stays, so a
+    /// copy-on-write can never lose the old page for want of a table page.
+    ///
+    /// Errors, with nothing changed: `NotMapped` (no leaf at `va`), `PartialHugePage`
+    /// (the leaf is huge), `Misaligned`, `OutOfRange`, `InvalidFlags`, `NotAllocated`.
+    pub fn replace_frame(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        flags: F,
+        g: &mut MmuGather,
+    ) -> Result<(), MapError> {
+        let page = PageSize::Size4K.bytes();
+        let end = va.as_u64().checked_add(page).ok_or(MapError::OutOfRange)?;
+        let (start, _) = user_range(&(va..VirtAddr::new_truncate(end)), page)?;
+        check_flags(flags)?;
+        let alloc = self.allocator();
+        let m = alloc.meta(pa).ok_or(MapError::NotAllocated)?;
+        if !m.flags().contains(FrameFlags::HEAD) || m.refcount() == 0 || m.order() != 0 {
+            return Err(MapError::NotAllocated);
+        }
+        let (table, i, size) = self.find_leaf(start).ok_or(MapError::NotMapped)?;
+        if size != PageSize::Size4K {
+            return Err(MapError::PartialHugePage);
+        }
+        m.inc_mapcount();
+        g.add_cpus(self.active_cpus());
+        let (old, _) = table.update(i, |_| leaf_pte(pa, size, flags, true));
+        g.remove_leaf(start, size, old);
+        Ok(())
+    }
+
     /// Checks that an unmap/protect of `start..end` under `table` splits no huge page and
     /// touches no shared PD table.
     fn check_modify(
@@ -460,6 +496,14 @@ impl PageTableRoot {
                 }
             }
         }
+    }
+
+    /// Would [`unmap`](Self::unmap) or [`protect`](Self::protect) accept `range`? The
+    /// same checks, with nothing changed: callers run it before they change VMAs, so the
+    /// page-table step after them cannot fail (validate, then mutate).
+    pub fn check_modify_range(&self, range: Range<VirtAddr>) -> Result<(), MapError> {
+        let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
+        self.check_modify(self.root_table(), Level::Pml4, 0, start, end)
     }
 
     /// Unmaps everything in `range` (Linux: `zap_page_range_single` + `free_pgd_range`):

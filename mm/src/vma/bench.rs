@@ -60,12 +60,12 @@ pub fn split_remerge(mm: &Mm, i: usize) -> Result<(), Errno> {
     } else {
         Some(vma)
     };
-    let mid = g.vma_modify_flags(prev, vma, s, e, ro)?;
+    let mid = g.vma_modify_flags(prev, vma, s, e, &mut { ro })?;
     g.vma_set_flags(mid, ro)?;
     drop(g);
     let mut g = mm.write_lock();
     let prev = g.vma_prev_of(s);
-    let merged = g.vma_modify_flags(prev, mid, s, e, BENCH_FLAGS)?;
+    let merged = g.vma_modify_flags(prev, mid, s, e, &mut { BENCH_FLAGS })?;
     g.vma_set_flags(merged, BENCH_FLAGS)?;
     Ok(())
 }

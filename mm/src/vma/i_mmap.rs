@@ -8,8 +8,7 @@
 //! (truncate, hugetlb PMD sharing, rmap) ask which VMAs map file pages `[first, last]`
 //! under the read lock and never see a stale or half-updated entry.
 //!
-//! Lock order: mmap_lock → VMA write lock → hugetlb vma lock → **i_mmap** →
-//! anon_vma lock → page-table lock. The engine takes the write side only while it
+//! Lock order: rank 4 of the table in [`crate::sync`]. The engine takes the write side only while it
 //! holds the mmap write lock and the affected VMAs' write locks.
 
 use alloc::vec::Vec;

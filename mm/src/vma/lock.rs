@@ -18,8 +18,8 @@
 //! readers to leave spin (`core::hint::spin_loop`). The states and orderings are those
 //! of Linux; replacing the spin with an rcuwait is local to [`wait_refcnt`].
 //!
-//! Lock order (§8): mmap_lock → VMA write lock(s) → [hugetlb vma_lock] → i_mmap →
-//! anon_vma root → page-table lock.
+//! Lock order: rank 2 of the table in [`crate::sync`] (mmap_lock → VMA write lock(s)
+//! → hugetlb vma_lock → i_mmap → anon_vma → page-table lock).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 

@@ -524,19 +524,26 @@ impl MmWriteGuard<'_> {
         Ok(vma)
     }
 
-    /// Linux: `vma_modify_flags()` — `vma_modify` with new flags as the proposal. The
-    /// flags are *not* applied: the caller sets them on the returned (write-locked) VMA.
+    /// Linux: `vma_modify_flags()` — `vma_modify` with `*flags` as the proposal. The
+    /// flags are *not* applied: the caller sets `*flags` on the returned (write-locked)
+    /// VMA. When a merge succeeded, `*flags` becomes the merged VMA's flags, which may
+    /// carry sticky flags ([`VmFlags::STICKY`]) a neighbour contributed; the caller
+    /// must not drop them by applying its own copy (Linux passes `vm_flags_ptr` for this).
     pub fn vma_modify_flags(
         &mut self,
         prev: Option<VmaRef>,
         vma: VmaRef,
         start: usize,
         end: usize,
-        flags: VmFlags,
+        flags: &mut VmFlags,
     ) -> Result<VmaRef, Errno> {
         let mut vmg = VmaMergeStruct::from_vma(self, prev, vma, start, end);
-        vmg.flags = flags;
-        self.vma_modify(&mut vmg)
+        vmg.flags = *flags;
+        let v = self.vma_modify(&mut vmg)?;
+        if vmg.state == VmaMergeState::Success {
+            *flags = v.flags();
+        }
+        Ok(v)
     }
 
     /// Split with the `max_map_count` check. Linux: `split_vma()`.
