@@ -151,6 +151,8 @@ macro_rules! conformance_cases {
                 mprotect_read_only_drops_vm_account_until_faulted,
                 mprotect_and_madvise_keep_sticky_flags_of_a_merge,
                 refused_page_table_change_fails_before_vmas_change,
+                accounting_follows_the_vmas_and_limits_refuse,
+                overcommit_guess_refuses_a_charge_larger_than_ram,
             ],
         }
     };

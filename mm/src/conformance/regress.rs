@@ -8,7 +8,7 @@ use super::{Harness, vmas};
 use crate::errno::Errno;
 use crate::mmap::*;
 use crate::paging::{PageSize, PageTableFlags};
-use crate::vma::VmFlags;
+use crate::vma::{VmFlags, VmStat};
 
 const P: usize = 4096;
 const RW: u32 = PROT_READ | PROT_WRITE;
@@ -252,4 +252,160 @@ pub fn refused_page_table_change_fails_before_vmas_change(h: &dyn Harness) {
     asp.mprotect(x, huge, PROT_READ).unwrap();
     asp.munmap(x, huge).unwrap();
     assert!(asp.translate(x).is_none());
+}
+
+/// The counters `vm_stat_account` keeps, checked against a recount of the VMAs.
+fn stat_matches_vmas(asp: &AddressSpace) -> VmStat {
+    let g = asp.mm().write_lock();
+    let s = g.vm_stat();
+    assert_eq!(
+        s,
+        VmStat::recount(g.vmas()),
+        "counters drifted from the VMAs"
+    );
+    s
+}
+
+/// Defect 8's accounting audit: `total_vm`/`data_vm`/`exec_vm`/`stack_vm` and the
+/// commit charge follow every mmap, mprotect, mremap and munmap (Linux:
+/// `vm_stat_account`), and the limits Linux checks refuse with ENOMEM before anything
+/// changes: `RLIMIT_AS` and `RLIMIT_DATA` (`may_expand_vm`) and the overcommit
+/// heuristic (a single charge larger than RAM).
+pub fn accounting_follows_the_vmas_and_limits_refuse(h: &dyn Harness) {
+    let layout = MmLayout {
+        as_limit: 64 * P,
+        data_limit: 16 * P,
+        ..MmLayout::default()
+    };
+    let space = h.space_with_layout(layout);
+    let asp = space.asp();
+    assert_eq!(stat_matches_vmas(asp), VmStat::default());
+    let a = asp
+        .mmap(0x6000_0000, 4 * P, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    asp.mmap(0x6100_0000, 2 * P, PROT_READ, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    asp.mmap(
+        0x6200_0000,
+        P,
+        PROT_READ | PROT_EXEC,
+        PA | MAP_FIXED,
+        None,
+        0,
+    )
+    .unwrap();
+    let sh = asp
+        .mmap(
+            0x6300_0000,
+            2 * P,
+            RW,
+            MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+            None,
+            0,
+        )
+        .unwrap();
+    let s = stat_matches_vmas(asp);
+    assert_eq!(
+        (s.total_vm, s.data_vm, s.exec_vm, s.stack_vm, s.committed),
+        (9, 4, 1, 0, 4)
+    );
+    // Read-only and never faulted: no longer data, no longer charged; and back.
+    asp.mprotect(a, 4 * P, PROT_READ).unwrap();
+    let s = stat_matches_vmas(asp);
+    assert_eq!((s.data_vm, s.committed), (0, 0));
+    asp.mprotect(a, 4 * P, RW).unwrap();
+    assert_eq!(stat_matches_vmas(asp).committed, 4);
+    // NORESERVE: data, not charged. GROWSDOWN: stack.
+    asp.mmap(
+        0x6400_0000,
+        2 * P,
+        RW,
+        PA | MAP_FIXED | MAP_NORESERVE,
+        None,
+        0,
+    )
+    .unwrap();
+    asp.mmap(
+        0x6500_0000,
+        2 * P,
+        RW,
+        PA | MAP_FIXED | MAP_GROWSDOWN,
+        None,
+        0,
+    )
+    .unwrap();
+    let s = stat_matches_vmas(asp);
+    assert_eq!(
+        (s.total_vm, s.data_vm, s.stack_vm, s.committed),
+        (13, 6, 2, 6)
+    );
+    // mremap growth in place and a move keep the counters exact.
+    assert_eq!(asp.mremap(a, 4 * P, 6 * P, 0, 0), Ok(a));
+    let moved = asp
+        .mremap(a, 6 * P, 6 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x6600_0000)
+        .unwrap();
+    let s = stat_matches_vmas(asp);
+    assert_eq!((s.total_vm, s.data_vm, s.committed), (15, 8, 8));
+
+    // RLIMIT_DATA (16 pages): 8 more private writable pages do not fit, read-only
+    // ones do, and making those writable does not either.
+    let before = vmas(asp);
+    assert_eq!(
+        asp.mmap(0x6700_0000, 9 * P, RW, PA | MAP_FIXED, None, 0),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(vmas(asp), before);
+    let r = asp
+        .mmap(0x6700_0000, 9 * P, PROT_READ, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    assert_eq!(asp.mprotect(r, 9 * P, RW), Err(Errno::ENOMEM));
+    assert_eq!(
+        asp.mremap(moved, 6 * P, 15 * P, MREMAP_MAYMOVE, 0),
+        Err(Errno::ENOMEM)
+    );
+    // RLIMIT_AS (64 pages, 24 in use): 41 more do not fit, 40 do; MAP_FIXED over
+    // mapped pages counts them as given back.
+    assert_eq!(stat_matches_vmas(asp).total_vm, 24);
+    assert_eq!(
+        asp.mmap(0x6800_0000, 41 * P, PROT_READ, PA | MAP_FIXED, None, 0),
+        Err(Errno::ENOMEM)
+    );
+    asp.mmap(0x6800_0000, 40 * P, PROT_READ, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    asp.mmap(r, 9 * P, PROT_READ, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    assert_eq!(
+        asp.mremap(sh, 2 * P, 3 * P, MREMAP_MAYMOVE, 0),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(stat_matches_vmas(asp).total_vm, 64);
+    for (s, e) in vmas(asp) {
+        asp.munmap(s, e - s).unwrap();
+    }
+    assert_eq!(stat_matches_vmas(asp), VmStat::default());
+}
+
+/// The overcommit heuristic (Linux's default `OVERCOMMIT_GUESS`): one charge larger
+/// than all of RAM is ENOMEM at mmap, mprotect and mremap; MAP_NORESERVE and
+/// read-only mappings are not charged.
+pub fn overcommit_guess_refuses_a_charge_larger_than_ram(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let ram = h.allocator().stats().total_frames as usize;
+    let big = (ram + 1) * P;
+    assert_eq!(asp.mmap(0, big, RW, PA, None, 0), Err(Errno::ENOMEM));
+    assert_eq!(asp.map_count(), 0);
+    let nr = asp.mmap(0, big, RW, PA | MAP_NORESERVE, None, 0).unwrap();
+    asp.munmap(nr, big).unwrap();
+    let ro = asp.mmap(0, big, PROT_READ, PA, None, 0).unwrap();
+    assert_eq!(asp.mprotect(ro, big, RW), Err(Errno::ENOMEM));
+    assert_eq!(vmas(asp), vec![(ro, ro + big)]);
+    asp.munmap(ro, big).unwrap();
+    let small = asp.mmap(0, P, RW, PA, None, 0).unwrap();
+    // The growth (not the new length) is what is charged.
+    assert_eq!(
+        asp.mremap(small, P, big + P, MREMAP_MAYMOVE, 0),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(stat_matches_vmas(asp).committed, 1);
 }

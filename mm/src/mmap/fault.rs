@@ -147,10 +147,16 @@ impl AddressSpace {
                 return Err(Errno::ENOMEM);
             }
         }
+        let grow = (vma.start() - address) / PAGE_SIZE;
+        // Linux: acct_stack_growth() — address-space limit, stack limit, then the
+        // commit charge (last: it is the one with a side effect in Linux).
+        if !self.may_expand_vm(g, vma.flags(), grow) {
+            return Err(Errno::ENOMEM);
+        }
         if vma.end() - address > l.stack_limit {
             return Err(Errno::ENOMEM);
         }
-        let grow = (vma.start() - address) / PAGE_SIZE;
+        self.vm_enough_memory(grow)?;
         let pgoff = vma.pgoff().checked_sub(grow).ok_or(Errno::ENOMEM)?;
         g.vma_start_write(vma);
         g.anon_vma_prepare(vma)?;

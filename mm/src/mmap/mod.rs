@@ -40,7 +40,10 @@ use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
 use crate::frame::FrameAllocator;
 use crate::paging::{MmuGather, PageTableFlags, PageTableRoot, Translation};
-use crate::vma::{Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaMergeStruct, VmaRef};
+use crate::vma::stat::is_data_mapping;
+use crate::vma::{
+    Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmStat, VmaMergeStruct, VmaRef,
+};
 
 /// Linux x86_64 `TASK_SIZE_MAX` (47-bit user space minus the guard page).
 pub const TASK_SIZE: usize = 0x7fff_ffff_f000;
@@ -78,6 +81,10 @@ pub struct MmLayout {
     pub stack_guard_gap: usize,
     /// Linux: `rlimit(RLIMIT_STACK)`.
     pub stack_limit: usize,
+    /// Linux: `rlimit(RLIMIT_AS)` in bytes; `usize::MAX` is `RLIM_INFINITY`.
+    pub as_limit: usize,
+    /// Linux: `rlimit(RLIMIT_DATA)` in bytes; `usize::MAX` is `RLIM_INFINITY`.
+    pub data_limit: usize,
 }
 
 impl Default for MmLayout {
@@ -91,6 +98,8 @@ impl Default for MmLayout {
             mmap_min_addr: MMAP_MIN_ADDR,
             stack_guard_gap: STACK_GUARD_GAP,
             stack_limit: RLIMIT_STACK,
+            as_limit: usize::MAX,
+            data_limit: usize::MAX,
         }
     }
 }
@@ -297,6 +306,40 @@ impl AddressSpace {
             .lock()
             .check_modify_range(va(start)..va(end))
             .map_err(Errno::from)
+    }
+
+    // ---- accounting ----------------------------------------------------------------
+
+    /// The page counters (Linux: `mm->total_vm`, `data_vm`, `exec_vm`, `stack_vm`, and
+    /// the commit charge of `VM_ACCOUNT` mappings).
+    pub fn vm_stat(&self) -> VmStat {
+        self.mm.read_lock().vm_stat()
+    }
+
+    /// May the address space grow by `npages` pages of a mapping with flags `flags`?
+    /// Linux: `may_expand_vm()`: `RLIMIT_AS` bounds every page, `RLIMIT_DATA` the
+    /// private writable ones.
+    fn may_expand_vm(&self, g: &MmWriteGuard<'_>, flags: VmFlags, npages: usize) -> bool {
+        let s = g.vm_stat();
+        let limit = |bytes: usize| bytes / PAGE_SIZE;
+        if s.total_vm.saturating_add(npages) > limit(self.layout.as_limit) {
+            return false;
+        }
+        !(is_data_mapping(flags)
+            && s.data_vm.saturating_add(npages) > limit(self.layout.data_limit))
+    }
+
+    /// Can `npages` more pages be committed? Linux: `security_vm_enough_memory_mm()`
+    /// under the default `OVERCOMMIT_GUESS` policy (`__vm_enough_memory`): a single
+    /// charge larger than all of RAM (there is no swap) is refused with ENOMEM; below
+    /// that, overcommit is allowed. The charge itself is the `VM_ACCOUNT` flag of the
+    /// VMA, which the engine counts in [`VmStat::committed`].
+    fn vm_enough_memory(&self, npages: usize) -> Result<(), Errno> {
+        let ram = self.alloc.stats().total_frames;
+        if npages as u64 > ram {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
     }
 
     // ---- placement ---------------------------------------------------------------
@@ -552,16 +595,37 @@ impl AddressSpace {
         mut pgoff: usize,
     ) -> Result<usize, Errno> {
         let end = addr + len;
-        // 2. Gather the overlapped VMAs and clear their page tables. They cannot be
-        // restored after this point (Linux: vms_clear_ptes in __mmap_setup).
-        if g.find_vma_intersection(addr, end).is_some() {
-            self.do_munmap(g, addr, len)?;
+        let pglen = len / PAGE_SIZE;
+        // 1. Limits first, counting the pages a MAP_FIXED replaces as given back
+        // (Linux: __mmap_setup: may_expand_vm(pglen - vms->nr_pages), then the commit
+        // charge of pglen - vms->nr_accounted).
+        let (mut nr_pages, mut nr_accounted) = (0, 0);
+        let mut it = crate::vma::VmaIterator::new(addr);
+        let view = g.view();
+        while let Some(v) = it.next(&view) {
+            if v.start() >= end {
+                break;
+            }
+            let n = (v.end().min(end) - v.start().max(addr)) / PAGE_SIZE;
+            nr_pages += n;
+            if v.flags().contains(VmFlags::ACCOUNT) {
+                nr_accounted += n;
+            }
+        }
+        if !self.may_expand_vm(g, vm_flags, pglen - nr_pages) {
+            return Err(Errno::ENOMEM);
         }
         // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory.
         if vm_flags.contains(VmFlags::WRITE)
             && !vm_flags.intersects(VmFlags::SHARED | VmFlags::NORESERVE | VmFlags::HUGETLB)
         {
+            self.vm_enough_memory(pglen - nr_accounted)?;
             vm_flags |= VmFlags::ACCOUNT;
+        }
+        // 2. Gather the overlapped VMAs and clear their page tables. They cannot be
+        // restored after this point (Linux: vms_clear_ptes in __mmap_setup).
+        if nr_pages != 0 {
+            self.do_munmap(g, addr, len)?;
         }
         // New and expanded VMAs are soft-dirty (sticky: ignored for merging).
         vm_flags |= VmFlags::SOFTDIRTY;
@@ -817,8 +881,10 @@ impl AddressSpace {
     /// `VM_ACCOUNT` unless it was already accounted, writable, hugetlb, shared or
     /// NORESERVE; an anonymous mapping made read-only loses it while it has no
     /// anon_vma (nothing was ever charged against it that a fault could rely on). Both
-    /// decide which neighbours the result can merge with. The page tables are checked
-    /// before any VMA changes, so the protection change after it cannot fail.
+    /// decide which neighbours the result can merge with; the engine moves the pages
+    /// between the counters of [`VmStat`] as the flags change. The limits
+    /// (`may_expand_vm`, the overcommit check) and the page tables are checked before
+    /// any VMA changes, so nothing after them can fail.
     fn mprotect_fixup(
         &self,
         g: &mut MmWriteGuard<'_>,
@@ -832,13 +898,19 @@ impl AddressSpace {
         if newflags == old {
             return Ok(vma);
         }
+        let nrpages = (end - start) / PAGE_SIZE;
         if newflags.contains(VmFlags::WRITE) {
+            // Space limits when the range turns into data.
+            if !self.may_expand_vm(g, newflags, nrpages) && self.may_expand_vm(g, old, nrpages) {
+                return Err(Errno::ENOMEM);
+            }
             let charged = VmFlags::ACCOUNT
                 | VmFlags::WRITE
                 | VmFlags::HUGETLB
                 | VmFlags::SHARED
                 | VmFlags::NORESERVE;
             if !old.intersects(charged) {
+                self.vm_enough_memory(nrpages)?;
                 newflags |= VmFlags::ACCOUNT;
             }
         } else if old.contains(VmFlags::ACCOUNT) && vma.is_anonymous() && !vma.has_anon_vma() {

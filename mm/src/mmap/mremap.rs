@@ -122,7 +122,7 @@ impl AddressSpace {
             return self.remap_move(&mut g, r);
         }
         let vma = g.vma_lookup(addr).ok_or(Errno::EFAULT)?;
-        self.check_prep(vma, &r)?;
+        self.check_prep(&g, vma, &r)?;
         if r.implies_new_addr() {
             self.mremap_to(&mut g, r)
         } else {
@@ -134,8 +134,8 @@ impl AddressSpace {
     /// move: a private `old_len` of 0 (the "duplicate a mapping" trick only works for
     /// shared ones) → EINVAL, DONTUNMAP of a DONTEXPAND/PFNMAP VMA → EINVAL, the old
     /// range running past the VMA → EFAULT; for growth: `pgoff` overflow → EINVAL,
-    /// DONTEXPAND/PFNMAP → EFAULT.
-    fn check_prep(&self, vma: VmaRef, r: &Remap) -> Result<(), Errno> {
+    /// DONTEXPAND/PFNMAP → EFAULT, growth beyond `RLIMIT_AS`/`RLIMIT_DATA` → ENOMEM.
+    fn check_prep(&self, g: &MmWriteGuard<'_>, vma: VmaRef, r: &Remap) -> Result<(), Errno> {
         let flags = vma.flags();
         if flags.contains(VmFlags::SEALED) {
             return Err(Errno::EPERM);
@@ -163,6 +163,9 @@ impl AddressSpace {
         if flags.intersects(unmovable) {
             return Err(Errno::EFAULT);
         }
+        if !self.may_expand_vm(g, flags, (r.new_len - r.old_len) / PAGE_SIZE) {
+            return Err(Errno::ENOMEM);
+        }
         Ok(())
     }
 
@@ -182,6 +185,10 @@ impl AddressSpace {
         // Linux: expand_vma().
         let delta = r.new_len - r.old_len;
         if r.old_len == vma.end() - r.addr && self.vma_expandable(g, vma, delta) {
+            // Linux: vrm_calc_charge() — an accounted VMA is charged for the growth.
+            if vma.flags().contains(VmFlags::ACCOUNT) {
+                self.vm_enough_memory(delta / PAGE_SIZE)?;
+            }
             return match g.vma_merge_extend(vma, delta) {
                 Some(_) => Ok(r.addr),
                 None => Err(Errno::ENOMEM),
@@ -220,6 +227,12 @@ impl AddressSpace {
         }
         // The unmaps above may have split or replaced the VMA: look it up again.
         let vma = g.vma_lookup(r.addr).ok_or(Errno::EFAULT)?;
+        // MREMAP_DONTUNMAP keeps the source, so the address space grows by old_len.
+        if r.flags & MREMAP_DONTUNMAP != 0
+            && !self.may_expand_vm(g, vma.flags(), r.old_len / PAGE_SIZE)
+        {
+            return Err(Errno::ENOMEM);
+        }
         let target = if fixed {
             r.new_addr
         } else {
@@ -271,7 +284,7 @@ impl AddressSpace {
             if vma.uffd_ctx() != 0 && (seen || vma.end() < end) {
                 return Err(Errno::EFAULT);
             }
-            self.check_prep(vma, &part)?;
+            self.check_prep(g, vma, &part)?;
             let moved_to = self.mremap_to(g, part)?;
             if !seen {
                 result = Ok(moved_to);
@@ -304,6 +317,16 @@ impl AddressSpace {
             if vma.end() != r.addr + r.old_len {
                 may_split(vma, r.addr + r.old_len)?;
             }
+        }
+        // Linux: vrm_calc_charge() — an accounted VMA is charged for what the move adds:
+        // all of the copy if the source stays (DONTUNMAP), else only the growth.
+        if vma.flags().contains(VmFlags::ACCOUNT) {
+            let added = if r.flags & MREMAP_DONTUNMAP != 0 {
+                r.new_len
+            } else {
+                r.new_len.saturating_sub(r.old_len)
+            };
+            self.vm_enough_memory(added / PAGE_SIZE)?;
         }
         // Faults must not see the VMA half-moved.
         g.vma_start_write(vma);

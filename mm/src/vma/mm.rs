@@ -13,6 +13,7 @@ use super::anon;
 use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, VmaRef, VmaStable};
 use super::lock::{self, VmaReadError, VmaReadGuard};
 use super::rcu;
+use super::stat::VmStat;
 use super::tree::{TreeView, TreeWriter, VmaTree};
 use crate::errno::Errno;
 
@@ -41,6 +42,8 @@ pub(super) struct MmInner {
     /// Fault injection: `anon_vma_clone` fails with ENOMEM.
     pub(super) fail_anon_clone: bool,
     pub(super) hooks: MmHooks,
+    /// Page counters, kept by link, commit, detach and `vma_set_flags`.
+    pub(super) stat: VmStat,
 }
 
 /// An address space's VMA state (Linux: the VMA part of `struct mm_struct`).
@@ -73,6 +76,7 @@ impl Mm {
                 live_vmas: 0,
                 fail_anon_clone: false,
                 hooks: MmHooks::default(),
+                stat: VmStat::default(),
             }),
         }
     }
@@ -195,6 +199,10 @@ impl<'a> MmReadGuard<'a> {
     pub fn vma_lookup(&self, addr: usize) -> Option<VmaRef> {
         self.view().lookup(addr).map(|e| e.vma)
     }
+    /// The page counters (Linux: `mm->total_vm` and friends).
+    pub fn vm_stat(&self) -> VmStat {
+        self._inner.stat
+    }
     /// Linux: `vma_start_read_locked()` — only fails on detached/overflow.
     pub fn vma_start_read_locked(&self, vma: VmaRef) -> Option<VmaReadGuard<'a>> {
         lock::refcnt_inc_limited(vma)
@@ -299,6 +307,10 @@ impl<'a> MmWriteGuard<'a> {
     /// VMAs allocated for this mm and not yet freed.
     pub fn live_vmas(&self) -> usize {
         self.inner_ref().live_vmas
+    }
+    /// The page counters (Linux: `mm->total_vm` and friends).
+    pub fn vm_stat(&self) -> VmStat {
+        self.inner_ref().stat
     }
     /// Fault injection: make tree preallocation fail (Linux harness: `fail_prealloc`).
     pub fn set_fail_prealloc(&mut self, fail: bool) {
@@ -446,6 +458,11 @@ impl<'a> MmWriteGuard<'a> {
     /// Set `vm_flags` (the VMA must be detached or write-locked). Linux: `vm_flags_reset`.
     pub fn vma_set_flags(&mut self, vma: VmaRef, flags: VmFlags) -> Result<(), Errno> {
         self.check_writable(vma)?;
+        if vma.is_attached() {
+            let stat = &mut self.inner().stat;
+            stat.account(vma.flags(), vma.pages(), false);
+            stat.account(flags, vma.pages(), true);
+        }
         vma.set_flags_raw(flags);
         Ok(())
     }
@@ -606,7 +623,9 @@ impl<'a> MmWriteGuard<'a> {
         if let Some(w) = i_mmap.as_mut() {
             w.insert(vma);
         }
-        self.inner().map_count += 1;
+        let inner = self.inner();
+        inner.map_count += 1;
+        inner.stat.account(vma.flags(), vma.pages(), true);
         Ok(())
     }
 
@@ -702,7 +721,9 @@ impl<'a> MmWriteGuard<'a> {
                 Some(w) => w.remove(v),
                 None => false,
             };
+            inner.stat.account(v.flags(), v.pages(), false);
             v.set_range(s, e, pg);
+            inner.stat.account(v.flags(), v.pages(), true);
             if was_indexed {
                 if let Some(w) = i_mmap.as_mut() {
                     w.insert(v);
@@ -719,14 +740,18 @@ impl<'a> MmWriteGuard<'a> {
             if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
                 w.insert(v);
             }
-            self.inner().map_count += 1;
+            let inner = self.inner();
+            inner.map_count += 1;
+            inner.stat.account(v.flags(), v.pages(), true);
         }
         for &v in removes {
             if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
                 w.remove(v);
             }
             lock::vma_mark_detached(v);
-            self.inner().map_count -= 1;
+            let inner = self.inner();
+            inner.map_count -= 1;
+            inner.stat.account(v.flags(), v.pages(), false);
             self.vm_area_free(v);
         }
         // Linux: vma_complete() drops the i_mmap lock here.
@@ -809,7 +834,11 @@ impl<'a> MmWriteGuard<'a> {
         for &x in &list {
             lock::vma_mark_detached(x);
         }
-        self.inner().map_count -= list.len();
+        let inner = self.inner();
+        inner.map_count -= list.len();
+        for &x in &list {
+            inner.stat.account(x.flags(), x.pages(), false);
+        }
         Ok(DetachedVmas { vmas: list })
     }
 

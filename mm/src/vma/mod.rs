@@ -8,6 +8,8 @@
 //! - [`i_mmap`]: [`IMmap`], a file's VMAs by file page range, kept exact by the engine.
 //! - [`interval`]: [`IntervalTree`], augmented interval tree by file page range
 //!   (`vma_interval_tree`, the index of `i_mmap`).
+//! - [`stat`]: [`VmStat`], the page counters (`total_vm`, `data_vm`, …, commit charge)
+//!   the engine keeps exact at every change.
 //! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
 //! - [`lock`]: `vm_refcnt` state machine, [`VmaReadGuard`], [`VmaReadError`].
 //! - [`anon`]: [`AnonVma`]/[`AnonVmaRef`] and chains (clone, fork, unlink, reuse).
@@ -48,6 +50,7 @@ pub mod lock;
 pub mod merge;
 pub mod mm;
 pub mod rcu;
+pub mod stat;
 pub mod tree;
 
 pub use anon::{AnonVma, AnonVmaRef};
@@ -59,3 +62,4 @@ pub use merge::{VmaMergeState, VmaMergeStruct};
 pub use mm::{
     DEFAULT_MAX_MAP_COUNT, DetachedVmas, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaIterator,
 };
+pub use stat::VmStat;
