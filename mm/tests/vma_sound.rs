@@ -5,10 +5,11 @@
 //! Small enough for Miri, which reported data races for the misuses below before the
 //! proofs were checked: `cargo miri test -p mm --test vma_sound`.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mm::vma::{FileRef, Mm, VmFile, VmFlags, VmaStable};
+use mm::vma::{FileRef, Mm, VmFile, VmFlags, VmaRef, VmaStable};
 
 const F: VmFlags = VmFlags::RW_DEFAULT;
 
@@ -21,6 +22,30 @@ impl VmFile for TestFile {
 
 fn file() -> FileRef {
     Arc::new(TestFile)
+}
+
+/// Frees a detached VMA of `mm` when dropped, also while a `should_panic` test
+/// unwinds, so that Miri's leak check reports the library's leaks and not the tests'.
+struct FreeOnDrop<'a> {
+    mm: &'a Mm,
+    vma: Cell<Option<VmaRef>>,
+}
+
+impl<'a> FreeOnDrop<'a> {
+    fn new(mm: &'a Mm) -> Self {
+        FreeOnDrop {
+            mm,
+            vma: Cell::new(None),
+        }
+    }
+}
+
+impl Drop for FreeOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(v) = self.vma.take() {
+            self.mm.write_lock().vm_area_free(v);
+        }
+    }
 }
 
 // ---- what each proof covers -------------------------------------------------------
@@ -212,7 +237,9 @@ fn setting_a_field_of_another_mms_vma_panics() {
 fn vma_init_of_another_mms_detached_vma_panics() {
     let x = Mm::new();
     let y = Mm::new();
+    let owned = FreeOnDrop::new(&y);
     let v = y.write_lock().vm_area_alloc().unwrap();
+    owned.vma.set(Some(v));
     let _ = x
         .write_lock()
         .vma_init(v, 0x1000, 0x2000, 0, F, Some(file()), None);
@@ -252,11 +279,13 @@ fn freeing_a_vma_twice_panics() {
 fn removing_another_mms_detached_vmas_panics() {
     let x = Mm::new();
     let y = Mm::new();
+    let owned = FreeOnDrop::new(&y);
     let d = {
         let mut gy = y.write_lock();
         gy.map_anon(0x1000, 0x2000, 1, F).unwrap();
         gy.detach_range(0x1000, 0x2000).unwrap()
     };
+    owned.vma.set(d.iter().next());
     x.write_lock().remove_vmas(d);
 }
 
@@ -272,8 +301,10 @@ fn anon_vma_fork_with_a_lock_that_does_not_hold_the_parent_panics() {
         g.anon_vma_prepare(p).unwrap();
         p
     };
+    let owned = FreeOnDrop::new(&child_mm);
     let mut g = child_mm.write_lock();
     let child = g.vm_area_alloc().unwrap();
+    owned.vma.set(Some(child));
     g.vma_init(child, 0x1000, 0x2000, 1, F, None, None).unwrap();
     let wrong = other.read_lock();
     let _ = g.anon_vma_fork(child, parent, &wrong);
