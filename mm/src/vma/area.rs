@@ -14,7 +14,7 @@
 //!   data) are atomics. Writers store them only while holding the mmap write lock *and*
 //!   the VMA write lock (or while the VMA is detached), so the relaxed ordering used for
 //!   ordinary accesses is enough: publication to lock-free readers goes through the
-//!   release/acquire pairs of [`Vma::vm_refcnt`] and `mm_lock_seq`.
+//!   release/acquire pairs of `vm_refcnt` and `mm_lock_seq`.
 //! * Multi-word fields (`vm_file`, the anon_vma chain, the anonymous name) sit in
 //!   `UnsafeCell`s. Their safe accessors take a [`VmaStable`] proof: a guard showing
 //!   that the caller holds the mmap lock or a VMA read lock, i.e. that no writer can be
@@ -35,11 +35,14 @@
 //!   stabilises the VMAs whose `vm_mm` is that mm. Every writer of such a VMA holds
 //!   that mm's mmap write lock (attached VMAs are changed under it and their VMA write
 //!   lock; detached ones are private to the write-lock holder that allocated or
-//!   detached them), and freeing one also happens under it (or in `Mm::drop`, which
-//!   no guard can outlive). [`super::alloc::vm_area_free`] clears `vm_mm`, so a slot
-//!   that was freed before the lock was taken, and perhaps reused by another mm, no
-//!   longer reads as this mm's: the clearing store happens before the lock
-//!   acquisition, so the check cannot see the stale id.
+//!   detached them), and freeing one happens under it too (or in `Mm::drop`, which no
+//!   guard can outlive). Freeing (`vm_area_free`, see [`super::alloc`]) clears
+//!   `vm_mm` before the slot goes back to the pool, so a handle to a slot freed before
+//!   the lock was taken, perhaps reused by another mm since, no longer reads as this
+//!   mm's: the clearing store happens before the lock acquisition, so the check cannot
+//!   see the stale id, and while the lock is held no slot of this mm can be freed. (A
+//!   slot freed and reallocated by the same mm is that mm's new VMA: reading it through
+//!   an old handle is the caller's logic error, but no data race.)
 //! * a [`VmaReadGuard`](super::VmaReadGuard) stabilises its own VMA and no other: a
 //!   writer must write-lock the VMA first, and `vma_start_write` waits for readers.
 //!
