@@ -22,10 +22,11 @@ fn fork_child(g: &mut MmWriteGuard<'_>, s: usize, e: usize, pg: usize) -> VmaRef
     let mut pg_ = parent_mm.write_lock();
     let parent = pg_.map_anon(s, e, pg, F).unwrap();
     pg_.anon_vma_prepare(parent).unwrap();
-    drop(pg_);
     let child = g.vm_area_alloc().unwrap();
     g.vma_init(child, s, e, pg, F, None, None).unwrap();
-    g.anon_vma_fork(child, parent).unwrap();
+    // Linux's dup_mmap holds the parent's mmap lock while it forks the anon_vmas.
+    g.anon_vma_fork(child, parent, &pg_).unwrap();
+    drop(pg_);
     g.vma_link(child).unwrap();
     assert!(child.is_fork_child(&*g));
     child
@@ -74,7 +75,7 @@ fn unfaulted_faulted_unfaulted_mprotect_merges() {
     let middle = link(&mut g, 0x2000, 0x4000, 2);
     let _next = link(&mut g, 0x4000, 0x6000, 4);
     g.anon_vma_prepare(middle).unwrap();
-    let av = middle.anon_vma().unwrap();
+    let av = middle.anon_vma(&g).unwrap();
     let mut vmg = VmaMergeStruct::from_vma(&g, Some(prev), middle, 0x2000, 0x4000);
     let r = g.vma_merge_existing_range(&mut vmg).unwrap();
     assert!(core::ptr::eq(r, prev));
@@ -92,7 +93,7 @@ fn copy_vma_propagates_anon_vma_copied_from() {
     let _next = link(&mut g, 0x4000, 0x6000, 0x12);
     let mut src = link(&mut g, 0x10000, 0x12000, 0x10);
     g.anon_vma_prepare(src).unwrap();
-    let av = src.anon_vma().unwrap();
+    let av = src.anon_vma(&g).unwrap();
     let (new, _) = g.copy_vma(&mut src, 0x2000, 0x2000, 0x10).unwrap();
     assert!(core::ptr::eq(new, prev));
     assert_eq!((prev.start(), prev.end(), prev.pgoff()), (0, 0x6000, 0xe));

@@ -169,7 +169,7 @@ impl AddressSpace {
                 .as_ref()
                 .map(|f| alloc::sync::Arc::as_ptr(f) as *const () as usize),
             name: self.vma_name(g, v),
-            anon_vma_id: v.anon_vma().map(|a| a.id()),
+            anon_vma_id: v.anon_vma(g).map(|a| a.id()),
         }
     }
 }

@@ -8,8 +8,18 @@
 //! a freed or reused VMA reads as *detached* (`vm_refcnt == 0`) until it is attached
 //! again. So: every slot is allocated once from the global allocator and afterwards
 //! lives on a free list; the list link lives in its own field (`free_next`, Linux's
-//! `vm_freeptr`) so freeing never touches `vm_refcnt` or `vm_mm`; allocation and
-//! duplication never touch `vm_refcnt` (it is already 0) and copy fields one by one.
+//! `vm_freeptr`) so freeing never touches `vm_refcnt`; allocation and duplication
+//! never touch `vm_refcnt` (it is already 0) and copy fields one by one.
+//!
+//! Unlike Linux, freeing clears `vm_mm` (to 0, no address space). In C nobody keeps a
+//! VMA pointer past the lock it was found under; here a `VmaRef` is `&'static` and
+//! `Copy`, so safe code can, and the lock proofs of [`super::area::VmaStable`] decide
+//! "this VMA is stable under this mmap lock" by comparing `vm_mm`. A freed slot must
+//! therefore stop reading as its old mm's before another mm can take it: the store
+//! precedes the free-list push, both under the old mm's write lock (or in its drop),
+//! so every later holder of that lock sees the cleared `vm_mm`.
+//! Lock-free readers are unaffected: they see `vm_refcnt == 0` first and never get
+//! to compare `vm_mm` on a free slot.
 
 use alloc::alloc::{Layout, alloc};
 use core::ptr;
@@ -119,10 +129,11 @@ pub(super) unsafe fn vm_area_dup(orig: &Vma) -> Result<VmaRef, Errno> {
         .store(orig.private_data(), Ordering::Relaxed);
     new.vm_policy.store(orig.policy(), Ordering::Relaxed);
     new.cold.uffd_ctx.store(orig.uffd_ctx(), Ordering::Relaxed);
-    drop(new.replace_anon_vma(orig.anon_vma()));
+    // SAFETY: `orig` is stable per the caller.
+    drop(new.replace_anon_vma(unsafe { orig.anon_vma_unchecked() }));
     // SAFETY: `new` is detached and private; `orig` is stable per the caller.
     unsafe {
-        *new.file_mut() = (*orig.vm_file.get()).clone();
+        *new.file_mut() = orig.file_unchecked();
         *new.anon_name_mut() = (*orig.cold.anon_name.get()).clone();
     }
     Ok(new)
@@ -145,6 +156,8 @@ pub(super) fn vm_area_free(vma: VmaRef) {
         *vma.anon_name_mut() = None;
     }
     vma.set_ops_raw(None);
+    // No address space: the mmap-lock proofs of the old mm no longer cover the slot.
+    vma.vm_mm.store(0, Ordering::Relaxed);
     LIVE.fetch_sub(1, Ordering::Relaxed);
     let mut fl = FREE.lock();
     vma.cold.free_next.store(fl.head, Ordering::Relaxed);

@@ -244,7 +244,8 @@ pub(super) unsafe fn unlink_anon_vmas(vma: &Vma) {
 /// # Safety
 /// `child` is detached and private to the caller; `parent` is stable.
 pub(super) unsafe fn anon_vma_fork(child: &Vma, parent: &Vma) -> Result<(), Errno> {
-    let Some(pav) = parent.anon_vma() else {
+    // SAFETY: `parent` is stable by the caller's contract.
+    let Some(pav) = (unsafe { parent.anon_vma_unchecked() }) else {
         return Ok(());
     };
     drop(child.replace_anon_vma(None));
@@ -312,7 +313,7 @@ pub(super) fn reusable_anon_vma(
     stable: &dyn VmaStable,
 ) -> Option<AnonVmaRef> {
     if anon_vma_compatible(a, b, stable) && old.anon_vma_chain_len(stable) == 1 {
-        return old.anon_vma();
+        return old.anon_vma(stable);
     }
     None
 }

@@ -14,11 +14,96 @@
 //!   data) are atomics. Writers store them only while holding the mmap write lock *and*
 //!   the VMA write lock (or while the VMA is detached), so the relaxed ordering used for
 //!   ordinary accesses is enough: publication to lock-free readers goes through the
-//!   release/acquire pairs of [`Vma::vm_refcnt`] and `mm_lock_seq`.
+//!   release/acquire pairs of `vm_refcnt` and `mm_lock_seq`.
 //! * Multi-word fields (`vm_file`, the anon_vma chain, the anonymous name) sit in
 //!   `UnsafeCell`s. Their safe accessors take a [`VmaStable`] proof: a guard showing
 //!   that the caller holds the mmap lock or a VMA read lock, i.e. that no writer can be
-//!   changing them (Linux: `vma_assert_stabilised()`).
+//!   changing them (Linux: `vma_assert_stabilised()`). So does [`Vma::anon_vma`],
+//!   which takes a reference on the anon_vma the VMA owns one on: without a lock a
+//!   writer could be dropping the VMA's reference (the last one) under the reader.
+//!
+//! # What a proof proves
+//!
+//! A lock stabilises *some* VMAs, not every VMA: `VmaRef` is `&'static` and `Copy`, so
+//! safe code can keep a handle to a VMA of another address space, or one freed and
+//! reused since. Each proof therefore names what it covers
+//! ([`VmaStable::stabilises`]), and every accessor asserts it (a real `assert!`: one
+//! compare; a failure is a kernel bug, never user input):
+//!
+//! * the mmap lock of an [`Mm`](super::Mm), read or write
+//!   ([`MmReadGuard`](super::MmReadGuard), [`MmWriteGuard`](super::MmWriteGuard)),
+//!   stabilises the VMAs whose `vm_mm` is that mm. Every writer of such a VMA holds
+//!   that mm's mmap write lock (attached VMAs are changed under it and their VMA write
+//!   lock; detached ones are private to the write-lock holder that allocated or
+//!   detached them), and freeing one happens under it too (or in `Mm::drop`, which no
+//!   guard can outlive). Freeing (`vm_area_free`, see [`super::alloc`]) clears
+//!   `vm_mm` before the slot goes back to the pool, so a handle to a slot freed before
+//!   the lock was taken, perhaps reused by another mm since, no longer reads as this
+//!   mm's: the clearing store happens before the lock acquisition, so the check cannot
+//!   see the stale id, and while the lock is held no slot of this mm can be freed. (A
+//!   slot freed and reallocated by the same mm is that mm's new VMA: reading it through
+//!   an old handle is the caller's logic error, but no data race.)
+//! * a [`VmaReadGuard`](super::VmaReadGuard) stabilises its own VMA and no other: a
+//!   writer must write-lock the VMA first, and `vma_start_write` waits for readers.
+//!
+//! The proof is a borrow of the guard for the duration of the call, so it cannot
+//! outlive the lock; what the accessors return is owned (a counted `Arc` or
+//! [`AnonVmaRef`]), valid after the lock is dropped. The writer side asserts the same
+//! ownership: [`MmWriteGuard`](super::MmWriteGuard) refuses to write-lock, change,
+//! duplicate or free a VMA whose `vm_mm` is not its mm. Crate-internal code that owns a
+//! VMA without holding a guard (freeing a detached VMA, `Mm::drop`) uses the
+//! `unsafe` `*_unchecked` readers and argues its exclusivity at the call site.
+//!
+//! What the type system says on its own (the examples fail to compile): no proof can
+//! be made outside this crate, and a dropped guard is no proof.
+//!
+//! ```compile_fail,E0277
+//! // Sealed: a type of another crate cannot claim to stabilise VMAs.
+//! struct Fake;
+//! impl mm::vma::VmaStable for Fake {
+//!     fn stabilises(&self, _: &mm::vma::Vma) -> bool { true }
+//! }
+//! ```
+//! ```compile_fail,E0624
+//! // No guard is built out of nothing: the VMA read guard's constructor is private.
+//! let mm = mm::vma::Mm::new();
+//! let v = mm.write_lock().map_anon(0x1000, 0x2000, 1, mm::vma::VmFlags::RW_DEFAULT).unwrap();
+//! let fake = mm::vma::VmaReadGuard::new(v);
+//! ```
+//! ```compile_fail,E0382
+//! // A guard that has been released proves nothing.
+//! let mm = mm::vma::Mm::new();
+//! let v = mm.write_lock().map_anon(0x1000, 0x2000, 1, mm::vma::VmFlags::RW_DEFAULT).unwrap();
+//! let g = mm.read_lock();
+//! drop(g);
+//! let _ = v.file(&g);
+//! ```
+//! ```compile_fail,E0061
+//! // `anon_vma` takes a reference, so it wants a proof too.
+//! let mm = mm::vma::Mm::new();
+//! let v = mm.write_lock().map_anon(0x1000, 0x2000, 1, mm::vma::VmFlags::RW_DEFAULT).unwrap();
+//! let _ = v.anon_vma();
+//! ```
+//! ```compile_fail,E0597
+//! // A VMA read lock cannot outlive the address space it was taken in.
+//! let r = {
+//!     let mm = mm::vma::Mm::new();
+//!     mm.write_lock().map_anon(0x1000, 0x2000, 1, mm::vma::VmFlags::RW_DEFAULT).unwrap();
+//!     mm.lock_vma_under_rcu(0x1000).unwrap()
+//! };
+//! ```
+//!
+//! The same uses with the lock held compile and run:
+//!
+//! ```
+//! let mm = mm::vma::Mm::new();
+//! let v = mm.write_lock().map_anon(0x1000, 0x2000, 1, mm::vma::VmFlags::RW_DEFAULT).unwrap();
+//! let g = mm.read_lock();
+//! assert!(v.file(&g).is_none() && v.anon_vma(&g).is_none());
+//! drop(g);
+//! let r = mm.lock_vma_under_rcu(0x1000).unwrap();
+//! assert_eq!(r.anon_vma_chain_len(&r), 0);
+//! ```
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -211,11 +296,16 @@ pub fn opt_vma_eq(a: Option<VmaRef>, b: Option<VmaRef>) -> bool {
 }
 
 /// Proof that the caller holds a lock under which a VMA's multi-word fields cannot
-/// change: the mmap lock (read or write) or a VMA read lock.
+/// change: the mmap lock (read or write) of the VMA's own address space, or a read
+/// lock on that very VMA (see the module docs, "What a proof proves").
 ///
-/// Linux: `vma_assert_stabilised()`. Sealed: only the lock guards of this module
-/// implement it.
-pub trait VmaStable: sealed::Sealed {}
+/// Linux: `vma_assert_stabilised()` (`mmap_assert_locked(vma->vm_mm)` or
+/// `vma_assert_locked(vma)`). Sealed: only the lock guards of this module implement it.
+pub trait VmaStable: sealed::Sealed {
+    /// True if holding this lock keeps `vma`'s fields from changing: `vma` belongs to
+    /// the locked address space (mmap lock), or is the read-locked VMA (VMA lock).
+    fn stabilises(&self, vma: &Vma) -> bool;
+}
 
 pub(super) mod sealed {
     /// Seal of [`super::VmaStable`].
@@ -285,7 +375,7 @@ const _: () = assert!(core::mem::size_of::<Vma>() <= 192);
 const _: () = assert!(core::mem::offset_of!(Vma, cold) == 128);
 const _: () = assert!(core::mem::offset_of!(Vma, vm_end) < 64);
 
-// SAFETY: all fields are atomics except the `UnsafeCell`s, whose accessors either take a `VmaStable` proof (shared access excluded from writers by the lock protocol) or are `unsafe`/`pub(super)` with the writer's exclusivity documented at the call site.
+// SAFETY: all fields are atomics except the `UnsafeCell`s, whose safe accessors take a `VmaStable` proof and assert that it stabilises this very VMA (shared access excluded from writers by the lock protocol), the rest being `unsafe` and `pub(super)` with the caller's exclusivity argued at the call site.
 unsafe impl Sync for Vma {}
 // SAFETY: a VMA owns only `Send` data (Arcs of `Send + Sync` types, atomics).
 unsafe impl Send for Vma {}
@@ -398,10 +488,24 @@ impl Vma {
         self.refcnt() != 0
     }
 
-    /// Linux: `anon_vma`; a new counted reference.
-    pub fn anon_vma(&self) -> Option<AnonVmaRef> {
+    /// Linux: `anon_vma`; a new counted reference (Linux: `get_anon_vma(vma->anon_vma)`
+    /// under a lock that keeps the VMA's own reference alive).
+    ///
+    /// Panics if `stable` does not stabilise this VMA.
+    #[track_caller]
+    pub fn anon_vma(&self, stable: &dyn VmaStable) -> Option<AnonVmaRef> {
+        self.assert_stable(stable);
+        // SAFETY: asserted just above: `stable` is a lock under which no writer can replace or drop this VMA's anon_vma reference.
+        unsafe { self.anon_vma_unchecked() }
+    }
+    /// [`Vma::anon_vma`] without a proof.
+    ///
+    /// # Safety
+    /// No one may replace `anon_vma` concurrently: the caller holds the mmap lock of
+    /// `vm_mm` or a read lock on this VMA, or owns the VMA (detached and private).
+    pub(super) unsafe fn anon_vma_unchecked(&self) -> Option<AnonVmaRef> {
         let p = self.anon_vma.load(Ordering::Acquire);
-        // SAFETY: a non-null `anon_vma` pointer carries a reference owned by this VMA, released only by a writer holding the VMA write lock; `clone_raw` takes its own reference while that one is still held (callers of readers hold a lock).
+        // SAFETY: a non-null `anon_vma` pointer carries a reference owned by this VMA, released only by a writer replacing the slot; the caller's contract excludes such writers, so that reference is still held while `clone_raw` takes its own.
         unsafe { AnonVmaRef::clone_raw(p) }
     }
     /// True if `anon_vma` is set ("faulted").
@@ -415,22 +519,52 @@ impl Vma {
         self.anon_vma.load(Ordering::Relaxed)
     }
 
-    /// Linux: `vm_file`.
-    pub fn file(&self, _stable: &dyn VmaStable) -> Option<FileRef> {
-        // SAFETY: the proof shows a lock excluding writers of `vm_file` is held.
+    /// Panic unless `stable` stabilises this VMA (Linux: `vma_assert_stabilised()`,
+    /// here always on: a proof of another address space or another VMA is a kernel bug).
+    #[inline]
+    #[track_caller]
+    fn assert_stable(&self, stable: &dyn VmaStable) {
+        assert!(
+            stable.stabilises(self),
+            "VMA {:p} (vm_mm {}) is not stabilised by the lock passed as proof",
+            self,
+            self.mm_id()
+        );
+    }
+
+    /// Linux: `vm_file`. Panics if `stable` does not stabilise this VMA.
+    #[track_caller]
+    pub fn file(&self, stable: &dyn VmaStable) -> Option<FileRef> {
+        self.assert_stable(stable);
+        // SAFETY: asserted just above: `stable` is a lock that excludes every writer of this VMA's `vm_file`.
+        unsafe { self.file_unchecked() }
+    }
+    /// [`Vma::file`] without a proof.
+    ///
+    /// # Safety
+    /// No one may write `vm_file` concurrently: the caller holds the mmap lock of
+    /// `vm_mm` or a read lock on this VMA, or owns the VMA (detached and private).
+    pub(super) unsafe fn file_unchecked(&self) -> Option<FileRef> {
+        // SAFETY: the caller's contract excludes writers, so a shared read is sound.
         unsafe { (*self.vm_file.get()).clone() }
     }
-    /// Linux: `anon_vma_name()`.
-    pub fn anon_name(&self, _stable: &dyn VmaStable) -> Option<Arc<str>> {
-        // SAFETY: as for `file`.
+    /// Linux: `anon_vma_name()`. Panics if `stable` does not stabilise this VMA.
+    #[track_caller]
+    pub fn anon_name(&self, stable: &dyn VmaStable) -> Option<Arc<str>> {
+        self.assert_stable(stable);
+        // SAFETY: asserted just above: `stable` excludes every writer of the name.
         unsafe { (*self.cold.anon_name.get()).clone() }
     }
-    /// Number of `anon_vma_chain` entries.
-    pub fn anon_vma_chain_len(&self, _stable: &dyn VmaStable) -> usize {
-        // SAFETY: as for `file`.
+    /// Number of `anon_vma_chain` entries. Panics if `stable` does not stabilise this VMA.
+    #[track_caller]
+    pub fn anon_vma_chain_len(&self, stable: &dyn VmaStable) -> usize {
+        self.assert_stable(stable);
+        // SAFETY: asserted just above: `stable` excludes every writer of the chain.
         unsafe { (*self.anon_vma_chain.get()).len() }
     }
     /// Linux: `vma_is_fork_child()` — faulted and the chain is not a single entry.
+    /// Panics if `stable` does not stabilise this VMA.
+    #[track_caller]
     pub fn is_fork_child(&self, stable: &dyn VmaStable) -> bool {
         self.has_anon_vma() && self.anon_vma_chain_len(stable) != 1
     }

@@ -213,4 +213,10 @@ impl Drop for VmaReadGuard<'_> {
 }
 
 impl super::area::sealed::Sealed for VmaReadGuard<'_> {}
-impl super::area::VmaStable for VmaReadGuard<'_> {}
+/// A VMA read lock stabilises its own VMA and no other (Linux: `vma_assert_locked()`
+/// is about one VMA): writers must write-lock the VMA first, which waits for readers.
+impl super::area::VmaStable for VmaReadGuard<'_> {
+    fn stabilises(&self, vma: &Vma) -> bool {
+        core::ptr::eq(self.vma, vma)
+    }
+}

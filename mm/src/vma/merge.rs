@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 
 use super::anon::{self, AnonVma, AnonVmaRef};
 use super::area::{FileRef, PAGE_SIZE, VmFlags, VmaRef, pages, same_file, vma_eq};
-use super::mm::{Held, MmWriteGuard, VmaIterator};
+use super::mm::{MmWriteGuard, VmaIterator};
 use crate::errno::Errno;
 
 /// Linux: `enum vma_merge_state`.
@@ -113,7 +113,7 @@ impl VmaMergeStruct {
         m.prev = prev;
         m.middle = Some(vma);
         m.file = vma.file(g);
-        m.anon_vma = vma.anon_vma();
+        m.anon_vma = vma.anon_vma(g);
         m.policy = vma.policy();
         m.uffd_ctx = vma.uffd_ctx();
         m.anon_name = vma.anon_name(g);
@@ -145,49 +145,49 @@ fn can_merge_remove_vma(v: VmaRef) -> bool {
     !v.has_close()
 }
 
-/// Linux: `is_mergeable_vma()`.
-fn is_mergeable_vma(vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
-    let held = Held;
+/// Linux: `is_mergeable_vma()`. `g` is the write lock of `tgt`'s mm (the reads of
+/// `vm_file` and the name assert it).
+fn is_mergeable_vma(g: &MmWriteGuard<'_>, vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
     tgt.policy() == vmg.policy
         && ((tgt.flags() ^ vmg.flags) & !VmFlags::IGNORE_MERGE).is_empty()
-        && same_file(tgt.file(&held).as_ref(), vmg.file.as_ref())
+        && same_file(tgt.file(g).as_ref(), vmg.file.as_ref())
         && tgt.uffd_ctx() == vmg.uffd_ctx
-        && name_eq(&tgt.anon_name(&held), &vmg.anon_name)
+        && name_eq(&tgt.anon_name(g), &vmg.anon_name)
 }
 
-fn is_fork_child(v: Option<VmaRef>) -> bool {
-    v.is_some_and(|v| v.is_fork_child(&Held))
+fn is_fork_child(g: &MmWriteGuard<'_>, v: Option<VmaRef>) -> bool {
+    v.is_some_and(|v| v.is_fork_child(g))
 }
 
 /// Linux: `is_mergeable_anon_vma()` after 879bca0a2c4f and the 2026 `copied_from` fix.
-fn is_mergeable_anon_vma(vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
+fn is_mergeable_anon_vma(g: &MmWriteGuard<'_>, vmg: &VmaMergeStruct, tgt: VmaRef) -> bool {
     let tgt_anon = tgt.anon_vma_ptr();
     let src_anon = vmg.anon_ptr();
     match (tgt_anon.is_null(), src_anon.is_null()) {
         // Case 1: we will dup src's anon_vma into tgt.
-        (true, false) => !is_fork_child(vmg.middle) && !is_fork_child(vmg.copied_from),
+        (true, false) => !is_fork_child(g, vmg.middle) && !is_fork_child(g, vmg.copied_from),
         // Case 2: the result simply keeps tgt's anon_vma.
-        (false, true) => !tgt.is_fork_child(&Held),
+        (false, true) => !tgt.is_fork_child(g),
         // Case 3: both or neither.
         _ => tgt_anon == src_anon,
     }
 }
 
 /// Linux: `can_vma_merge_left()` / `can_vma_merge_after()`.
-fn can_vma_merge_left(vmg: &VmaMergeStruct) -> bool {
+fn can_vma_merge_left(g: &MmWriteGuard<'_>, vmg: &VmaMergeStruct) -> bool {
     let Some(prev) = vmg.prev else { return false };
     prev.end() == vmg.start
-        && is_mergeable_vma(vmg, prev)
-        && is_mergeable_anon_vma(vmg, prev)
+        && is_mergeable_vma(g, vmg, prev)
+        && is_mergeable_anon_vma(g, vmg, prev)
         && prev.pgoff() + prev.pages() == vmg.pgoff
 }
 
 /// Linux: `can_vma_merge_right()` / `can_vma_merge_before()`, plus the three-way check.
-fn can_vma_merge_right(vmg: &VmaMergeStruct, merge_left: bool) -> bool {
+fn can_vma_merge_right(g: &MmWriteGuard<'_>, vmg: &VmaMergeStruct, merge_left: bool) -> bool {
     let Some(next) = vmg.next else { return false };
     if vmg.end != next.start()
-        || !is_mergeable_vma(vmg, next)
-        || !is_mergeable_anon_vma(vmg, next)
+        || !is_mergeable_vma(g, vmg, next)
+        || !is_mergeable_anon_vma(g, vmg, next)
         || next.pgoff() != vmg.pgoff + pages(vmg.end - vmg.start)
     {
         return false;
@@ -222,7 +222,7 @@ impl MmWriteGuard<'_> {
     ) -> Result<(), Errno> {
         if src.has_anon_vma() && !dst.has_anon_vma() {
             self.vma_assert_write_locked(dst);
-            drop(dst.replace_anon_vma(src.anon_vma()));
+            drop(dst.replace_anon_vma(src.anon_vma(&*self)));
             let fail = self.inner_ref().fail_anon_clone;
             // SAFETY: mmap write lock held, `dst` write-locked, `src` stable.
             unsafe { anon::anon_vma_clone(dst, src, fail)? };
@@ -329,8 +329,8 @@ impl MmWriteGuard<'_> {
         {
             return None;
         }
-        let left = can_vma_merge_left(vmg);
-        let right = !vmg.just_expand && can_vma_merge_right(vmg, left);
+        let left = can_vma_merge_left(self, vmg);
+        let right = !vmg.just_expand && can_vma_merge_right(self, vmg, left);
         vmg.target = None;
         if right {
             let n = next?;
@@ -389,13 +389,13 @@ impl MmWriteGuard<'_> {
             return None;
         }
         let mut sticky = vmg.flags & VmFlags::STICKY;
-        let merge_left = left_side && can_vma_merge_left(vmg);
+        let merge_left = left_side && can_vma_merge_left(self, vmg);
         let mut merge_right = false;
         let mut next = None;
         if right_side {
             next = self.vma_next_from(middle.end());
             vmg.next = next;
-            merge_right = can_vma_merge_right(vmg, merge_left);
+            merge_right = can_vma_merge_right(self, vmg, merge_left);
         }
         if merge_left {
             vmg.vmi.prev(&self.view());

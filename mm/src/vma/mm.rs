@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::alloc as valloc;
 use super::anon;
-use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, VmaRef, VmaStable};
+use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
 use super::lock::{self, VmaReadError, VmaReadGuard};
 use super::rcu;
 use super::stat::VmStat;
@@ -154,8 +154,11 @@ impl Drop for Mm {
         // Linux: exit_mmap() → remove_vma() for each: the file forgets the VMA and its
         // close hook runs, as for munmap.
         for v in all {
-            v.cold.vm_refcnt.store(0, Ordering::Release);
-            release_vma(v);
+            // Waits out a transient reader that found the slot through a stale handle
+            // (no reader of this mm exists: they all borrow `self`).
+            lock::vma_mark_detached(v);
+            // SAFETY: `&mut self`: no guard of this mm exists, so no lock-holding reader or writer can reach `v`; it is detached (just above), so no lock-free reader can lock it either. It is ours to release.
+            unsafe { release_vma(v) };
         }
         // SAFETY: `&mut self`: nothing else can reach the tree.
         unsafe { inner.tw.destroy(&self.tree) };
@@ -164,9 +167,14 @@ impl Drop for Mm {
 
 /// The last steps for a VMA leaving its address space: out of its file's `i_mmap`,
 /// `vm_ops->close`, then freed with its file and anon_vma references (Linux:
-/// `unlink_file_vma()` + `remove_vma()`). The VMA is detached and owned by the caller.
-fn release_vma(v: VmaRef) {
-    if let Some(f) = v.file(&Held) {
+/// `unlink_file_vma()` + `remove_vma()`).
+///
+/// # Safety
+/// `v` is detached and owned by the caller: no one else reads or writes its
+/// multi-word fields until it is freed here.
+unsafe fn release_vma(v: VmaRef) {
+    // SAFETY: the caller owns the detached VMA, so nothing writes `vm_file` meanwhile.
+    if let Some(f) = unsafe { v.file_unchecked() } {
         if let Some(im) = f.i_mmap() {
             im.write().remove(v);
         }
@@ -184,7 +192,13 @@ pub struct MmReadGuard<'a> {
 }
 
 impl super::area::sealed::Sealed for MmReadGuard<'_> {}
-impl VmaStable for MmReadGuard<'_> {}
+/// The mmap read lock stabilises the VMAs of its own address space (Linux:
+/// `mmap_assert_locked(vma->vm_mm)`): their writers all hold the mmap write lock.
+impl VmaStable for MmReadGuard<'_> {
+    fn stabilises(&self, vma: &Vma) -> bool {
+        vma.mm_id() == self.mm.id
+    }
+}
 
 impl<'a> MmReadGuard<'a> {
     /// The tree as of now (stable while the read lock is held).
@@ -203,8 +217,37 @@ impl<'a> MmReadGuard<'a> {
     pub fn vm_stat(&self) -> VmStat {
         self._inner.stat
     }
-    /// Linux: `vma_start_read_locked()` — only fails on detached/overflow.
+    /// Read-lock `vma`, a VMA of this address space, for use beyond the mmap read lock.
+    /// `None` if it is detached (no longer in the tree) or the reader count would
+    /// overflow. Linux: `vma_start_read_locked()`.
+    ///
+    /// It cannot be write-locked: a VMA is write-locked only while `vm_lock_seq` equals
+    /// `mm_lock_seq`, `vm_lock_seq` only ever holds the odd sequence of a write hold
+    /// (or [`VM_LOCK_SEQ_NONE`](super::area::VM_LOCK_SEQ_NONE), odd too), and
+    /// `mm_lock_seq` is odd only while the mmap write lock is held, which our read lock
+    /// excludes (`downgrade` and unlock make it even first). Both are asserted, with
+    /// the VMA's address space: a VMA of another mm could be write-locked right now.
+    ///
+    /// # Panics
+    /// If `vma` does not belong to this address space, or (a broken invariant) it is
+    /// write-locked.
+    #[track_caller]
     pub fn vma_start_read_locked(&self, vma: VmaRef) -> Option<VmaReadGuard<'a>> {
+        // Checked before taking a reference. The answer cannot change while the read
+        // lock is held: a VMA of this mm is freed (its `vm_mm` cleared) only under the
+        // write lock, and no other mm can allocate it before then.
+        assert!(
+            self.stabilises(vma),
+            "vma_start_read_locked: VMA {:p} belongs to mm {}, not to the locked mm {}",
+            vma,
+            vma.mm_id(),
+            self.mm.id
+        );
+        assert_ne!(
+            vma.lock_seq(),
+            self.mm.mm_lock_seq.load(Ordering::Relaxed),
+            "vma_start_read_locked: VMA {vma:p} write-locked under the mmap read lock"
+        );
         lock::refcnt_inc_limited(vma)
             .ok()
             .map(|()| VmaReadGuard::new(vma))
@@ -221,12 +264,13 @@ pub struct MmWriteGuard<'a> {
 }
 
 impl super::area::sealed::Sealed for MmWriteGuard<'_> {}
-impl VmaStable for MmWriteGuard<'_> {}
-
-/// Zero-sized proof used internally while `self` is mutably borrowed.
-pub(super) struct Held;
-impl super::area::sealed::Sealed for Held {}
-impl VmaStable for Held {}
+/// The mmap write lock stabilises the VMAs of its own address space (Linux:
+/// `mmap_assert_write_locked(vma->vm_mm)`): their only writer is its holder.
+impl VmaStable for MmWriteGuard<'_> {
+    fn stabilises(&self, vma: &Vma) -> bool {
+        vma.mm_id() == self.mm.id
+    }
+}
 
 impl Drop for MmWriteGuard<'_> {
     fn drop(&mut self) {
@@ -328,6 +372,20 @@ impl<'a> MmWriteGuard<'a> {
     fn seq(&self) -> u32 {
         self.mm.mm_lock_seq.load(Ordering::Relaxed)
     }
+    /// Panic unless `vma` belongs to this address space: every change of a VMA, and
+    /// every unlocked read of its fields below, is sound only for VMAs whose writers
+    /// all hold this lock (see `area`'s "What a proof proves"). A VMA of another mm,
+    /// or a freed slot (`vm_mm` cleared), is a kernel bug here.
+    #[track_caller]
+    pub(super) fn assert_owns(&self, vma: VmaRef) {
+        assert!(
+            self.stabilises(vma),
+            "VMA {:p} belongs to mm {}, not to the write-locked mm {}",
+            vma,
+            vma.mm_id(),
+            self.mm.id
+        );
+    }
 
     // ---- lookups ------------------------------------------------------------------
 
@@ -370,12 +428,19 @@ impl<'a> MmWriteGuard<'a> {
     // ---- per-VMA write locks --------------------------------------------------------
 
     /// Linux: `vma_start_write()`. Waits for readers; idempotent within this hold.
+    ///
+    /// # Panics
+    /// If `vma` is not a VMA of this address space.
+    #[track_caller]
     pub fn vma_start_write(&mut self, vma: VmaRef) {
+        self.assert_owns(vma);
         lock::vma_start_write(vma, self.seq());
     }
-    /// True if `vma` is write-locked in this hold (Linux: `__is_vma_write_locked`).
+    /// True if `vma` is a VMA of this address space write-locked in this hold (Linux:
+    /// `__is_vma_write_locked`). Another mm's VMA is never write-locked by this hold,
+    /// even if its `vm_lock_seq` happens to equal this mm's sequence.
     pub fn vma_is_write_locked(&self, vma: VmaRef) -> bool {
-        vma.lock_seq() == self.seq()
+        self.stabilises(vma) && vma.lock_seq() == self.seq()
     }
     /// Linux: `vma_assert_write_locked()` (debug builds).
     pub fn vma_assert_write_locked(&self, vma: VmaRef) {
@@ -407,14 +472,26 @@ impl<'a> MmWriteGuard<'a> {
         Ok(v)
     }
     /// Field-by-field copy, detached, empty anon chain. Linux: `vm_area_dup()`.
+    ///
+    /// # Panics
+    /// If `orig` is not a VMA of this address space.
+    #[track_caller]
     pub fn vm_area_dup(&mut self, orig: VmaRef) -> Result<VmaRef, Errno> {
-        // SAFETY: we hold the mmap write lock, so `orig` is stable.
+        self.assert_owns(orig);
+        // SAFETY: `orig` belongs to this mm (asserted above), whose mmap write lock we hold, so no one else writes its fields.
         let v = unsafe { valloc::vm_area_dup(orig)? };
         self.inner().live_vmas += 1;
         Ok(v)
     }
     /// Free a detached VMA (refused if attached). Linux: `vm_area_free()`.
+    ///
+    /// # Panics
+    /// If `vma` is not a VMA of this address space, which includes a VMA freed already
+    /// (freeing clears `vm_mm`): a double free would put the slot on the free list
+    /// twice and hand it to two owners.
+    #[track_caller]
     pub fn vm_area_free(&mut self, vma: VmaRef) {
+        self.assert_owns(vma);
         if vma.refcnt() == 0 {
             self.inner().live_vmas -= 1;
         }
@@ -422,7 +499,11 @@ impl<'a> MmWriteGuard<'a> {
     }
 
     /// Set up a detached VMA's attributes before linking it.
+    ///
+    /// # Panics
+    /// If `vma` is not a VMA of this address space.
     #[allow(clippy::too_many_arguments)]
+    #[track_caller]
     pub fn vma_init(
         &mut self,
         vma: VmaRef,
@@ -433,6 +514,7 @@ impl<'a> MmWriteGuard<'a> {
         file: Option<FileRef>,
         ops: Option<&'static VmOperations>,
     ) -> Result<(), Errno> {
+        self.assert_owns(vma);
         if vma.is_attached()
             || start >= end
             || start % super::area::PAGE_SIZE != 0
@@ -443,13 +525,16 @@ impl<'a> MmWriteGuard<'a> {
         vma.set_range(start, end, pgoff);
         vma.set_flags_raw(flags);
         vma.set_ops_raw(ops);
-        // SAFETY: detached VMA owned by the caller, mmap write lock held.
+        // SAFETY: a detached VMA of this mm (asserted above), whose mmap write lock we hold: no reader can lock it, no other writer exists.
         unsafe { *vma.file_mut() = file };
         Ok(())
     }
 
     /// Set attributes of a VMA the caller owns (detached) or has write-locked.
+    /// Panics if `vma` is not a VMA of this address space (see [`Self::assert_owns`]).
+    #[track_caller]
     fn check_writable(&self, vma: VmaRef) -> Result<(), Errno> {
+        self.assert_owns(vma);
         if vma.is_attached() && !self.vma_is_write_locked(vma) {
             return Err(Errno::EBUSY);
         }
@@ -507,7 +592,7 @@ impl<'a> MmWriteGuard<'a> {
         name: Option<alloc::sync::Arc<str>>,
     ) -> Result<(), Errno> {
         self.check_writable(vma)?;
-        // SAFETY: detached or write-locked under the mmap write lock.
+        // SAFETY: `check_writable`: a VMA of this mm, detached or write-locked in this hold of its mmap write lock, so no reader or other writer can reach the name.
         unsafe { *vma.anon_name_mut() = name };
         Ok(())
     }
@@ -561,30 +646,44 @@ impl<'a> MmWriteGuard<'a> {
         Ok(())
     }
 
-    /// Make `child` (detached) a fork child of `parent`. Linux: `anon_vma_fork()`.
-    pub fn anon_vma_fork(&mut self, child: VmaRef, parent: VmaRef) -> Result<(), Errno> {
-        if child.is_attached() && !self.vma_is_write_locked(child) {
-            return Err(Errno::EBUSY);
-        }
-        // SAFETY: child exclusive per the check; parent stable under the write lock.
+    /// Make `child` (detached) a fork child of `parent`, a VMA of the parent address
+    /// space that `parent_lock` keeps stable. Linux: `anon_vma_fork()`, called by
+    /// `dup_mmap()` with the parent's mmap lock and the child's (this guard) held.
+    ///
+    /// # Panics
+    /// If `child` is not a VMA of this address space or `parent_lock` does not
+    /// stabilise `parent`.
+    #[track_caller]
+    pub fn anon_vma_fork(
+        &mut self,
+        child: VmaRef,
+        parent: VmaRef,
+        parent_lock: &dyn VmaStable,
+    ) -> Result<(), Errno> {
+        assert!(
+            parent_lock.stabilises(parent),
+            "anon_vma_fork: parent VMA {parent:p} (mm {}) is not stabilised by the lock passed",
+            parent.mm_id()
+        );
+        self.check_writable(child)?;
+        // SAFETY: `child` is this mm's and detached or write-locked (checked above), so exclusive to us; `parent` is stabilised by `parent_lock` (asserted above), which the borrow keeps held for the call.
         unsafe { anon::anon_vma_fork(child, parent) }
     }
 
     /// Linux: `find_mergeable_anon_vma()` — a neighbour's anon_vma `vma` could share.
     pub fn find_mergeable_anon_vma(&self, vma: VmaRef) -> Option<crate::vma::AnonVmaRef> {
         let v = self.view();
-        let held = Held;
         if let Some(next) = v
             .next_from(vma.end())
             .map(|e| e.vma)
             .filter(|n| n.start() == vma.end())
         {
-            if let Some(av) = anon::reusable_anon_vma(next, vma, next, &held) {
+            if let Some(av) = anon::reusable_anon_vma(next, vma, next, self) {
                 return Some(av);
             }
         }
         if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma) {
-            if let Some(av) = anon::reusable_anon_vma(prev, prev, vma, &held) {
+            if let Some(av) = anon::reusable_anon_vma(prev, prev, vma, self) {
                 return Some(av);
             }
         }
@@ -605,7 +704,7 @@ impl<'a> MmWriteGuard<'a> {
         }
         self.inner().tw.prealloc(1)?;
         // Linux: vma_link_file() — the file's i_mmap learns of the VMA as it attaches.
-        let file = vma.file(&Held);
+        let file = vma.file(&*self);
         let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
             Some(im) => {
                 let mut w = im.write();
@@ -631,7 +730,12 @@ impl<'a> MmWriteGuard<'a> {
 
     /// Linux: `insert_vm_struct()` — anonymous VMAs get `pgoff = start >> PAGE_SHIFT`;
     /// ENOMEM if the range is occupied.
+    ///
+    /// # Panics
+    /// If `vma` is not a VMA of this address space.
+    #[track_caller]
     pub fn insert_vm_struct(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        self.assert_owns(vma);
         if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
             return Err(Errno::ENOMEM);
         }
@@ -693,7 +797,7 @@ impl<'a> MmWriteGuard<'a> {
             .map(|u| u.0)
             .chain(removes.iter().copied())
             .chain(insert)
-            .find_map(|v| v.file(&Held).filter(|f| f.i_mmap().is_some()));
+            .find_map(|v| v.file(&*self).filter(|f| f.i_mmap().is_some()));
         let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
             Some(im) => {
                 let mut w = im.write();
@@ -702,42 +806,41 @@ impl<'a> MmWriteGuard<'a> {
             }
             None => None,
         };
-        let indexed = |v: VmaRef| match (&file, v.file(&Held)) {
-            (Some(f), Some(g)) => Arc::ptr_eq(f, &g),
+        // Is `v` in the `i_mmap` taken above? (Its file is read under our write lock.)
+        let indexed = |g: &Self, v: VmaRef| match (&file, v.file(g)) {
+            (Some(f), Some(h)) => Arc::ptr_eq(f, &h),
             _ => false,
         };
         let mm = self.mm;
-        let inner = self.inner();
         for &(v, ..) in updates {
-            inner.tw.erase(v.start());
+            self.inner().tw.erase(v.start());
         }
         for &v in removes {
-            inner.tw.erase(v.start());
+            self.inner().tw.erase(v.start());
         }
         for &(v, s, e, pg) in updates {
-            let w = i_mmap.as_mut().filter(|_| indexed(v));
             // Re-key: the index is by file page range, which this update may change.
-            let was_indexed = match w {
-                Some(w) => w.remove(v),
-                None => false,
+            let was_indexed = match i_mmap.as_mut() {
+                Some(w) if indexed(self, v) => w.remove(v),
+                _ => false,
             };
-            inner.stat.account(v.flags(), v.pages(), false);
+            self.inner().stat.account(v.flags(), v.pages(), false);
             v.set_range(s, e, pg);
-            inner.stat.account(v.flags(), v.pages(), true);
+            self.inner().stat.account(v.flags(), v.pages(), true);
             if was_indexed {
                 if let Some(w) = i_mmap.as_mut() {
                     w.insert(v);
                 }
             }
-            inner.tw.insert(s, e, v);
+            self.inner().tw.insert(s, e, v);
         }
         if let Some(v) = insert {
-            inner.tw.insert(v.start(), v.end(), v);
+            self.inner().tw.insert(v.start(), v.end(), v);
         }
-        inner.tw.publish(&mm.tree);
+        self.inner().tw.publish(&mm.tree);
         if let Some(v) = insert {
             lock::vma_mark_attached(v);
-            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
+            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(self, v)) {
                 w.insert(v);
             }
             let inner = self.inner();
@@ -745,7 +848,7 @@ impl<'a> MmWriteGuard<'a> {
             inner.stat.account(v.flags(), v.pages(), true);
         }
         for &v in removes {
-            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(v)) {
+            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(self, v)) {
                 w.remove(v);
             }
             lock::vma_mark_detached(v);
@@ -862,9 +965,11 @@ impl<'a> MmWriteGuard<'a> {
     /// `unlink_file_vma_batch_add()` in `free_pgtables()`, then `remove_vma()`).
     pub fn remove_vmas(&mut self, detached: DetachedVmas) {
         for v in detached.vmas {
-            debug_assert!(!v.is_attached());
+            self.assert_owns(v);
+            assert!(!v.is_attached(), "remove_vmas: VMA {v:p} was re-attached");
             self.inner().live_vmas -= 1;
-            release_vma(v);
+            // SAFETY: `v` is this mm's and detached (both asserted above): no reader can lock it, and every writer of it would need the mmap write lock we hold, so it is ours to release.
+            unsafe { release_vma(v) };
         }
     }
 
