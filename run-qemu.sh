@@ -38,7 +38,8 @@ APT_UPDATED=0
 apt_install() {
   if [ "$APT_UPDATED" = 0 ]; then need_root apt-get update -qq >&2; APT_UPDATED=1; fi
   log "installing $*"
-  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  # A headless `-display none` run needs none of the recommended audio/video codecs.
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
 ensure_qemu() {
