@@ -57,6 +57,34 @@ pub struct FrameAllocator {
     total_frames: u64,
     /// Usable frames holding the metadata array.
     reserved_frames: u64,
+    /// Test-only: fail exactly the Nth allocation (see [`FrameAllocator::fail_nth_alloc`]).
+    #[cfg(feature = "fault-inject")]
+    inject: FailNth,
+}
+
+/// Fail-the-Nth-allocation state (Linux: `fail_page_alloc` with `interval`/`times`
+/// narrowed to "exactly the Nth call", as the `should_fail` sweeps of the VMA
+/// userland tests use it).
+#[cfg(feature = "fault-inject")]
+#[derive(Default)]
+struct FailNth {
+    /// Allocations left before the failing one, counting it (0: disarmed).
+    countdown: core::sync::atomic::AtomicU64,
+    /// Allocations counted since arming, the failing one included.
+    seen: core::sync::atomic::AtomicU64,
+    /// Whether the armed failure has happened.
+    fired: core::sync::atomic::AtomicBool,
+}
+
+/// What [`FrameAllocator::disarm_fail_nth`] reports about the armed window.
+#[cfg(feature = "fault-inject")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailNthReport {
+    /// Allocation calls counted while armed: up to and including the failed one if it
+    /// fired, else every call of the window.
+    pub allocations: u64,
+    /// The Nth allocation happened and was failed.
+    pub fired: bool,
 }
 
 // SAFETY: the metadata array is made only of atomics and is valid for as long as the allocator exists (contract of `new`); the free lists are behind the lock, and the links inside the metadata are only written with that lock held.
@@ -159,6 +187,8 @@ impl FrameAllocator {
             phys_offset,
             total_frames: 0,
             reserved_frames: meta_frames,
+            #[cfg(feature = "fault-inject")]
+            inject: FailNth::default(),
         };
         let metas = this.metas();
 
@@ -293,6 +323,10 @@ impl FrameAllocator {
     pub fn alloc(&self, order: usize) -> Result<PhysAddr, FrameError> {
         if order > MAX_ORDER {
             return Err(FrameError::BadOrder);
+        }
+        #[cfg(feature = "fault-inject")]
+        if self.inject_fails() {
+            return Err(FrameError::OutOfMemory);
         }
         let mut areas = self.free.lock();
         let found = (order..NR_ORDERS)
@@ -441,6 +475,51 @@ impl FrameAllocator {
     pub fn allocated_frames(&self) -> u64 {
         let s = self.stats();
         s.total_frames - s.free_frames - s.reserved_frames
+    }
+}
+
+#[cfg(feature = "fault-inject")]
+impl FrameAllocator {
+    /// Test-only fault injection: of the allocations ([`alloc`](Self::alloc) and
+    /// everything built on it) made from now on, fail exactly the `n`th (1-based) with
+    /// [`FrameError::OutOfMemory`], changing nothing, and let every other one succeed
+    /// as usual. `n == 0` disarms. Re-arming resets the count. Linux: `fail_page_alloc`.
+    pub fn fail_nth_alloc(&self, n: u64) {
+        use core::sync::atomic::Ordering::SeqCst;
+        self.inject.fired.store(false, SeqCst);
+        self.inject.seen.store(0, SeqCst);
+        self.inject.countdown.store(n, SeqCst);
+    }
+
+    /// Disarms [`fail_nth_alloc`](Self::fail_nth_alloc) and reports how many
+    /// allocations were made while armed and whether the failure happened.
+    pub fn disarm_fail_nth(&self) -> FailNthReport {
+        use core::sync::atomic::Ordering::SeqCst;
+        self.inject.countdown.store(0, SeqCst);
+        FailNthReport {
+            allocations: self.inject.seen.swap(0, SeqCst),
+            fired: self.inject.fired.swap(false, SeqCst),
+        }
+    }
+
+    /// Counts one allocation if armed; true if it is the one to fail.
+    fn inject_fails(&self) -> bool {
+        use core::sync::atomic::Ordering::SeqCst;
+        let armed = self
+            .inject
+            .countdown
+            .try_update(SeqCst, SeqCst, |c| c.checked_sub(1));
+        match armed {
+            // Disarmed: nothing counted.
+            Err(_) => false,
+            Ok(left) => {
+                self.inject.seen.fetch_add(1, SeqCst);
+                if left == 1 {
+                    self.inject.fired.store(true, SeqCst);
+                }
+                left == 1
+            }
+        }
     }
 }
 

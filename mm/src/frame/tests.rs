@@ -760,3 +760,65 @@ proptest! {
         fa.check_invariants();
     }
 }
+
+#[cfg(feature = "fault-inject")]
+#[test]
+fn fail_nth_alloc_fails_exactly_the_nth_then_succeeds() {
+    let mem = SimulatedMemory::new((4 * MIB) as usize);
+    let fa = mem.allocator();
+    let before = fa.stats();
+    fa.fail_nth_alloc(3);
+    let a = fa.alloc(0).unwrap();
+    let b = fa.alloc_zeroed(2).unwrap();
+    let stats_before_failure = fa.stats();
+    assert_eq!(fa.alloc(0), Err(FrameError::OutOfMemory), "the 3rd fails");
+    assert_eq!(
+        fa.stats(),
+        stats_before_failure,
+        "a failed alloc changes nothing"
+    );
+    let c = fa.alloc(0).unwrap();
+    let d = fa.alloc(5).unwrap();
+    let r = fa.disarm_fail_nth();
+    assert_eq!(
+        r,
+        FailNthReport {
+            allocations: 3,
+            fired: true
+        }
+    );
+    for (p, o) in [(a, 0), (b, 2), (c, 0), (d, 5)] {
+        fa.free(p, o).unwrap();
+    }
+    assert_eq!(fa.stats(), before);
+    fa.check_invariants();
+
+    // Not reached: every call succeeds and the report says how many were made.
+    fa.fail_nth_alloc(10);
+    let p = fa.alloc(1).unwrap();
+    fa.free(p, 1).unwrap();
+    assert_eq!(
+        fa.disarm_fail_nth(),
+        FailNthReport {
+            allocations: 1,
+            fired: false
+        }
+    );
+    // Disarmed: nothing fails, nothing is counted.
+    let q = fa.alloc(0).unwrap();
+    fa.free(q, 0).unwrap();
+    assert_eq!(
+        fa.disarm_fail_nth(),
+        FailNthReport {
+            allocations: 0,
+            fired: false
+        }
+    );
+    // n = 0 is "disarmed"; a bad order is rejected before it is counted.
+    fa.fail_nth_alloc(0);
+    fa.alloc(0).map(|p| fa.free(p, 0)).unwrap().unwrap();
+    fa.fail_nth_alloc(1);
+    assert_eq!(fa.alloc(MAX_ORDER + 1), Err(FrameError::BadOrder));
+    assert_eq!(fa.alloc(0), Err(FrameError::OutOfMemory));
+    assert!(fa.disarm_fail_nth().fired);
+}
