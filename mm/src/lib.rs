@@ -14,6 +14,8 @@
 //! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks [`mm/vma.c`, `mm/mmap_lock.c`].
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// `Arc::try_new`: allocation on syscall paths fails with ENOMEM instead of aborting.
+#![feature(allocator_ext)]
 
 extern crate alloc;
 

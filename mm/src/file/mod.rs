@@ -21,7 +21,6 @@
 //! The VMA layer stores files as `Arc<dyn VmFile>` ([`crate::vma::FileRef`]);
 //! [`lookup`] recovers the `Arc<File>` by downcasting through `VmFile::into_any`.
 
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -70,23 +69,32 @@ pub struct Inode {
     alloc: &'static FrameAllocator,
     /// Size in bytes (Linux: `i_size`); faults beyond it get SIGBUS.
     size: AtomicUsize,
-    /// Linux: `mapping->i_pages` — page index → frame (one reference held per page).
-    pages: spin::Mutex<BTreeMap<usize, PhysAddr>>,
+    /// Linux: `mapping->i_pages` — page index → frame (one reference held per page),
+    /// sorted by index. A vector rather than the xarray, grown with `try_reserve` so an
+    /// insertion can fail with ENOMEM (Linux: `xas_nomem`) instead of aborting.
+    pages: spin::Mutex<Vec<(usize, PhysAddr)>>,
     /// Linux: `mapping->i_mmap` — kept exact by the VMA engine (see [`IMmap`]).
     i_mmap: IMmap,
 }
 
 impl Inode {
-    /// A new inode of `size` bytes whose page cache allocates from `alloc`.
-    pub fn new(alloc: &'static FrameAllocator, size: usize) -> Arc<Inode> {
-        Arc::new(Inode {
+    /// A new inode of `size` bytes whose page cache allocates from `alloc` (Linux:
+    /// `new_inode()`); ENOMEM if it cannot be allocated.
+    pub fn try_new(alloc: &'static FrameAllocator, size: usize) -> Result<Arc<Inode>, Errno> {
+        Arc::try_new(Inode {
             ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
             dev: (0, 5),
             alloc,
             size: AtomicUsize::new(size),
-            pages: spin::Mutex::new(BTreeMap::new()),
+            pages: spin::Mutex::new(Vec::new()),
             i_mmap: IMmap::new(),
         })
+        .map_err(|_| Errno::ENOMEM)
+    }
+    /// [`Inode::try_new`] for fixtures (tests, the boot demo), which treat running out of
+    /// heap as fatal. Syscall paths use `try_new`.
+    pub fn new(alloc: &'static FrameAllocator, size: usize) -> Arc<Inode> {
+        Self::try_new(alloc, size).expect("inode fixture: out of memory")
     }
     /// Inode number.
     pub fn ino(&self) -> u64 {
@@ -110,17 +118,26 @@ impl Inode {
     }
     /// The cached frame of page `index`, if any (Linux: `filemap_get_folio`).
     pub fn find_page(&self, index: usize) -> Option<PhysAddr> {
-        self.pages.lock().get(&index).copied()
+        let pages = self.pages.lock();
+        pages
+            .binary_search_by_key(&index, |&(i, _)| i)
+            .ok()
+            .map(|at| pages[at].1)
     }
     /// The cached frame of page `index`, allocating a zeroed one if absent (ramfs/shmem
     /// semantics: a hole reads as zeros). Linux: `filemap_fault` / `shmem_get_folio`.
+    /// ENOMEM, with the cache unchanged, if the frame or the cache's room for it cannot
+    /// be allocated.
     pub fn find_or_create_page(&self, index: usize) -> Result<PhysAddr, Errno> {
         let mut pages = self.pages.lock();
-        if let Some(&pa) = pages.get(&index) {
-            return Ok(pa);
-        }
+        let at = match pages.binary_search_by_key(&index, |&(i, _)| i) {
+            Ok(at) => return Ok(pages[at].1),
+            Err(at) => at,
+        };
+        // Room first (Linux: xas_nomem before the store), so nothing is left to undo.
+        pages.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         let pa = self.alloc.alloc_zeroed(0).map_err(|_| Errno::ENOMEM)?;
-        pages.insert(index, pa);
+        pages.insert(at, (index, pa));
         Ok(pa)
     }
     /// Copy `data` into the file at byte `offset` (Linux: `generic_perform_write`);
@@ -228,6 +245,8 @@ impl File {
         Self::build(inode, mode, ops, name, None, None, false)
     }
 
+    /// A file of a fixture (tests, the boot demo), which treat running out of heap as
+    /// fatal. Syscall paths use [`File::try_build`].
     fn build(
         inode: Arc<Inode>,
         mode: OpenMode,
@@ -237,16 +256,35 @@ impl File {
         device: Option<(u64, usize)>,
         noexec: bool,
     ) -> Arc<File> {
-        let f = Arc::new(File {
+        Self::try_build(inode, mode, ops, name, lower, device, noexec)
+            .expect("file fixture: out of memory")
+    }
+
+    /// Linux: `alloc_file()`; ENOMEM if the file or its name cannot be allocated.
+    fn try_build(
+        inode: Arc<Inode>,
+        mode: OpenMode,
+        ops: &'static FileOperations,
+        name: &str,
+        lower: Option<Arc<File>>,
+        device: Option<(u64, usize)>,
+        noexec: bool,
+    ) -> Result<Arc<File>, Errno> {
+        let mut owned = String::new();
+        owned
+            .try_reserve_exact(name.len())
+            .map_err(|_| Errno::ENOMEM)?;
+        owned.push_str(name);
+        Arc::try_new(File {
             inode,
             mode,
             ops,
             noexec,
-            name: String::from(name),
+            name: owned,
             lower,
             device,
-        });
-        f
+        })
+        .map_err(|_| Errno::ENOMEM)
     }
 
     /// The same inode opened again with another mode/mount flag (a new `struct file`).
@@ -628,13 +666,17 @@ pub fn stacking_file(lower: &Arc<File>, name: &str) -> Arc<File> {
 }
 
 /// The shmem file behind a shared anonymous mapping (Linux: `shmem_zero_setup`,
-/// named `/dev/zero (deleted)` in maps).
-pub fn shmem_zero_file(alloc: &'static FrameAllocator, size: usize) -> Arc<File> {
-    File::new(
-        Inode::new(alloc, size),
+/// named `/dev/zero (deleted)` in maps). ENOMEM if the inode or file cannot be
+/// allocated (Linux: `shmem_kernel_file_setup` failing in `shmem_zero_setup`).
+pub fn shmem_zero_file(alloc: &'static FrameAllocator, size: usize) -> Result<Arc<File>, Errno> {
+    File::try_build(
+        Inode::try_new(alloc, size)?,
         OpenMode::RDWR,
         &RAMFS_FOPS,
         "/dev/zero (deleted)",
+        None,
+        None,
+        false,
     )
 }
 

@@ -632,7 +632,7 @@ impl AddressSpace {
         let mut file = file;
         if file.is_none() && vm_flags.contains(VmFlags::SHARED) {
             // Linux: shmem_zero_setup().
-            file = Some(file::shmem_zero_file(self.alloc, len));
+            file = Some(file::shmem_zero_file(self.alloc, len)?);
         }
         let mut page_prot = vm_get_page_prot(vm_flags);
         // 3. mmap_prepare.
