@@ -1059,14 +1059,16 @@ impl Drop for AddressSpace {
         let ts = self.layout.task_size;
         let mut g = self.mm.write_lock();
         let pt = self.pt.get_mut();
-        match g.detach_all() {
-            Ok(d) => {
-                if let Err(e) = zap_locked(pt, 0, ts) {
-                    log::error!("exit_mmap: zap failed: {e}");
-                }
-                g.remove_vmas(d);
-            }
-            Err(e) => log::error!("exit_mmap: detach failed: {e}"),
+        let detached = g.detach_all();
+        // The pages go whether or not the tree could be taken apart: exit cannot fail.
+        if let Err(e) = zap_locked(pt, 0, ts) {
+            log::error!("exit_mmap: zap failed: {e}");
+        }
+        match detached {
+            Ok(d) => g.remove_vmas(d),
+            // Out of memory for the detach batch: `Mm`'s own drop releases the VMAs
+            // straight from the tree, after the zap above, as remove_vmas would.
+            Err(e) => log::warn!("exit_mmap: detach failed ({e}); VMAs released by Mm"),
         }
     }
 }

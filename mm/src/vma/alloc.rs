@@ -152,6 +152,9 @@ pub(super) fn vm_area_free(vma: VmaRef) {
     // SAFETY: detached and handed to us by the owner: no one else may touch it now (lock-free readers only read atomics and fail on refcnt 0).
     unsafe {
         super::anon::unlink_anon_vmas(vma);
+        // The chain's buffer goes back to the heap with its entries (Linux frees each
+        // `anon_vma_chain` object in unlink_anon_vmas); a pooled slot keeps no heap.
+        *vma.chain_mut() = alloc::vec::Vec::new();
         *vma.file_mut() = None;
         *vma.anon_name_mut() = None;
     }

@@ -148,18 +148,18 @@ impl Drop for Mm {
     fn drop(&mut self) {
         // Exclusive access: no guard, RCU reader or read lock can borrow `self`.
         let inner = self.lock.get_mut();
-        let mut all = Vec::new();
-        let _ = all.try_reserve(inner.tw.len());
-        inner.tw.view().for_each(|e| all.push(e.vma));
         // Linux: exit_mmap() → remove_vma() for each: the file forgets the VMA and its
-        // close hook runs, as for munmap.
-        for v in all {
+        // close hook runs, as for munmap. Straight from the tree walk: releasing a VMA
+        // never touches the tree (its nodes keep their own copy of the range), and
+        // gathering the VMAs first would need memory that exit must not depend on.
+        inner.tw.view().for_each(|e| {
+            let v = e.vma;
             // Waits out a transient reader that found the slot through a stale handle
             // (no reader of this mm exists: they all borrow `self`).
             lock::vma_mark_detached(v);
             // SAFETY: `&mut self`: no guard of this mm exists, so no lock-holding reader or writer can reach `v`; it is detached (just above), so no lock-free reader can lock it either. It is ours to release.
             unsafe { release_vma(v) };
-        }
+        });
         // SAFETY: `&mut self`: nothing else can reach the tree.
         unsafe { inner.tw.destroy(&self.tree) };
     }
