@@ -192,28 +192,18 @@ impl AddressSpace {
             if idx.saturating_mul(PAGE_SIZE) >= f.inode().size() {
                 return Err(FaultError::Bus);
             }
-            let pc = f
-                .inode()
-                .find_or_create_page(idx)
-                .map_err(|_| FaultError::Oom)?;
-            if shared {
-                // Linux: do_shared_fault — the page-cache page itself, writable if the
-                // VMA is.
-                if cur.is_none() {
-                    self.map_page(pt, page, pc, pte_prot(flags, true))?;
+            if let Some(t) = cur {
+                if !shared {
+                    return self.wp(pt, page, t, flags, write);
                 }
+                // A shared mapping maps the page-cache page itself, writable if the VMA
+                // is: nothing to do but note the write.
                 if write {
-                    file::mark_dirty(self.alloc, pc);
+                    file::mark_dirty(self.alloc, t.frame);
                 }
                 return Ok(());
             }
-            return match cur {
-                // Linux: do_read_fault — map the cache page read-only.
-                None if !write => self.map_page(pt, page, pc, pte_prot(flags, false)),
-                // Linux: do_cow_fault.
-                None => self.cow_into_new(pt, page, Some(pc), flags, false),
-                Some(t) => self.wp(pt, page, t, flags, write),
-            };
+            return self.file_fault(pt, f.inode(), idx, page, flags, write);
         }
         if !vma.is_anonymous() {
             return Err(FaultError::Bus);
@@ -224,6 +214,74 @@ impl AddressSpace {
             None => self.cow_into_new(pt, page, None, flags, false),
             Some(t) => self.wp(pt, page, t, flags, write),
         }
+    }
+
+    /// A fault on a file page with no PTE (Linux: `do_read_fault`, `do_cow_fault`,
+    /// `do_shared_fault`), in Linux's order: the private copy first (`do_cow_fault`'s
+    /// `folio_prealloc`), then the page table (`__do_fault`'s `vmf->prealloc_pte`), and
+    /// only then the file's page (`->fault`), so running out of memory at any step
+    /// leaves nothing behind, not even a page in the page cache.
+    fn file_fault(
+        &self,
+        pt: &mut PageTableRoot,
+        inode: &file::Inode,
+        idx: usize,
+        page: usize,
+        flags: VmFlags,
+        write: bool,
+    ) -> Result<(), FaultError> {
+        let shared = flags.contains(VmFlags::SHARED);
+        let cow = if write && !shared {
+            Some(self.alloc.alloc_zeroed(0).map_err(|_| FaultError::Oom)?)
+        } else {
+            None
+        };
+        let put_cow = || {
+            if let Some(new) = cow {
+                let _ = self.alloc.put_frame(new);
+            }
+        };
+        let reserved = match pt.reserve_tables(va(page)..va(page + PAGE_SIZE), PageSize::Size4K) {
+            Ok(r) => r,
+            Err(_) => {
+                put_cow();
+                return Err(FaultError::Oom);
+            }
+        };
+        let pc = match inode.find_or_create_page(idx) {
+            Ok(pc) => pc,
+            Err(_) => {
+                put_cow();
+                return Err(FaultError::Oom);
+            }
+        };
+        let Some(new) = cow else {
+            // Linux: do_read_fault maps the cache page read-only in a private mapping;
+            // do_shared_fault maps it writable if the VMA is.
+            pt.map_reserved(
+                va(page)..va(page + PAGE_SIZE),
+                pc,
+                PageSize::Size4K,
+                pte_prot(flags, shared),
+                reserved,
+            )
+            .map_err(|_| FaultError::Oom)?;
+            if shared && write {
+                file::mark_dirty(self.alloc, pc);
+            }
+            return Ok(());
+        };
+        // Linux: do_cow_fault — the private copy of the cache page.
+        self.fill_anon(new, Some(pc));
+        let prot = pte_prot(flags, true);
+        if pt
+            .map_frame_reserved(va(page), new, PageSize::Size4K, prot, reserved)
+            .is_err()
+        {
+            let _ = self.alloc.put_frame(new);
+            return Err(FaultError::Oom);
+        }
+        Ok(())
     }
 
     /// A fault on a present PTE: spurious unless it is a write to a read-only one
@@ -273,8 +331,29 @@ impl AddressSpace {
         replace: bool,
     ) -> Result<(), FaultError> {
         let new = self.alloc.alloc_zeroed(0).map_err(|_| FaultError::Oom)?;
+        self.fill_anon(new, src);
+        let prot = pte_prot(flags, true);
+        let r = if replace {
+            // Linux: wp_page_copy() swaps the PTE in place, so no table page is needed.
+            let mut g = MmuGather::new(pt);
+            let r = pt.replace_frame(va(page), new, prot, &mut g);
+            g.finish();
+            r
+        } else {
+            pt.map_frame(va(page), new, PageSize::Size4K, prot)
+        };
+        if r.is_err() {
+            let _ = self.alloc.put_frame(new);
+            return Err(FaultError::Oom);
+        }
+        Ok(())
+    }
+
+    /// Makes the fresh, zeroed frame `new` a private anonymous page holding a copy of
+    /// `src` (Linux: `copy_mc_user_highpage` + `__folio_set_anon`).
+    fn fill_anon(&self, new: PhysAddr, src: Option<PhysAddr>) {
         if let Some(s) = src {
-            // SAFETY: `s` is a frame mapped by us (we hold the page-table lock, so it stays referenced) and `new` is ours alone; both are reachable through the direct map and one page long.
+            // SAFETY: `s` is a frame mapped by us or held by the page cache (we hold the page-table lock, so it stays referenced) and `new` is ours alone; both are reachable through the direct map and one page long.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.alloc.phys_to_virt(s),
@@ -286,21 +365,6 @@ impl AddressSpace {
         if let Some(m) = self.alloc.meta(new) {
             m.set_flags(FrameFlags::ANON);
         }
-        let prot = pte_prot(flags, true);
-        let mapped = if replace {
-            // Linux: wp_page_copy() swaps the PTE in place, so no table page is needed.
-            let mut g = MmuGather::new(pt);
-            let r = pt.replace_frame(va(page), new, prot, &mut g);
-            g.finish();
-            r
-        } else {
-            pt.map_frame(va(page), new, PageSize::Size4K, prot)
-        };
-        if mapped.is_err() {
-            let _ = self.alloc.put_frame(new);
-            return Err(FaultError::Oom);
-        }
-        Ok(())
     }
 
     fn map_page(

@@ -9,7 +9,10 @@
 //!   tables. Dropping it tears the user half down (Linux: `exit_mmap` + `free_pgtables`).
 //! - Mapping primitives work on ranges of the user half: [`PageTableRoot::map`],
 //!   [`PageTableRoot::map_frame`], [`PageTableRoot::unmap`], [`PageTableRoot::protect`],
-//!   [`PageTableRoot::translate`], [`PageTableRoot::walk`], for 4 KiB, 2 MiB (PS bit in
+//!   [`PageTableRoot::translate`], [`PageTableRoot::walk`],
+//!   [`PageTableRoot::replace_frame`] (copy-on-write), and
+//!   [`PageTableRoot::reserve_tables`] + [`PageTableRoot::map_reserved`] (table pages
+//!   allocated before the page to map, as the fault path needs), for 4 KiB, 2 MiB (PS bit in
 //!   the PD entry) and 1 GiB (PS bit in the PDPT entry) pages.
 //! - Page-table pages come from the [`FrameAllocator`](crate::frame::FrameAllocator),
 //!   are marked [`FrameFlags::PAGETABLE`](crate::frame::FrameFlags::PAGETABLE) and are
@@ -75,7 +78,7 @@ mod tests;
 
 pub use entry::{PTE_ACCOUNTED, PTE_PROTNONE};
 pub use space::{MAX_CPUS, PageTableRoot};
-pub use table::{Translation, WalkResult};
+pub use table::{TableReservation, Translation, WalkResult};
 pub use tlb::{FlushKind, MmuGather, TLB_SINGLE_PAGE_FLUSH_CEILING};
 
 pub use x86_64::structures::paging::PageTableFlags;

@@ -92,25 +92,40 @@ fn tables_covering(level: Level, a: u64, b: u64) -> usize {
 struct Stash {
     alloc: &'static FrameAllocator,
     head: Option<Table>,
+    /// Pages held.
+    len: usize,
 }
 
 impl Stash {
     fn fill(alloc: &'static FrameAllocator, n: usize) -> Result<Self, MapError> {
-        let mut s = Stash { alloc, head: None };
-        for _ in 0..n {
-            // On failure `s` drops and frees what it holds: nothing changed.
-            let t = Table::alloc(alloc)?;
-            if let Some(h) = s.head {
+        let mut s = Stash {
+            alloc,
+            head: None,
+            len: 0,
+        };
+        // On failure `s` drops and frees what it holds: nothing changed.
+        s.top_up(n)?;
+        Ok(s)
+    }
+
+    /// Allocates until at least `n` pages are held. On failure the stash keeps what it
+    /// had and what it got so far (its drop frees them).
+    fn top_up(&mut self, n: usize) -> Result<(), MapError> {
+        while self.len < n {
+            let t = Table::alloc(self.alloc)?;
+            if let Some(h) = self.head {
                 t.store(0, Pte(h.pa().as_u64()));
             }
-            s.head = Some(t);
+            self.head = Some(t);
+            self.len += 1;
         }
-        Ok(s)
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Table, MapError> {
         match self.head {
             Some(t) => {
+                self.len -= 1;
                 let next = t.load(0).0;
                 self.head = if next == 0 {
                     None
@@ -146,7 +161,34 @@ impl Drop for Stash {
     }
 }
 
+/// Page-table pages set aside for one later map of a range (Linux: `vmf->prealloc_pte`,
+/// which `__do_fault` allocates before calling `->fault`, so that once the file's page
+/// is in hand, installing it cannot run out of memory). Made by
+/// [`PageTableRoot::reserve_tables`], spent by [`PageTableRoot::map_reserved`] or
+/// [`PageTableRoot::map_frame_reserved`]; dropping it frees the pages.
+pub struct TableReservation {
+    stash: Stash,
+}
+
 impl PageTableRoot {
+    /// Allocates the table pages that mapping `range` with leaves of `size` needs now
+    /// (Linux: `pte_alloc_one` for `vmf->prealloc_pte`). Errors as for
+    /// [`map`](Self::map), checked before allocating; nothing changes either way. The
+    /// reservation stays exact as long as the tables do not change before it is spent
+    /// (the caller holds the page-table lock throughout); if they did, the map
+    /// allocates the difference.
+    pub fn reserve_tables(
+        &self,
+        range: Range<VirtAddr>,
+        size: PageSize,
+    ) -> Result<TableReservation, MapError> {
+        let (start, end) = user_range(&range, size.bytes())?;
+        let need = self.plan_map(start, end, size)?;
+        Ok(TableReservation {
+            stash: Stash::fill(self.allocator(), need)?,
+        })
+    }
+
     /// Descends from the PML4 towards `va` while entries point at tables, stopping at the
     /// first unused or leaf entry (Linux: `follow_page_mask`'s level-by-level walk).
     pub fn walk(&self, va: VirtAddr) -> WalkResult {
@@ -318,6 +360,33 @@ impl PageTableRoot {
         size: PageSize,
         flags: F,
     ) -> Result<(), MapError> {
+        let stash = Stash::fill(self.allocator(), 0)?;
+        self.map_with(range, phys, size, flags, stash)
+    }
+
+    /// [`map`](Self::map) with the table pages of `r` (from
+    /// [`reserve_tables`](Self::reserve_tables) for this range): fails with
+    /// `OutOfMemory` only if the tables changed since the reservation. Pages left over
+    /// are freed.
+    pub fn map_reserved(
+        &mut self,
+        range: Range<VirtAddr>,
+        phys: PhysAddr,
+        size: PageSize,
+        flags: F,
+        r: TableReservation,
+    ) -> Result<(), MapError> {
+        self.map_with(range, phys, size, flags, r.stash)
+    }
+
+    fn map_with(
+        &mut self,
+        range: Range<VirtAddr>,
+        phys: PhysAddr,
+        size: PageSize,
+        flags: F,
+        mut stash: Stash,
+    ) -> Result<(), MapError> {
         let (start, end) = user_range(&range, size.bytes())?;
         check_flags(flags)?;
         if !phys.as_u64().is_multiple_of(size.bytes()) {
@@ -328,7 +397,7 @@ impl PageTableRoot {
             return Err(MapError::InvalidRange);
         }
         let need = self.plan_map(start, end, size)?;
-        let mut stash = Stash::fill(self.allocator(), need)?;
+        stash.top_up(need)?;
         let alloc = self.allocator();
         let mut off = 0;
         while off < len {
@@ -365,6 +434,31 @@ impl PageTableRoot {
         size: PageSize,
         flags: F,
     ) -> Result<(), MapError> {
+        let stash = Stash::fill(self.allocator(), 0)?;
+        self.map_frame_with(va, pa, size, flags, stash)
+    }
+
+    /// [`map_frame`](Self::map_frame) with the table pages of `r` (see
+    /// [`map_reserved`](Self::map_reserved)).
+    pub fn map_frame_reserved(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: PageSize,
+        flags: F,
+        r: TableReservation,
+    ) -> Result<(), MapError> {
+        self.map_frame_with(va, pa, size, flags, r.stash)
+    }
+
+    fn map_frame_with(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: PageSize,
+        flags: F,
+        mut stash: Stash,
+    ) -> Result<(), MapError> {
         let end = va
             .as_u64()
             .checked_add(size.bytes())
@@ -380,7 +474,7 @@ impl PageTableRoot {
             return Err(MapError::NotAllocated);
         }
         let need = self.plan_map(start, end, size)?;
-        let mut stash = Stash::fill(alloc, need)?;
+        stash.top_up(need)?;
         m.inc_mapcount();
         self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash)
     }

@@ -567,6 +567,141 @@ fn oom_mid_map_changes_nothing() {
 }
 
 #[test]
+fn reserved_tables_make_the_map_infallible() {
+    let a = mem(8);
+    let before = a.allocated_frames();
+    let mut s = space(a);
+    let frames = a.allocated_frames();
+    // An empty space: PDPT, PD and PT are needed.
+    let res = s
+        .reserve_tables(r(0x40_0000, 0x40_0000 + K4), PageSize::Size4K)
+        .unwrap();
+    assert_eq!(a.allocated_frames(), frames + 3);
+    assert_eq!(s.count_user(), (0, 0), "reserving changes no table");
+    // With no free frame at all, the reserved map still succeeds.
+    let f = a.alloc(0).unwrap();
+    let hoard = exhaust(a, 0);
+    s.map_frame_reserved(va(0x40_0000), f, PageSize::Size4K, RW, res)
+        .unwrap();
+    assert_eq!(s.count_user(), (1, 3));
+    assert_eq!(s.translate(va(0x40_0000)).unwrap().frame, f);
+    // A reservation for a range that needs nothing holds nothing; dropping an unspent
+    // one frees its pages.
+    release(a, hoard);
+    let frames = a.allocated_frames();
+    let none = s
+        .reserve_tables(r(0x40_1000, 0x40_2000), PageSize::Size4K)
+        .unwrap();
+    assert_eq!(a.allocated_frames(), frames);
+    s.map_reserved(
+        r(0x40_1000, 0x40_2000),
+        PhysAddr::new(MMIO),
+        PageSize::Size4K,
+        RW,
+        none,
+    )
+    .unwrap();
+    // Another GiB under the same PDPT: a PD and a PT.
+    let unspent = s
+        .reserve_tables(r(5 * G1, 5 * G1 + K4), PageSize::Size4K)
+        .unwrap();
+    assert_eq!(a.allocated_frames(), frames + 2);
+    drop(unspent);
+    assert_eq!(a.allocated_frames(), frames);
+    // Reserving fails as map does, with nothing allocated.
+    assert!(matches!(
+        s.reserve_tables(r(0x40_0000, 0x40_1000), PageSize::Size4K),
+        Err(MapError::AlreadyMapped)
+    ));
+    // One frame short of the PD and PT needed there.
+    let hoard = exhaust(a, 1);
+    let frames = a.allocated_frames();
+    assert!(matches!(
+        s.reserve_tables(r(7 * G1, 7 * G1 + K4), PageSize::Size4K),
+        Err(MapError::OutOfMemory)
+    ));
+    assert_eq!(a.allocated_frames(), frames);
+    release(a, hoard);
+    drop(s);
+    assert_eq!(a.allocated_frames(), before);
+}
+
+#[test]
+fn replace_frame_swaps_in_place_without_table_memory() {
+    let a = mem(8);
+    let before = a.allocated_frames();
+    let mut s = space(a);
+    // SAFETY: host backend: recorded only.
+    unsafe { s.activate(0) };
+    // The only page of its page table: an unmap would free the table.
+    let old = a.alloc_zeroed(0).unwrap();
+    s.map_frame(va(0x40_0000), old, PageSize::Size4K, P | U)
+        .unwrap();
+    a.meta(old).unwrap().get(); // the caller's own reference, to watch it drop
+    let tables = s.count_user().1;
+    let new = a.alloc(0).unwrap();
+    let hoard = exhaust(a, 0);
+    s.tlb().clear();
+    let mut g = MmuGather::new(&s);
+    s.replace_frame(va(0x40_0000), new, RW, &mut g).unwrap();
+    g.finish();
+    release(a, hoard);
+    let t = s.translate(va(0x40_0000)).unwrap();
+    assert_eq!((t.frame, t.flags & RW), (new, RW));
+    assert_eq!(s.count_user(), (1, tables), "no table freed or allocated");
+    let (mo, mn) = (a.meta(old).unwrap(), a.meta(new).unwrap());
+    assert_eq!((mo.refcount(), mo.mapcount()), (1, 0), "old leaf released");
+    assert_eq!(
+        (mn.refcount(), mn.mapcount()),
+        (1, 1),
+        "new leaf took the reference"
+    );
+    // The old entry was flushed, then its frame released.
+    assert_eq!(
+        s.tlb().events(),
+        [
+            TlbEvent::Flush {
+                cpus: 1,
+                kind: FlushKind::Pages {
+                    start: va(0x40_0000),
+                    count: 1,
+                    stride: PageSize::Size4K
+                }
+            },
+            TlbEvent::Release(Release::PutFrame(old)),
+        ]
+    );
+    // Errors change nothing: no leaf, wrong size, not an allocated head.
+    let other = a.alloc(0).unwrap();
+    let mut g = MmuGather::new(&s);
+    s.map(r(4 * M2, 5 * M2), PhysAddr::new(MMIO), PageSize::Size2M, RW)
+        .unwrap();
+    assert_eq!(
+        s.replace_frame(va(0x40_1000), other, RW, &mut g),
+        Err(MapError::NotMapped)
+    );
+    assert_eq!(
+        s.replace_frame(va(4 * M2), other, RW, &mut g),
+        Err(MapError::PartialHugePage)
+    );
+    assert_eq!(
+        s.replace_frame(va(0x40_0000), PhysAddr::new(MMIO), RW, &mut g),
+        Err(MapError::NotAllocated)
+    );
+    g.finish();
+    let mut g = MmuGather::new(&s);
+    s.unmap(r(4 * M2, 5 * M2), &mut g).unwrap();
+    g.finish();
+    assert_eq!(s.translate(va(0x40_0000)).unwrap().frame, new);
+    assert_eq!(a.meta(other).unwrap().mapcount(), 0);
+    a.free(other, 0).unwrap();
+    a.put_frame(old).unwrap();
+    s.deactivate(0);
+    drop(s);
+    assert_eq!(a.allocated_frames(), before);
+}
+
+#[test]
 fn flush_policy_ceiling() {
     assert_eq!(
         flush_kind(0x1000, 0x1000 + 33 * K4, PageSize::Size4K, false),
