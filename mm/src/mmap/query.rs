@@ -3,15 +3,37 @@
 //! Linux: `fs/proc/task_mmu.c` (`show_map_vma`, `show_vma_header_prefix`,
 //! `do_procmap_query`).
 
-use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
 use super::AddressSpace;
 use super::consts::*;
+use crate::errno::Errno;
 use crate::file;
 use crate::vma::{MmReadGuard, VmFlags, VmaIterator, VmaRef};
+
+/// A `fmt::Write` into a `String` that grows with `try_reserve`, so formatting fails
+/// (with `fmt::Error`, reported as ENOMEM) instead of aborting (Linux: `seq_file`
+/// output, whose buffer allocation can fail).
+struct TryWriter<'a>(&'a mut String);
+
+impl Write for TryWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0.try_reserve(s.len()).map_err(|_| core::fmt::Error)?;
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
+/// `format!` for syscall paths: ENOMEM instead of an abort.
+fn try_format(args: core::fmt::Arguments<'_>) -> Result<String, Errno> {
+    let mut s = String::new();
+    TryWriter(&mut s)
+        .write_fmt(args)
+        .map_err(|_| Errno::ENOMEM)?;
+    Ok(s)
+}
 
 /// One VMA as PROCMAP_QUERY reports it, plus pgoff and anon_vma identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,26 +65,36 @@ pub struct VmaQuery {
 }
 
 impl AddressSpace {
-    fn vma_name(&self, g: &MmReadGuard<'_>, v: VmaRef) -> Option<String> {
+    /// The name maps shows for `v` (Linux: `get_vma_name`); ENOMEM if it cannot be
+    /// allocated.
+    fn vma_name(&self, g: &MmReadGuard<'_>, v: VmaRef) -> Result<Option<String>, Errno> {
         if let Some(f) = v.file(g) {
-            return Some(String::from(f.name()));
+            return try_format(format_args!("{}", f.name())).map(Some);
         }
         if let Some(n) = v.anon_name(g) {
-            return Some(format!("[anon:{n}]"));
+            return try_format(format_args!("[anon:{n}]")).map(Some);
         }
         let sp = self.start_stack.load(Ordering::Relaxed);
         if sp != 0 && v.start() <= sp && sp < v.end() {
-            return Some(String::from("[stack]"));
+            return try_format(format_args!("[stack]")).map(Some);
         }
-        None
+        Ok(None)
+    }
+
+    /// `/proc/PID/maps` for diagnostics and tests, which treat running out of heap as
+    /// fatal; the read(2) path is [`try_maps`](Self::try_maps).
+    pub fn maps(&self) -> String {
+        self.try_maps().expect("maps: out of memory")
     }
 
     /// `/proc/PID/maps`: one line per VMA, `start-end perms offset dev inode name`,
-    /// formatted as Linux's `show_map_vma` (name padded to column 73).
-    pub fn maps(&self) -> String {
+    /// formatted as Linux's `show_map_vma` (name padded to column 73). ENOMEM if the
+    /// text cannot be allocated (Linux: `seq_read` failing to grow its buffer).
+    pub fn try_maps(&self) -> Result<String, Errno> {
         let g = self.mm.read_lock();
         let view = g.view();
-        let mut out = String::new();
+        let mut text = String::new();
+        let mut out = TryWriter(&mut text);
         let mut it = VmaIterator::new(0);
         while let Some(v) = it.next(&view) {
             let f = v.flags();
@@ -72,8 +104,8 @@ impl AddressSpace {
                 ino = file.inode().ino();
                 off = (v.pgoff() as u64) << 12;
             }
-            let start_len = out.len();
-            let _ = write!(
+            let start_len = out.0.len();
+            write!(
                 out,
                 "{:08x}-{:08x} {}{}{}{} {:08x} {:02x}:{:02x} {} ",
                 v.start(),
@@ -90,33 +122,43 @@ impl AddressSpace {
                 dev.0,
                 dev.1,
                 ino
-            );
-            if let Some(name) = self.vma_name(&g, v) {
+            )
+            .map_err(|_| Errno::ENOMEM)?;
+            if let Some(name) = self.vma_name(&g, v)? {
                 // Linux: seq_setwidth(25 + 6 * sizeof(void *) - 1) then seq_pad(' ').
-                let width = 25 + 6 * 8 - 1;
-                while out.len() - start_len < width {
-                    out.push(' ');
-                }
-                out.push(' ');
-                out.push_str(&name);
+                let width: usize = 25 + 6 * 8 - 1;
+                let pad = width.saturating_sub(out.0.len() - start_len);
+                write!(out, "{:pad$} {name}", "").map_err(|_| Errno::ENOMEM)?;
             }
-            out.push('\n');
+            out.write_char('\n').map_err(|_| Errno::ENOMEM)?;
         }
-        out
+        Ok(text)
     }
 
     /// PROCMAP_QUERY: the VMA containing `addr` (or, with
     /// [`PROCMAP_QUERY_COVERING_OR_NEXT_VMA`], the first one after it) that passes the
     /// flag filters in `query_flags`. `None` is Linux's ENOENT.
+    ///
+    /// For diagnostics and tests, which treat running out of heap as fatal; the ioctl
+    /// path is [`try_query_vma`](Self::try_query_vma).
     pub fn query_vma(&self, addr: usize, query_flags: u64) -> Option<VmaQuery> {
+        self.try_query_vma(addr, query_flags)
+            .expect("PROCMAP_QUERY: out of memory")
+    }
+
+    /// [`query_vma`](Self::query_vma) that fails with ENOMEM when the VMA's name cannot
+    /// be allocated (Linux: `do_procmap_query`'s `kmalloc` of the name buffer).
+    pub fn try_query_vma(&self, addr: usize, query_flags: u64) -> Result<Option<VmaQuery>, Errno> {
         let g = self.mm.read_lock();
         let mut a = addr;
         loop {
-            let v = g.find_vma(a)?;
+            let Some(v) = g.find_vma(a) else {
+                return Ok(None);
+            };
             if v.start() > addr && query_flags & PROCMAP_QUERY_COVERING_OR_NEXT_VMA == 0 {
-                return None;
+                return Ok(None);
             }
-            let q = self.describe(&g, v);
+            let q = self.describe(&g, v)?;
             let want = query_flags
                 & (PROCMAP_QUERY_VMA_READABLE
                     | PROCMAP_QUERY_VMA_WRITABLE
@@ -125,16 +167,16 @@ impl AddressSpace {
             let ok = q.flags & want == want
                 && (query_flags & PROCMAP_QUERY_FILE_BACKED_VMA == 0 || q.file_id.is_some());
             if ok {
-                return Some(q);
+                return Ok(Some(q));
             }
             if query_flags & PROCMAP_QUERY_COVERING_OR_NEXT_VMA == 0 {
-                return None;
+                return Ok(None);
             }
             a = v.end();
         }
     }
 
-    fn describe(&self, g: &MmReadGuard<'_>, v: VmaRef) -> VmaQuery {
+    fn describe(&self, g: &MmReadGuard<'_>, v: VmaRef) -> Result<VmaQuery, Errno> {
         let f = v.flags();
         let mut flags = 0;
         if f.contains(VmFlags::READ) {
@@ -151,7 +193,7 @@ impl AddressSpace {
         }
         let vf = v.file(g);
         let file = vf.as_ref().and_then(file::lookup);
-        VmaQuery {
+        Ok(VmaQuery {
             start: v.start(),
             end: v.end(),
             flags,
@@ -168,8 +210,8 @@ impl AddressSpace {
             file_id: vf
                 .as_ref()
                 .map(|f| alloc::sync::Arc::as_ptr(f) as *const () as usize),
-            name: self.vma_name(g, v),
+            name: self.vma_name(g, v)?,
             anon_vma_id: v.anon_vma(g).map(|a| a.id()),
-        }
+        })
     }
 }
