@@ -283,6 +283,11 @@ impl AddressSpace {
     pub fn live_vmas(&self) -> usize {
         self.mm.write_lock().live_vmas()
     }
+    /// Test-only: see [`MmWriteGuard::shrink_caches`](crate::vma::MmWriteGuard::shrink_caches).
+    #[cfg(feature = "fault-inject")]
+    pub fn shrink_caches(&self) {
+        self.mm.write_lock().shrink_caches();
+    }
     /// Set `vm.max_map_count` for this mm.
     pub fn set_max_map_count(&self, n: usize) {
         self.mm.write_lock().set_max_map_count(n);

@@ -364,6 +364,15 @@ impl<'a> MmWriteGuard<'a> {
     pub fn set_fail_anon_clone(&mut self, fail: bool) {
         self.inner().fail_anon_clone = fail;
     }
+    /// Test-only: return the tree's cached free nodes and spare bookkeeping capacity to
+    /// the heap, so that the next change preallocates everything afresh, as every
+    /// Linux maple-tree store does (its nodes come from a slab cache, not from a cache
+    /// of the mm's). Fail-the-Nth-allocation sweeps use it to reach every allocation.
+    /// Linux: `kmem_cache_shrink()` of the node cache.
+    #[cfg(feature = "fault-inject")]
+    pub fn shrink_caches(&mut self) {
+        self.inner().tw.shrink_caches();
+    }
     /// Install kernel hooks (hugetlb split, …).
     pub fn set_hooks(&mut self, hooks: MmHooks) {
         self.inner().hooks = hooks;

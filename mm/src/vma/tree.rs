@@ -384,6 +384,22 @@ impl TreeWriter {
         self.count
     }
 
+    /// Frees the cached nodes and the spare capacity of the bookkeeping vectors
+    /// (outside a batch: nothing pending). Retired nodes still waiting for readers stay.
+    #[cfg(feature = "fault-inject")]
+    pub(super) fn shrink_caches(&mut self) {
+        debug_assert!(self.pending.is_empty(), "shrink inside a batch");
+        for n in self.cache.drain(..) {
+            // SAFETY: cached nodes are unlinked and owned by the writer alone.
+            unsafe { dealloc(n as *mut u8, Layout::new::<Node>()) };
+        }
+        self.cache = Vec::new();
+        self.pending = Vec::new();
+        if self.retired.is_empty() {
+            self.retired = Vec::new();
+        }
+    }
+
     /// Reserve everything a batch of `nops` inserts/erases needs and start the batch.
     ///
     /// Linux: `vma_iter_prealloc()`.
