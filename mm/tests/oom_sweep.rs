@@ -785,11 +785,19 @@ fn snapshot(e: &Env) -> Snap {
 struct Logical {
     /// start, end, vm_flags, pgoff, name.
     vmas: Vec<(usize, usize, u64, usize, Option<String>)>,
-    /// Address and PTE: flags, maps the zero page, hash of the contents.
-    pages: Vec<(usize, Option<LogicalPte>)>,
+    pages: Vec<LogicalPage>,
 }
 
-type LogicalPte = (u64, bool, Option<u64>);
+/// A page as two runs can compare it: the VMA's attributes there, and the PTE's
+/// permission bits, whether it maps the zero page, and the hash of the contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogicalPage {
+    addr: usize,
+    vm_flags: u64,
+    pgoff: usize,
+    name: Option<String>,
+    pte: Option<(u64, bool, Option<u64>)>,
+}
 
 fn logical(s: &Snap) -> Logical {
     Logical {
@@ -801,7 +809,13 @@ fn logical(s: &Snap) -> Logical {
         pages: s
             .pages
             .iter()
-            .map(|p| (p.addr, p.pte.map(|t| (t.flags, t.zero_page, t.hash))))
+            .map(|p| LogicalPage {
+                addr: p.addr,
+                vm_flags: p.vm_flags,
+                pgoff: p.pgoff,
+                name: p.name.clone(),
+                pte: p.pte.map(|t| (t.flags, t.zero_page, t.hash)),
+            })
             .collect(),
     }
 }
@@ -867,17 +881,7 @@ struct Known {
 /// `mm/src/mmap/mod.rs`, `mm/src/mmap/mremap.rs`, syscall lock order). Each entry must
 /// still reproduce (the test fails otherwise: remove it once fixed); everything else
 /// about these points is checked as for any other.
-const KNOWN_LEAD: &[Known] = &[
-    // remap_move() continues from `addr + len` of the part it just moved; when that
-    // part's source unmap ran out of memory (success, source kept empty, as in Linux),
-    // it finds the same VMA again and `vma.start() - last_end` underflows
-    // (mremap.rs, `let gap = ...`): a panic in debug builds, a wild target in release.
-    Known {
-        step: "mremap: MREMAP_FIXED move of part of a VMA",
-        inject: Inject::Heap,
-        check: Check::Panic,
-    },
-];
+const KNOWN_LEAD: &[Known] = &[];
 
 /// A violation found at a point, with a short description written into the shared
 /// report buffer (which is preallocated, so recording one never allocates inside a
@@ -1381,24 +1385,21 @@ fn same_as_clean(
                 Partial::MultiMove { src, len, .. } => Some((src, len)),
                 _ => None,
             };
-            if let Some((src, src_len)) = kept_source {
-                // Absorbed: the source VMA may have stayed, empty, where the clean run
-                // unmapped it (see `Partial::MoveSource`).
+            // Absorbed: the source VMA may have stayed, empty and unsplit, where the clean
+            // run unmapped it (see `Partial::MoveSource`): compare page by page, without
+            // those pages.
+            let mut page_level = false;
+            if let (Some((src, src_len)), Ok(_)) = (kept_source, r) {
                 let kept = |a: usize| a >= src && a < src + src_len;
-                let clean_has = |a: usize| lc.pages.iter().any(|q| q.0 == a);
-                if r.is_ok() {
-                    if lp
-                        .pages
-                        .iter()
-                        .any(|q| kept(q.0) && !clean_has(q.0) && q.1.is_some())
-                    {
-                        return Err(format!("PTEs left at the moved-from range:\n{}", p.maps));
-                    }
-                    lp.pages.retain(|q| !kept(q.0) || clean_has(q.0));
-                    lp.vmas.retain(|v| !(kept(v.0) && !clean_has(v.0)));
+                let clean_has = |a: usize| lc.pages.iter().any(|q| q.addr == a);
+                let stale = |q: &LogicalPage| kept(q.addr) && !clean_has(q.addr);
+                if lp.pages.iter().any(|q| stale(q) && q.pte.is_some()) {
+                    return Err(format!("PTEs left at the moved-from range:\n{}", p.maps));
                 }
+                page_level = lp.pages.iter().any(stale);
+                lp.pages.retain(|q| !stale(q));
             }
-            if lp.vmas != lc.vmas {
+            if !page_level && lp.vmas != lc.vmas {
                 return Err(format!("maps:\n{}clean run:\n{}", p.maps, c.maps));
             }
             if lp.pages.len() != lc.pages.len() {
@@ -1406,11 +1407,11 @@ fn same_as_clean(
             }
             for (a, b) in lp.pages.iter().zip(&lc.pages) {
                 // MAP_POPULATE may leave pages unpopulated when a fault inside it fails.
-                if s.populate && a.1.is_none() {
+                if s.populate && a.pte.is_none() && a.addr == b.addr {
                     continue;
                 }
                 if a != b {
-                    return Err(format!("page {:#x}: {a:x?}, clean run {b:x?}", a.0));
+                    return Err(format!("page {:#x}: {a:x?}, clean run {b:x?}", a.addr));
                 }
             }
             Ok(())
