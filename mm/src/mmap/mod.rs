@@ -1059,21 +1059,15 @@ impl AddressSpace {
 }
 
 impl Drop for AddressSpace {
-    /// Linux: `exit_mmap()`.
+    /// Linux: `exit_mmap()`. The pages and page-table pages go first (`unmap_vmas`,
+    /// `free_pgtables`), then every VMA (`remove_vma`), which `Mm`'s own drop does
+    /// straight from the tree walk. Exit allocates nothing, so it cannot fail for lack
+    /// of memory; and with `&mut self` no lock-free reader can still reach this
+    /// address space, so nothing needs detaching first.
     fn drop(&mut self) {
         let ts = self.layout.task_size;
-        let mut g = self.mm.write_lock();
-        let pt = self.pt.get_mut();
-        let detached = g.detach_all();
-        // The pages go whether or not the tree could be taken apart: exit cannot fail.
-        if let Err(e) = zap_locked(pt, 0, ts) {
+        if let Err(e) = zap_locked(self.pt.get_mut(), 0, ts) {
             log::error!("exit_mmap: zap failed: {e}");
-        }
-        match detached {
-            Ok(d) => g.remove_vmas(d),
-            // Out of memory for the detach batch: `Mm`'s own drop releases the VMAs
-            // straight from the tree, after the zap above, as remove_vmas would.
-            Err(e) => log::warn!("exit_mmap: detach failed ({e}); VMAs released by Mm"),
         }
     }
 }

@@ -954,20 +954,6 @@ impl<'a> MmWriteGuard<'a> {
         Ok(DetachedVmas { vmas: list })
     }
 
-    /// Detach every VMA, sealed ones included (Linux: `exit_mmap()` tears down
-    /// everything; mseal only guards against the process itself).
-    pub fn detach_all(&mut self) -> Result<DetachedVmas, Errno> {
-        let mut list = Vec::new();
-        list.try_reserve(self.map_count())
-            .map_err(|_| Errno::ENOMEM)?;
-        let v = self.view();
-        let mut it = VmaIterator::new(0);
-        while let Some(x) = it.next(&v) {
-            list.push(x);
-        }
-        self.detach_listed(list)
-    }
-
     /// Finish removing detached VMAs: unlink them from their file's `i_mmap`,
     /// `vm_ops->close`, drop file and anon_vmas, free. Call after their page tables
     /// are gone, so rmap walkers could reach the pages until then (Linux:
