@@ -5,13 +5,26 @@
 //! tree, merge rules and the per-VMA lock state machine) is tested with plain
 //! `cargo test`, while the kernel crate tests the hardware-facing parts under QEMU.
 //!
-//! Module map (Linux counterpart in brackets):
-//! - [`conformance`]: syscall and `.mmap_prepare` test cases, run on the host and in the kernel.
-//! - [`errno`]: Linux error numbers for syscall-shaped entry points.
-//! - [`frame`]: buddy frame allocator and per-frame metadata [`mm/page_alloc.c`, `struct page`].
-//! - [`paging`]: 4-level page tables, TLB gather [`arch/x86/mm`, `mm/mmu_gather.c`].
-//! - [`sync`]: interrupt-safe spin lock.
-//! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks [`mm/vma.c`, `mm/mmap_lock.c`].
+//! Module map, each with its Linux counterpart:
+//! - [`conformance`]: the syscall conformance suite, one set of cases run on the host and
+//!   in the kernel: errno cases and their order, placement, maps, `.mmap_prepare`, mremap,
+//!   and the regression reproducers.
+//! - [`errno`]: Linux error numbers for syscall-shaped entry points
+//!   (`include/uapi/asm-generic/errno-base.h`).
+//! - [`file`](mod@file): a small VFS core: inodes with a page cache and `i_mmap`, the
+//!   `.mmap` and `.mmap_prepare` hooks, ramfs/secretmem/device/stacking files
+//!   (`include/linux/fs.h`, `mm/filemap.c`, `mm/util.c`).
+//! - [`frame`]: buddy frame allocator and per-frame metadata (`mm/page_alloc.c`,
+//!   `struct page`).
+//! - [`mmap`]: the syscall-shaped API of one address space (`mmap`, `munmap`, `mprotect`,
+//!   `mremap`, `madvise`), the page-fault handler, `/proc/PID/maps` and PROCMAP_QUERY
+//!   (`mm/mmap.c`, `mm/mprotect.c`, `mm/mremap.c`, `mm/madvise.c`, `mm/memory.c`,
+//!   `fs/proc/task_mmu.c`).
+//! - [`paging`]: 4-level page tables, TLB gather, PMD table sharing (`arch/x86/mm`,
+//!   `mm/mmu_gather.c`).
+//! - [`sync`]: interrupt-safe spin lock, and the lock order of the whole crate.
+//! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks, anon_vmas, `i_mmap`'s
+//!   interval tree (`mm/vma.c`, `mm/mmap_lock.c`, `mm/rmap.c`, `mm/interval_tree.c`).
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // `Arc::try_new`: allocation on syscall paths fails with ENOMEM instead of aborting.

@@ -1,6 +1,8 @@
-//! The mmap path with `.mmap_prepare` / legacy `.mmap` (spec §4): hook ordering,
+//! The mmap path with `.mmap_prepare` / legacy `.mmap` (Linux: `__mmap_region()`,
+//! `mm/vma.c`; `compat_vma_mmap_prepare()`, `mm/util.c`): hook ordering,
 //! descriptor fields, failure unwinding, secretmem merge, ENODEV, the compat layer
-//! through a stacking file, device PFN mappings, and the §9.11 EACCES/EPERM rules.
+//! through a stacking file, device PFN mappings, and the EACCES/EPERM rules of
+//! `do_mmap()`.
 //!
 //! The cases live in `mm::conformance::file`, shared with the in-kernel runner
 //! (`kernel/tests/mmap_api.rs`); this file runs each as one host test.

@@ -1,5 +1,5 @@
 //! Syscall-shaped API of `mm::mmap::AddressSpace` over simulated memory: errno cases
-//! and their order (spec §9), placement, MAP_FIXED, munmap/mprotect/madvise, maps and
+//! and their order (Linux's), placement, MAP_FIXED, munmap/mprotect/madvise, maps and
 //! PROCMAP_QUERY, and frame/VMA baselines.
 //!
 //! The cases live in `mm::conformance::syscalls`, shared with the in-kernel runner

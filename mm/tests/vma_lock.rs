@@ -1,4 +1,4 @@
-//! Per-VMA lock state machine (spec §3): attach/detach, vma_start_read failure modes,
+//! Per-VMA lock state machine (Linux: `mm/mmap_lock.c`): attach/detach, vma_start_read failure modes,
 //! write locks released by mmap_write_unlock, readers excluded by FLAG.
 
 use std::sync::atomic::{AtomicBool, Ordering};

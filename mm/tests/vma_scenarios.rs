@@ -1,4 +1,4 @@
-//! The 16 `tools/testing/vma` scenarios (spec §1.1) against this VMA engine.
+//! The 16 merge scenarios of Linux's `tools/testing/vma` against this VMA engine.
 //!
 //! Harness idea `vma_write_started(vma)` is modelled by doing each operation in a
 //! fresh mmap write-lock hold and asking whether the VMA is write-locked in that hold

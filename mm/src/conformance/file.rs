@@ -1,6 +1,8 @@
-//! The mmap path with `.mmap_prepare` / legacy `.mmap` (spec §4): hook ordering,
+//! The mmap path with `.mmap_prepare` / legacy `.mmap` (Linux: `__mmap_region()`,
+//! `mm/vma.c`; `compat_vma_mmap_prepare()`, `mm/util.c`): hook ordering,
 //! descriptor fields, failure unwinding, secretmem merge, ENODEV, the compat layer
-//! through a stacking file, device PFN mappings, and the §9.11 EACCES/EPERM rules.
+//! through a stacking file, device PFN mappings, and the EACCES/EPERM rules of
+//! `do_mmap()`.
 
 use alloc::sync::Arc;
 use alloc::vec;
@@ -83,7 +85,9 @@ pub fn failing_hook_leaves_nothing_and_map_fixed_target_unmapped(h: &dyn Harness
         );
         assert_eq!(asp.live_vmas(), 0);
         assert_eq!(f.inode().i_mmap_len(), 0);
-        // Under MAP_FIXED the old range is left unmapped (Linux, §4.3).
+        // Under MAP_FIXED the old range is left unmapped: `__mmap_region()` zaps and closes
+        // the old VMAs before the hook runs (`vms_clean_up_area()`), so on failure
+        // `vms_abort_munmap_vmas()` leaves a gap instead of putting them back.
         let x = asp
             .mmap(
                 0x3000_0000,
@@ -220,7 +224,9 @@ pub fn both_or_neither_hook_is_enodev(h: &dyn Harness) {
     assert_eq!(asp.live_vmas(), 0);
 }
 
-// A legacy mmap that changes flags to something mergeable is NOT re-merged (§4.4).
+// A legacy mmap that changes flags to something mergeable is NOT re-merged (Linux: the
+// merge attempt in `__mmap_region()` comes before a `.mmap` hook runs on the new VMA, and
+// is not retried after it).
 fn legacy_set_dontdump(_f: &Arc<File>, c: &mut MmapCtx<'_, '_>) -> Result<(), Errno> {
     let fl = c.vma().flags() | VmFlags::DONTDUMP;
     c.set_flags(fl)
@@ -351,7 +357,7 @@ pub fn device_file_maps_pfns(h: &dyn Harness) {
     assert_eq!(h.frames_in_use(), base);
 }
 
-/// Open-mode, noexec and `MAP_SHARED_VALIDATE` rules (§9.11), with their check order.
+/// Open-mode, noexec and `MAP_SHARED_VALIDATE` rules of `do_mmap()`, with their check order.
 pub fn file_mode_rules(h: &dyn Harness) {
     let a = h.allocator();
     let space = h.space();

@@ -1,22 +1,28 @@
 //! The syscall conformance suite: one set of test cases run on the host and in the kernel.
 //!
-//! Each case is a plain function taking a [`Harness`]: the errno cases of `mmap`,
-//! `munmap`, `mprotect` and `madvise` with their check order, placement, `MAP_FIXED`,
-//! maps and PROCMAP_QUERY ([`syscalls`]), and the `.mmap_prepare` / legacy `.mmap`
-//! file paths ([`file`](mod@file)). The harness supplies what differs between the two
-//! levels:
+//! Each case is a plain function taking a [`Harness`], in one of four groups:
 //!
-//! - on the host ([`host::HostHarness`]), simulated physical memory, and user memory
-//!   touched through [`AddressSpace::copy_from_user`] / [`AddressSpace::copy_to_user`]
-//!   (which call [`AddressSpace::handle_fault`] as the MMU would);
+//! - [`syscalls`]: the errno cases of `mmap`, `munmap`, `mprotect` and `madvise` with
+//!   their check order, placement, `MAP_FIXED`, maps and PROCMAP_QUERY;
+//! - [`file`](mod@file): the `.mmap_prepare` / legacy `.mmap` file paths;
+//! - [`mremap`]: `mremap(2)`, the multi-VMA pure move included;
+//! - [`regress`]: the reproducers of defects that fuzzing, the fail-the-Nth-allocation
+//!   sweep and thread stress found, each failing on the code before its fix.
+//!
+//! The harness supplies what differs between the two levels:
+//!
+//! - on the host ([`host::HostHarness`], module [`host`]), simulated physical memory,
+//!   and user memory touched through [`AddressSpace::copy_from_user`] /
+//!   [`AddressSpace::copy_to_user`] (which call [`AddressSpace::handle_fault`] as the
+//!   MMU would);
 //! - in the kernel (`kernel/tests/mmap_api.rs`), the real kernel address space loaded
 //!   in CR3, and user memory touched by single-byte probes, so every data access goes
 //!   through the real page-fault handler.
 //!
 //! Both runners generate one named test per case from
-//! [`conformance_cases!`](crate::conformance_cases) (`mm/tests/mmap_syscalls.rs` and
-//! `mm/tests/mmap_file.rs` on the host, `kernel/tests/mmap_api.rs` in the kernel);
-//! [`CASES`] is the same list as data.
+//! [`conformance_cases!`](crate::conformance_cases) (on the host one test file per group:
+//! `mm/tests/mmap_syscalls.rs`, `mmap_file.rs`, `mmap_mremap.rs` and `regressions.rs`;
+//! in the kernel `kernel/tests/mmap_api.rs`); [`CASES`] is the same list as data.
 //!
 //! A case leaves nothing behind once it returns: every address space and file it made
 //! is dropped, so the frames and VMAs in use are back to where they were (the kernel's

@@ -1,4 +1,4 @@
-//! `mremap(2)` (spec §9.12): the errno cases in Linux's check order, shrink, growth in
+//! `mremap(2)` (Linux: `mm/mremap.c`): the errno cases in Linux's check order, shrink, growth in
 //! place, moves with their contents, MREMAP_DONTUNMAP (the old range reads zero, its
 //! anon_vma and mlock go when all of it moved), the shared `old_len == 0` duplicate,
 //! and the ≈6.17 pure move across several VMAs with its gap and EFAULT rules.

@@ -1,4 +1,4 @@
-//! Syscall-shaped API of [`AddressSpace`]: errno cases and their order (spec §9),
+//! Syscall-shaped API of [`AddressSpace`]: errno cases and their order (Linux's),
 //! placement, MAP_FIXED, munmap/mprotect/madvise, maps and PROCMAP_QUERY, and
 //! frame/VMA baselines.
 //!

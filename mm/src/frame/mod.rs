@@ -7,8 +7,9 @@
 //! - [`FrameMeta`]: one entry per physical frame (Linux: `struct page`/`mem_map`):
 //!   reference count, map count, [`FrameFlags`], order and the page-table share count. The
 //!   free-list links live here too, so free memory is never touched by the allocator.
-//! - With the `fault-inject` feature (host tests only): [`FrameAllocator::fail_nth_alloc`]
-//!   fails exactly the Nth allocation (Linux: `fail_page_alloc`).
+//! - With the `fault-inject` feature (host tests only; so not linked from these docs,
+//!   which are built without it): `FrameAllocator::fail_nth_alloc` fails exactly the Nth
+//!   allocation (Linux: `fail_page_alloc`).
 //! - `sim` (host only): [`sim::SimulatedMemory`], a host buffer posing as physical memory,
 //!   for tests of this and the layers above.
 

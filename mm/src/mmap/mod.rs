@@ -588,7 +588,7 @@ impl AddressSpace {
         Ok((a, populate))
     }
 
-    /// Linux: `__mmap_region()` (§4.1).
+    /// Linux: `__mmap_region()` (`mm/vma.c`).
     #[allow(clippy::too_many_arguments)]
     fn mmap_region(
         &self,

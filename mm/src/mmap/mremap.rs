@@ -65,7 +65,7 @@ impl AddressSpace {
     /// the address space → EINVAL; with a new address (MREMAP_FIXED/DONTUNMAP): it is
     /// out of range or unaligned, MAYMOVE is missing, DONTUNMAP resizes, or the ranges
     /// overlap → EINVAL; too little `max_map_count` headroom → ENOMEM; no VMA at `addr`
-    /// → EFAULT; sealed → EPERM; then the per-VMA rules of [`check_prep`]. A pure move
+    /// → EFAULT; sealed → EPERM; then the per-VMA rules (Linux: `check_prep_vma()`). A pure move
     /// (MREMAP_FIXED, `old_len == new_len`) may span several VMAs, gaps included, as
     /// long as `addr` itself is mapped; every other form needs the old range inside
     /// one VMA (EFAULT).

@@ -276,7 +276,7 @@ impl fmt::Debug for VmOperations {
 
 /// A VMA handle. VMA memory is type-stable and never returned to the allocator, so a
 /// `'static` reference is always safe to dereference; whether it still describes the
-/// mapping you looked up is what the lock protocol (§3) tells you.
+/// mapping you looked up is what the lock protocol of [`super::lock`] tells you.
 pub type VmaRef = &'static Vma;
 
 /// Pointer identity of two VMA handles.
@@ -315,11 +315,13 @@ pub(super) mod sealed {
 /// Sentinel for `vm_lock_seq` meaning "never write-locked" (Linux: `UINT_MAX`).
 pub const VM_LOCK_SEQ_NONE: u32 = u32::MAX;
 
-/// The refcount and the rarely used fields, on their own cache line (§7).
+/// The refcount and the rarely used fields, on their own cache line (Linux 6.15's
+/// `struct vm_area_struct` layout: readers bumping `vm_refcnt` do not bounce the lines
+/// the tree walk and the fault path read).
 #[repr(C, align(64))]
 pub(super) struct ColdLine {
     /// Linux: `vm_refcnt` — 0 detached, 1 attached, +1 per reader, +FLAG while a
-    /// writer or detacher excludes readers (§3.1).
+    /// writer or detacher excludes readers (the state table of `vma::lock`).
     pub(super) vm_refcnt: AtomicU32,
     /// Anonymous VMA name (Linux: `anon_name`); `None` = unnamed.
     pub(super) anon_name: UnsafeCell<Option<Arc<str>>>,
@@ -370,7 +372,8 @@ pub struct Vma {
     pub(super) cold: ColdLine,
 }
 
-// The §7 contract: three cache lines, refcount on its own line, tree fields in line 0.
+// Linux 6.15's layout of `struct vm_area_struct`: three cache lines, the refcount on its own
+// line, the tree fields in line 0.
 const _: () = assert!(core::mem::size_of::<Vma>() <= 192);
 const _: () = assert!(core::mem::offset_of!(Vma, cold) == 128);
 const _: () = assert!(core::mem::offset_of!(Vma, vm_end) < 64);

@@ -4,7 +4,7 @@
 //! `vma_end_read`, `__vma_start_write`, `vma_mark_attached`, `vma_mark_detached`,
 //! `vma_end_write_all`).
 //!
-//! # States (§3.1)
+//! # States of `vm_refcnt` (Linux: `include/linux/mmap_lock.h`)
 //!
 //! `vm_refcnt`: 0 = detached; 1 = attached (unlocked, or write-locked iff
 //! `vm_lock_seq == mm_lock_seq`); 2..FLAG-1 = read-locked by `n-1` readers; values with
@@ -16,7 +16,7 @@
 //!
 //! Waiting: this kernel has no sleeping primitives yet, so writers that must wait for
 //! readers to leave spin (`core::hint::spin_loop`). The states and orderings are those
-//! of Linux; replacing the spin with an rcuwait is local to [`wait_refcnt`].
+//! of Linux; replacing the spin with an rcuwait is local to `wait_refcnt`.
 //!
 //! Lock order: rank 2 of the table in [`crate::sync`] (mmap_lock → VMA write lock(s)
 //! → hugetlb vma_lock → i_mmap → anon_vma → page-table lock).

@@ -19,7 +19,7 @@
 //!   `vma_merge_new_range`, `vma_merge_existing_range`, `vma_modify`, `vma_modify_flags`,
 //!   `split_vma`, `__split_vma`, `vma_expand`, `vma_shrink`, `vma_merge_extend`,
 //!   `copy_vma`, `mmap_region`.
-//! - [`bench`]: helpers for the kernel's `--bench` mode.
+//! - [`bench`](mod@bench): helpers for the kernel's `--bench` mode.
 //!
 //! # Typical kernel use
 //! ```ignore

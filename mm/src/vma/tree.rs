@@ -21,7 +21,7 @@
 //! refcount protocol (a lock-free reader must `vma_start_read` and then re-check the
 //! range) this is the `lock_vma_under_rcu` contract.
 //!
-//! **Preallocation.** Before a batch the writer calls [`TreeWriter::prealloc`] with the
+//! **Preallocation.** Before a batch the writer calls `TreeWriter::prealloc` with the
 //! number of operations; it reserves enough nodes (3·(h+k+2) per op covers the copied
 //! path plus rotation partners) and the bookkeeping capacity. After it succeeds the
 //! batch cannot fail, so an allocation failure leaves the tree and every VMA untouched.
