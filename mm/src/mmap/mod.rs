@@ -224,7 +224,9 @@ impl AddressSpace {
         kernel_pml4: PhysAddr,
         layout: MmLayout,
     ) -> Result<Self, Errno> {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: this function's contract is `PageTableRoot::new`'s for `kernel_pml4`
+        // (live, reachable through `alloc`'s direct map, upper half outliving the space),
+        // and our caller vouches for it.
         let pt = unsafe { PageTableRoot::new(alloc, Some(kernel_pml4)) }.map_err(Errno::from)?;
         Self::from_root(alloc, pt, layout)
     }

@@ -108,7 +108,9 @@ impl PageTableRoot {
     /// `cpu` and [`deactivate`](Self::deactivate) is called for it.
     pub unsafe fn activate(&self, cpu: usize) {
         self.cpus.fetch_or(Self::cpu_bit(cpu), Ordering::AcqRel);
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `load_root` needs a PML4 whose kernel half maps the running kernel and
+        // that stays alive while loaded: our caller vouches for both (this function's
+        // contract), and `self.pml4` is this space's own root, freed only with it.
         unsafe { self.tlb.load_root(cpu, self.pml4) };
     }
 

@@ -32,7 +32,10 @@ use crate::errno::Errno;
 struct FreeList {
     head: *mut Vma,
 }
-// SAFETY: the raw pointer is only used under the pool lock.
+// SAFETY: `head` points at a free `Vma` slot (type-stable memory, never deallocated) or
+// is null; it is read and written only through the `spin::Mutex` that owns this value,
+// so moving it between threads lets two threads use it at once no more than the mutex
+// does.
 unsafe impl Send for FreeList {}
 
 static FREE: spin::Mutex<FreeList> = spin::Mutex::new(FreeList {
@@ -70,14 +73,17 @@ pub(super) fn vm_area_alloc(mm_id: u64) -> Result<VmaRef, Errno> {
     let slot: &'static Vma = {
         let mut fl = FREE.lock();
         if !fl.head.is_null() {
-            // SAFETY: free-list entries are leaked, initialised `Vma` slots.
+            // SAFETY: the free list holds only slots that `vm_area_free` pushed: `Vma`s
+            // initialised by this function earlier and never deallocated, so a
+            // `&'static` to one is valid. We hold the pool lock, so no other thread pops
+            // the same slot.
             let v: &'static Vma = unsafe { &*fl.head };
             fl.head = v.cold.free_next.swap(ptr::null_mut(), Ordering::Relaxed);
             v
         } else {
             drop(fl);
             let layout = Layout::new::<Vma>();
-            // SAFETY: `Vma` has non-zero size.
+            // SAFETY: `alloc` requires a layout of non-zero size; `Vma` has fields.
             let p = unsafe { alloc(layout) } as *mut Vma;
             if p.is_null() {
                 return Err(Errno::ENOMEM);
@@ -129,9 +135,16 @@ pub(super) unsafe fn vm_area_dup(orig: &Vma) -> Result<VmaRef, Errno> {
         .store(orig.private_data(), Ordering::Relaxed);
     new.vm_policy.store(orig.policy(), Ordering::Relaxed);
     new.cold.uffd_ctx.store(orig.uffd_ctx(), Ordering::Relaxed);
-    // SAFETY: `orig` is stable per the caller.
+    // SAFETY: `anon_vma_unchecked` needs that no one replaces `orig.anon_vma`
+    // meanwhile: every writer of it needs the mmap write lock our caller holds
+    // (contract).
     drop(new.replace_anon_vma(unsafe { orig.anon_vma_unchecked() }));
-    // SAFETY: `new` is detached and private; `orig` is stable per the caller.
+    // SAFETY: `new` came off the free list (or fresh from the heap) in
+    // `vm_area_alloc` above and has not been published anywhere: it is detached
+    // (refcount 0, so no reader can lock it) and only this function has its address, so
+    // the `_mut` borrows are exclusive. `orig` is read only, and its writers need the
+    // mmap write lock our caller holds. `new` and `orig` are different slots: a slot in
+    // use is not on the free list.
     unsafe {
         *new.file_mut() = orig.file_unchecked();
         *new.anon_name_mut() = (*orig.cold.anon_name.get()).clone();
@@ -149,7 +162,11 @@ pub(super) fn vm_area_free(vma: VmaRef) {
         debug_assert!(false, "vm_area_free of attached VMA {:?}", vma);
         return;
     }
-    // SAFETY: detached and handed to us by the owner: no one else may touch it now (lock-free readers only read atomics and fail on refcnt 0).
+    // SAFETY: `vma` is detached (checked above) and callers hand over a VMA they own:
+    // no tree, `i_mmap` or detached set refers to it any more, and no writer other than
+    // the caller can reach it. A lock-free reader may still hold a stale handle, but it
+    // only reads atomics and fails to lock a VMA whose refcount is 0, so it never
+    // touches the multi-word fields changed here.
     unsafe {
         super::anon::unlink_anon_vmas(vma);
         // The chain's buffer goes back to the heap with its entries (Linux frees each

@@ -79,9 +79,14 @@ impl AnonVma {
 /// Counted reference to an [`AnonVma`] (Linux: `get_anon_vma`/`put_anon_vma`).
 pub struct AnonVmaRef(NonNull<AnonVma>);
 
-// SAFETY: the pointee is only mutated through atomics; the count is atomic.
+// SAFETY: an `AnonVmaRef` is a counted pointer to an `AnonVma`, which is freed by
+// whichever thread drops the last reference (the atomic count decides which, with the
+// Release/Acquire pair in `drop`). After construction the pointee changes only through
+// its atomic fields; `root` and `parent` are set once, before the pointer is shared, and
+// are themselves `AnonVmaRef`s. So moving a reference to another thread, or reading the
+// pointee from several threads at once, races on nothing.
 unsafe impl Send for AnonVmaRef {}
-// SAFETY: as above.
+// SAFETY: as for `Send`: shared access is only loads and atomic updates.
 unsafe impl Sync for AnonVmaRef {}
 
 impl AnonVmaRef {
@@ -92,10 +97,12 @@ impl AnonVmaRef {
 
     fn alloc(root: Option<AnonVmaRef>, parent: Option<AnonVmaRef>) -> Result<Self, Errno> {
         let layout = Layout::new::<AnonVma>();
-        // SAFETY: the layout has non-zero size.
+        // SAFETY: `alloc` requires a layout of non-zero size; `AnonVma` has fields.
         let p = unsafe { alloc(layout) } as *mut AnonVma;
         let p = NonNull::new(p).ok_or(Errno::ENOMEM)?;
-        // SAFETY: freshly allocated, properly aligned for `AnonVma`.
+        // SAFETY: `p` is non-null and was allocated just above with `AnonVma`'s layout
+        // (so it is aligned and large enough), and nothing else has it yet: writing
+        // without dropping the uninitialised old contents is the right thing.
         unsafe {
             p.as_ptr().write(AnonVma {
                 refcount: AtomicUsize::new(1),
@@ -139,7 +146,10 @@ impl AnonVmaRef {
     /// concurrently (its owner is stable under the caller's lock).
     pub(super) unsafe fn clone_raw(p: *mut AnonVma) -> Option<Self> {
         let nn = NonNull::new(p)?;
-        // SAFETY: live by the caller's contract.
+        // SAFETY: by the contract, `p` carries a reference its owner holds and cannot
+        // drop while we run (the owner's lock excludes the writer that would drop it),
+        // so the count is at least one and the object stays allocated at least until
+        // the increment below has given us our own reference.
         unsafe { nn.as_ref() }
             .refcount
             .fetch_add(1, Ordering::Relaxed);
@@ -157,7 +167,9 @@ impl Clone for AnonVmaRef {
 impl Deref for AnonVmaRef {
     type Target = AnonVma;
     fn deref(&self) -> &AnonVma {
-        // SAFETY: we hold a reference, so the object is live.
+        // SAFETY: `self` owns one counted reference, so the count cannot reach zero (and
+        // the object cannot be freed) before `self` is dropped, which the borrow of
+        // `self` in the returned reference rules out.
         unsafe { self.0.as_ref() }
     }
 }
@@ -168,7 +180,10 @@ impl Drop for AnonVmaRef {
             return;
         }
         core::sync::atomic::fence(Ordering::Acquire);
-        // SAFETY: we held the last reference; nobody else can reach the object.
+        // SAFETY: the count went from 1 to 0 in our `fetch_sub`, so ours was the last
+        // reference: no other `AnonVmaRef` exists, none can be made (`clone_raw` needs a
+        // reference held by a VMA, which would have been counted), and the Acquire fence
+        // orders every other holder's last use of the object before the drop and free.
         unsafe {
             let p = self.0.as_ptr();
             if let Some(parent) = (*p).parent.as_ref() {
@@ -199,16 +214,31 @@ fn chain_link(chain: &mut alloc::vec::Vec<AnonVmaRef>, av: &AnonVmaRef) {
 /// (Linux sets `dst->anon_vma = NULL` and unlinks). `fail` injects the allocation failure.
 ///
 /// # Safety
-/// Caller holds the mmap write lock; `dst` is write-locked or detached and private.
+/// - `src` is stable: no one changes its chain or `anon_vma` while this runs (the
+///   caller holds the mmap lock of `src`'s address space, or owns `src`).
+/// - The caller has exclusive access to `dst`, a different VMA: it is write-locked in
+///   this hold of its address space's mmap write lock, or detached and private to the
+///   caller.
 pub(super) unsafe fn anon_vma_clone(dst: &Vma, src: &Vma, fail: bool) -> Result<(), Errno> {
-    // SAFETY: caller's contract: `src` stable, `dst` exclusive.
+    debug_assert!(
+        !core::ptr::eq(dst, src),
+        "anon_vma_clone of a VMA into itself"
+    );
+    // SAFETY: the two borrows are of different VMAs' chains (contract, asserted above),
+    // so the `&mut` does not alias the `&`. `src`'s chain is only read, and its writers
+    // need the lock the caller holds. `dst`'s chain has no other user: a writer would
+    // need the mmap write lock the caller holds, and a reader would need either that
+    // lock or a VMA read lock, which a write-locked VMA (readers drained by
+    // `vma_start_write`) or a detached one (refcount 0) does not grant. Both borrows end
+    // before this function returns.
     let (src_chain, dst_chain) = unsafe { (src.chain_ref(), dst.chain_mut()) };
     if src_chain.is_empty() {
         return Ok(());
     }
     if fail || dst_chain.try_reserve(src_chain.len()).is_err() {
         drop(dst.replace_anon_vma(None));
-        // SAFETY: as above.
+        // SAFETY: `unlink_anon_vmas` needs exclusive access to `dst`, which our own
+        // contract gives; `dst_chain` is not used after this call.
         unsafe { unlink_anon_vmas(dst) };
         return Err(Errno::ENOMEM);
     }
@@ -225,9 +255,13 @@ pub(super) unsafe fn anon_vma_clone(dst: &Vma, src: &Vma, fail: bool) -> Result<
 /// did not).
 ///
 /// # Safety
-/// Caller has exclusive access to `vma`'s chain (write-locked or detached).
+/// The caller has exclusive access to `vma`: it is write-locked in this hold of its
+/// address space's mmap write lock, or detached and private to the caller.
 pub(super) unsafe fn unlink_anon_vmas(vma: &Vma) {
-    // SAFETY: caller's contract.
+    // SAFETY: no one else touches `vma`'s chain while this `&mut` lives (to the end of
+    // the function): other writers need the mmap write lock the caller holds, and
+    // readers need a lock that a write-locked (readers drained) or detached (refcount
+    // 0) VMA does not grant.
     let chain = unsafe { vma.chain_mut() };
     for av in chain.drain(..) {
         av.num_links.fetch_sub(1, Ordering::Relaxed);
@@ -242,14 +276,20 @@ pub(super) unsafe fn unlink_anon_vmas(vma: &Vma) {
 /// Linux: `anon_vma_fork()`. Used by `dup_mmap` (later work) and by tests.
 ///
 /// # Safety
-/// `child` is detached and private to the caller; `parent` is stable.
+/// - The caller has exclusive access to `child` (write-locked in this hold of its
+///   address space's mmap write lock, or detached and private to the caller).
+/// - `parent` is another VMA, stable while this runs (the caller holds the mmap lock
+///   of the parent's address space: Linux's `dup_mmap` holds it).
 pub(super) unsafe fn anon_vma_fork(child: &Vma, parent: &Vma) -> Result<(), Errno> {
-    // SAFETY: `parent` is stable by the caller's contract.
+    // SAFETY: `anon_vma_unchecked` needs that no one replaces `parent.anon_vma` while it
+    // takes its reference; every writer of it needs the parent's mmap write lock, which
+    // the caller's hold of that lock (read or write) excludes.
     let Some(pav) = (unsafe { parent.anon_vma_unchecked() }) else {
         return Ok(());
     };
     drop(child.replace_anon_vma(None));
-    // SAFETY: caller's contract.
+    // SAFETY: `anon_vma_clone`'s contract is ours: `parent` stable, `child` a different
+    // VMA we have exclusive access to.
     unsafe { anon_vma_clone(child, parent, false)? };
     let root = match pav.root.as_ref() {
         Some(r) => r.clone(),
@@ -258,16 +298,18 @@ pub(super) unsafe fn anon_vma_fork(child: &Vma, parent: &Vma) -> Result<(), Errn
     let av = match AnonVmaRef::alloc(Some(root), Some(pav.clone())) {
         Ok(av) => av,
         Err(e) => {
-            // SAFETY: caller's contract.
+            // SAFETY: our exclusive access to `child` (contract) is what
+            // `unlink_anon_vmas` needs; no borrow of its chain is alive here.
             unsafe { unlink_anon_vmas(child) };
             return Err(e);
         }
     };
     pav.num_children.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: caller's contract.
+    // SAFETY: exclusive access to `child` (contract): no other reader or writer of its
+    // chain can exist while this `&mut` lives, and `anon_vma_clone`'s borrow has ended.
     let chain = unsafe { child.chain_mut() };
     if chain.try_reserve(1).is_err() {
-        // SAFETY: caller's contract.
+        // SAFETY: as for the `Err` arm above; `chain` is not used after this call.
         unsafe { unlink_anon_vmas(child) };
         return Err(Errno::ENOMEM);
     }
@@ -279,13 +321,16 @@ pub(super) unsafe fn anon_vma_fork(child: &Vma, parent: &Vma) -> Result<(), Errn
 /// Give an unfaulted VMA a brand-new anon_vma (or `reuse`) with a single chain entry.
 ///
 /// # Safety
-/// Caller has exclusive access to `vma`'s chain.
+/// The caller has exclusive access to `vma` (write-locked in this hold of its address
+/// space's mmap write lock, or detached and private to the caller).
 pub(super) unsafe fn anon_vma_attach(vma: &Vma, reuse: Option<AnonVmaRef>) -> Result<(), Errno> {
     let av = match reuse {
         Some(av) => av,
         None => AnonVmaRef::new_root()?,
     };
-    // SAFETY: caller's contract.
+    // SAFETY: with exclusive access to `vma` (contract) no one else reads or writes its
+    // chain while this `&mut` lives: writers need the mmap write lock the caller holds,
+    // readers a lock a write-locked or detached VMA does not grant.
     let chain = unsafe { vma.chain_mut() };
     chain.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
     chain_link(chain, &av);

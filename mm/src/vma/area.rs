@@ -548,21 +548,30 @@ impl Vma {
     /// No one may write `vm_file` concurrently: the caller holds the mmap lock of
     /// `vm_mm` or a read lock on this VMA, or owns the VMA (detached and private).
     pub(super) unsafe fn file_unchecked(&self) -> Option<FileRef> {
-        // SAFETY: the caller's contract excludes writers, so a shared read is sound.
+        // SAFETY: a shared read of the cell races only with a write, and the contract
+        // rules writers out: they hold the mmap write lock of `vm_mm` and this VMA's
+        // write lock (or own it detached), which the caller's lock or ownership
+        // excludes. The borrow ends with the `clone`.
         unsafe { (*self.vm_file.get()).clone() }
     }
     /// Linux: `anon_vma_name()`. Panics if `stable` does not stabilise this VMA.
     #[track_caller]
     pub fn anon_name(&self, stable: &dyn VmaStable) -> Option<Arc<str>> {
         self.assert_stable(stable);
-        // SAFETY: asserted just above: `stable` excludes every writer of the name.
+        // SAFETY: asserted just above: `stable` is a lock that stabilises this VMA, and
+        // every writer of the name (`vma_set_anon_name`, under the mmap write lock and
+        // this VMA's write lock, or on a detached VMA of its own) is excluded by it. The
+        // borrow ends with the `clone`.
         unsafe { (*self.cold.anon_name.get()).clone() }
     }
     /// Number of `anon_vma_chain` entries. Panics if `stable` does not stabilise this VMA.
     #[track_caller]
     pub fn anon_vma_chain_len(&self, stable: &dyn VmaStable) -> usize {
         self.assert_stable(stable);
-        // SAFETY: asserted just above: `stable` excludes every writer of the chain.
+        // SAFETY: asserted just above: `stable` is a lock that stabilises this VMA, and
+        // every writer of the chain (the functions of `anon`, called with the mmap write
+        // lock and this VMA's write lock held, or on a detached VMA of their own) is
+        // excluded by it. The borrow ends with `len`.
         unsafe { (*self.anon_vma_chain.get()).len() }
     }
     /// Linux: `vma_is_fork_child()` — faulted and the chain is not a single entry.
@@ -596,7 +605,10 @@ impl Vma {
     // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn file_mut(&self) -> &mut Option<FileRef> {
-        // SAFETY: exclusivity is the caller's contract.
+        // SAFETY: the contract makes the caller the only user of the multi-word fields
+        // for as long as the returned borrow lives: every other writer needs the mmap
+        // write lock it holds, and every reader a lock (mmap lock, or a VMA read lock
+        // that a write-locked or detached VMA does not grant) that excludes it.
         unsafe { &mut *self.vm_file.get() }
     }
     /// # Safety
@@ -604,7 +616,8 @@ impl Vma {
     // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn anon_name_mut(&self) -> &mut Option<Arc<str>> {
-        // SAFETY: exclusivity is the caller's contract.
+        // SAFETY: as in `file_mut`: the contract leaves the caller as the only user of
+        // the name while the borrow lives.
         unsafe { &mut *self.cold.anon_name.get() }
     }
     /// # Safety
@@ -612,13 +625,18 @@ impl Vma {
     // The exclusive borrow comes from an `UnsafeCell`; exclusivity is the contract.
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn chain_mut(&self) -> &mut Vec<AnonVmaRef> {
-        // SAFETY: exclusivity is the caller's contract.
+        // SAFETY: as in `file_mut`: the contract leaves the caller as the only user of
+        // the chain while the borrow lives.
         unsafe { &mut *self.anon_vma_chain.get() }
     }
     /// # Safety
-    /// As for [`Vma::file_mut`].
+    /// No one may change the chain while the returned borrow lives: the caller holds the
+    /// mmap lock of `vm_mm` or a read lock on this VMA, or owns the VMA (detached and
+    /// private), and takes no `chain_mut` of it meanwhile.
     pub(super) unsafe fn chain_ref(&self) -> &Vec<AnonVmaRef> {
-        // SAFETY: shared access under the caller's lock.
+        // SAFETY: the contract rules out every writer of the chain (they need the mmap
+        // write lock and this VMA's write lock, or to own it) for the borrow's lifetime,
+        // so a shared borrow cannot overlap a mutation.
         unsafe { &*self.anon_vma_chain.get() }
     }
     /// Replace `anon_vma`, returning the previous reference.

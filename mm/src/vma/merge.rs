@@ -224,7 +224,10 @@ impl MmWriteGuard<'_> {
             self.vma_assert_write_locked(dst);
             drop(dst.replace_anon_vma(src.anon_vma(&*self)));
             let fail = self.inner_ref().fail_anon_clone;
-            // SAFETY: mmap write lock held, `dst` write-locked, `src` stable.
+            // SAFETY: `anon_vma_clone`'s contract: `src` is stable, its writers needing
+            // the mmap write lock we hold; `dst` is write-locked in this hold (asserted
+            // just above), which excludes its readers and leaves us its only writer; and
+            // they differ, since `src` has an anon_vma and `dst` has none.
             unsafe { anon::anon_vma_clone(dst, src, fail)? };
             *dup = Some(dst);
         }
@@ -233,7 +236,9 @@ impl MmWriteGuard<'_> {
 
     fn abort_anon_dup(&mut self, dup: Option<VmaRef>) {
         if let Some(d) = dup {
-            // SAFETY: `d` is write-locked by us under the mmap write lock.
+            // SAFETY: `d` is a `dst` of `dup_anon_vma`, which write-locked it in this hold
+            // of the mmap write lock: no reader can lock it and no other writer exists,
+            // the exclusive access `unlink_anon_vmas` needs.
             unsafe { anon::unlink_anon_vmas(d) };
         }
     }
@@ -591,7 +596,10 @@ impl MmWriteGuard<'_> {
             return Err(e);
         }
         let fail = self.inner_ref().fail_anon_clone;
-        // SAFETY: `new` is detached and private; `vma` stable under the write lock.
+        // SAFETY: `anon_vma_clone`'s contract: `new` was made by `vm_area_dup` just above
+        // and is detached and known to no one else, so exclusively ours; `vma` is
+        // another VMA of this mm, stable because its writers need the mmap write lock
+        // we hold.
         if let Err(e) = unsafe { anon::anon_vma_clone(new, vma, fail) } {
             self.vm_area_free(new);
             return Err(e);
@@ -700,7 +708,8 @@ impl MmWriteGuard<'_> {
         let new = self.vm_area_dup(src)?;
         new.set_range(addr, end, pgoff);
         let fail = self.inner_ref().fail_anon_clone;
-        // SAFETY: `new` detached and private; `src` stable.
+        // SAFETY: as in `__split_vma`: `new` is a fresh duplicate, detached and known
+        // only to us; `src` is stable under the mmap write lock we hold.
         if let Err(e) = unsafe { anon::anon_vma_clone(new, src, fail) } {
             self.vm_area_free(new);
             return Err(e);

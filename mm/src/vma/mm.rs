@@ -618,7 +618,9 @@ impl<'a> MmWriteGuard<'a> {
         }
         self.check_writable(vma)?;
         let reuse = self.find_mergeable_anon_vma(vma);
-        // SAFETY: write-locked or detached under the mmap write lock.
+        // SAFETY: `check_writable` passed: `vma` is this mm's and detached or
+        // write-locked in this hold of its mmap write lock, so no reader can lock it and
+        // no other writer exists: the exclusive access `anon_vma_attach` needs.
         unsafe { anon::anon_vma_attach(vma, reuse) }
     }
 
@@ -629,7 +631,7 @@ impl<'a> MmWriteGuard<'a> {
             return Err(Errno::EEXIST);
         }
         self.check_writable(vma)?;
-        // SAFETY: as above.
+        // SAFETY: as in `anon_vma_prepare`: `check_writable` passed, so access is exclusive.
         unsafe { anon::anon_vma_attach(vma, None) }
     }
 
@@ -641,7 +643,7 @@ impl<'a> MmWriteGuard<'a> {
             return Err(Errno::EEXIST);
         }
         self.check_writable(vma)?;
-        // SAFETY: as above.
+        // SAFETY: as in `anon_vma_prepare`: `check_writable` passed, so access is exclusive.
         unsafe { anon::anon_vma_attach(vma, Some(av.clone())) }
     }
 
@@ -650,7 +652,8 @@ impl<'a> MmWriteGuard<'a> {
     /// detached or write-locked (EBUSY otherwise).
     pub fn unlink_anon_vmas(&mut self, vma: VmaRef) -> Result<(), Errno> {
         self.check_writable(vma)?;
-        // SAFETY: detached or write-locked under the mmap write lock (checked above).
+        // SAFETY: as in `anon_vma_prepare`: `check_writable` passed, so no reader can lock
+        // `vma` and no other writer exists.
         unsafe { anon::unlink_anon_vmas(vma) };
         Ok(())
     }

@@ -61,7 +61,10 @@ fn h(n: *const Node) -> u32 {
     if n.is_null() {
         0
     } else {
-        // SAFETY: callers pass null or a live node of a tree they may read.
+        // SAFETY: `h` is private to this module, whose callers pass null (handled above)
+        // or a node they reached from a root they may read: the working root (the writer,
+        // under the mmap write lock) or a published one (a view, whose nodes stay
+        // allocated for its lifetime). Such a node is allocated; `height` is read only.
         unsafe { (*n).height }
     }
 }
@@ -69,9 +72,13 @@ fn h(n: *const Node) -> u32 {
 /// Recompute the augmentation of an owned node from its children.
 ///
 /// # Safety
-/// `n` is a live node owned by the writer; its children are live.
+/// `n` is a live node owned by the writer in this batch (so no reader can see it); its
+/// children are null or live.
 unsafe fn update(n: *mut Node) {
-    // SAFETY: caller's contract.
+    // SAFETY: `n` was created or copied in this batch (contract): it is unpublished, so
+    // the writer, which holds the mmap write lock, is its only user and may write it.
+    // Its children are only read, and live nodes stay allocated for the whole batch
+    // (they are freed by `reclaim`, after `publish`, once no reader can reach them).
     unsafe {
         let (l, r) = ((*n).left, (*n).right);
         (*n).height = 1 + h(l).max(h(r));
@@ -141,7 +148,13 @@ pub struct TreeEntry {
 impl<'a> TreeView<'a> {
     #[inline]
     fn node(&self, p: *const Node) -> Option<&'a Node> {
-        // SAFETY: nodes reachable from a root loaded under the mmap lock or inside an RCU section are immutable and stay allocated for the view's lifetime.
+        // SAFETY: `p` is null or was reached from this view's root. A view's root is
+        // the writer's working tree (borrowed from the writer, so no batch ends under
+        // it) or was loaded under the mmap lock or inside an RCU section (`view_locked`,
+        // `view_rcu`, whose lifetimes bound `'a`). A published node is never written
+        // again (writers copy it first, `TreeWriter::own`) and is freed only after a grace
+        // period that outlasts every RCU section and mmap-lock hold that could have seen
+        // it (`reclaim`), so it is allocated and unchanging for `'a`.
         unsafe { p.as_ref() }
     }
 
@@ -361,9 +374,14 @@ pub(super) struct TreeWriter {
     pub(super) fail_prealloc: bool,
 }
 
-// SAFETY: the raw node pointers are owned by this writer (or shared read-only with readers per the RCU protocol); the writer is only used under the mmap write lock.
+// SAFETY: the raw pointers are nodes the writer owns (unpublished, cached, pending or
+// retired: no other thread writes them) or published nodes that readers share read-only
+// under the RCU protocol; nothing in them is tied to a thread. Every `&mut` method runs
+// under the mmap write lock (the writer lives in `Mm`'s lock), so two threads never
+// mutate it at once.
 unsafe impl Send for TreeWriter {}
-// SAFETY: as above.
+// SAFETY: the `&self` methods (`len`, `view`) only read; mutation needs `&mut self`,
+// which the mmap write lock makes exclusive.
 unsafe impl Sync for TreeWriter {}
 
 impl TreeWriter {
@@ -390,7 +408,9 @@ impl TreeWriter {
     pub(super) fn shrink_caches(&mut self) {
         debug_assert!(self.pending.is_empty(), "shrink inside a batch");
         for n in self.cache.drain(..) {
-            // SAFETY: cached nodes are unlinked and owned by the writer alone.
+            // SAFETY: a cached node was allocated with `Node`'s layout and is in no tree
+            // a reader can reach: fresh, discarded before it was ever published, or
+            // reclaimed after its grace period (`reclaim`). `drain` hands it over once.
             unsafe { dealloc(n as *mut u8, Layout::new::<Node>()) };
         }
         self.cache = Vec::new();
@@ -420,7 +440,7 @@ impl TreeWriter {
             .try_reserve(need.saturating_sub(self.cache.len()))
             .map_err(|_| Errno::ENOMEM)?;
         while self.cache.len() < need {
-            // SAFETY: `Node` has non-zero size.
+            // SAFETY: `alloc` requires a layout of non-zero size; `Node` has fields.
             let p = unsafe { alloc(Layout::new::<Node>()) } as *mut Node;
             if p.is_null() {
                 return Err(Errno::ENOMEM);
@@ -437,7 +457,7 @@ impl TreeWriter {
             None => {
                 // Only reachable if the `prealloc` bound is wrong: an internal bug.
                 debug_assert!(false, "VMA tree preallocation budget exceeded");
-                // SAFETY: `Node` has non-zero size.
+                // SAFETY: as in `prealloc`: `Node`'s layout has a non-zero size.
                 let p = unsafe { alloc(Layout::new::<Node>()) } as *mut Node;
                 assert!(
                     !p.is_null(),
@@ -453,7 +473,12 @@ impl TreeWriter {
     /// # Safety
     /// `n` is a live node of the working tree.
     unsafe fn own(&mut self, n: *mut Node) -> *mut Node {
-        // SAFETY: caller's contract.
+        // SAFETY: `n` is allocated (contract). A node of this batch (`txn`) is
+        // unpublished, so returning it for writing gives the writer its only pointer in
+        // use. An older node may be in the published tree, where RCU readers may be
+        // reading it right now: it is only read here (copied into `c`, a cache node no
+        // one else has), and queued in `pending` so that it is freed only after a grace
+        // period, never written.
         unsafe {
             if (*n).txn == self.txn {
                 return n;
@@ -468,7 +493,11 @@ impl TreeWriter {
 
     /// Drop node `n` (unlinked from the working tree).
     fn discard(&mut self, n: *mut Node) {
-        // SAFETY: `n` is live.
+        // SAFETY: `discard` is private and only `del` calls it, with a node it has just
+        // unlinked from the working tree. A node of the working tree is allocated, and
+        // stays so until this very call queues it (`cache` or `pending`); published
+        // copies are not freed before a grace period. Reading `txn` alone races with no
+        // one: readers never write nodes.
         if unsafe { (*n).txn } == self.txn {
             self.cache.push(n);
         } else {
@@ -479,7 +508,10 @@ impl TreeWriter {
     /// # Safety
     /// `n` owned by this batch, children live.
     unsafe fn rotate_right(&mut self, n: *mut Node) -> *mut Node {
-        // SAFETY: caller's contract; `own` returns a private node.
+        // SAFETY: `n` is unpublished (contract), so the writer may write it; its left
+        // child is live (contract, and non-null: a right rotation happens only when the
+        // left subtree is the taller), and `own` turns it into a node of this batch
+        // before it is written. `update` gets two nodes of this batch.
         unsafe {
             let l = self.own((*n).left);
             (*n).left = (*l).right;
@@ -493,7 +525,8 @@ impl TreeWriter {
     /// # Safety
     /// As for `rotate_right`.
     unsafe fn rotate_left(&mut self, n: *mut Node) -> *mut Node {
-        // SAFETY: caller's contract.
+        // SAFETY: the mirror image of `rotate_right`: `n` is ours to write, its right
+        // child (non-null, the taller side) is made ours by `own` before it is written.
         unsafe {
             let r = self.own((*n).right);
             (*n).right = (*r).left;
@@ -507,7 +540,11 @@ impl TreeWriter {
     /// # Safety
     /// `n` owned by this batch, children live.
     unsafe fn rebalance(&mut self, n: *mut Node) -> *mut Node {
-        // SAFETY: caller's contract; every node modified is first made private.
+        // SAFETY: `n` is ours to write (contract). Its children are live and only read
+        // until `own` has made the one to rotate ours; each rotation gets a node of this
+        // batch whose children are live, which is `rotate_*`'s contract. A child read for
+        // its height is non-null whenever it is dereferenced: a subtree taller by two or
+        // more has a root.
         unsafe {
             update(n);
             let (l, r) = ((*n).left, (*n).right);
@@ -534,7 +571,9 @@ impl TreeWriter {
     unsafe fn ins(&mut self, n: *mut Node, start: usize, end: usize, vma: VmaRef) -> *mut Node {
         if n.is_null() {
             let c = self.take();
-            // SAFETY: `c` is an allocated, unused node slot.
+            // SAFETY: `take` returns a node allocated with `Node`'s layout that is in no
+            // tree and in no queue, so no one else reads it; `write` does not drop the
+            // stale contents, which are plain data.
             unsafe {
                 c.write(Node {
                     start,
@@ -551,7 +590,10 @@ impl TreeWriter {
             }
             return c;
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `n` is a live node of the working tree (contract, and non-null here),
+        // which is `own`'s contract; the node it returns is of this batch, so it may be
+        // written, and its children, live nodes of the working tree, are what the
+        // recursive `ins` and `rebalance` need.
         unsafe {
             let n = self.own(n);
             if start < (*n).start {
@@ -568,7 +610,9 @@ impl TreeWriter {
     /// # Safety
     /// `n` is a live non-null node of the working tree.
     unsafe fn remove_min(&mut self, n: *mut Node) -> (*mut Node, *mut Node) {
-        // SAFETY: caller's contract.
+        // SAFETY: `n` is a live non-null node of the working tree (contract): reading it
+        // is sound, and `own` makes it ours before it is written. The recursion gets its
+        // non-null left child, a live node of the working tree.
         unsafe {
             if (*n).left.is_null() {
                 return ((*n).right, n);
@@ -586,7 +630,10 @@ impl TreeWriter {
         if n.is_null() {
             return n;
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `n` is a live node of the working tree (contract, non-null here). It is
+        // read as is, and written only through the copy `own` returns; the recursive
+        // calls get its children (null or live); `remove_min` gets a non-null right
+        // child; `discard` gets nodes just unlinked; `rebalance` gets nodes of this batch.
         unsafe {
             let s = (*n).start;
             if start < s {
@@ -624,7 +671,8 @@ impl TreeWriter {
     /// range must not overlap an entry (callers erase overlapping entries first).
     pub(super) fn insert(&mut self, start: usize, end: usize, vma: VmaRef) {
         debug_assert!(start < end);
-        // SAFETY: `work` is null or the live working root.
+        // SAFETY: `work` is the working root: null (empty tree) or a node of the working
+        // tree, which stays allocated while the writer, borrowed mutably here, lives.
         self.work = unsafe { self.ins(self.work, start, end, vma) };
         self.count += 1;
     }
@@ -632,7 +680,7 @@ impl TreeWriter {
     /// Erase the entry starting at `start`; returns its VMA.
     pub(super) fn erase(&mut self, start: usize) -> Option<VmaRef> {
         let mut found = None;
-        // SAFETY: `work` is null or the live working root.
+        // SAFETY: as in `insert`: `work` is null or the live working root.
         self.work = unsafe { self.del(self.work, start, &mut found) };
         if found.is_some() {
             self.count -= 1;
@@ -672,7 +720,11 @@ impl TreeWriter {
             if self.cache.len() < NODE_CACHE_CAP && self.cache.try_reserve(1).is_ok() {
                 self.cache.push(n);
             } else {
-                // SAFETY: allocated with this layout; unreachable by any reader now.
+                // SAFETY: `n` was allocated with `Node`'s layout, was unlinked from the
+                // published tree before epoch `t`, and `t < safe_bound()` means every
+                // reader that could have loaded a root containing it has left its RCU
+                // section (see `rcu`); mmap-lock readers are excluded by our write lock.
+                // The `drain` below removes it from `retired`, so it is freed once.
                 unsafe { dealloc(n as *mut u8, Layout::new::<Node>()) };
             }
         }
@@ -696,7 +748,9 @@ impl TreeWriter {
             if p.is_null() {
                 return;
             }
-            // SAFETY: live node of a tree nobody else can reach.
+            // SAFETY: `p` is a node of the working tree, which `destroy`'s contract says
+            // no one else can reach; each node has one parent, so it is freed once, after
+            // its children were read.
             unsafe {
                 free_rec((*p).left);
                 free_rec((*p).right);
@@ -704,17 +758,23 @@ impl TreeWriter {
             }
         }
         tree.root.store(ptr::null_mut(), Ordering::SeqCst);
-        // SAFETY: caller's contract.
+        // SAFETY: the root was unpublished just above and, by the contract, no reader or
+        // lock holder can still be inside the tree; `work` is null or its live root.
         unsafe { free_rec(self.work) };
         self.work = ptr::null_mut();
         self.count = 0;
         let layout = Layout::new::<Node>();
         for n in self.cache.drain(..).chain(self.pending.drain(..)) {
-            // SAFETY: unlinked nodes owned by the writer.
+            // SAFETY: cached nodes are in no tree; pending ones were unlinked by a batch
+            // that the contract says no reader can still observe. Each was allocated with
+            // `layout` and is drained from its queue, so freed once. No node is in both
+            // the working tree and a queue.
             unsafe { dealloc(n as *mut u8, layout) };
         }
         for (n, _) in self.retired.drain(..) {
-            // SAFETY: as above; no reader can exist per the caller's contract.
+            // SAFETY: retired nodes are unlinked from every tree, and the contract says
+            // no reader that might still hold one exists: their grace periods need not
+            // be waited for. Allocated with `layout`, drained once.
             unsafe { dealloc(n as *mut u8, layout) };
         }
     }
