@@ -1,6 +1,7 @@
 //! Merge/split rules beyond the harness scenarios: fork-child anon_vma rules, the 2026
 //! copied_from fix, sticky flags, max_map_count, may_split veto, open/close hooks,
-//! hugetlb split hook, munmap-style removal, anon_vma reuse, scale.
+//! hugetlb split hook, munmap-style removal, anon_vma reuse, scale, and the ASSUMPTIONS of
+//! the engine's entry points (`mm/src/vma/merge.rs`), which debug builds check.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -378,4 +379,85 @@ fn pool_returns_to_baseline() {
     assert_eq!(g.live_vmas(), 0);
     assert_eq!(g.map_count(), 0);
     assert_eq!(mm::vma::alloc::vma_pool_stats().freed_attached, 0);
+}
+
+// ---- the engine's ASSUMPTIONS, checked in debug builds -------------------------------
+//
+// A request that breaks one is a bug of the caller, not a request to refuse: debug
+// builds stop at it with the assumption's message, where Linux's VM_WARN_ON would warn.
+// (What the engine refuses instead, with an error, is tested above.)
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "prev is not the VMA below")]
+fn merge_new_range_assumes_prev_is_the_vma_below() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let a = link(&mut g, 0, 0x2000, 0);
+    let _b = link(&mut g, 0x3000, 0x5000, 3);
+    // 0x7000..0x8000 lies above B, but A is passed as prev.
+    let mut vmg = VmaMergeStruct::new(0x7000, 0x8000, 7, F);
+    vmg.prev = Some(a);
+    g.vma_merge_new_range(&mut vmg);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "next is set by this function")]
+fn merge_existing_range_assumes_next_unset() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let prev = link(&mut g, 0, 0x2000, 0);
+    let middle = link(&mut g, 0x2000, 0x4000, 2);
+    let next = link(&mut g, 0x4000, 0x6000, 4);
+    let mut vmg = VmaMergeStruct::from_vma(&g, Some(prev), middle, 0x2000, 0x4000);
+    vmg.next = Some(next);
+    g.vma_merge_existing_range(&mut vmg);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "prev is neither middle")]
+fn merge_existing_range_assumes_prev_given_when_there_is_one() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let _prev = link(&mut g, 0, 0x2000, 0);
+    let middle = link(&mut g, 0x2000, 0x4000, 2);
+    let mut vmg = VmaMergeStruct::from_vma(&g, None, middle, 0x2000, 0x4000);
+    g.vma_merge_existing_range(&mut vmg);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "vmg.pgoff moves the pages target maps")]
+fn expand_assumes_target_pages_keep_their_offsets() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let target = link(&mut g, 0x1000, 0x2000, 1);
+    // Page 0x1000 is file page 1; expanding down to 0 must make page 0 file page 0.
+    let mut vmg = VmaMergeStruct::new(0, 0x2000, 5, F);
+    vmg.target = Some(target);
+    let _ = g.vma_expand(&mut vmg);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "pgoff moves the pages that stay")]
+fn shrink_assumes_remaining_pages_keep_their_offsets() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let v = link(&mut g, 0, 0x3000, 0);
+    // The pages that stay start at file page 1, not 0.
+    let _ = g.vma_shrink(v, 0x1000, 0x3000, 0);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "is not free")]
+fn merge_extend_assumes_the_growth_is_free() {
+    let mm = Mm::new();
+    let mut g = mm.write_lock();
+    let first = link(&mut g, 0, 0x1000, 0);
+    let _second = link(&mut g, 0x2000, 0x3000, 2);
+    g.vma_merge_extend(first, 0x2000);
 }

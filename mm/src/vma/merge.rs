@@ -13,7 +13,7 @@
 use alloc::sync::Arc;
 
 use super::anon::{self, AnonVma, AnonVmaRef};
-use super::area::{FileRef, PAGE_SIZE, VmFlags, VmaRef, pages, same_file, vma_eq};
+use super::area::{FileRef, PAGE_SIZE, VmFlags, VmaRef, opt_vma_eq, pages, same_file, vma_eq};
 use super::mm::{MmWriteGuard, VmaIterator};
 use crate::errno::Errno;
 
@@ -212,6 +212,21 @@ impl MmWriteGuard<'_> {
         v.is_attached() && v.mm_id() == self.mm().id()
     }
 
+    /// Debug check of a VMA an entry point was given: linked in this mm's tree at the
+    /// range its fields say. The engine edits the tree by those fields (an entry is
+    /// erased by its start), so a VMA whose fields and tree entry disagree would corrupt
+    /// it. One tree lookup, in debug builds only.
+    #[track_caller]
+    fn debug_assert_linked(&self, v: VmaRef, what: &str) {
+        debug_assert!(
+            self.attached_here(v)
+                && self.view().find(v.start()).is_some_and(|e| {
+                    vma_eq(e.vma, v) && e.start == v.start() && e.end == v.end()
+                }),
+            "{what} {v:?} is not linked in this mm's tree at its range"
+        );
+    }
+
     /// Linux: `dup_anon_vma()` — if `src` is faulted and `dst` is not, give `dst` src's
     /// anon_vma and chain; record `dst` in `dup` so an abort can unlink it.
     fn dup_anon_vma(
@@ -261,9 +276,34 @@ impl MmWriteGuard<'_> {
     /// Expand `vmg.target` to `[vmg.start, vmg.end)`, deleting `vmg.next` if the range
     /// covers it entirely. Linux: `vma_expand()`.
     ///
-    /// anon_vma propagation: from a removed `next`, and (2026 fix) from
-    /// `vmg.copied_from`. Errors: ENOMEM (state ERROR_NOMEM unless `give_up_on_oom`),
-    /// EINVAL for an inconsistent request.
+    /// `T` the target, `N` next, `-` the rest of `[vmg.start, vmg.end)`:
+    ///
+    /// ```text
+    /// before   ----TTTT----NNNN      the range ends at next's end
+    /// after    TTTTTTTTTTTTTTTT      target expanded both ways, next deleted
+    ///
+    /// before   ----TTTT--  NNNN      next not reached (or none)
+    /// after    TTTTTTTTTT  NNNN      target expanded, next untouched
+    /// ```
+    ///
+    /// Whether target and next may merge is the caller's decision (Linux's too):
+    /// this only carries it out. anon_vma propagation: from a removed `next`, and
+    /// (2026 fix) from `vmg.copied_from`. Errors: ENOMEM (state ERROR_NOMEM unless
+    /// `give_up_on_oom`), EINVAL for an inconsistent request.
+    ///
+    /// ASSUMPTIONS (checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `vmg.target` is linked in this mm's tree at its range.
+    /// - `vmg.next`, if set, is a VMA of this mm; if the range ends at its end, so that
+    ///   it is deleted, it has no `vm_ops->close` (the caller checked
+    ///   `can_merge_remove_vma()`, as Linux's callers do).
+    /// - `vmg.pgoff` is the file page of `vmg.start` in target's numbering: the pages
+    ///   target already maps keep their offsets.
+    ///
+    /// Refused, not assumed (EINVAL, nothing changed): no target, a target that is not
+    /// an attached VMA of this mm, an empty or unaligned range, a range that does not
+    /// contain the target, a range holding a VMA other than the target and a deleted
+    /// next.
     pub fn vma_expand(&mut self, vmg: &mut VmaMergeStruct) -> Result<(), Errno> {
         let Some(target) = vmg.target else {
             return Err(Errno::EINVAL);
@@ -283,12 +323,26 @@ impl MmWriteGuard<'_> {
         if !self.range_only_contains(vmg.start, vmg.end, &allowed) {
             return Err(Errno::EINVAL);
         }
+        // ASSUMPTIONS.
+        self.debug_assert_linked(target, "vma_expand: target");
+        debug_assert!(
+            next.is_none_or(|n| self.attached_here(n)),
+            "vma_expand: next is not a VMA of this mm"
+        );
+        debug_assert!(
+            !remove_next || next.is_some_and(can_merge_remove_vma),
+            "vma_expand: next would be deleted but has a close hook"
+        );
+        debug_assert_eq!(
+            target.pgoff(),
+            vmg.pgoff.wrapping_add(pages(target.start() - vmg.start)),
+            "vma_expand: vmg.pgoff moves the pages target maps"
+        );
         let mut sticky = (vmg.flags | target.flags()) & VmFlags::STICKY;
         self.vma_start_write(target);
         let mut dup = None;
         let mut res = Ok(());
         if let Some(n) = next.filter(|_| remove_next) {
-            debug_assert!(can_merge_remove_vma(n));
             sticky |= n.flags() & VmFlags::STICKY;
             self.vma_start_write(n);
             res = self.dup_anon_vma(target, n, &mut dup);
@@ -320,12 +374,37 @@ impl MmWriteGuard<'_> {
     /// Merge a new, empty range `[vmg.start, vmg.end)` into `vmg.prev` and/or
     /// `vmg.next`. Returns the expanded VMA, or `None` with `vmg.state` NOMERGE or
     /// ERROR_NOMEM. Linux: `vma_merge_new_range()`.
+    ///
+    /// The cases, `-` the new range, `P` prev, `N` next:
+    ///
+    /// ```text
+    ///              before          after
+    /// left         PPPP----        PPPPPPPP          prev expanded
+    /// right            ----NNNN        NNNNNNNN      next expanded down
+    /// both         PPPP----NNNN    PPPPPPPPPPPP      prev expanded, next deleted
+    /// none         PPPP ---- NN    PPPP ---- NN      nothing changes: the caller links
+    ///                                                a new VMA
+    /// ```
+    ///
+    /// "both" is reduced to "left" (`PPPPPPPPNNNN`) when next has a `vm_ops->close`
+    /// hook, which a merge may not skip by deleting it. With `just_expand` (brk) only
+    /// "left" is tried, and the iterator is already at prev.
+    ///
+    /// ASSUMPTIONS (Linux's, checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `[vmg.start, vmg.end)` holds no VMA.
+    /// - `vmg.prev` is the VMA below the range (the last one ending at or before
+    ///   `vmg.start`), `None` only if there is none.
+    /// - `vmg.next` is the VMA above the range (the first one starting at or after
+    ///   `vmg.end`), `None` only if there is none or with `just_expand`.
+    /// - `vmg.vmi` is at or before the end of the range.
+    ///
+    /// Refused, not assumed (NOMERGE, nothing changed): `vmg.middle` set, an empty or
+    /// inverted range, a prev or next that is not an attached VMA of this mm or that
+    /// overlaps the range.
     pub fn vma_merge_new_range(&mut self, vmg: &mut VmaMergeStruct) -> Option<VmaRef> {
         vmg.state = VmaMergeState::NoMerge;
         let (prev, next, end) = (vmg.prev, vmg.next, vmg.end);
-        if vmg.flags.intersects(VmFlags::SPECIAL) || (prev.is_none() && next.is_none()) {
-            return None;
-        }
         // Malformed requests never merge (no panics at the API boundary).
         if vmg.middle.is_some()
             || vmg.start >= vmg.end
@@ -334,20 +413,50 @@ impl MmWriteGuard<'_> {
         {
             return None;
         }
+        // ASSUMPTIONS.
+        debug_assert!(
+            vmg.vmi.index <= vmg.end,
+            "vma_merge_new_range: vmi {:#x} is past the range [{:#x}, {:#x})",
+            vmg.vmi.index,
+            vmg.start,
+            vmg.end
+        );
+        debug_assert!(
+            self.find_vma_intersection(vmg.start, vmg.end).is_none(),
+            "vma_merge_new_range: [{:#x}, {:#x}) is not empty",
+            vmg.start,
+            vmg.end
+        );
+        debug_assert!(
+            opt_vma_eq(prev, self.vma_prev_of(vmg.start)),
+            "vma_merge_new_range: prev is not the VMA below {:#x}",
+            vmg.start
+        );
+        debug_assert!(
+            (vmg.just_expand && next.is_none()) || opt_vma_eq(next, self.vma_next_from(end)),
+            "vma_merge_new_range: next is not the VMA above {end:#x}"
+        );
+        if vmg.flags.intersects(VmFlags::SPECIAL) || (prev.is_none() && next.is_none()) {
+            return None;
+        }
         let left = can_vma_merge_left(self, vmg);
         let right = !vmg.just_expand && can_vma_merge_right(self, vmg, left);
         vmg.target = None;
         if right {
+            //     ----NNNN   →   NNNNNNNN   (next expanded down, unless left also merges)
             let n = next?;
             vmg.end = n.end();
             vmg.target = Some(n);
         }
         if left {
+            // PPPP----       →   PPPPPPPP
+            // PPPP----NNNN   →   PPPPPPPPPPPP   (with right: next deleted by vma_expand)
             let p = prev?;
             vmg.start = p.start();
             vmg.pgoff = p.pgoff();
             vmg.target = Some(p);
-            // Deleting next is not allowed: reduce to prev + the new range.
+            // PPPP----NNNN   →   PPPPPPPPNNNN   next has a close hook and may not be
+            // deleted: reduce to prev + the new range.
             if right && !can_merge_remove_vma(next?) {
                 vmg.end = end;
             }
@@ -373,6 +482,35 @@ impl MmWriteGuard<'_> {
     /// into a neighbour when the rules allow. Returns the surviving VMA, or `None` with
     /// state NOMERGE (caller splits instead) or ERROR_NOMEM.
     /// Linux: `vma_merge_existing_range()`.
+    ///
+    /// The cases, `-` the range (part or all of middle `M`), `P` prev, `N` next:
+    ///
+    /// ```text
+    ///                  before          after
+    /// left, partial    PPPP--MM        PPPPPPMM        prev expanded, middle shrunk
+    /// left, full       PPPP----        PPPPPPPP        prev expanded, middle deleted
+    /// right, partial   MM--NNNN        MMNNNNNN        next expanded down, middle shrunk
+    /// right, full      ----NNNN        NNNNNNNN        next expanded down, middle deleted
+    /// both             PPPP----NNNN    PPPPPPPPPPPP    prev expanded, middle and next
+    ///                                                  deleted
+    /// neither end      MM--MM          MM--MM          never merges: the caller splits
+    /// ```
+    ///
+    /// "both" is reduced to "left, full" (`PPPPPPPPNNNN`) when next has a
+    /// `vm_ops->close` hook or when prev's and next's anon_vmas differ. A middle with a
+    /// close hook is never deleted, so a full-span case with one does not merge.
+    ///
+    /// ASSUMPTIONS (Linux's, checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `vmg.middle` is linked in this mm's tree at its range.
+    /// - `vmg.prev` is middle itself when the range starts inside it, else the VMA below
+    ///   middle (`None` only if there is none).
+    /// - `vmg.next` is not set: this function finds it.
+    /// - `vmg.vmi` is inside middle.
+    ///
+    /// Refused, not assumed (NOMERGE, nothing changed): no middle, a middle or prev that
+    /// is not an attached VMA of this mm, an empty range or one not inside middle, a prev
+    /// other than middle that does not start below the range, a target already set.
     pub fn vma_merge_existing_range(&mut self, vmg: &mut VmaMergeStruct) -> Option<VmaRef> {
         vmg.state = VmaMergeState::NoMerge;
         let middle = vmg.middle?;
@@ -388,6 +526,26 @@ impl MmWriteGuard<'_> {
         {
             return None;
         }
+        // ASSUMPTIONS.
+        self.debug_assert_linked(middle, "vma_merge_existing_range: middle");
+        debug_assert!(
+            if start > middle.start() {
+                vmg.prev.is_some_and(|p| vma_eq(p, middle))
+            } else {
+                opt_vma_eq(vmg.prev, self.vma_prev_of(middle.start()))
+            },
+            "vma_merge_existing_range: prev is neither middle (range inside it) nor the VMA \
+             below it"
+        );
+        debug_assert!(
+            vmg.next.is_none(),
+            "vma_merge_existing_range: next is set by this function, not the caller"
+        );
+        debug_assert!(
+            (middle.start()..middle.end()).contains(&vmg.vmi.index),
+            "vma_merge_existing_range: vmi {:#x} is outside middle",
+            vmg.vmi.index
+        );
         let left_side = start == middle.start();
         let right_side = end == middle.end();
         if vmg.flags.intersects(VmFlags::SPECIAL) || (!left_side && !right_side) {
@@ -445,6 +603,10 @@ impl MmWriteGuard<'_> {
         let nrem;
         let res;
         if merge_both {
+            //     |<-->|
+            // PPPP------NNNN   →   PPPPPPPPPPPPPP
+            // prev  mid  next
+            //      delete delete
             let (p, n) = (prev?, next?);
             updates[0] = (p, p.start(), n.end(), p.pgoff());
             nupd = 1;
@@ -453,6 +615,9 @@ impl MmWriteGuard<'_> {
             let src = if n.has_anon_vma() { n } else { middle };
             res = self.dup_anon_vma(p, src, &mut dup);
         } else if merge_left {
+            //     |<>|              |<-->|
+            // PPPP--MM   →   PPPPPPMM   or   PPPP----   →   PPPPPPPP
+            // prev expanded; middle shrunk from below, or deleted
             let p = prev?;
             updates[0] = (p, p.start(), end, p.pgoff());
             if vmg.remove_middle {
@@ -470,6 +635,10 @@ impl MmWriteGuard<'_> {
             }
             res = self.dup_anon_vma(p, middle, &mut dup);
         } else {
+            //   |<>|                |<-->|
+            // MM--NNNN   →   MMNNNNNN   or   ----NNNN   →   NNNNNNNN
+            // next expanded down; middle shrunk from above, or deleted. The one case
+            // where the surviving VMA is not the one whose range was asked for.
             let n = next?;
             let newpg = n.pgoff().wrapping_sub(pages(n.start() - start));
             if vmg.remove_middle {
@@ -506,6 +675,21 @@ impl MmWriteGuard<'_> {
     /// Make `[vmg.start, vmg.end)` of `vmg.middle` exactly one VMA, by merging or by
     /// splitting; the caller then applies its attribute change to the returned VMA.
     /// Linux: `vma_modify()`.
+    ///
+    /// `-` the range inside middle `M`:
+    ///
+    /// ```text
+    /// merge    PPPP--MM    →   PPPPPPMM      any case of vma_merge_existing_range
+    /// split    MM--MMMM    →   AAMMBBBB      middle keeps just the range; A and B are
+    ///                                        new VMAs with its old attributes
+    /// ```
+    ///
+    /// ASSUMPTIONS: those of [`vma_merge_existing_range`](Self::vma_merge_existing_range),
+    /// which checks them.
+    ///
+    /// Refused, not assumed (EINVAL, nothing changed): no middle, a middle that is not an
+    /// attached VMA of this mm, an empty range or one not inside middle. ENOMEM from
+    /// the merge or a split (a first split may have happened, as in Linux).
     pub fn vma_modify(&mut self, vmg: &mut VmaMergeStruct) -> Result<VmaRef, Errno> {
         let Some(vma) = vmg.middle else {
             return Err(Errno::EINVAL);
@@ -567,8 +751,23 @@ impl MmWriteGuard<'_> {
     /// Split `vma` at `addr`; returns the new VMA (the low part if `new_below`, else the
     /// high part; the original object keeps the other part). No `max_map_count` check.
     ///
+    /// ```text
+    ///              addr
+    /// VVVV|VVVV    →   NNNNVVVV  (new_below)   or   VVVVNNNN
+    ///                  N: the new VMA, V: `vma`, the same object as before
+    /// ```
+    ///
     /// Linux: `__split_vma()`: `may_split` veto, dup, preallocate, clone anon_vmas,
     /// `open(new)`, write-lock both, `hugetlb_split` hook, adjust, insert.
+    ///
+    /// ASSUMPTIONS (checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it) and has checked
+    ///   `max_map_count` where that matters ([`split_vma`](Self::split_vma) does).
+    /// - `vma` is linked in this mm's tree at its range.
+    ///
+    /// Refused, not assumed (nothing changed): EINVAL for a `vma` that is not an
+    /// attached VMA of this mm or an `addr` not page aligned and strictly inside it
+    /// (Linux's `WARN_ON`s); the `may_split` hook's error; ENOMEM.
     #[allow(non_snake_case)]
     pub fn __split_vma(
         &mut self,
@@ -579,6 +778,8 @@ impl MmWriteGuard<'_> {
         if !self.attached_here(vma) || addr <= vma.start() || addr >= vma.end() || !aligned(addr) {
             return Err(Errno::EINVAL);
         }
+        // ASSUMPTIONS.
+        self.debug_assert_linked(vma, "__split_vma: vma");
         if let Some(may_split) = vma.ops().and_then(|o| o.may_split) {
             may_split(vma, addr)?;
         }
@@ -631,6 +832,20 @@ impl MmWriteGuard<'_> {
     }
 
     /// Shrink `vma` to `[start, end)` (one end must stay). Linux: `vma_shrink()`.
+    ///
+    /// ```text
+    /// VVVVVVVV   →   VVVV        (end moves down)   or   VVVV   (start moves up)
+    /// ```
+    ///
+    /// ASSUMPTIONS (checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `vma` is linked in this mm's tree at its range.
+    /// - `pgoff` is the file page of `start` in `vma`'s numbering: the pages that stay
+    ///   keep their offsets.
+    ///
+    /// Refused, not assumed (EINVAL, nothing changed): a `vma` that is not an attached
+    /// VMA of this mm, a range that is empty, unaligned, not inside `vma` or moves both
+    /// ends (Linux's `WARN_ON`). ENOMEM with nothing changed.
     pub fn vma_shrink(
         &mut self,
         vma: VmaRef,
@@ -648,6 +863,13 @@ impl MmWriteGuard<'_> {
         {
             return Err(Errno::EINVAL);
         }
+        // ASSUMPTIONS.
+        self.debug_assert_linked(vma, "vma_shrink: vma");
+        debug_assert_eq!(
+            pgoff,
+            vma.pgoff() + pages(start - vma.start()),
+            "vma_shrink: pgoff moves the pages that stay"
+        );
         self.inner().tw.prealloc(2)?;
         self.vma_start_write(vma);
         self.commit(&[(vma, start, end, pgoff)], &[], None)
@@ -655,8 +877,32 @@ impl MmWriteGuard<'_> {
 
     /// Grow `vma` in place by `delta` bytes, merging with the following VMA if possible.
     /// Linux: `vma_merge_extend()` (mremap in-place growth).
+    ///
+    /// ```text
+    /// VVVV++++NNNN   →   VVVVVVVVNNNN   or, if next merges too,   VVVVVVVVVVVV
+    /// ```
+    ///
+    /// ASSUMPTIONS (checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `vma` is linked in this mm's tree at its range.
+    /// - `delta` is a non-zero multiple of the page size, and `[vma.end(), vma.end() +
+    ///   delta)` is free (the caller checked, Linux: `vma_expandable()`).
+    ///
+    /// Refused, not assumed: an end that overflows (`None`). The rest is
+    /// [`vma_merge_new_range`](Self::vma_merge_new_range)'s.
     pub fn vma_merge_extend(&mut self, vma: VmaRef, delta: usize) -> Option<VmaRef> {
         let end = vma.end().checked_add(delta)?;
+        // ASSUMPTIONS.
+        self.debug_assert_linked(vma, "vma_merge_extend: vma");
+        debug_assert!(
+            delta != 0 && aligned(delta),
+            "vma_merge_extend: delta {delta:#x} is not a non-zero number of pages"
+        );
+        debug_assert!(
+            self.find_vma_intersection(vma.end(), end).is_none(),
+            "vma_merge_extend: [{:#x}, {end:#x}) is not free",
+            vma.end()
+        );
         let mut vmg = VmaMergeStruct::from_vma(self, Some(vma), vma, vma.end(), end);
         vmg.pgoff = vma.pgoff() + vma.pages();
         vmg.next = self.vma_next_from(vma.end());
@@ -669,6 +915,22 @@ impl MmWriteGuard<'_> {
     /// neighbour if possible, else link a duplicate. Returns the new VMA and
     /// `need_rmap_locks`; `*vma` is updated if the source itself was merged into it.
     /// Linux: `copy_vma()` via `vma_merge_copied_range()` (copied_from rule).
+    ///
+    /// `S` the source, `-` the destination:
+    ///
+    /// ```text
+    /// SSSS   PPPP----NNNN   →   SSSS   PPPPPPPPPPPP   merged as vma_merge_new_range
+    /// SSSS   PP  ----  NN   →   SSSS   PP  CCCC  NN   C: a new VMA, a copy of S
+    /// ```
+    ///
+    /// ASSUMPTIONS (checked with `debug_assert!`):
+    /// - The caller holds the mmap write lock (`&mut self` proves it).
+    /// - `*vma` is linked in this mm's tree at its range.
+    ///
+    /// Refused, not assumed (nothing changed): EINVAL for an empty, unaligned or
+    /// overflowing destination or a source that is not an attached VMA of this mm;
+    /// ENOMEM for a destination that is not free (Linux: "should never get here") or
+    /// out of memory.
     pub fn copy_vma(
         &mut self,
         vma: &mut VmaRef,
@@ -681,6 +943,8 @@ impl MmWriteGuard<'_> {
         if len == 0 || !aligned(addr) || !aligned(len) || !self.attached_here(src) {
             return Err(Errno::EINVAL);
         }
+        // ASSUMPTIONS.
+        self.debug_assert_linked(src, "copy_vma: source");
         let vma_start = src.start();
         let mut pgoff = pgoff;
         let mut faulted_in_anon_vma = true;
