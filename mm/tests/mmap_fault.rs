@@ -2,38 +2,12 @@
 //! page, COW, DONTNEED, mprotect split → fault → re-merge, GROWSDOWN stacks, private
 //! and shared file mappings, and frame baselines.
 
-use mm::frame::sim::simulated;
-use mm::frame::{FrameAllocator, FrameFlags};
+mod common;
+
+use common::{P, PA, RW, read_byte, setup, vmas};
+use mm::frame::FrameFlags;
 use mm::mmap::*;
 use mm::paging::PageTableFlags;
-
-const P: usize = 4096;
-const RW: u32 = PROT_READ | PROT_WRITE;
-const PA: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
-
-fn setup() -> (&'static FrameAllocator, u64, AddressSpace) {
-    let a = simulated(32 << 20);
-    zero_page(a).unwrap();
-    let base = a.allocated_frames();
-    let asp = AddressSpace::new(a).unwrap();
-    (a, base, asp)
-}
-
-fn vmas(asp: &AddressSpace) -> Vec<(usize, usize)> {
-    let mut out = vec![];
-    let mut a = 0;
-    while let Some(q) = asp.query_vma(a, PROCMAP_QUERY_COVERING_OR_NEXT_VMA) {
-        out.push((q.start, q.end));
-        a = q.end;
-    }
-    out
-}
-
-fn read(asp: &AddressSpace, addr: usize) -> u8 {
-    let mut b = [0u8];
-    asp.copy_from_user(addr, &mut b).unwrap();
-    b[0]
-}
 
 #[test]
 fn untouched_reads_map_the_zero_page_and_allocate_nothing() {
@@ -52,7 +26,7 @@ fn untouched_reads_map_the_zero_page_and_allocate_nothing() {
     assert!(a.meta(z).unwrap().flags().contains(FrameFlags::ZERO));
     // Only page-table pages were allocated (one PDPT, PD, PT at most), no data frames.
     assert!(a.allocated_frames() - after_mmap <= 3);
-    assert_eq!(read(&asp, x + 5 * P + 7), 0);
+    assert_eq!(read_byte(&asp, x + 5 * P + 7), 0);
     // No anon_vma for read faults.
     assert_eq!(asp.query_vma(x, 0).unwrap().anon_vma_id, None);
     asp.munmap(x, 64 * P).unwrap();
@@ -115,7 +89,7 @@ fn dontneed_rezeroes() {
     asp.madvise(x, 4 * P, MADV_DONTNEED).unwrap();
     assert!(asp.translate(x + P).is_none());
     assert!(a.allocated_frames() < used, "frame freed");
-    assert_eq!(read(&asp, x + P), 0);
+    assert_eq!(read_byte(&asp, x + P), 0);
     assert_eq!(vmas(&asp), vec![(x, x + 4 * P)], "layout unchanged");
     drop(asp);
     assert_eq!(a.allocated_frames(), base);
@@ -151,10 +125,10 @@ fn mprotect_fault_remerge(fault_left: bool, fault_mid: bool, fault_right: bool) 
         "re-merge l={fault_left} m={fault_mid} r={fault_right}"
     );
     if fault_left {
-        assert_eq!(read(&asp, x), b'L');
+        assert_eq!(read_byte(&asp, x), b'L');
     }
     if fault_right {
-        assert_eq!(read(&asp, x + 2 * P), b'R');
+        assert_eq!(read_byte(&asp, x + 2 * P), b'R');
     }
     // The merged VMA is writable everywhere again.
     asp.copy_to_user(x + P, b"M").unwrap();
@@ -195,8 +169,8 @@ fn mprotect_remerge_faulted_both_sides_via_anon_vma_reuse() {
     assert_eq!(asp.query_vma(x + 2 * P, 0).unwrap().anon_vma_id, av);
     asp.mprotect(x + P, P, RW).unwrap();
     assert_eq!(vmas(&asp), vec![(x, x + 3 * P)]);
-    assert_eq!(read(&asp, x), b'L');
-    assert_eq!(read(&asp, x + 2 * P), b'R');
+    assert_eq!(read_byte(&asp, x), b'L');
+    assert_eq!(read_byte(&asp, x + 2 * P), b'R');
 
     // Unfaulted neighbours first split, then faulted separately: the first fault
     // reuses an adjacent compatible anon_vma when Linux would.
@@ -370,7 +344,7 @@ fn shared_anonymous_is_shmem() {
     let n = asp
         .mremap(x, 2 * P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x5000_0000)
         .unwrap();
-    assert_eq!(read(&asp, n), b's');
+    assert_eq!(read_byte(&asp, n), b's');
     drop(asp);
     assert_eq!(a.allocated_frames(), base);
 }
@@ -418,5 +392,5 @@ fn mprotect_changes_ptes() {
     let f = asp.translate(x).unwrap().frame;
     asp.copy_to_user(x, b"v").unwrap();
     assert_eq!(asp.translate(x).unwrap().frame, f);
-    assert_eq!(read(&asp, x), b'v');
+    assert_eq!(read_byte(&asp, x), b'v');
 }

@@ -2,20 +2,14 @@
 //! merge back, partial munmap, mremap, a second address space, and exit — each entry
 //! is a live VMA of the file keyed by the file pages it maps, and nothing stale is left.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{CLOSE_OPS, CLOSES, P, setup};
 use mm::file::{File, OpenMode, ramfs_file};
-use mm::frame::FrameAllocator;
 use mm::frame::sim::simulated;
 use mm::mmap::*;
-
-const P: usize = 4096;
-
-fn setup() -> (&'static FrameAllocator, AddressSpace) {
-    let a = simulated(32 << 20);
-    zero_page(a).unwrap();
-    (a, AddressSpace::new(a).unwrap())
-}
 
 /// `(vm_start, vm_end, first file page, last file page)` of every indexed VMA.
 fn index(f: &Arc<File>) -> Vec<(usize, usize, usize, usize)> {
@@ -31,7 +25,7 @@ fn index(f: &Arc<File>) -> Vec<(usize, usize, usize, usize)> {
 
 #[test]
 fn splits_merges_and_unmaps_keep_the_index_exact() {
-    let (a, asp) = setup();
+    let (a, _, asp) = setup();
     let f = ramfs_file(a, "/data", 16 * P, OpenMode::RDONLY);
     let x = asp
         .mmap(
@@ -76,7 +70,7 @@ fn splits_merges_and_unmaps_keep_the_index_exact() {
 
 #[test]
 fn mremap_and_a_second_address_space() {
-    let (a, asp) = setup();
+    let (a, _, asp) = setup();
     let f = ramfs_file(a, "/data", 16 * P, OpenMode::RDONLY);
     let x = asp
         .mmap(
@@ -115,7 +109,7 @@ fn mremap_and_a_second_address_space() {
 
 #[test]
 fn failed_hook_and_map_fixed_replacement_leave_no_entry() {
-    let (a, asp) = setup();
+    let (a, _, asp) = setup();
     let f = ramfs_file(a, "/data", 16 * P, OpenMode::RDONLY);
     let g = ramfs_file(a, "/other", 16 * P, OpenMode::RDONLY);
     let x = asp
@@ -151,20 +145,6 @@ fn failed_hook_and_map_fixed_replacement_leave_no_entry() {
     assert_eq!(g.inode().i_mmap_len(), 1);
 }
 
-static CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn count_close(_: mm::vma::VmaRef) {
-    CLOSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-}
-
-static COUNTING_OPS: mm::vma::VmOperations = mm::vma::VmOperations {
-    open: None,
-    close: Some(count_close),
-    may_split: None,
-    fault: None,
-    name: None,
-};
-
 /// Dropping an `Mm` that still has VMAs (Linux: `exit_mmap`) runs each VMA's close
 /// hook and unlinks it from its file's `i_mmap`, as munmap would.
 #[test]
@@ -185,15 +165,15 @@ fn dropping_an_mm_closes_and_unlinks_its_vmas() {
                 i * 2,
                 VmFlags::READ | VmFlags::MAYREAD,
                 Some(f.as_vm_file()),
-                Some(&COUNTING_OPS),
+                Some(&CLOSE_OPS),
             )
             .unwrap();
             g.vma_link(v).unwrap();
         }
     }
     assert_eq!(f.inode().i_mmap_len(), 3);
-    let before = CLOSED.load(std::sync::atomic::Ordering::SeqCst);
+    let before = CLOSES.load(std::sync::atomic::Ordering::SeqCst);
     drop(mm);
-    assert_eq!(CLOSED.load(std::sync::atomic::Ordering::SeqCst) - before, 3);
+    assert_eq!(CLOSES.load(std::sync::atomic::Ordering::SeqCst) - before, 3);
     assert_eq!(f.inode().i_mmap_len(), 0);
 }

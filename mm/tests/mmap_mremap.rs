@@ -3,16 +3,14 @@
 //! the page tables runs out of memory, which needs the whole frame allocator exhausted
 //! and so runs here only.
 
+mod common;
+
+use common::{P, PA, RW, read, setup, vmas};
 use mm::conformance::host::HostHarness;
-use mm::conformance::{mremap, vmas};
+use mm::conformance::mremap;
 use mm::errno::Errno;
-use mm::frame::FrameAllocator;
-use mm::frame::sim::simulated;
 use mm::mmap::*;
 
-const P: usize = 4096;
-const RW: u32 = PROT_READ | PROT_WRITE;
-const PA: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
 const FIXED_MOVE: u32 = MREMAP_MAYMOVE | MREMAP_FIXED;
 
 /// One `#[test]` per shared mremap case, run with a fresh host harness.
@@ -27,19 +25,6 @@ macro_rules! host_tests {
     };
 }
 mm::conformance_cases!(host_tests);
-
-fn setup() -> (&'static FrameAllocator, u64, AddressSpace) {
-    let a = simulated(32 << 20);
-    zero_page(a).unwrap();
-    let base = a.allocated_frames();
-    (a, base, AddressSpace::new(a).unwrap())
-}
-
-fn read(asp: &AddressSpace, addr: usize, n: usize) -> Vec<u8> {
-    let mut b = vec![0u8; n];
-    asp.copy_from_user(addr, &mut b).unwrap();
-    b
-}
 
 #[test]
 fn out_of_memory_while_moving_page_tables_leaves_the_source_intact() {

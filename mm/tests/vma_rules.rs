@@ -3,19 +3,16 @@
 //! hugetlb split hook, munmap-style removal, anon_vma reuse, scale, and the ASSUMPTIONS of
 //! the engine's entry points (`mm/src/vma/merge.rs`), which debug builds check.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::{CLOSES, F, count_close, link};
 use mm::errno::Errno;
 use mm::vma::{
     Mm, MmHooks, MmWriteGuard, VmFlags, VmOperations, VmaIterator, VmaMergeState, VmaMergeStruct,
     VmaRef,
 };
-
-const F: VmFlags = VmFlags::RW_DEFAULT;
-
-fn link(g: &mut MmWriteGuard<'_>, s: usize, e: usize, pg: usize) -> VmaRef {
-    g.map_anon(s, e, pg, F).unwrap()
-}
 
 /// A fork child of a faulted parent VMA living in another mm.
 fn fork_child(g: &mut MmWriteGuard<'_>, s: usize, e: usize, pg: usize) -> VmaRef {
@@ -172,7 +169,6 @@ fn split_respects_max_map_count_but_dunder_split_bypasses() {
 }
 
 static OPENS: AtomicUsize = AtomicUsize::new(0);
-static CLOSES: AtomicUsize = AtomicUsize::new(0);
 fn veto(_: VmaRef, addr: usize) -> Result<(), Errno> {
     if addr % 0x200000 != 0 {
         Err(Errno::EINVAL)
@@ -182,9 +178,6 @@ fn veto(_: VmaRef, addr: usize) -> Result<(), Errno> {
 }
 fn count_open(_: VmaRef) {
     OPENS.fetch_add(1, Ordering::SeqCst);
-}
-fn count_close(_: VmaRef) {
-    CLOSES.fetch_add(1, Ordering::SeqCst);
 }
 static HOOK_OPS: VmOperations = VmOperations {
     open: Some(count_open),

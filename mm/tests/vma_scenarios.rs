@@ -1,29 +1,28 @@
 //! The 16 merge scenarios of Linux's `tools/testing/vma` against this VMA engine.
 //!
+//! Each step asserts a picture of the address space as well as the ranges, the way the
+//! harness draws its cases in comments (here the pictures are checked, see
+//! `common::assert_drawn`): one character a page under a ruler of page numbers, a
+//! letter per VMA, `*` for the pages of a new range about to be mapped, and a marker
+//! line such as `<->` over the part of an existing VMA an operation changes:
+//!
+//! ```text
+//!    <->
+//! 0123456789
+//!   VVVVNNN
+//! ```
+//!
 //! Harness idea `vma_write_started(vma)` is modelled by doing each operation in a
 //! fresh mmap write-lock hold and asking whether the VMA is write-locked in that hold
 //! (setup happens in an earlier hold, whose locks are released on unlock).
 
+mod common;
+
+use common::{CLOSE_OPS, F, assert_drawn, link};
 use mm::errno::Errno;
 use mm::vma::{
-    AnonVmaRef, Mm, MmWriteGuard, VmFlags, VmOperations, VmaIterator, VmaMergeState,
-    VmaMergeStruct, VmaRef,
+    AnonVmaRef, Mm, MmWriteGuard, VmFlags, VmaIterator, VmaMergeState, VmaMergeStruct, VmaRef,
 };
-
-const F: VmFlags = VmFlags::RW_DEFAULT;
-
-fn dummy_close(_: VmaRef) {}
-static CLOSE_OPS: VmOperations = VmOperations {
-    open: None,
-    close: Some(dummy_close),
-    may_split: None,
-    fault: None,
-    name: None,
-};
-
-fn link(g: &mut MmWriteGuard<'_>, start: usize, end: usize, pgoff: usize) -> VmaRef {
-    g.map_anon(start, end, pgoff, F).expect("link")
-}
 
 fn set_close(g: &mut MmWriteGuard<'_>, v: VmaRef) {
     g.vma_start_write(v);
@@ -97,6 +96,16 @@ fn test_simple_merge() {
     let next = link(&mut g, 0x2000, 0x3000, 2);
     drop(g);
     let mut g = mm.write_lock();
+    let names = [('P', prev), ('N', next)];
+    assert_drawn(
+        &g,
+        &names,
+        Some(0x1000..0x2000),
+        "
+        0123
+        P*N
+        ",
+    );
     let mut vmg = VmaMergeStruct::new(0x1000, 0x2000, 1, F);
     let v = merge_new(&mut g, &mut vmg).expect("merged");
     assert!(core::ptr::eq(v, prev));
@@ -104,6 +113,15 @@ fn test_simple_merge() {
     assert_eq!(range(v), (0, 0x3000, 0));
     assert_eq!(v.flags(), F);
     assert!(!next.is_attached(), "next was deleted");
+    assert_drawn(
+        &g,
+        &names,
+        None,
+        "
+        0123
+        PPP
+        ",
+    );
     check_counts(&g, 1);
 }
 
@@ -114,6 +132,16 @@ fn test_simple_modify() {
     let vma = link(&mut g, 0, 0x3000, 0);
     drop(g);
     let mut g = mm.write_lock();
+    assert_drawn(
+        &g,
+        &[('V', vma)],
+        Some(0x1000..0x2000),
+        "
+         -
+        0123
+        VVV
+        ",
+    );
     let r = g
         .vma_modify_flags(Some(vma), vma, 0x1000, 0x2000, &mut (F | VmFlags::EXEC))
         .unwrap();
@@ -125,6 +153,17 @@ fn test_simple_modify() {
         all,
         vec![(0, 0x1000, 0), (0x1000, 0x2000, 1), (0x2000, 0x3000, 2)]
     );
+    // Split in three: the original object keeps the middle, A and B are new.
+    let (a, b) = (g.find_vma(0).unwrap(), g.find_vma(0x2000).unwrap());
+    assert_drawn(
+        &g,
+        &[('A', a), ('V', vma), ('B', b)],
+        None,
+        "
+        0123
+        AVB
+        ",
+    );
     check_counts(&g, 3);
 }
 
@@ -135,10 +174,29 @@ fn test_simple_expand() {
     let vma = link(&mut g, 0, 0x1000, 0);
     drop(g);
     let mut g = mm.write_lock();
+    assert_drawn(
+        &g,
+        &[('V', vma)],
+        Some(0..0x3000),
+        "
+        <->
+        0123
+        V**
+        ",
+    );
     let mut vmg = VmaMergeStruct::new(0, 0x3000, 0, F);
     vmg.target = Some(vma);
     assert_eq!(g.vma_expand(&mut vmg), Ok(()));
     assert_eq!(range(vma), (0, 0x3000, 0));
+    assert_drawn(
+        &g,
+        &[('V', vma)],
+        None,
+        "
+        0123
+        VVV
+        ",
+    );
     assert!(g.vma_is_write_locked(vma));
     assert_eq!(
         g.find_vma(0x2fff).map(range),
@@ -155,8 +213,26 @@ fn test_simple_shrink() {
     let vma = link(&mut g, 0, 0x3000, 0);
     drop(g);
     let mut g = mm.write_lock();
+    assert_drawn(
+        &g,
+        &[('V', vma)],
+        None,
+        "
+        0123
+        VVV
+        ",
+    );
     assert_eq!(g.vma_shrink(vma, 0, 0x1000, 0), Ok(()));
     assert_eq!(range(vma), (0, 0x1000, 0));
+    assert_drawn(
+        &g,
+        &[('V', vma)],
+        None,
+        "
+        0123
+        V
+        ",
+    );
     assert!(g.vma_is_write_locked(vma));
     assert!(
         g.find_vma(0x1000).is_none(),
@@ -175,16 +251,35 @@ fn test_merge_new() {
         a = link(&mut g, 0, 0x2000, 0);
         b = link(&mut g, 0x3000, 0x4000, 3);
         c = link(&mut g, 0xb000, 0xc000, 0xb);
+        assert_drawn(
+            &g,
+            &[('A', a), ('B', b), ('C', c)],
+            None,
+            "
+            0123456789abc
+            AA B       C
+            ",
+        );
     }
     // 1. No merge: D is allocated.
     let d = {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &[('A', a), ('B', b), ('C', c)],
+            Some(0x7000..0x9000),
+            "
+            0123456789abc
+            AA B   **  C
+            ",
+        );
         let (d, merged) = try_merge_new_vma(&mut g, 0x7000, 0x9000, 7);
         assert!(!merged);
         assert_eq!(range(d), (0x7000, 0x9000, 7));
         check_counts(&g, 4);
         d
     };
+    let names = [('A', a), ('B', b), ('C', c), ('D', d)];
     // 2. A (close: no effect, it is expanded) + new + B (faulted): B deleted.
     {
         let mut g = mm.write_lock();
@@ -193,6 +288,15 @@ fn test_merge_new() {
     }
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x2000..0x3000),
+            "
+            0123456789abc
+            AA*B   DD  C
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0x2000, 0x3000, 2);
         assert!(merged && core::ptr::eq(v, a));
         assert_eq!(range(a), (0, 0x4000, 0));
@@ -204,6 +308,15 @@ fn test_merge_new() {
     // 3. Extend A.
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x4000..0x5000),
+            "
+            0123456789abc
+            AAAA*  DD  C
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0x4000, 0x5000, 4);
         assert!(merged && core::ptr::eq(v, a));
         assert_eq!(range(a), (0, 0x5000, 0));
@@ -219,6 +332,15 @@ fn test_merge_new() {
     }
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x6000..0x7000),
+            "
+            0123456789abc
+            AAAAA *DD  C
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0x6000, 0x7000, 6);
         assert!(merged && core::ptr::eq(v, d));
         assert_eq!(range(d), (0x6000, 0x9000, 6));
@@ -234,6 +356,15 @@ fn test_merge_new() {
     }
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x5000..0x6000),
+            "
+            0123456789abc
+            AAAAA*DDD  C
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0x5000, 0x6000, 5);
         assert!(merged && core::ptr::eq(v, a));
         assert_eq!(range(a), (0, 0x9000, 0));
@@ -249,6 +380,15 @@ fn test_merge_new() {
     }
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0xa000..0xb000),
+            "
+            0123456789abc
+            AAAAAAAAA *C
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0xa000, 0xb000, 0xa);
         assert!(merged && core::ptr::eq(v, c));
         assert_eq!(range(c), (0xa000, 0xc000, 0xa));
@@ -259,6 +399,15 @@ fn test_merge_new() {
     // 7. Fill the last gap: A absorbs C.
     {
         let mut g = mm.write_lock();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x9000..0xa000),
+            "
+            0123456789abc
+            AAAAAAAAA*CC
+            ",
+        );
         let (v, merged) = try_merge_new_vma(&mut g, 0x9000, 0xa000, 9);
         assert!(merged && core::ptr::eq(v, a));
         assert_eq!(range(a), (0, 0xc000, 0));
@@ -268,6 +417,15 @@ fn test_merge_new() {
         check_counts(&g, 1);
         let all: Vec<_> = g.vmas().into_iter().map(range).collect();
         assert_eq!(all, vec![(0, 0xc000, 0)]);
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789abc
+            AAAAAAAAAAAA
+            ",
+        );
     }
 }
 
@@ -285,7 +443,16 @@ fn test_merge_new_sticky_permutations() {
         };
         let mut g = mm.write_lock();
         let a = g.map_anon(0, 0x2000, 0, fl(1)).unwrap();
-        let _b = g.map_anon(0x3000, 0x4000, 3, fl(2)).unwrap();
+        let b = g.map_anon(0x3000, 0x4000, 3, fl(2)).unwrap();
+        assert_drawn(
+            &g,
+            &[('A', a), ('B', b)],
+            Some(0x2000..0x3000),
+            "
+            01234
+            AA*B
+            ",
+        );
         let mut vmg = VmaMergeStruct::new(0x2000, 0x3000, 2, fl(0));
         let v = merge_new(&mut g, &mut vmg).expect("soft-dirty never prevents a merge");
         assert!(core::ptr::eq(v, a));
@@ -294,6 +461,15 @@ fn test_merge_new_sticky_permutations() {
             a.flags().contains(VmFlags::SOFTDIRTY),
             mask & 0b111 != 0,
             "mask {mask:#b}"
+        );
+        assert_drawn(
+            &g,
+            &[('A', a), ('B', b)],
+            None,
+            "
+            01234
+            AAAA
+            ",
         );
     }
 }
@@ -311,17 +487,39 @@ fn test_vma_merge_special_flags() {
     let mm = Mm::new();
     let mut g = mm.write_lock();
     let prev = link(&mut g, 0, 0x3000, 0);
+    // 1. A new range that would merge but for the special flag.
     for sp in specials {
         g.vma_set_flags(prev, F | sp).unwrap();
+        assert_drawn(
+            &g,
+            &[('P', prev)],
+            Some(0x3000..0x4000),
+            "
+            01234
+            PPP*
+            ",
+        );
         let mut vmg = VmaMergeStruct::new(0x3000, 0x4000, 3, F | sp);
         assert!(merge_new(&mut g, &mut vmg).is_none());
         assert_eq!(vmg.state, VmaMergeState::NoMerge);
         assert_eq!(range(prev), (0, 0x3000, 0));
     }
+    // 2. An existing VMA whose change would merge but for the special flag.
     let vma = link(&mut g, 0x3000, 0x4000, 3);
+    let names = [('P', prev), ('V', vma)];
     for sp in specials {
         g.vma_set_flags(prev, F | sp).unwrap();
         g.vma_set_flags(vma, F | sp).unwrap();
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x4000),
+            "
+               -
+            01234
+            PPPV
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), vma, 0x3000, 0x4000);
         assert!(r.is_none());
         assert_eq!(st, VmaMergeState::NoMerge);
@@ -332,10 +530,22 @@ fn test_vma_merge_special_flags() {
     g.vma_set_flags(vma, F).unwrap();
     let (r, st) = merge_existing(&mut g, Some(prev), vma, 0x3000, 0x4000);
     assert!(same(r, prev) && st == VmaMergeState::Success);
+    assert_drawn(
+        &g,
+        &names,
+        None,
+        "
+        01234
+        PPPP
+        ",
+    );
 }
 
 #[test]
 fn test_vma_merge_with_close() {
+    // No merge may delete a VMA that has a vm_ops->close hook ([ prev ][ vma ][ next ]:
+    // prev is only ever expanded, so only vma and next can be in the way).
+    //
     // 1. merge_new: next has close → only prev expands.
     {
         let mm = Mm::new();
@@ -345,12 +555,31 @@ fn test_vma_merge_with_close() {
         set_close(&mut g, next);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x5000),
+            "
+            0123456789
+            PPP**NNNN
+            ",
+        );
         let mut vmg = VmaMergeStruct::new(0x3000, 0x5000, 3, F);
         let v = merge_new(&mut g, &mut vmg);
         assert!(same(v, prev));
         assert_eq!(range(prev), (0, 0x5000, 0));
         assert_eq!(range(next), (0x5000, 0x9000, 5));
         assert!(!g.vma_is_write_locked(next));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPNNNN
+            ",
+        );
         check_counts(&g, 2);
     }
     // 2. prev + middle(close), whole middle: middle would be deleted → NOMERGE.
@@ -362,10 +591,18 @@ fn test_vma_merge_with_close() {
         set_close(&mut g, middle);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+               <>
+            0123456789
+            PPPVV
+        ";
+        let names = [('P', prev), ('V', middle)];
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(r.is_none());
         assert_eq!(st, VmaMergeState::NoMerge);
         assert_eq!(range(prev), (0, 0x3000, 0));
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         check_counts(&g, 2);
     }
     // 3. middle(close) + next, no prev → NOMERGE.
@@ -377,10 +614,18 @@ fn test_vma_merge_with_close() {
         set_close(&mut g, middle);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+               <>
+            0123456789
+               VVNNNN
+        ";
+        let names = [('V', middle), ('N', next)];
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         let (r, st) = merge_existing(&mut g, None, middle, 0x3000, 0x5000);
         assert!(r.is_none());
         assert_eq!(st, VmaMergeState::NoMerge);
         assert_eq!(range(next), (0x5000, 0x9000, 5));
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         check_counts(&g, 2);
     }
     // 4. prev + middle(close) + next → NOMERGE.
@@ -389,13 +634,21 @@ fn test_vma_merge_with_close() {
         let mut g = mm.write_lock();
         let prev = link(&mut g, 0, 0x3000, 0);
         let middle = link(&mut g, 0x3000, 0x5000, 3);
-        let _next = link(&mut g, 0x5000, 0x9000, 5);
+        let next = link(&mut g, 0x5000, 0x9000, 5);
         set_close(&mut g, middle);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+               <>
+            0123456789
+            PPPVVNNNN
+        ";
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(r.is_none());
         assert_eq!(st, VmaMergeState::NoMerge);
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         check_counts(&g, 3);
     }
     // 5. prev + middle + next(close) → degrade to prev + middle.
@@ -408,18 +661,40 @@ fn test_vma_merge_with_close() {
         set_close(&mut g, next);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x5000),
+            "
+               <>
+            0123456789
+            PPPVVNNNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
         assert_eq!(range(prev), (0, 0x5000, 0));
         assert_eq!(range(next), (0x5000, 0x9000, 5));
         assert!(!middle.is_attached());
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPNNNN
+            ",
+        );
         check_counts(&g, 2);
     }
 }
 
 #[test]
 fn test_vma_merge_new_with_close() {
+    // Both neighbours have close hooks: prev may still be expanded (it is not
+    // deleted), next may not be deleted, so the new range joins prev alone.
     let mm = Mm::new();
     let mut g = mm.write_lock();
     let prev = link(&mut g, 0, 0x2000, 0);
@@ -428,6 +703,16 @@ fn test_vma_merge_new_with_close() {
     set_close(&mut g, next);
     drop(g);
     let mut g = mm.write_lock();
+    let names = [('P', prev), ('N', next)];
+    assert_drawn(
+        &g,
+        &names,
+        Some(0x2000..0x5000),
+        "
+        01234567
+        PP***NN
+        ",
+    );
     let mut vmg = VmaMergeStruct::new(0x2000, 0x5000, 2, F);
     let v = merge_new(&mut g, &mut vmg);
     assert!(same(v, prev));
@@ -437,6 +722,15 @@ fn test_vma_merge_new_with_close() {
     assert_eq!(range(next), (0x5000, 0x7000, 5));
     assert!(next.is_attached());
     assert!(g.vma_is_write_locked(prev));
+    assert_drawn(
+        &g,
+        &names,
+        None,
+        "
+        01234567
+        PPPPPNN
+        ",
+    );
     check_counts(&g, 2);
 }
 
@@ -454,6 +748,17 @@ fn test_merge_existing() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x6000),
+            "
+               <->
+            0123456789
+              VVVVNNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(middle), middle, 0x3000, 0x6000);
         assert!(same(r, next));
         assert_eq!(st, VmaMergeState::Success);
@@ -461,6 +766,15 @@ fn test_merge_existing() {
         assert_eq!(next.anon_vma_ptr(), av.as_ptr());
         assert_eq!(range(middle), (0x2000, 0x3000, 2));
         assert!(g.vma_is_write_locked(middle) && g.vma_is_write_locked(next));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+              VNNNNNN
+            ",
+        );
         check_counts(&g, 2);
     }
     // 2. Right, full.
@@ -474,6 +788,17 @@ fn test_merge_existing() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x2000..0x6000),
+            "
+              <-->
+            0123456789
+              VVVVNNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, None, middle, 0x2000, 0x6000);
         assert!(same(r, next));
         assert_eq!(st, VmaMergeState::Success);
@@ -481,6 +806,15 @@ fn test_merge_existing() {
         assert_eq!(next.anon_vma_ptr(), av.as_ptr());
         assert!(g.vma_is_write_locked(next));
         assert!(!middle.is_attached());
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+              NNNNNNN
+            ",
+        );
         check_counts(&g, 1);
     }
     // 3. Left, partial.
@@ -495,6 +829,17 @@ fn test_merge_existing() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x6000),
+            "
+               <->
+            0123456789
+            PPPVVVV
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x6000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
@@ -502,6 +847,15 @@ fn test_merge_existing() {
         assert_eq!(prev.anon_vma_ptr(), av.as_ptr());
         assert_eq!(range(middle), (0x6000, 0x7000, 6));
         assert!(g.vma_is_write_locked(prev) && g.vma_is_write_locked(middle));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPPV
+            ",
+        );
         check_counts(&g, 2);
     }
     // 4. Left, full.
@@ -515,12 +869,32 @@ fn test_merge_existing() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x7000),
+            "
+               <-->
+            0123456789
+            PPPVVVV
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x7000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
         assert_eq!(range(prev), (0, 0x7000, 0));
         assert_eq!(prev.anon_vma_ptr(), av.as_ptr());
         assert!(g.vma_is_write_locked(prev));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPPP
+            ",
+        );
         check_counts(&g, 1);
     }
     // 5. Both.
@@ -535,6 +909,17 @@ fn test_merge_existing() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x7000),
+            "
+               <-->
+            0123456789
+            PPPVVVVNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x7000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
@@ -542,9 +927,27 @@ fn test_merge_existing() {
         assert_eq!(prev.anon_vma_ptr(), av.as_ptr());
         assert!(g.vma_is_write_locked(prev));
         assert!(!middle.is_attached() && !next.is_attached());
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPPPPP
+            ",
+        );
         check_counts(&g, 1);
     }
-    // 6. Ranges touching neither end of middle never merge.
+    // 6. Ranges touching neither end of middle never merge:
+    //
+    //     -
+    //      -
+    //       -
+    //     <->
+    //     <>
+    //      <>
+    // 0123456789a
+    // PPPVVVVVNN
     {
         let mm = Mm::new();
         let mut g = mm.write_lock();
@@ -553,6 +956,12 @@ fn test_merge_existing() {
         let next = link(&mut g, 0x8000, 0xa000, 8);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+            0123456789a
+            PPPVVVVVNN
+        ";
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(&g, &names, None, picture);
         for (s, e) in [
             (0x4000, 0x5000),
             (0x5000, 0x6000),
@@ -569,6 +978,7 @@ fn test_merge_existing() {
         assert_eq!(range(middle), (0x3000, 0x8000, 3));
         assert_eq!(range(next), (0x8000, 0xa000, 8));
         assert!(!g.vma_is_write_locked(middle));
+        assert_drawn(&g, &names, None, picture);
         check_counts(&g, 3);
     }
 }
@@ -590,6 +1000,17 @@ fn test_anon_vma_non_mergeable() {
         give_anon(&mut g, next, &av2);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x7000),
+            "
+               <-->
+            0123456789
+            PPPVVVVNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x7000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
@@ -597,6 +1018,15 @@ fn test_anon_vma_non_mergeable() {
         assert!(g.vma_is_write_locked(prev));
         assert!(!g.vma_is_write_locked(next));
         assert_eq!(range(next), (0x7000, 0x9000, 7));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPPPNN
+            ",
+        );
         check_counts(&g, 2);
     }
     // 2. New range: same.
@@ -613,11 +1043,30 @@ fn test_anon_vma_non_mergeable() {
         give_anon(&mut g, next, &av2);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x7000),
+            "
+            0123456789
+            PPP****NN
+            ",
+        );
         let mut vmg = VmaMergeStruct::new(0x3000, 0x7000, 3, F);
         let v = merge_new(&mut g, &mut vmg);
         assert!(same(v, prev));
         assert_eq!(range(prev), (0, 0x7000, 0));
         assert!(!g.vma_is_write_locked(next));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            0123456789
+            PPPPPPPNN
+            ",
+        );
         check_counts(&g, 2);
     }
 }
@@ -634,6 +1083,17 @@ fn test_dup_anon_vma() {
         give_anon(&mut g, next, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('T', target), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0..0x5000),
+            "
+            <--->
+            012345
+            TTTNN
+            ",
+        );
         let mut vmg = VmaMergeStruct::new(0, 0x5000, 0, F);
         vmg.target = Some(target);
         vmg.next = Some(next);
@@ -641,6 +1101,15 @@ fn test_dup_anon_vma() {
         assert_eq!(range(target), (0, 0x5000, 0));
         assert_eq!(target.anon_vma_ptr(), av.as_ptr());
         assert!(av.clone_count() > 0, "was_cloned");
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            012345
+            TTTTT
+            ",
+        );
         check_counts(&g, 1);
     }
     // 2. Both sides, next faulted: prev gets next's anon_vma.
@@ -655,12 +1124,32 @@ fn test_dup_anon_vma() {
         give_anon(&mut g, if middle_faulted { middle } else { next }, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x5000),
+            "
+               <>
+            012345678
+            PPPVVNNN
+            ",
+        );
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(same(r, prev));
         assert_eq!(st, VmaMergeState::Success);
         assert_eq!(range(prev), (0, 0x8000, 0));
         assert_eq!(prev.anon_vma_ptr(), av.as_ptr());
         assert!(av.clone_count() > 0);
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            012345678
+            PPPPPPPP
+            ",
+        );
         check_counts(&g, 1);
     }
     // 4. Left partial with faulted middle.
@@ -673,12 +1162,32 @@ fn test_dup_anon_vma() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('P', prev), ('V', middle)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x5000),
+            "
+               <>
+            012345678
+            PPPVVVVV
+            ",
+        );
         let (r, _) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(same(r, prev));
         assert_eq!(range(prev), (0, 0x5000, 0));
         assert_eq!(range(middle), (0x5000, 0x8000, 5));
         assert_eq!(prev.anon_vma_ptr(), av.as_ptr());
         assert!(av.clone_count() > 0);
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            012345678
+            PPPPPVVV
+            ",
+        );
         check_counts(&g, 2);
     }
     // 5. Right partial with faulted middle.
@@ -691,12 +1200,32 @@ fn test_dup_anon_vma() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let names = [('V', middle), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x3000..0x5000),
+            "
+               <>
+            012345678
+            VVVVVNNN
+            ",
+        );
         let (r, _) = merge_existing(&mut g, Some(middle), middle, 0x3000, 0x5000);
         assert!(same(r, next));
         assert_eq!(range(next), (0x3000, 0x8000, 3));
         assert_eq!(range(middle), (0, 0x3000, 0));
         assert_eq!(next.anon_vma_ptr(), av.as_ptr());
         assert!(av.clone_count() > 0);
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            012345678
+            VVVNNNNN
+            ",
+        );
         check_counts(&g, 2);
     }
 }
@@ -713,6 +1242,13 @@ fn test_vmi_prealloc_fail() {
         give_anon(&mut g, middle, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+               <>
+            012345
+            PPPVV
+        ";
+        let names = [('P', prev), ('V', middle)];
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         g.set_fail_prealloc(true);
         let (r, st) = merge_existing(&mut g, Some(prev), middle, 0x3000, 0x5000);
         assert!(r.is_none());
@@ -730,6 +1266,7 @@ fn test_vmi_prealloc_fail() {
         assert_eq!(range(middle), (0x3000, 0x5000, 3));
         assert_eq!(middle.anon_vma_ptr(), av.as_ptr());
         g.set_fail_prealloc(false);
+        assert_drawn(&g, &names, Some(0x3000..0x5000), picture);
         check_counts(&g, 2);
     }
     // 2. vma_expand with preallocation failure.
@@ -742,6 +1279,13 @@ fn test_vmi_prealloc_fail() {
         give_anon(&mut g, next, &av);
         drop(g);
         let mut g = mm.write_lock();
+        let picture = "
+            <--->
+            012345
+            TTTNN
+        ";
+        let names = [('T', target), ('N', next)];
+        assert_drawn(&g, &names, Some(0..0x5000), picture);
         g.set_fail_prealloc(true);
         let mut vmg = VmaMergeStruct::new(0, 0x5000, 0, F);
         vmg.target = Some(target);
@@ -754,6 +1298,7 @@ fn test_vmi_prealloc_fail() {
         assert_eq!(range(next), (0x3000, 0x5000, 3));
         assert!(next.is_attached());
         g.set_fail_prealloc(false);
+        assert_drawn(&g, &names, Some(0..0x5000), picture);
         check_counts(&g, 2);
     }
 }
@@ -763,13 +1308,32 @@ fn test_merge_extend() {
     let mm = Mm::new();
     let mut g = mm.write_lock();
     let first = link(&mut g, 0, 0x1000, 0);
-    let _second = link(&mut g, 0x3000, 0x4000, 3);
+    let second = link(&mut g, 0x3000, 0x4000, 3);
     drop(g);
     let mut g = mm.write_lock();
+    let names = [('F', first), ('S', second)];
+    assert_drawn(
+        &g,
+        &names,
+        Some(0x1000..0x3000),
+        "
+        01234
+        F**S
+        ",
+    );
     let r = g.vma_merge_extend(first, 0x2000);
     assert!(same(r, first));
     assert_eq!(range(first), (0, 0x4000, 0));
     assert!(g.vma_is_write_locked(first));
+    assert_drawn(
+        &g,
+        &names,
+        None,
+        "
+        01234
+        FFFF
+        ",
+    );
     check_counts(&g, 1);
 }
 
@@ -781,11 +1345,29 @@ fn test_copy_vma() {
         let mut g = mm.write_lock();
         let mut vma = link(&mut g, 0x3000, 0x5000, 3);
         let src = vma;
+        assert_drawn(
+            &g,
+            &[('V', src)],
+            Some(0..0x2000),
+            "
+            012345
+            ** VV
+            ",
+        );
         let (new, _) = g.copy_vma(&mut vma, 0, 0x2000, 0).unwrap();
         assert!(!core::ptr::eq(new, src));
         assert!(core::ptr::eq(vma, src));
         assert_eq!(range(new), (0, 0x2000, 0));
         assert!(new.is_attached());
+        assert_drawn(
+            &g,
+            &[('V', src), ('C', new)],
+            None,
+            "
+            012345
+            CC VV
+            ",
+        );
         check_counts(&g, 2);
     }
     // 2. Merges into next.
@@ -794,9 +1376,28 @@ fn test_copy_vma() {
         let mut g = mm.write_lock();
         let mut vma = link(&mut g, 0, 0x2000, 0);
         let next = link(&mut g, 0x6000, 0x8000, 6);
+        let names = [('V', vma), ('N', next)];
+        assert_drawn(
+            &g,
+            &names,
+            Some(0x4000..0x6000),
+            "
+            012345678
+            VV  **NN
+            ",
+        );
         let (new, _) = g.copy_vma(&mut vma, 0x4000, 0x2000, 4).unwrap();
         assert!(core::ptr::eq(new, next));
         assert_eq!(range(next), (0x4000, 0x8000, 4));
+        assert_drawn(
+            &g,
+            &names,
+            None,
+            "
+            012345678
+            VV  NNNN
+            ",
+        );
         check_counts(&g, 2);
     }
 }
@@ -805,10 +1406,20 @@ fn test_copy_vma() {
 fn test_expand_only_mode() {
     let mm = Mm::new();
     let mut g = mm.write_lock();
-    let _first = link(&mut g, 0, 0x2000, 0);
+    let first = link(&mut g, 0, 0x2000, 0);
     let prev = link(&mut g, 0x3000, 0x5000, 3);
     drop(g);
     let mut g = mm.write_lock();
+    let names = [('F', first), ('P', prev)];
+    assert_drawn(
+        &g,
+        &names,
+        Some(0x5000..0x9000),
+        "
+        0123456789
+        FF PP****
+        ",
+    );
     let mut vmg = VmaMergeStruct::new(0x5000, 0x9000, 5, F);
     vmg.vmi = VmaIterator::new(0x3000);
     vmg.prev = Some(prev);
@@ -819,11 +1430,22 @@ fn test_expand_only_mode() {
     assert_eq!(range(prev), (0x3000, 0x9000, 3));
     assert!(g.vma_is_write_locked(prev));
     assert_eq!(vmg.vmi.index, 0x3000);
+    assert_drawn(
+        &g,
+        &names,
+        None,
+        "
+        0123456789
+        FF PPPPPP
+        ",
+    );
     check_counts(&g, 2);
 }
 
 #[test]
 fn test_mmap_region_basic() {
+    // Too far from 0 for a page ruler (the harness's test has no picture either): the
+    // layout is checked as ranges.
     let mm = Mm::new();
     let mut g = mm.write_lock();
     assert_eq!(
