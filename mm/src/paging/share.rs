@@ -97,7 +97,8 @@ impl PageTableRoot {
         let i4 = Level::Pml4.index(va);
         let pdpt = match root.load(i4).kind(Level::Pml4) {
             Kind::Table(pa) => {
-                // SAFETY: present PML4 entry of our user half.
+                // SAFETY: `pa` was read from a present non-leaf PML4 entry of this space,
+                // whose tables stay linked while `&mut self` is held.
                 let t = unsafe { root.child(pa) };
                 if t.load(Level::Pdpt.index(va)).kind(Level::Pdpt) != Kind::Empty {
                     return Err(MapError::AlreadyMapped);

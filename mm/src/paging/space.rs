@@ -64,7 +64,8 @@ impl PageTableRoot {
 
     /// A space with an empty kernel half (safe: nothing foreign is read or shared).
     pub fn new_user_only(alloc: &'static FrameAllocator) -> Result<Self, MapError> {
-        // SAFETY: no kernel PML4 is read.
+        // SAFETY: `new`'s contract concerns the kernel PML4 it copies from; with `None`
+        // none is read or shared.
         unsafe { Self::new(alloc, None) }
     }
 

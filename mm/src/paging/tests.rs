@@ -77,7 +77,8 @@ fn assert_no_empty_tables(s: &PageTableRoot) {
     fn walk(a: &FrameAllocator, t: Table, level: Level) {
         for i in 0..512 {
             if let Kind::Table(pa) = t.load(i).kind(level) {
-                // SAFETY: present entry of a live test space.
+                // SAFETY: `pa` was read from a present non-leaf entry of `t`, and the
+                // space borrowed by the caller keeps its tables linked while we walk.
                 let c = unsafe { t.child(pa) };
                 assert!(
                     !c.is_empty(),
@@ -874,7 +875,8 @@ fn dropping_an_inactive_space_needs_no_flush() {
         s
     };
     let tlb = s.tlb().clone();
-    // SAFETY: host backend.
+    // SAFETY: `activate`'s contract is about loading CR3 on the kernel target; the host
+    // backend only records the load.
     unsafe { s.activate(1) };
     s.deactivate(1);
     drop(s);

@@ -91,7 +91,9 @@ pub(super) fn vm_area_alloc(mm_id: u64) -> Result<VmaRef, Errno> {
             // SAFETY: fresh allocation with `Vma`'s layout; never freed, hence `'static`.
             unsafe { p.write(Vma::empty()) };
             SLOTS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: initialised just above and never deallocated.
+            // SAFETY: `p` was initialised just above, and VMA slots are never
+            // deallocated (type-stable memory: a freed slot goes to the free list), so
+            // a `&'static` to it stays valid.
             unsafe { &*p }
         }
     };
