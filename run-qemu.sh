@@ -118,7 +118,7 @@ case "$MODE" in
     dir=debug; [ "$PROFILE" = release ] && dir=release
     boot_elf "$ROOT/target/x86_64-target/$dir/kernel" ;;
   bench)
-    cargo kbuild --release --bin bench >&2
+    cargo kbuild --release --features bench --bin bench >&2
     boot_elf "$ROOT/target/x86_64-target/release/bench" ;;
   test)
     log "host tests (memory-manager core)"

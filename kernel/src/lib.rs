@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod address_space;
 pub mod arch;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod fault;
 pub mod heap;

@@ -6,9 +6,10 @@
 //! `cargo test`, while the kernel crate tests the hardware-facing parts under QEMU.
 //!
 //! Module map, each with its Linux counterpart:
-//! - [`conformance`]: the syscall conformance suite, one set of cases run on the host and
-//!   in the kernel: errno cases and their order, placement, maps, `.mmap_prepare`, mremap,
-//!   and the regression reproducers.
+//! - `conformance` (feature `conformance`: test code, off in the kernel build): the
+//!   syscall conformance suite, one set of cases run on the host and in the kernel's test
+//!   kernels: errno cases and their order, placement, maps, `.mmap_prepare`, mremap, and
+//!   the regression reproducers.
 //! - [`errno`]: Linux error numbers for syscall-shaped entry points
 //!   (`include/uapi/asm-generic/errno-base.h`).
 //! - [`file`](mod@file): a small VFS core: inodes with a page cache and `i_mmap`, the
@@ -32,6 +33,7 @@
 
 extern crate alloc;
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod errno;
 pub mod file;

@@ -238,7 +238,7 @@ impl MmWriteGuard<'_> {
         if src.has_anon_vma() && !dst.has_anon_vma() {
             self.vma_assert_write_locked(dst);
             drop(dst.replace_anon_vma(src.anon_vma(&*self)));
-            let fail = self.inner_ref().fail_anon_clone;
+            let fail = self.fail_anon_clone();
             // SAFETY: `anon_vma_clone`'s contract: `src` is stable, its writers needing
             // the mmap write lock we hold; `dst` is write-locked in this hold (asserted
             // just above), which excludes its readers and leaves us its only writer; and
@@ -796,7 +796,7 @@ impl MmWriteGuard<'_> {
             self.vm_area_free(new);
             return Err(e);
         }
-        let fail = self.inner_ref().fail_anon_clone;
+        let fail = self.fail_anon_clone();
         // SAFETY: `anon_vma_clone`'s contract: `new` was made by `vm_area_dup` just above
         // and is detached and known to no one else, so exclusively ours; `vma` is
         // another VMA of this mm, stable because its writers need the mmap write lock
@@ -971,7 +971,7 @@ impl MmWriteGuard<'_> {
         }
         let new = self.vm_area_dup(src)?;
         new.set_range(addr, end, pgoff);
-        let fail = self.inner_ref().fail_anon_clone;
+        let fail = self.fail_anon_clone();
         // SAFETY: as in `__split_vma`: `new` is a fresh duplicate, detached and known
         // only to us; `src` is stable under the mmap write lock we hold.
         if let Err(e) = unsafe { anon::anon_vma_clone(new, src, fail) } {

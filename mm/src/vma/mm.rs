@@ -40,6 +40,7 @@ pub(super) struct MmInner {
     /// VMAs allocated for this mm and not yet freed.
     pub(super) live_vmas: usize,
     /// Fault injection: `anon_vma_clone` fails with ENOMEM.
+    #[cfg(feature = "fault-inject")]
     pub(super) fail_anon_clone: bool,
     pub(super) hooks: MmHooks,
     /// Page counters, kept by link, commit, detach and `vma_set_flags`.
@@ -74,6 +75,7 @@ impl Mm {
                 map_count: 0,
                 max_map_count: DEFAULT_MAX_MAP_COUNT,
                 live_vmas: 0,
+                #[cfg(feature = "fault-inject")]
                 fail_anon_clone: false,
                 hooks: MmHooks::default(),
                 stat: VmStat::default(),
@@ -356,13 +358,24 @@ impl<'a> MmWriteGuard<'a> {
     pub fn vm_stat(&self) -> VmStat {
         self.inner_ref().stat
     }
-    /// Fault injection: make tree preallocation fail (Linux harness: `fail_prealloc`).
+    /// Test-only fault injection: make tree preallocation fail (Linux harness:
+    /// `fail_prealloc`).
+    #[cfg(feature = "fault-inject")]
     pub fn set_fail_prealloc(&mut self, fail: bool) {
         self.inner().tw.fail_prealloc = fail;
     }
-    /// Fault injection: make `anon_vma_clone` fail.
+    /// Test-only fault injection: make `anon_vma_clone` fail.
+    #[cfg(feature = "fault-inject")]
     pub fn set_fail_anon_clone(&mut self, fail: bool) {
         self.inner().fail_anon_clone = fail;
+    }
+    /// Whether `anon_vma_clone` must fail (fault injection; always false without the
+    /// `fault-inject` feature).
+    pub(super) fn fail_anon_clone(&self) -> bool {
+        #[cfg(feature = "fault-inject")]
+        return self.inner_ref().fail_anon_clone;
+        #[cfg(not(feature = "fault-inject"))]
+        false
     }
     /// Test-only: return the tree's cached free nodes and spare bookkeeping capacity to
     /// the heap, so that the next change preallocates everything afresh, as every

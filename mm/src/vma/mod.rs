@@ -19,7 +19,7 @@
 //!   `vma_merge_new_range`, `vma_merge_existing_range`, `vma_modify`, `vma_modify_flags`,
 //!   `split_vma`, `__split_vma`, `vma_expand`, `vma_shrink`, `vma_merge_extend`,
 //!   `copy_vma`, `mmap_region`.
-//! - [`bench`](mod@bench): helpers for the kernel's `--bench` mode.
+//! - `bench` (feature `bench`): helpers for the kernel's `--bench` mode.
 //!
 //! # Typical kernel use
 //! ```ignore
@@ -33,7 +33,7 @@
 //! let r = mm.lock_vma_under_rcu(fault_addr);   // lock-free fault path
 //! ```
 //!
-//! # Benchmarks (`bench` module)
+//! # Benchmarks (`bench` module, feature `bench`)
 //! - `bench::build_mm(n)`: an [`Mm`] with `n` non-mergeable 4-page VMAs at
 //!   `bench::addr(i)`; `n` = 10 / 1,000 / 65,530 for the `find` BENCH lines.
 //! - `bench::find(&mm, addr)`: `find_vma` under the mmap read lock.
@@ -43,6 +43,7 @@
 pub mod alloc;
 pub mod anon;
 pub mod area;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod i_mmap;
 pub mod interval;

@@ -25,7 +25,7 @@
 //! number of operations; it reserves enough nodes (3·(h+k+2) per op covers the copied
 //! path plus rotation partners) and the bookkeeping capacity. After it succeeds the
 //! batch cannot fail, so an allocation failure leaves the tree and every VMA untouched.
-//! `fail_prealloc` injects that failure (the harness's knob).
+//! `fail_prealloc` injects that failure (the harness's knob; `fault-inject` feature only).
 
 use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::vec::Vec;
@@ -371,6 +371,7 @@ pub(super) struct TreeWriter {
     count: usize,
     /// Fault injection: the next `prealloc` fails with ENOMEM (Linux harness:
     /// `fail_prealloc`). Stays set until cleared.
+    #[cfg(feature = "fault-inject")]
     pub(super) fail_prealloc: bool,
 }
 
@@ -393,6 +394,7 @@ impl TreeWriter {
             retired: Vec::new(),
             txn: 1,
             count: 0,
+            #[cfg(feature = "fault-inject")]
             fail_prealloc: false,
         }
     }
@@ -424,6 +426,7 @@ impl TreeWriter {
     ///
     /// Linux: `vma_iter_prealloc()`.
     pub(super) fn prealloc(&mut self, nops: usize) -> Result<(), Errno> {
+        #[cfg(feature = "fault-inject")]
         if self.fail_prealloc {
             return Err(Errno::ENOMEM);
         }
