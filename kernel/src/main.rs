@@ -51,7 +51,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// Builds a process-like address space step by step and shows `/proc/self/maps`
 /// after each step: the memory manager at work.
 fn demo_address_space() {
-    use kernel::address_space::{self, AddressSpace};
+    use kernel::address_space;
     use kernel::arch::extable::{probe_read, probe_write};
     use mm::file::{OpenMode, ramfs_file, stacking_file};
     use mm::mmap::*;
@@ -62,8 +62,8 @@ fn demo_address_space() {
     let show = |mm: &AddressSpace, step: &str| {
         serial_println!("\n== {step}\n{}", mm.maps());
     };
-    let mm = AddressSpace::new().expect("demo: address space");
-    mm.activate();
+    let mm = address_space::new_user_space(MmLayout::default()).expect("demo: address space");
+    address_space::activate(&mm);
 
     let lib = ramfs_file(memory::frames(), "/lib/libdemo.so", 4 * P, OpenMode::RDONLY);
     lib.inode().write(0, b"\x7fELF").expect("demo: file write");

@@ -9,7 +9,6 @@ use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::frame::{FrameAllocator, FrameStats};
 use spin::Once;
 use x86_64::PhysAddr;
-use x86_64::registers::control::Cr3;
 
 /// Physical memory below 1 MiB is left alone, as Linux reserves it on x86: it
 /// holds the real-mode IVT, BIOS data, EBDA and option ROM shadows.
@@ -93,7 +92,7 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
     let alloc = unsafe { FrameAllocator::new(phys_offset, &usable[..n]) }
         .expect("cannot build the frame allocator from the boot memory map");
     FRAMES.call_once(|| alloc);
-    KERNEL_PML4.call_once(|| Cr3::read().0.start_address());
+    KERNEL_PML4.call_once(crate::arch::mmu::loaded_root);
     // The shared zero page lives forever; take it now so it is part of every test's
     // baseline rather than a "leak" of the first test that faults.
     mm::mmap::zero_page(frames()).expect("no memory for the zero page");

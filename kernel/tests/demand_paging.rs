@@ -11,7 +11,7 @@
 extern crate alloc;
 
 use alloc::sync::Arc;
-use kernel::address_space::{self, AddressSpace};
+use kernel::address_space;
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::memory::{self, frames};
 use mm::file::{OpenMode, ramfs_file, stacking_file};
@@ -31,8 +31,8 @@ fn at(a: usize) -> VirtAddr {
 
 /// A fresh address space, active for the duration of `f`.
 fn in_new_space(f: impl FnOnce(&Arc<AddressSpace>)) {
-    let mm = AddressSpace::new().unwrap();
-    mm.activate();
+    let mm = address_space::new_user_space(MmLayout::default()).unwrap();
+    address_space::activate(&mm);
     f(&mm);
     address_space::deactivate_current();
 }
@@ -273,5 +273,44 @@ fn stacking_file_maps_the_lower_file_through_the_compat_layer() {
             "the VMA maps the lower file:\n{}",
             mm.maps()
         );
+    });
+}
+
+/// A write fault on a PTE that already allows the write (a stale read-only TLB entry
+/// after a permission upgrade that skipped the flush, as x86 Linux's `mprotect` does)
+/// is spurious: the mm fault path resolves it, with neither a SIGSEGV nor a copy
+/// (Linux: `handle_pte_fault`; x86's `flush_tlb_fix_spurious_fault` is empty because
+/// the fault itself dropped the stale entry). Under TCG the write may not fault at
+/// all; either way it must succeed in place.
+#[test_case]
+fn stale_read_only_tlb_entry_is_a_spurious_fault_not_a_segv() {
+    use mm::paging::{MmuGather, PageTableFlags as F};
+    const PTE_RW: F = F::PRESENT
+        .union(F::WRITABLE)
+        .union(F::USER_ACCESSIBLE)
+        .union(F::NO_EXECUTE);
+    const PTE_RO: F = F::PRESENT.union(F::USER_ACCESSIBLE).union(F::NO_EXECUTE);
+    in_new_space(|mm| {
+        let a = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
+        probe_write(at(a), 1).unwrap(); // an exclusive anonymous page, mapped writable
+        let frame = mm.translate(a).unwrap().frame;
+        let range = at(a)..at(a + P);
+        mm.with_page_tables(|t| {
+            let mut g = MmuGather::new(t);
+            t.protect(range.clone(), PTE_RO, &mut g).unwrap();
+            g.finish();
+        });
+        assert_eq!(probe_read(at(a)), Ok(1)); // the read-only entry may now be in the TLB
+        mm.with_page_tables(|t| {
+            let mut g = MmuGather::new(t);
+            t.protect(range.clone(), PTE_RW, &mut g).unwrap();
+            // Leave the TLB stale on purpose.
+            core::mem::forget(g);
+        });
+        probe_write(at(a), 2).expect("a spurious fault is resolved, not a SIGSEGV");
+        assert_eq!(probe_read(at(a)), Ok(2));
+        let t = mm.translate(a).unwrap();
+        assert_eq!(t.frame, frame, "written in place: no copy on write");
+        assert!(t.flags.contains(F::WRITABLE));
     });
 }

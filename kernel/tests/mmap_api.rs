@@ -15,12 +15,12 @@ extern crate alloc;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use kernel::address_space::{self, AddressSpace};
+use kernel::address_space;
 use kernel::arch::extable::{ProbeFault, probe_read, probe_write};
 use kernel::memory;
 use mm::conformance::{Harness, Space, UserFault};
 use mm::frame::FrameAllocator;
-use mm::mmap::MmLayout;
+use mm::mmap::{AddressSpace, MmLayout};
 use x86_64::VirtAddr;
 
 kernel::test_kernel_main!();
@@ -40,8 +40,8 @@ impl Harness for KernelHarness {
     }
 
     fn space_with_layout(&self, layout: MmLayout) -> Box<dyn Space + '_> {
-        let mm = AddressSpace::with_layout(layout).expect("no memory for an mm");
-        mm.activate();
+        let mm = address_space::new_user_space(layout).expect("no memory for an mm");
+        address_space::activate(&mm);
         Box::new(KernelSpace { mm })
     }
 }
@@ -56,8 +56,8 @@ struct KernelSpace {
 impl KernelSpace {
     /// Loads this space into CR3 if another one (or none) is current.
     fn make_current(&self) {
-        if !self.mm.is_current() {
-            self.mm.activate();
+        if !address_space::is_current(&self.mm) {
+            address_space::activate(&self.mm);
         }
     }
 }
@@ -70,7 +70,7 @@ fn user_fault(f: ProbeFault) -> UserFault {
 }
 
 impl Space for KernelSpace {
-    fn asp(&self) -> &mm::mmap::AddressSpace {
+    fn asp(&self) -> &AddressSpace {
         &self.mm
     }
 
@@ -89,7 +89,7 @@ impl Drop for KernelSpace {
     fn drop(&mut self) {
         // The CPU's `current` holds a reference: give it up, or the space outlives
         // the case and its frames count as a leak.
-        if self.mm.is_current() {
+        if address_space::is_current(&self.mm) {
             address_space::deactivate_current();
         }
     }

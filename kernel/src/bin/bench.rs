@@ -5,7 +5,7 @@
 extern crate alloc;
 
 use bootloader_api::BootInfo;
-use kernel::address_space::AddressSpace;
+use kernel::arch::mmu;
 use kernel::arch::qemu::{self, ExitCode};
 use kernel::arch::tsc;
 use kernel::bench;
@@ -56,38 +56,35 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Issue 3's figures: map+unmap of one 4 KiB page, protect of a 512-page range,
-/// map of a 2 MiB page, and address-space teardown per mapped page.
+/// map of a 2 MiB page, and address-space teardown per mapped page, on a bare
+/// page-table root (the page-table layer alone, no VMAs).
 fn page_table_benches() {
-    let mm = AddressSpace::new().expect("bench: address space");
+    let mut t = mmu::new_root().expect("bench: page-table root");
     let at = VirtAddr::new(BASE);
     // Keep one page mapped nearby so the map+unmap pair measures the leaf work, not
     // allocating and freeing the whole table path each time.
     let anchor = frames().alloc(0).unwrap();
-    mm.with_tables(|t| t.map_frame(at + 0x10_0000u64, anchor, PageSize::Size4K, RW))
+    t.map_frame(at + 0x10_0000u64, anchor, PageSize::Size4K, RW)
         .unwrap();
     bench::run("pt_map_unmap_4k", 20_000, |_| {
         let pa = frames().alloc(0).unwrap();
-        mm.with_tables(|t| {
-            t.map_frame(at, pa, PageSize::Size4K, RW).unwrap();
-            let mut g = MmuGather::new(t);
-            t.unmap(at..at + 4096u64, &mut g).unwrap();
-            g.finish();
-        });
+        t.map_frame(at, pa, PageSize::Size4K, RW).unwrap();
+        let mut g = MmuGather::new(&t);
+        t.unmap(at..at + 4096u64, &mut g).unwrap();
+        g.finish();
     });
 
     for i in 0..512u64 {
         let pa = frames().alloc(0).unwrap();
-        mm.with_tables(|t| t.map_frame(at + (0x20_0000 + i * 4096), pa, PageSize::Size4K, RW))
+        t.map_frame(at + (0x20_0000 + i * 4096), pa, PageSize::Size4K, RW)
             .unwrap();
     }
     let range = at + 0x20_0000u64..at + (0x20_0000 + 512 * 4096u64);
     bench::run("pt_protect_512_pages", 2_000, |i| {
         let flags = if i % 2 == 0 { RO } else { RW };
-        mm.with_tables(|t| {
-            let mut g = MmuGather::new(t);
-            t.protect(range.clone(), flags, &mut g).unwrap();
-            g.finish();
-        });
+        let mut g = MmuGather::new(&t);
+        t.protect(range.clone(), flags, &mut g).unwrap();
+        g.finish();
     });
 
     let huge = at + 0x4000_0000u64;
@@ -96,31 +93,28 @@ fn page_table_benches() {
     for _ in 0..ops {
         let pa = frames().alloc(9).unwrap();
         let start = tsc::rdtsc();
-        mm.with_tables(|t| t.map_frame(huge, pa, PageSize::Size2M, RW))
-            .unwrap();
+        t.map_frame(huge, pa, PageSize::Size2M, RW).unwrap();
         total += tsc::rdtsc() - start;
-        mm.with_tables(|t| {
-            let mut g = MmuGather::new(t);
-            t.unmap(huge..huge + PageSize::Size2M.bytes(), &mut g)
-                .unwrap();
-            g.finish();
-        });
+        let mut g = MmuGather::new(&t);
+        t.unmap(huge..huge + PageSize::Size2M.bytes(), &mut g)
+            .unwrap();
+        g.finish();
     }
     bench::report("pt_map_2m", tsc::cycles_to_ns(total) / ops, ops);
-    drop(mm);
+    drop(t);
 
     const PAGES: u64 = 10_000;
     let mut total = 0u64;
     let rounds = 5;
     for _ in 0..rounds {
-        let mm = AddressSpace::new().unwrap();
+        let mut t = mmu::new_root().unwrap();
         for i in 0..PAGES {
             let pa = frames().alloc(0).unwrap();
-            mm.with_tables(|t| t.map_frame(at + i * 4096, pa, PageSize::Size4K, RW))
+            t.map_frame(at + i * 4096, pa, PageSize::Size4K, RW)
                 .unwrap();
         }
         let start = tsc::rdtsc();
-        drop(mm);
+        drop(t);
         total += tsc::rdtsc() - start;
     }
     bench::report(
@@ -164,15 +158,15 @@ fn vma_benches() {
 /// of a 64-page VMA), first-touch write faults (8,192 pages, through the real #PF
 /// handler), and first touches spread over 10,000 separate VMAs.
 fn mmap_benches() {
-    use kernel::address_space::{self, AddressSpace};
+    use kernel::address_space;
     use kernel::arch::extable::probe_write;
     use mm::mmap::*;
     const P: usize = 4096;
     const RW: u32 = PROT_READ | PROT_WRITE;
     const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
 
-    let mm = AddressSpace::new().expect("bench: address space");
-    mm.activate();
+    let mm = address_space::new_user_space(MmLayout::default()).expect("bench: address space");
+    address_space::activate(&mm);
     // A neighbour keeps the page-table path alive, as in a real process.
     let anchor = mm.mmap(0, P, PROT_READ, ANON, None, 0).unwrap();
     bench::run("mmap_munmap_4k", 20_000, |_| {

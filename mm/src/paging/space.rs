@@ -26,6 +26,8 @@ const KERNEL_PML4_START: usize = 256;
 pub struct PageTableRoot {
     alloc: &'static FrameAllocator,
     pml4: PhysAddr,
+    /// The PML4 whose kernel half was copied at creation, if any.
+    kernel_pml4: Option<PhysAddr>,
     /// Bit `n` set while CPU `n` may have this space loaded (Linux: `mm_cpumask`).
     cpus: AtomicU64,
     tlb: ArchTlb,
@@ -47,9 +49,10 @@ impl PageTableRoot {
         kernel_pml4: Option<PhysAddr>,
     ) -> Result<Self, MapError> {
         let root = Table::alloc(alloc)?;
+        let kernel_pml4 = kernel_pml4.map(|kpa| kpa.align_down(4096u64));
         if let Some(kpa) = kernel_pml4 {
             // SAFETY: the caller vouches that `kernel_pml4` is a live PML4 reachable through the direct map; we only read it.
-            let k = unsafe { Table::from_phys(alloc, kpa.align_down(4096u64)) };
+            let k = unsafe { Table::from_phys(alloc, kpa) };
             for i in KERNEL_PML4_START..ENTRIES {
                 root.store(i, k.load(i));
             }
@@ -57,6 +60,7 @@ impl PageTableRoot {
         Ok(Self {
             alloc,
             pml4: root.pa(),
+            kernel_pml4,
             cpus: AtomicU64::new(0),
             tlb: ArchTlb::default(),
         })
@@ -72,6 +76,12 @@ impl PageTableRoot {
     /// Physical address of the PML4, for CR3.
     pub fn root_phys(&self) -> PhysAddr {
         self.pml4
+    }
+
+    /// The PML4 whose kernel half this root shares (`None`: an empty kernel half, so it
+    /// must never be loaded).
+    pub fn kernel_pml4(&self) -> Option<PhysAddr> {
+        self.kernel_pml4
     }
 
     /// The frame allocator the tables come from.

@@ -119,12 +119,30 @@ impl TlbBackend for HwTlb {
     }
 
     unsafe fn load_root(&self, _cpu: usize, root: PhysAddr) {
-        use x86_64::registers::control::{Cr3, Cr3Flags};
-        use x86_64::structures::paging::PhysFrame;
-        let frame = PhysFrame::containing_address(root);
-        // SAFETY: the caller guarantees `root` maps the running kernel and outlives its time in CR3. No PCID: the write flushes all non-global entries.
-        unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+        // SAFETY: forwarded from the caller (the trait's contract is `load_cr3`'s).
+        unsafe { load_cr3(root) };
     }
+}
+
+/// Loads `root` into CR3 (Linux: `load_cr3` → `native_write_cr3`). No PCID and no
+/// cache-control bits, so the write flushes every non-global TLB entry.
+///
+/// This is the only CR3 write in the tree. It lives here, not in the kernel's arch
+/// layer, because [`PageTableRoot::activate`] (Linux: `switch_mm_irqs_off`) must load
+/// CR3 and this crate cannot call into the kernel crate; the kernel calls this
+/// function for the one root that is not a [`PageTableRoot`], its own boot PML4
+/// (Linux: `switch_mm(…, &init_mm, …)` / `leave_mm`).
+///
+/// # Safety
+/// `root` is a PML4 whose kernel half maps the running kernel (code, stack, the direct
+/// map), and it stays alive (is neither freed nor reused) while loaded.
+#[cfg(target_os = "none")]
+pub unsafe fn load_cr3(root: PhysAddr) {
+    use x86_64::registers::control::{Cr3, Cr3Flags};
+    use x86_64::structures::paging::PhysFrame;
+    let frame = PhysFrame::containing_address(root);
+    // SAFETY: the caller guarantees `root` maps the running kernel and outlives its time in CR3, so every access after the switch still translates.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }
 
 /// What the host backend records.
