@@ -7,8 +7,9 @@
 
 use crate::arch::cpu;
 
-/// Most CPUs the kernel supports (the page-table layer's CPU mask is 64 bits).
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs the kernel supports: the memory manager's, whose page-table CPU mask
+/// (Linux: `mm_cpumask`) has one bit per CPU.
+pub use mm::paging::MAX_CPUS;
 
 /// One value per CPU.
 pub struct PerCpu<T> {
@@ -16,7 +17,8 @@ pub struct PerCpu<T> {
 }
 
 impl<T> PerCpu<T> {
-    /// Builds the per-CPU values with `init(cpu)`.
+    /// The per-CPU values, `slots[cpu]` for CPU `cpu` (a `const` array, so that a
+    /// `PerCpu` can be a `static`).
     pub const fn new(slots: [T; MAX_CPUS]) -> Self {
         Self { slots }
     }

@@ -11,7 +11,9 @@ use super::tlb::{ArchTlb, FlushKind, MmuGather, TlbBackend, flush_kind};
 use super::{Level, MapError, PageSize};
 use crate::frame::FrameAllocator;
 
-/// CPUs the CPU mask can name. A larger index sets every bit (flush everyone).
+/// Most CPUs the kernel supports (Linux: `NR_CPUS`), and the CPUs the CPU mask can name
+/// (a larger index sets every bit: flush everyone). The kernel's per-CPU data uses this
+/// same constant.
 pub const MAX_CPUS: usize = 64;
 
 /// First PML4 slot of the kernel half.
