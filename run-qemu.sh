@@ -121,6 +121,11 @@ case "$MODE" in
     cargo kbuild --release --features bench --bin bench >&2
     boot_elf "$ROOT/target/x86_64-target/release/bench" ;;
   test)
+    log "habits: rustfmt, clippy (host and kernel target) and rustdoc, warnings as errors"
+    cargo fmt --all -- --check
+    cargo clippy -q -p mm -p boot --all-targets --all-features -- -D warnings
+    cargo kclippy -q --lib --bins --tests --features bench -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc -q -p mm --no-deps --all-features
     log "host tests (memory-manager core)"
     cargo test --workspace --exclude kernel
     build_boot_tool

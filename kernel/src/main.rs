@@ -21,17 +21,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial_println!(
         "frame allocator: {} frames ({} MiB), {} free, {} reserved for metadata",
         s.total_frames,
-        s.total_frames * PAGE_SIZE >> 20,
+        (s.total_frames * PAGE_SIZE) >> 20,
         s.free_frames,
         s.reserved_frames
     );
     serial_println!("  free blocks per order:");
-    for order in 0..NR_ORDERS {
-        if s.free_per_order[order] > 0 {
+    for (order, &blocks) in s.free_per_order.iter().enumerate().take(NR_ORDERS) {
+        if blocks > 0 {
             serial_println!(
-                "    order {order:2} ({:>9} KiB): {}",
-                (PAGE_SIZE << order) >> 10,
-                s.free_per_order[order]
+                "    order {order:2} ({:>9} KiB): {blocks}",
+                (PAGE_SIZE << order) >> 10
             );
         }
     }

@@ -3,6 +3,9 @@
 //! (Not part of the ordinary `cargo ktest`: `test = false` in Cargo.toml.)
 #![no_std]
 #![no_main]
+// Test cases are named for what they check; the custom test framework makes them
+// items of the test crate, which `missing_docs` would otherwise ask to document.
+#![allow(missing_docs)]
 #![feature(custom_test_frameworks)]
 #![test_runner(kernel::testing::run_tests)]
 #![reexport_test_harness_main = "test_main"]
