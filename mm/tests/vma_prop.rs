@@ -214,15 +214,14 @@ proptest! {
                     model.protect(page, page + len, f);
                 }
                 Op::Split { page, below } => {
-                    if let Some(i) = model.idx_at(page) {
-                        if model.v[i].0 < page {
+                    if let Some(i) = model.idx_at(page)
+                        && model.v[i].0 < page {
                             let v = g.vma_lookup(addr(page)).unwrap();
                             let new = g.split_vma(v, addr(page), below).unwrap();
                             prop_assert_eq!(new.refcnt(), 1);
                             model.split_at(page);
                             canonical = false;
                         }
-                    }
                 }
                 Op::Unmap { page, len } => {
                     g.unmap_range(addr(page), addr(page + len)).unwrap();

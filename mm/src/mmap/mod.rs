@@ -420,12 +420,11 @@ impl AddressSpace {
             addr
         } else {
             let mut found = None;
-            if addr != 0 {
-                if let Some(a) = page_align(addr) {
-                    if self.range_fits(g, a, len) {
-                        found = Some(a);
-                    }
-                }
+            if addr != 0
+                && let Some(a) = page_align(addr)
+                && self.range_fits(g, a, len)
+            {
+                found = Some(a);
             }
             if found.is_none() {
                 let low = PAGE_SIZE.max(l.mmap_min_addr);
@@ -470,7 +469,7 @@ impl AddressSpace {
         file: Option<&Arc<File>>,
         off: u64,
     ) -> Result<usize, Errno> {
-        if off % PAGE_SIZE as u64 != 0 {
+        if !off.is_multiple_of(PAGE_SIZE as u64) {
             return Err(Errno::EINVAL);
         }
         let file = if flags & MAP_ANONYMOUS != 0 {
@@ -647,27 +646,27 @@ impl AddressSpace {
         let mut wo_private = 0;
         let mut used_prepare = false;
         let legacy = file.as_ref().and_then(|f| f.ops().mmap);
-        if let Some(f) = file.clone() {
-            if let Some(prepare) = f.ops().mmap_prepare {
-                let mut desc = VmAreaDesc::new(
-                    self.mm.id(),
-                    addr,
-                    end,
-                    f.clone(),
-                    pgoff,
-                    vm_flags,
-                    page_prot,
-                    g.live_vmas(),
-                );
-                prepare(&f, &mut desc)?;
-                pgoff = desc.pgoff;
-                file = Some(desc.vm_file);
-                vm_flags = desc.vm_flags;
-                page_prot = desc.page_prot;
-                wo_ops = desc.vm_ops;
-                wo_private = desc.private_data;
-                used_prepare = true;
-            }
+        if let Some(f) = file.clone()
+            && let Some(prepare) = f.ops().mmap_prepare
+        {
+            let mut desc = VmAreaDesc::new(
+                self.mm.id(),
+                addr,
+                end,
+                f.clone(),
+                pgoff,
+                vm_flags,
+                page_prot,
+                g.live_vmas(),
+            );
+            prepare(&f, &mut desc)?;
+            pgoff = desc.pgoff;
+            file = Some(desc.vm_file);
+            vm_flags = desc.vm_flags;
+            page_prot = desc.page_prot;
+            wo_ops = desc.vm_ops;
+            wo_private = desc.private_data;
+            used_prepare = true;
         }
         let vm_file = file.as_ref().map(|f| f.as_vm_file());
         // 5. Merge with the post-hook attributes.
@@ -774,7 +773,7 @@ impl AddressSpace {
     /// the page-table lock is taken for the zap.
     fn do_munmap(&self, g: &mut MmWriteGuard<'_>, start: usize, len: usize) -> Result<(), Errno> {
         let ts = self.layout.task_size;
-        if start % PAGE_SIZE != 0 || start > ts || len > ts - start {
+        if !start.is_multiple_of(PAGE_SIZE) || start > ts || len > ts - start {
             return Err(Errno::EINVAL);
         }
         let len = page_align(len).ok_or(Errno::EINVAL)?;
@@ -806,7 +805,7 @@ impl AddressSpace {
         if grows == PROT_GROWSDOWN | PROT_GROWSUP {
             return Err(Errno::EINVAL);
         }
-        if start % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         if len == 0 {
@@ -957,7 +956,7 @@ impl AddressSpace {
         ) {
             return Err(Errno::EINVAL);
         }
-        if start % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let alen = page_align(len).unwrap_or(0);

@@ -1155,10 +1155,10 @@ mod model {
 
     fn intersecting(m: &Model, a: u64, b: u64) -> Vec<(u64, Leaf)> {
         let mut v: Vec<(u64, Leaf)> = Vec::new();
-        if let Some((&s, l)) = m.range(..a).next_back() {
-            if s + l.size.bytes() > a {
-                v.push((s, *l));
-            }
+        if let Some((&s, l)) = m.range(..a).next_back()
+            && s + l.size.bytes() > a
+        {
+            v.push((s, *l));
         }
         v.extend(m.range(a..b).map(|(&s, l)| (s, *l)));
         v

@@ -129,49 +129,85 @@ bitflags::bitflags! {
     /// VMA flags with Linux's bit values (Linux: `vm_flags_t`, `VM_*` in `include/linux/mm.h`).
     #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
     pub struct VmFlags: u64 {
+        /// Linux: `VM_READ`.
         const READ = 0x0000_0001;
+        /// Linux: `VM_WRITE`.
         const WRITE = 0x0000_0002;
+        /// Linux: `VM_EXEC`.
         const EXEC = 0x0000_0004;
+        /// Linux: `VM_SHARED`.
         const SHARED = 0x0000_0008;
+        /// Linux: `VM_MAYREAD`.
         const MAYREAD = 0x0000_0010;
+        /// Linux: `VM_MAYWRITE`.
         const MAYWRITE = 0x0000_0020;
+        /// Linux: `VM_MAYEXEC`.
         const MAYEXEC = 0x0000_0040;
+        /// Linux: `VM_MAYSHARE`.
         const MAYSHARE = 0x0000_0080;
+        /// Linux: `VM_GROWSDOWN`.
         const GROWSDOWN = 0x0000_0100;
+        /// Linux: `VM_UFFD_MISSING`.
         const UFFD_MISSING = 0x0000_0200;
+        /// Linux: `VM_PFNMAP`.
         const PFNMAP = 0x0000_0400;
         /// The VMA may contain guard regions (sticky, ≈6.19).
         const MAYBE_GUARD = 0x0000_0800;
+        /// Linux: `VM_UFFD_WP`.
         const UFFD_WP = 0x0000_1000;
+        /// Linux: `VM_LOCKED`.
         const LOCKED = 0x0000_2000;
+        /// Linux: `VM_IO`.
         const IO = 0x0000_4000;
+        /// Linux: `VM_SEQ_READ`.
         const SEQ_READ = 0x0000_8000;
+        /// Linux: `VM_RAND_READ`.
         const RAND_READ = 0x0001_0000;
+        /// Linux: `VM_DONTCOPY`.
         const DONTCOPY = 0x0002_0000;
+        /// Linux: `VM_DONTEXPAND`.
         const DONTEXPAND = 0x0004_0000;
+        /// Linux: `VM_LOCKONFAULT`.
         const LOCKONFAULT = 0x0008_0000;
+        /// Linux: `VM_ACCOUNT`.
         const ACCOUNT = 0x0010_0000;
+        /// Linux: `VM_NORESERVE`.
         const NORESERVE = 0x0020_0000;
+        /// Linux: `VM_HUGETLB`.
         const HUGETLB = 0x0040_0000;
+        /// Linux: `VM_SYNC`.
         const SYNC = 0x0080_0000;
         /// `VM_ARCH_1`; `VM_PAT` on x86.
         const PAT = 0x0100_0000;
+        /// Linux: `VM_WIPEONFORK`.
         const WIPEONFORK = 0x0200_0000;
+        /// Linux: `VM_DONTDUMP`.
         const DONTDUMP = 0x0400_0000;
+        /// Linux: `VM_SOFTDIRTY`.
         const SOFTDIRTY = 0x0800_0000;
+        /// Linux: `VM_MIXEDMAP`.
         const MIXEDMAP = 0x1000_0000;
+        /// Linux: `VM_HUGEPAGE`.
         const HUGEPAGE = 0x2000_0000;
+        /// Linux: `VM_NOHUGEPAGE`.
         const NOHUGEPAGE = 0x4000_0000;
+        /// Linux: `VM_MERGEABLE`.
         const MERGEABLE = 0x8000_0000;
         /// x86 protection-key bits (`VM_HIGH_ARCH_0..3`).
         const PKEY_BIT0 = 1 << 32;
+        /// Linux: `VM_PKEY_BIT1`.
         const PKEY_BIT1 = 1 << 33;
+        /// Linux: `VM_PKEY_BIT2`.
         const PKEY_BIT2 = 1 << 34;
+        /// Linux: `VM_PKEY_BIT3`.
         const PKEY_BIT3 = 1 << 35;
         /// x86 shadow stack (`VM_HIGH_ARCH_5`).
         const SHADOW_STACK = 1 << 37;
+        /// Linux: `VM_ALLOW_ANY_UNCACHED`.
         const ALLOW_ANY_UNCACHED = 1 << 39;
+        /// Linux: `VM_DROPPABLE`.
         const DROPPABLE = 1 << 40;
+        /// Linux: `VM_UFFD_MINOR`.
         const UFFD_MINOR = 1 << 41;
         /// mseal()'d (64-bit only bit 42 since 6.12).
         const SEALED = 1 << 42;
@@ -245,6 +281,9 @@ pub struct VmFault {
 /// Result bits of a fault handler (Linux: `vm_fault_t`, `VM_FAULT_*`).
 pub type VmFaultT = u32;
 
+/// The `->may_split` hook: may `vma` be split at `addr`? (Linux: `may_split`.)
+pub type MaySplitFn = fn(VmaRef, usize) -> Result<(), Errno>;
+
 /// VMA operations (Linux: `struct vm_operations_struct`); all hooks optional.
 ///
 /// A VMA with `ops == None` is anonymous (Linux: `vma_is_anonymous()`).
@@ -255,7 +294,7 @@ pub struct VmOperations {
     /// Called before a VMA is removed. A VMA with this hook is never *deleted* by a merge.
     pub close: Option<fn(VmaRef)>,
     /// May veto a split at `addr`. Linux: `->may_split`.
-    pub may_split: Option<fn(VmaRef, usize) -> Result<(), Errno>>,
+    pub may_split: Option<MaySplitFn>,
     /// Page fault handler. Linux: `->fault`.
     pub fault: Option<fn(&VmFault) -> VmFaultT>,
     /// Name shown in maps. Linux: `->name`.

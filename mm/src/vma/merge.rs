@@ -204,7 +204,7 @@ fn can_vma_merge_right(g: &MmWriteGuard<'_>, vmg: &VmaMergeStruct, merge_left: b
 }
 
 fn aligned(x: usize) -> bool {
-    x % PAGE_SIZE == 0
+    x.is_multiple_of(PAGE_SIZE)
 }
 
 impl MmWriteGuard<'_> {
@@ -317,7 +317,7 @@ impl MmWriteGuard<'_> {
         {
             return Err(Errno::EINVAL);
         }
-        let next = vmg.next.filter(|n| !vma_eq(*n, target));
+        let next = vmg.next.filter(|n| !vma_eq(n, target));
         let remove_next = next.is_some_and(|n| vmg.end == n.end());
         let allowed = [Some(target), if remove_next { next } else { None }];
         if !self.range_only_contains(vmg.start, vmg.end, &allowed) {
@@ -347,10 +347,10 @@ impl MmWriteGuard<'_> {
             self.vma_start_write(n);
             res = self.dup_anon_vma(target, n, &mut dup);
         }
-        if res.is_ok() {
-            if let Some(src) = vmg.copied_from {
-                res = self.dup_anon_vma(target, src, &mut dup);
-            }
+        if res.is_ok()
+            && let Some(src) = vmg.copied_from
+        {
+            res = self.dup_anon_vma(target, src, &mut dup);
         }
         vmg.remove_next = remove_next;
         if res.is_ok() {
@@ -601,8 +601,8 @@ impl MmWriteGuard<'_> {
         let nupd;
         let mut removes: [VmaRef; 2] = [middle; 2];
         let nrem;
-        let res;
-        if merge_both {
+
+        let res = if merge_both {
             //     |<-->|
             // PPPP------NNNN   →   PPPPPPPPPPPPPP
             // prev  mid  next
@@ -613,7 +613,7 @@ impl MmWriteGuard<'_> {
             removes = [middle, n];
             nrem = 2;
             let src = if n.has_anon_vma() { n } else { middle };
-            res = self.dup_anon_vma(p, src, &mut dup);
+            self.dup_anon_vma(p, src, &mut dup)
         } else if merge_left {
             //     |<>|              |<-->|
             // PPPP--MM   →   PPPPPPMM   or   PPPP----   →   PPPPPPPP
@@ -633,7 +633,7 @@ impl MmWriteGuard<'_> {
                 nupd = 2;
                 nrem = 0;
             }
-            res = self.dup_anon_vma(p, middle, &mut dup);
+            self.dup_anon_vma(p, middle, &mut dup)
         } else {
             //   |<>|                |<-->|
             // MM--NNNN   →   MMNNNNNN   or   ----NNNN   →   NNNNNNNN
@@ -651,8 +651,8 @@ impl MmWriteGuard<'_> {
                 nupd = 2;
                 nrem = 0;
             }
-            res = self.dup_anon_vma(n, middle, &mut dup);
-        }
+            self.dup_anon_vma(n, middle, &mut dup)
+        };
         let res = res.and_then(|()| self.commit(&updates[..nupd], &removes[..nrem], None));
         if res.is_err() {
             vmg.vmi.set(start);
@@ -810,10 +810,10 @@ impl MmWriteGuard<'_> {
         }
         self.vma_start_write(vma);
         self.vma_start_write(new);
-        if vma.flags().contains(VmFlags::HUGETLB) {
-            if let Some(hook) = self.inner_ref().hooks.hugetlb_split {
-                hook(vma, addr);
-            }
+        if vma.flags().contains(VmFlags::HUGETLB)
+            && let Some(hook) = self.inner_ref().hooks.hugetlb_split
+        {
+            hook(vma, addr);
         }
         let upd = if new_below {
             (vma, addr, ve, vp + pages(addr - vs))

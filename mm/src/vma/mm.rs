@@ -176,10 +176,10 @@ impl Drop for Mm {
 /// multi-word fields until it is freed here.
 unsafe fn release_vma(v: VmaRef) {
     // SAFETY: the caller owns the detached VMA, so nothing writes `vm_file` meanwhile.
-    if let Some(f) = unsafe { v.file_unchecked() } {
-        if let Some(im) = f.i_mmap() {
-            im.write().remove(v);
-        }
+    if let Some(f) = unsafe { v.file_unchecked() }
+        && let Some(im) = f.i_mmap()
+    {
+        im.write().remove(v);
     }
     if let Some(close) = v.ops().and_then(|o| o.close) {
         close(v);
@@ -539,8 +539,8 @@ impl<'a> MmWriteGuard<'a> {
         self.assert_owns(vma);
         if vma.is_attached()
             || start >= end
-            || start % super::area::PAGE_SIZE != 0
-            || end % super::area::PAGE_SIZE != 0
+            || !start.is_multiple_of(super::area::PAGE_SIZE)
+            || !end.is_multiple_of(super::area::PAGE_SIZE)
         {
             return Err(Errno::EINVAL);
         }
@@ -702,15 +702,14 @@ impl<'a> MmWriteGuard<'a> {
             .next_from(vma.end())
             .map(|e| e.vma)
             .filter(|n| n.start() == vma.end())
+            && let Some(av) = anon::reusable_anon_vma(next, vma, next, self)
         {
-            if let Some(av) = anon::reusable_anon_vma(next, vma, next, self) {
-                return Some(av);
-            }
+            return Some(av);
         }
-        if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma) {
-            if let Some(av) = anon::reusable_anon_vma(prev, prev, vma, self) {
-                return Some(av);
-            }
+        if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma)
+            && let Some(av) = anon::reusable_anon_vma(prev, prev, vma, self)
+        {
+            return Some(av);
         }
         None
     }
@@ -852,10 +851,8 @@ impl<'a> MmWriteGuard<'a> {
             self.inner().stat.account(v.flags(), v.pages(), false);
             v.set_range(s, e, pg);
             self.inner().stat.account(v.flags(), v.pages(), true);
-            if was_indexed {
-                if let Some(w) = i_mmap.as_mut() {
-                    w.insert(v);
-                }
+            if was_indexed && let Some(w) = i_mmap.as_mut() {
+                w.insert(v);
             }
             self.inner().tw.insert(s, e, v);
         }
@@ -900,7 +897,7 @@ impl<'a> MmWriteGuard<'a> {
     /// as in Linux).
     pub fn detach_range(&mut self, start: usize, end: usize) -> Result<DetachedVmas, Errno> {
         use super::area::PAGE_SIZE;
-        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        if start >= end || !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let mut list = Vec::new();
@@ -929,10 +926,10 @@ impl<'a> MmWriteGuard<'a> {
             }
             self.__split_vma(first, start, true)?;
         }
-        if let Some(last) = self.find_vma_intersection(end - 1, end) {
-            if last.end() > end {
-                self.__split_vma(last, end, false)?;
-            }
+        if let Some(last) = self.find_vma_intersection(end - 1, end)
+            && last.end() > end
+        {
+            self.__split_vma(last, end, false)?;
         }
         let v = self.view();
         let mut it = VmaIterator::new(start);
