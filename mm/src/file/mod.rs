@@ -194,6 +194,10 @@ impl Inode {
     pub fn i_mmap_len(&self) -> usize {
         self.i_mmap.len()
     }
+    /// The file's `i_mmap` (Linux: `inode->i_mapping->i_mmap`).
+    pub fn i_mmap(&self) -> &IMmap {
+        &self.i_mmap
+    }
 }
 
 impl Drop for Inode {

@@ -26,6 +26,7 @@ pub mod consts;
 mod fault;
 mod mremap;
 mod query;
+mod validate;
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use x86_64::{PhysAddr, VirtAddr};
 pub use consts::*;
 pub use fault::{Access, FaultError, zero_page};
 pub use query::VmaQuery;
+pub use validate::validate_i_mmap;
 
 use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
