@@ -35,6 +35,7 @@ use crate::frame::FrameAllocator;
 use crate::mmap::{AddressSpace, MmLayout, PROCMAP_QUERY_COVERING_OR_NEXT_VMA};
 
 pub mod file;
+pub mod fuzz;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 pub mod mremap;
