@@ -502,7 +502,9 @@ impl AddressSpace {
             return Err(Errno::EINVAL);
         }
         let mut addr = addr;
-        if flags & MAP_FIXED == 0 {
+        // MAP_FIXED_NOREPLACE is MAP_FIXED for placement (Linux: "force arch specific
+        // MAP_FIXED handling"): its address is used as is, never rounded as a hint.
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0 {
             // Linux: round_hint_to_min().
             addr &= !(PAGE_SIZE - 1);
             if addr != 0 && addr < l.mmap_min_addr {
