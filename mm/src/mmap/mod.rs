@@ -734,24 +734,37 @@ impl AddressSpace {
         Ok(addr)
     }
 
-    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `populate_vma_page_range`).
+    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `__mm_populate(start, len,
+    /// ignore_errors = 1)` → `populate_vma_page_range`), one VMA at a time: PFN maps,
+    /// PROT_NONE and VM_LOCKONFAULT VMAs have nothing to populate and are skipped
+    /// whole, and a fault that fails ends the population of its VMA (the rest is
+    /// faulted on demand), so the work is bounded by the pages actually populated,
+    /// never by the length asked for.
     fn populate(&self, addr: usize, len: usize) {
+        let Some(end) = addr.checked_add(len) else {
+            return;
+        };
         let mut a = addr;
-        while a < addr + len {
-            let flags = {
+        while a < end {
+            let (vstart, vend, flags) = {
                 let g = self.mm.read_lock();
-                match g.vma_lookup(a) {
-                    Some(v) => v.flags(),
-                    None => return,
+                match g.find_vma(a) {
+                    Some(v) if v.start() < end => (v.start(), v.end(), v.flags()),
+                    _ => return,
                 }
             };
-            if flags.contains(VmFlags::PFNMAP) || !flags.intersects(VmFlags::ACCESS) {
-                a += PAGE_SIZE;
-                continue;
+            a = a.max(vstart);
+            let stop = vend.min(end);
+            let skip = flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::LOCKONFAULT)
+                || !flags.intersects(VmFlags::ACCESS);
+            if !skip {
+                let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+                let access = if write { Access::Write } else { Access::Read };
+                while a < stop && self.handle_fault(a, access).is_ok() {
+                    a += PAGE_SIZE;
+                }
             }
-            let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-            let _ = self.handle_fault(a, if write { Access::Write } else { Access::Read });
-            a += PAGE_SIZE;
+            a = stop;
         }
     }
 
