@@ -315,3 +315,61 @@ fn regression_populate_is_bounded_by_what_it_can_populate() {
         "nothing past the end of the file"
     );
 }
+
+/// A ramfs file mapped through a stacking file (legacy `.mmap` → the compat layer →
+/// ramfs's `.mmap_prepare`) is still a file VMA: the compat layer copies the
+/// descriptor's `vm_ops` into the VMA (Linux: `set_vma_from_desc`), and ramfs's hook
+/// now sets them as Linux's `generic_file_mmap_prepare` does. Without operations the
+/// VMA was taken for anonymous and a move (`copy_vma`) gave it the anonymous
+/// `pgoff = addr >> PAGE_SHIFT`, mapping the wrong file pages.
+#[test]
+fn regression_file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved() {
+    replay(&[
+        Op::Mmap {
+            space: 1,
+            addr: 0x7fff_f7fe_8000,
+            len: 0x3b000,
+            prot: PROT_READ,
+            flags: MAP_PRIVATE | MAP_POPULATE,
+            file: Some(5),
+            off: 0,
+        },
+        Op::Mremap {
+            space: 1,
+            addr: 0x7fff_f7fb_e000,
+            old_len: 0x2000,
+            new_len: 0x3000,
+            flags: MREMAP_MAYMOVE,
+            new_addr: 0x7fff_f7ff_7000,
+        },
+    ]);
+    let h = HostHarness::new();
+    let space = mm::conformance::Harness::space(&h);
+    let asp = space.asp();
+    let a = mm::conformance::Harness::allocator(&h);
+    let lower = mm::file::ramfs_file(a, "lower", 16 * P, mm::file::OpenMode::RDWR);
+    lower.inode().write(5 * P, b"page five").unwrap();
+    let upper = mm::file::stacking_file(&lower, "upper");
+    let x = asp
+        .mmap(
+            0x4000_0000,
+            4 * P,
+            PROT_READ,
+            MAP_PRIVATE | MAP_FIXED,
+            Some(&upper),
+            4 * P as u64,
+        )
+        .unwrap();
+    assert!(!asp.query_vma(x, 0).unwrap().vm_flags.is_empty());
+    let y = asp
+        .mremap(x + P, P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x5000_0000)
+        .unwrap();
+    assert_eq!(
+        asp.query_vma(y, 0).unwrap().pgoff,
+        5,
+        "the moved part maps file page 5"
+    );
+    let mut b = [0u8; 9];
+    asp.copy_from_user(y, &mut b).unwrap();
+    assert_eq!(&b, b"page five");
+}
