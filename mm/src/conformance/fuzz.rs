@@ -413,12 +413,19 @@ fn align_up(x: usize) -> Option<usize> {
 }
 
 /// The argument generator: state-aware (it looks at the live VMAs) and adversarial.
+/// A `sane` call (about half of them) has plausible arguments (page-aligned addresses
+/// at VMA boundaries or in a shared zone, a few pages, valid flags), so that calls
+/// succeed often enough to build up VMAs and page tables for the adversarial ones.
 struct Gen<'a> {
     rng: &'a mut Rng,
     layout: MmLayout,
     vmas: Vec<(usize, usize)>,
     nfiles: usize,
+    sane: bool,
 }
+
+/// Base of the zone most sane calls aim at, so that they meet.
+const ZONE: usize = 0x4000_0000;
 
 impl Gen<'_> {
     fn boundary(&mut self) -> Option<usize> {
@@ -432,6 +439,12 @@ impl Gen<'_> {
     }
 
     fn addr(&mut self) -> usize {
+        if self.sane {
+            return match self.boundary() {
+                Some(b) if self.rng.chance(60) => b,
+                _ => ZONE + self.rng.usize_below(64) * P,
+            };
+        }
         let l = self.layout;
         let ts = l.task_size;
         let max_page = usize::MAX & !(P - 1);
@@ -475,6 +488,12 @@ impl Gen<'_> {
     }
 
     fn len(&mut self, addr: usize) -> usize {
+        if self.sane {
+            return match self.boundary() {
+                Some(b) if self.rng.chance(15) && b > addr => b - addr,
+                _ => (1 + self.rng.usize_below(16)) * P,
+            };
+        }
         let ts = self.layout.task_size;
         match self.rng.below(100) {
             0..30 => (1 + self.rng.usize_below(8)) * P,
@@ -507,6 +526,9 @@ impl Gen<'_> {
 
     fn prot(&mut self) -> u32 {
         let base = self.rng.below(8) as u32; // every R/W/X combination
+        if self.sane {
+            return base;
+        }
         match self.rng.below(100) {
             0..75 => base,
             75..83 => base | PROT_SEM,
@@ -521,6 +543,35 @@ impl Gen<'_> {
     }
 
     fn mmap(&mut self, space: usize) -> Op {
+        if self.sane {
+            let mut flags = self.rng.pick(&[MAP_PRIVATE, MAP_PRIVATE, MAP_SHARED]);
+            let file = if self.rng.chance(55) {
+                flags |= MAP_ANONYMOUS;
+                None
+            } else {
+                Some(self.rng.usize_below(self.nfiles))
+            };
+            if self.rng.chance(40) {
+                flags |= MAP_FIXED;
+            }
+            for (bit, pct) in [(MAP_GROWSDOWN, 5), (MAP_POPULATE, 10), (MAP_NORESERVE, 5)] {
+                if self.rng.chance(pct) {
+                    flags |= bit;
+                }
+            }
+            let addr = self.addr();
+            let len = self.len(addr);
+            let prot = self.prot();
+            return Op::Mmap {
+                space,
+                addr,
+                len: self.populate_len(flags, prot, len),
+                prot,
+                flags,
+                file,
+                off: self.rng.below(12) * P as u64,
+            };
+        }
         let ty = match self.rng.below(100) {
             0..45 => MAP_PRIVATE,
             45..70 => MAP_SHARED,
@@ -575,16 +626,9 @@ impl Gen<'_> {
             flags = self.rng.next_u64() as u32;
         }
         let addr = self.addr();
-        let mut len = self.len(addr);
+        let len = self.len(addr);
         let prot = self.prot();
-        // Populating (MAP_POPULATE, MAP_LOCKED) faults in every page of an accessible
-        // mapping, as Linux does; keep that to small mappings so a seed stays fast.
-        if flags & (MAP_POPULATE | MAP_LOCKED) != 0
-            && prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0
-            && len > 64 * P
-        {
-            len = 1 + self.rng.usize_below(64 * P);
-        }
+        let len = self.populate_len(flags, prot, len);
         let off = match self.rng.below(100) {
             0..60 => 0,
             60..85 => self.rng.below(20) * P as u64,
@@ -605,6 +649,21 @@ impl Gen<'_> {
             flags,
             file,
             off,
+        }
+    }
+
+    /// Populating (MAP_POPULATE, MAP_LOCKED) faults in every page of an accessible
+    /// mapping, as Linux does (until memory runs out); keep that to small mappings so
+    /// a seed stays fast. (secretmem sets VM_LOCKED itself, but its file is 8 pages and
+    /// population stops at the end of the file.)
+    fn populate_len(&mut self, flags: u32, prot: u32, len: usize) -> usize {
+        if flags & (MAP_POPULATE | MAP_LOCKED) != 0
+            && prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0
+            && len > 64 * P
+        {
+            1 + self.rng.usize_below(64 * P)
+        } else {
+            len
         }
     }
 
@@ -641,7 +700,16 @@ impl Gen<'_> {
                     self.len(addr)
                 };
                 let mut flags = self.rng.below(8) as u32;
-                if self.rng.chance(6) {
+                if self.sane {
+                    flags = self.rng.pick(&[
+                        0,
+                        MREMAP_MAYMOVE,
+                        MREMAP_MAYMOVE,
+                        MREMAP_MAYMOVE | MREMAP_FIXED,
+                        MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+                        MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                    ]);
+                } else if self.rng.chance(6) {
                     flags |= self.rng.pick(&[8, 16, 1 << 31]);
                 }
                 let new_addr = self.addr();
@@ -657,7 +725,7 @@ impl Gen<'_> {
             58..66 => {
                 let addr = self.addr();
                 let len = self.len(addr);
-                let advice = match self.rng.below(100) {
+                let advice = match self.rng.below(if self.sane { 75 } else { 100 }) {
                     0..75 => self.rng.pick(&[
                         MADV_NORMAL,
                         MADV_DONTNEED,
@@ -1113,12 +1181,14 @@ pub fn run(h: &dyn Harness, cfg: &Config, observe: Observer<'_>) -> Result<Stats
                 .map(|(s, e, _)| (s, e))
                 .collect();
             let mut gen_rng = Rng::new(rng.next_u64());
+            let sane = gen_rng.chance(50);
             Some(
                 Gen {
                     rng: &mut gen_rng,
                     layout: run.asp(space).layout(),
                     vmas,
                     nfiles: run.files.files.len(),
+                    sane,
                 }
                 .op(space),
             )

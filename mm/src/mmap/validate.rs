@@ -37,7 +37,9 @@ impl AddressSpace {
     ///   anonymous VMA the zero page or an anonymous page; in a file VMA an anonymous
     ///   (COW) page only if private, otherwise the file's page-cache page at exactly
     ///   the VMA's file offset for that address; a writable leaf of a private VMA
-    ///   maps an anonymous page (never the zero or a page-cache page: COW);
+    ///   maps an anonymous page mapped once (never the zero or a page-cache page, never
+    ///   one another PTE also maps: COW); an anonymous page only in a VMA with an
+    ///   anon_vma (Linux: `folio_add_new_anon_rmap` needs `vma->anon_vma`);
     /// - per frame: references ≥ map count ≥ leaves of this space mapping it.
     pub fn validate_mm(&self) -> Result<(), String> {
         let g = self.mm.write_lock();
@@ -173,8 +175,19 @@ impl AddressSpace {
         }
         let anon = kind.contains(FrameFlags::ANON) && !zero;
         let shared = f.contains(VmFlags::SHARED);
-        if fl.contains(F::WRITABLE) && !shared && !anon {
-            return bad("writable PTE of a private mapping maps a shared page (missed COW)");
+        if fl.contains(F::WRITABLE) && !shared {
+            if !anon {
+                return bad("writable PTE of a private mapping maps a shared page (missed COW)");
+            }
+            let mapcount = self.alloc.meta(frame).map_or(0, |m| m.mapcount());
+            if mapcount != 1 {
+                return bad(&format!(
+                    "writable PTE of a private mapping maps an anonymous page mapped {mapcount} times"
+                ));
+            }
+        }
+        if anon && !v.has_anon_vma() {
+            return bad("anonymous page in a VMA without an anon_vma (no rmap to it)");
         }
         match v.file(g) {
             None => {
