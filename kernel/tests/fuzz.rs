@@ -1,0 +1,117 @@
+//! The seeded syscall fuzzer (`mm::conformance::fuzz`) in the kernel: the same calls
+//! and checks as on the host (`mm/tests/fuzz.rs`), on real kernel address spaces
+//! whose page tables the CPU walks: the fuzzer's user byte loads and stores are real
+//! accesses through CR3 that fault into the kernel's page-fault handler.
+//!
+//! Fewer seeds than on the host (TCG is slow); the figures line is printed before
+//! the test's `ok`. A failure names its seed and call: `MM_FUZZ_SEEDS=S cargo test
+//! -p mm --test fuzz` replays the same seed on the host and minimises it.
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::run_tests)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use kernel::address_space::{self, AddressSpace};
+use kernel::arch::extable::{ProbeFault, probe_read, probe_write};
+use kernel::arch::tsc;
+use kernel::{memory, serial_println};
+use mm::conformance::fuzz::{self, Config};
+use mm::conformance::{Harness, Space, UserFault};
+use mm::frame::FrameAllocator;
+use mm::mmap::MmLayout;
+use x86_64::VirtAddr;
+
+kernel::test_kernel_main!();
+
+/// Seeds and calls per seed: about a minute under TCG.
+const SEEDS: u64 = 480;
+const CALLS: usize = 300;
+
+/// The kernel level (as in `kernel/tests/mmap_api.rs`): the global frame allocator,
+/// address spaces made current on this CPU, user bytes touched with fault-probing
+/// loads and stores.
+struct KernelHarness;
+
+impl Harness for KernelHarness {
+    fn allocator(&self) -> &'static FrameAllocator {
+        memory::frames()
+    }
+
+    fn frames_in_use(&self) -> u64 {
+        // Not `allocated_frames()`: the heap may grow under a seed and never shrinks.
+        memory::usage().frames
+    }
+
+    fn space_with_layout(&self, layout: MmLayout) -> Box<dyn Space + '_> {
+        let mm = AddressSpace::with_layout(layout).expect("no memory for an mm");
+        mm.activate();
+        Box::new(KernelSpace { mm })
+    }
+}
+
+/// A kernel address space under test, made current whenever a user byte is touched.
+struct KernelSpace {
+    mm: Arc<AddressSpace>,
+}
+
+impl KernelSpace {
+    fn make_current(&self) {
+        if !self.mm.is_current() {
+            self.mm.activate();
+        }
+    }
+}
+
+fn user_fault(f: ProbeFault) -> UserFault {
+    UserFault {
+        addr: f.addr.as_u64() as usize,
+    }
+}
+
+impl Space for KernelSpace {
+    fn asp(&self) -> &mm::mmap::AddressSpace {
+        &self.mm
+    }
+
+    fn read_byte(&self, addr: usize) -> Result<u8, UserFault> {
+        self.make_current();
+        probe_read(VirtAddr::new(addr as u64)).map_err(user_fault)
+    }
+
+    fn write_byte(&self, addr: usize, value: u8) -> Result<(), UserFault> {
+        self.make_current();
+        probe_write(VirtAddr::new(addr as u64), value).map_err(user_fault)
+    }
+}
+
+impl Drop for KernelSpace {
+    fn drop(&mut self) {
+        // The CPU's `current` holds a reference: give it up so the space is torn down.
+        if self.mm.is_current() {
+            address_space::deactivate_current();
+        }
+    }
+}
+
+#[test_case]
+fn seeded_syscall_fuzz() {
+    let cfg = Config {
+        seeds: 0..SEEDS,
+        calls: CALLS,
+        check_global_counts: true,
+        skip_known_defects: true,
+    };
+    let start = tsc::rdtsc();
+    match fuzz::run(&KernelHarness, &cfg, &mut |_, _, _| {}) {
+        Ok(stats) => {
+            let ms = tsc::cycles_to_ns(tsc::rdtsc() - start) / 1_000_000;
+            serial_println!("\n{stats}; {}.{} s", ms / 1000, ms % 1000 / 100);
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
