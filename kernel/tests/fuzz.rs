@@ -29,7 +29,7 @@ use x86_64::VirtAddr;
 kernel::test_kernel_main!();
 
 /// Seeds and calls per seed: about a minute under TCG.
-const SEEDS: u64 = 480;
+const SEEDS: u64 = 400;
 const CALLS: usize = 300;
 
 /// The kernel level (as in `kernel/tests/mmap_api.rs`): the global frame allocator,

@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mm::conformance::fuzz::{self, Config, Op};
+use mm::conformance::fuzz::{self, Config, Op, Setup};
 use mm::conformance::host::HostHarness;
 
 /// Seeds and calls per seed in CI (calls skipped as known defects count): about 25 s
@@ -77,8 +77,8 @@ fn signature(what: &str) -> String {
 static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 
 /// The signature of the failure `ops` cause, if they cause one.
-fn outcome(h: &HostHarness, ops: &[Op]) -> Option<String> {
-    match catch_unwind(AssertUnwindSafe(|| fuzz::replay(h, ops, false))) {
+fn outcome(h: &HostHarness, setup: Setup, ops: &[Op]) -> Option<String> {
+    match catch_unwind(AssertUnwindSafe(|| fuzz::replay(h, setup, ops, false))) {
         Ok(Ok(_)) => None,
         Ok(Err(f)) => Some(signature(&f.what)),
         Err(_) => Some(signature(
@@ -89,7 +89,7 @@ fn outcome(h: &HostHarness, ops: &[Op]) -> Option<String> {
 
 /// Shrink `ops` to a short sequence that still fails the same way (delta debugging by
 /// chunk removal) and print it: the reproducer for a regression test.
-fn minimise(ops: &[Op]) {
+fn minimise(setup: Setup, ops: &[Op]) {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -106,14 +106,14 @@ fn minimise(ops: &[Op]) {
     }));
     let h = HostHarness::new();
     let mut ops = ops.to_vec();
-    if let Some(target) = outcome(&h, &ops) {
+    if let Some(target) = outcome(&h, setup, &ops) {
         let mut chunk = ops.len().div_ceil(2);
         while chunk >= 1 {
             let mut i = 0;
             while i < ops.len() {
                 let mut cand = ops.clone();
                 cand.drain(i..(i + chunk).min(ops.len()));
-                if outcome(&h, &cand).as_deref() == Some(target.as_str()) {
+                if outcome(&h, setup, &cand).as_deref() == Some(target.as_str()) {
                     ops = cand;
                 } else {
                     i += chunk;
@@ -125,7 +125,7 @@ fn minimise(ops: &[Op]) {
             chunk = chunk.div_ceil(2);
         }
         say(&format!(
-            "fuzz: minimised reproducer ({} calls), failing with `{target}`:",
+            "fuzz: minimised reproducer ({setup:?}, {} calls), failing with `{target}`:",
             ops.len()
         ));
         for op in &ops {
@@ -162,7 +162,7 @@ fn run(cfg: &Config) -> String {
         Ok(Ok(stats)) => format!("{stats}; {:.1} s", t.elapsed().as_secs_f64()),
         Ok(Err(failure)) => {
             say(&format!("{failure}"));
-            minimise(&failure.ops);
+            minimise(failure.setup, &failure.ops);
             panic!(
                 "fuzz: seed {} call {}: {}",
                 failure.seed, failure.call, failure.what
@@ -175,7 +175,7 @@ fn run(cfg: &Config) -> String {
                 ops.len().saturating_sub(1),
                 ops.last()
             ));
-            minimise(&ops);
+            minimise(Setup::of_seed(seed), &ops);
             resume_unwind(p)
         }
     }
@@ -204,7 +204,7 @@ const P: usize = 4096;
 /// count VMAs globally).
 fn replay(ops: &[Op]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(f) = fuzz::replay(&HostHarness::new(), ops, true) {
+    if let Err(f) = fuzz::replay(&HostHarness::new(), Setup::default(), ops, true) {
         panic!("{f}");
     }
 }

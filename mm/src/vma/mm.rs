@@ -443,6 +443,8 @@ impl<'a> MmWriteGuard<'a> {
     /// - the tree itself ([`TreeView::validate`]): sorted, non-overlapping, non-empty
     ///   entries matching their VMAs, exact gap cache;
     /// - `map_count` == tree entries == VMAs walked == VMAs allocated for this mm;
+    /// - the `vm_stat` counters (`total_vm`, `data_vm`, `exec_vm`, `stack_vm`, the
+    ///   commit charge) equal what the VMAs add up to (Linux: `vm_stat_account`);
     /// - each VMA page aligned, attached (`vm_refcnt` ≥ 1, no writer excluding readers)
     ///   and of this mm; `READ`/`WRITE`/`EXEC`/`SHARED` only with the matching `MAY*`
     ///   bit; its file page range does not overflow; an anon_vma only with a chain;
@@ -545,6 +547,13 @@ impl<'a> MmWriteGuard<'a> {
             })();
         });
         err?;
+        let want = VmStat::recount(self.vmas());
+        if self.vm_stat() != want {
+            return Err(format!(
+                "vm_stat: counters {:?}, the VMAs add up to {want:?}",
+                self.vm_stat()
+            ));
+        }
         // Distinct files may share one inode (and so one i_mmap): check each index once.
         let mut seen: Vec<*const super::i_mmap::IMmap> = Vec::new();
         for file in &files {
