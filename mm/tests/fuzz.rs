@@ -374,3 +374,38 @@ fn regression_file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved
     asp.copy_from_user(y, &mut b).unwrap();
     assert_eq!(&b, b"page five");
 }
+
+/// A file mapping with MAP_HUGETLB is EINVAL unless the file is on hugetlbfs (Linux:
+/// `ksys_mmap_pgoff`), before any of `do_mmap`'s checks: here it was mapped with base
+/// pages, or failed later with another errno (EOVERFLOW for this offset).
+#[test]
+fn regression_map_hugetlb_with_a_file_is_einval() {
+    replay(&[Op::Mmap {
+        space: 1,
+        addr: 0x4003_3000,
+        len: 0x7000,
+        prot: 0x6ccf_a171,
+        flags: MAP_SHARED_VALIDATE | MAP_HUGETLB,
+        file: Some(3),
+        off: 1 << 63,
+    }]);
+    let h = HostHarness::new();
+    let space = mm::conformance::Harness::space(&h);
+    let asp = space.asp();
+    let f = mm::file::ramfs_file(
+        mm::conformance::Harness::allocator(&h),
+        "f",
+        P,
+        mm::file::OpenMode::RDWR,
+    );
+    let flags = MAP_PRIVATE | MAP_HUGETLB;
+    assert_eq!(
+        asp.mmap(0, P, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        asp.mmap(0, 0, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(asp.map_count(), 0);
+}

@@ -455,7 +455,9 @@ impl AddressSpace {
     /// `mmap(2)`. Returns the mapped address.
     ///
     /// Check order (Linux: `sys_mmap` → `ksys_mmap_pgoff` → `do_mmap`): offset
-    /// alignment (EINVAL); no file without MAP_ANONYMOUS (EINVAL; Linux: EBADF); length 0
+    /// alignment (EINVAL); no file without MAP_ANONYMOUS (EINVAL; Linux: EBADF); a file
+    /// with MAP_HUGETLB (EINVAL: no file here is on hugetlbfs; anonymous MAP_HUGETLB is
+    /// mapped with base pages, Linux would use its hugetlb pool); length 0
     /// (EINVAL); page rounding overflow (ENOMEM); pgoff overflow (EOVERFLOW); map_count
     /// above the limit (ENOMEM); placement (`get_unmapped_area`: ENOMEM / EINVAL / EPERM);
     /// MAP_FIXED_NOREPLACE overlap (EEXIST); file checks: offset range (EOVERFLOW),
@@ -478,7 +480,13 @@ impl AddressSpace {
         let file = if flags & MAP_ANONYMOUS != 0 {
             None
         } else {
-            Some(file.ok_or(Errno::EINVAL)?.clone())
+            let f = file.ok_or(Errno::EINVAL)?;
+            // Linux (ksys_mmap_pgoff): MAP_HUGETLB with a file needs a hugetlbfs file,
+            // and no file here is one.
+            if flags & MAP_HUGETLB != 0 {
+                return Err(Errno::EINVAL);
+            }
+            Some(f.clone())
         };
         let pgoff = (off >> 12) as usize;
         let (a, populate) = self.do_mmap(file, addr, len, prot, flags, pgoff)?;
