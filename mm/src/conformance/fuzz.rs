@@ -167,6 +167,24 @@ pub enum Op {
 }
 
 impl Op {
+    /// The address space the call is made on.
+    pub fn space(&self) -> usize {
+        match *self {
+            Op::Mmap { space, .. }
+            | Op::Munmap { space, .. }
+            | Op::Mprotect { space, .. }
+            | Op::Mremap { space, .. }
+            | Op::Madvise { space, .. }
+            | Op::Fault { space, .. }
+            | Op::CopyTo { space, .. }
+            | Op::CopyFrom { space, .. }
+            | Op::Touch { space, .. }
+            | Op::Maps { space }
+            | Op::Query { space, .. }
+            | Op::SetMaxMapCount { space, .. } => space,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Op::Mmap { .. } => "mmap",
@@ -431,6 +449,134 @@ fn errno_allowed(op: &Op, e: Errno) -> bool {
         _ => &[],
     };
     allowed.contains(&e)
+}
+
+/// What Linux returns for `op` from its arguments alone, when they decide it: the
+/// argument checks at the top of each syscall, in Linux's order (`sys_mmap` +
+/// `ksys_mmap_pgoff` + the start of `do_mmap`; `__vm_munmap`; `do_mprotect_pkey`;
+/// `is_valid_madvise` / `madvise_should_skip`; `check_mremap_params` up to the
+/// overlap test). `None` when the address space decides, or where the model
+/// deliberately differs (no file descriptors, so no EBADF; no hugetlb pool, so
+/// anonymous MAP_HUGETLB; advice Linux has and the model does not implement).
+pub fn linux_argument_result(op: &Op, task_size: usize) -> Option<Result<(), Errno>> {
+    let ts = task_size;
+    let einval = Some(Err(Errno::EINVAL));
+    match *op {
+        Op::Mmap {
+            len,
+            flags,
+            file,
+            off,
+            ..
+        } => {
+            if off % P as u64 != 0 {
+                return einval;
+            }
+            if flags & MAP_ANONYMOUS == 0 {
+                file?;
+                // ksys_mmap_pgoff: MAP_HUGETLB needs a hugetlbfs file.
+                if flags & MAP_HUGETLB != 0 {
+                    return einval;
+                }
+            } else if flags & MAP_HUGETLB != 0 {
+                return None;
+            }
+            if len == 0 {
+                return einval;
+            }
+            let Some(alen) = align_up(len) else {
+                return Some(Err(Errno::ENOMEM));
+            };
+            if ((off / P as u64) as usize).checked_add(alen / P).is_none() {
+                return Some(Err(Errno::EOVERFLOW));
+            }
+            None
+        }
+        Op::Munmap { addr, len, .. } => {
+            if addr % P != 0 || addr > ts || len > ts - addr || len == 0 {
+                return einval;
+            }
+            None
+        }
+        Op::Mprotect {
+            addr, len, prot, ..
+        } => {
+            let grows = PROT_GROWSDOWN | PROT_GROWSUP;
+            if prot & grows == grows || addr % P != 0 {
+                return einval;
+            }
+            if len == 0 {
+                return Some(Ok(()));
+            }
+            if align_up(len).and_then(|l| addr.checked_add(l)).is_none() {
+                return Some(Err(Errno::ENOMEM));
+            }
+            if prot & !grows & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
+                return einval;
+            }
+            None
+        }
+        Op::Madvise {
+            addr, len, advice, ..
+        } => {
+            let linux_valid = matches!(advice, 0..=4 | 8..=25 | 100..=103);
+            if !linux_valid {
+                return einval;
+            }
+            let modelled = matches!(
+                advice,
+                MADV_NORMAL
+                    | MADV_DONTNEED
+                    | MADV_DONTFORK
+                    | MADV_DOFORK
+                    | MADV_WIPEONFORK
+                    | MADV_KEEPONFORK
+            );
+            if !modelled {
+                return None;
+            }
+            if addr % P != 0 {
+                return einval;
+            }
+            let alen = align_up(len).unwrap_or(0);
+            if len != 0 && alen == 0 {
+                return einval;
+            }
+            match addr.checked_add(alen) {
+                None => einval,
+                Some(end) if end == addr => Some(Ok(())),
+                Some(_) => None,
+            }
+        }
+        Op::Mremap {
+            addr,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
+            ..
+        } => {
+            if flags & !(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP) != 0 || addr % P != 0 {
+                return einval;
+            }
+            // PAGE_ALIGN wraps in Linux: a length within a page of the top is 0.
+            let old = align_up(old_len).unwrap_or(0);
+            let new = align_up(new_len).unwrap_or(0);
+            if new == 0 || new > ts {
+                return einval;
+            }
+            if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
+                && (new_addr > ts - new
+                    || new_addr % P != 0
+                    || flags & MREMAP_MAYMOVE == 0
+                    || (flags & MREMAP_DONTUNMAP != 0 && old != new))
+            {
+                return einval;
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 fn align_up(x: usize) -> Option<usize> {
@@ -1095,6 +1241,20 @@ impl<'h> Run<'h> {
     }
 
     fn result(&mut self, op: &Op, r: Result<String, Errno>) -> Result<String, String> {
+        let ts = self.asp(op.space()).layout().task_size;
+        if let Some(want) = linux_argument_result(op, ts) {
+            let agrees = match (&want, &r) {
+                (Ok(()), Ok(_)) => true,
+                (Err(w), Err(e)) => w == e,
+                _ => false,
+            };
+            if !agrees {
+                return Err(format!(
+                    "{} returned {r:?}; from its arguments Linux returns {want:?}",
+                    op.name()
+                ));
+            }
+        }
         match r {
             Ok(s) => {
                 self.stats.ok += 1;
