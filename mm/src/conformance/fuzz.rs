@@ -33,7 +33,10 @@
 //! - After every call: [`AddressSpace::validate_mm`] on both spaces and
 //!   [`validate_i_mmap`] on every inode against both spaces.
 //! - Each call's result: errors only from the errno set Linux documents for the call;
-//!   successful calls leave what they promise (an mmap'd range is mapped, at the fixed
+//!   where the arguments alone decide the result in Linux, exactly that result
+//!   ([`linux_argument_result`]); a fault's outcome as the VMAs dictate (no VMA:
+//!   SEGV_MAPERR, unless a stack can grow; access not allowed: SEGV_ACCERR; else
+//!   resolved or SIGBUS/OOM); successful calls leave what they promise (an mmap'd range is mapped, at the fixed
 //!   address if one was asked for; an munmap'd range is empty; an mprotect'd range has
 //!   the new protection; a resolved fault leaves a PTE allowing the access; bytes
 //!   copied in read back unchanged; the maps text and PROCMAP_QUERY agree with the
@@ -956,6 +959,49 @@ impl Gen<'_> {
     }
 }
 
+/// What a fault must do, from the VMAs alone (Linux: `do_user_addr_fault`: no VMA →
+/// SEGV_MAPERR unless a stack below can grow; x86 `access_error` → SEGV_ACCERR; else
+/// it is resolved, or fails for a reason of the backing: SIGBUS, OOM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultWant {
+    MapErr,
+    AccErr,
+    Resolves,
+    /// Below a VM_GROWSDOWN VMA: the stack may grow (then the access is checked).
+    MaybeGrows,
+}
+
+fn fault_expectation(
+    vmas: &[(usize, usize, VmFlags)],
+    addr: usize,
+    access: Access,
+    task_size: usize,
+) -> FaultWant {
+    if addr >= task_size {
+        return FaultWant::MapErr;
+    }
+    let Some(&(s, _, f)) = vmas.iter().find(|v| v.1 > addr) else {
+        return FaultWant::MapErr;
+    };
+    if s > addr {
+        return if f.contains(VmFlags::GROWSDOWN) {
+            FaultWant::MaybeGrows
+        } else {
+            FaultWant::MapErr
+        };
+    }
+    let denied = match access {
+        Access::Write => !f.contains(VmFlags::WRITE),
+        Access::Exec => !f.contains(VmFlags::EXEC),
+        Access::Read => !f.intersects(VmFlags::ACCESS),
+    };
+    if denied {
+        FaultWant::AccErr
+    } else {
+        FaultWant::Resolves
+    }
+}
+
 /// The VMAs of `asp` as (start, end, flags), lowest first.
 fn vma_list(asp: &AddressSpace) -> Vec<(usize, usize, VmFlags)> {
     let g = asp.mm().read_lock();
@@ -1126,7 +1172,20 @@ impl<'h> Run<'h> {
                 addr,
                 access,
             } => {
+                let ts = self.asp(space).layout().task_size;
+                let want = fault_expectation(&vma_list(self.asp(space)), addr, access, ts);
                 let r = self.asp(space).handle_fault(addr, access);
+                let agrees = match (want, r) {
+                    (FaultWant::MapErr, e) => e == Err(FaultError::MapErr),
+                    (FaultWant::AccErr, e) => e == Err(FaultError::AccErr),
+                    (FaultWant::Resolves, e) => {
+                        e != Err(FaultError::MapErr) && e != Err(FaultError::AccErr)
+                    }
+                    (FaultWant::MaybeGrows, _) => true,
+                };
+                if !agrees {
+                    return Err(format!("fault returned {r:?}; the VMAs say {want:?}"));
+                }
                 if r.is_ok() {
                     let t = self
                         .asp(space)
