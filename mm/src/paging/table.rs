@@ -809,7 +809,7 @@ impl Iterator for Leaves<'_> {
                 }
                 Kind::Table(pa) => {
                     if let Some(lower) = level.lower() {
-                        // SAFETY: present non-leaf entry; the tables stay linked while the iterator borrows the root.
+                        // SAFETY: `pa` was read from a present non-leaf entry of a table reached from the root; the iterator holds `&PageTableRoot`, and freeing a table takes `&mut PageTableRoot` (unmap), so the child stays linked and allocated while it is used.
                         let child = unsafe { table.child(pa) };
                         self.depth += 1;
                         self.stack[self.depth] = Some((child, lower, va, 0));
@@ -848,7 +848,7 @@ impl PageTableRoot {
                 if let Kind::Table(pa) = t.load(i).kind(level) {
                     let lower = level.lower()?;
                     let va = base + i as u64 * level.entry_span();
-                    // SAFETY: present non-leaf entry, kept linked by `&self`.
+                    // SAFETY: `pa` was read from a present non-leaf entry of a table reached from the root; `&self` excludes the unmaps (`&mut self`) that could free it during the walk.
                     let child = unsafe { t.child(pa) };
                     if child.is_empty() && !(lower == Level::Pd && child.share_count() > 0) {
                         return Some((lower, va));
