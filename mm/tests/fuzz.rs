@@ -193,56 +193,12 @@ fn seeded_syscall_fuzz() {
     say(&line);
 }
 
-// ---- regressions: the calls the fuzzer found, minimised -----------------------------
+// ---- the calls the fuzzer found, minimised --------------------------------------------
 
-use mm::errno::Errno;
 use mm::mmap::*;
 
-const P: usize = 4096;
-
-/// Replays `ops` with every fuzzer check (one at a time with the fuzz run: the checks
-/// count VMAs globally).
-fn replay(ops: &[Op]) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(f) = fuzz::replay(&HostHarness::new(), Setup::default(), ops, true) {
-        panic!("{f}");
-    }
-}
-
-/// MAP_FIXED_NOREPLACE places exactly like MAP_FIXED (Linux's do_mmap sets MAP_FIXED
-/// for it before `round_hint_to_min`): an unaligned address is EINVAL and one below
-/// `mmap_min_addr` is EPERM, not a hint rounded to somewhere else.
-#[test]
-fn regression_noreplace_address_is_not_a_hint() {
-    replay(&[Op::Mmap {
-        space: 1,
-        addr: 0x3da2_0638_9001,
-        len: 0x4000_0000,
-        prot: 7,
-        flags: 0x10_0043,
-        file: Some(5),
-        off: 0x2000,
-    }]);
-    let h = HostHarness::new();
-    let space = mm::conformance::Harness::space(&h);
-    let asp = space.asp();
-    let anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
-    assert_eq!(
-        asp.mmap(0x4000_0001, P, PROT_READ, anon, None, 0),
-        Err(Errno::EINVAL)
-    );
-    assert_eq!(
-        asp.mmap(0x1000, P, PROT_READ, anon, None, 0),
-        Err(Errno::EPERM)
-    );
-    assert_eq!(
-        asp.mmap(0x4000_0000, P, PROT_READ, anon, None, 0),
-        Ok(0x4000_0000)
-    );
-}
-
-/// Runs `f` on a thread of its own and fails the test if it takes more than `secs`
-/// seconds (a hang would otherwise stall the whole run).
+/// Runs `f` on a thread of its own and fails if it takes more than `secs` seconds (a
+/// reintroduced hang fails the test instead of stalling the run).
 fn within(secs: u64, f: impl FnOnce() + Send + 'static) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -256,156 +212,107 @@ fn within(secs: u64, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Populating (MAP_LOCKED / MAP_POPULATE) works VMA by VMA as Linux's `__mm_populate`:
-/// a PROT_NONE VMA is skipped whole and a fault that fails (SIGBUS past the end of a
-/// file) ends its VMA. It used to try every page of the length asked for: 2^34 calls
-/// of the fault handler for this 64 TiB PROT_NONE mapping, 2^28 for the 1 TiB shared
-/// file mapping.
+/// Every minimised sequence the fuzzer reported, replayed with all of its checks (the
+/// defects they found have a regression case each in `mm::conformance::regress`, run
+/// at both levels by `mm/tests/regressions.rs` and `kernel/tests/mmap_api.rs`).
 #[test]
-fn regression_populate_is_bounded_by_what_it_can_populate() {
-    within(20, || {
-        replay(&[
-            Op::Mmap {
-                space: 0,
-                addr: 0x4002_d008,
-                len: 0x4000_0000_0000,
-                prot: 0x200_0000,
-                flags: MAP_PRIVATE | MAP_LOCKED | MAP_UNINITIALIZED,
-                file: Some(4),
-                off: 0,
-            },
-            // The secretmem file (8 pages; `.mmap_prepare` sets VM_LOCKED).
-            Op::Mmap {
+fn minimised_reproducers_replay_clean() {
+    let reproducers: Vec<(&str, Vec<Op>)> = vec![
+        (
+            "map_fixed_noreplace_address_is_not_a_hint",
+            vec![Op::Mmap {
                 space: 1,
-                addr: 0,
-                len: 1 << 40,
-                prot: PROT_READ | PROT_WRITE,
-                flags: MAP_SHARED,
-                file: Some(6),
-                off: 0,
-            },
-        ])
+                addr: 0x3da2_0638_9001,
+                len: 0x4000_0000,
+                prot: 7,
+                flags: MAP_SHARED_VALIDATE | MAP_32BIT | MAP_FIXED_NOREPLACE,
+                file: Some(5),
+                off: 0x2000,
+            }],
+        ),
+        (
+            // Hung (2^34 fault calls) before the fix.
+            "populate_is_bounded_by_what_it_can_populate",
+            vec![
+                Op::Mmap {
+                    space: 0,
+                    addr: 0x4002_d008,
+                    len: 0x4000_0000_0000,
+                    prot: PROT_GROWSUP,
+                    flags: MAP_PRIVATE | MAP_LOCKED | MAP_UNINITIALIZED,
+                    file: Some(4),
+                    off: 0,
+                },
+                Op::Mmap {
+                    space: 1,
+                    addr: 0,
+                    len: 1 << 40,
+                    prot: PROT_READ | PROT_WRITE,
+                    flags: MAP_SHARED | MAP_POPULATE,
+                    file: Some(6),
+                    off: 0,
+                },
+            ],
+        ),
+        (
+            "file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved",
+            vec![
+                Op::Mmap {
+                    space: 1,
+                    addr: 0x4003_2000,
+                    len: 0x32000,
+                    prot: PROT_EXEC,
+                    flags: MAP_SHARED_VALIDATE,
+                    file: Some(5),
+                    off: 0,
+                },
+                Op::Mmap {
+                    space: 1,
+                    addr: 0x4003_1000,
+                    len: 0x6000,
+                    prot: PROT_SEM,
+                    flags: MAP_PRIVATE | MAP_ANONYMOUS,
+                    file: None,
+                    off: 0,
+                },
+                Op::Mmap {
+                    space: 1,
+                    addr: 0x7fff_f7fe_8000,
+                    len: 0x3b000,
+                    prot: PROT_READ,
+                    flags: MAP_PRIVATE | MAP_POPULATE,
+                    file: Some(5),
+                    off: 0,
+                },
+                Op::Mremap {
+                    space: 1,
+                    addr: 0x7fff_f7fb_e000,
+                    old_len: 0x2000,
+                    new_len: 0x3000,
+                    flags: MREMAP_MAYMOVE,
+                    new_addr: 0x7fff_f7ff_7000,
+                },
+            ],
+        ),
+        (
+            "map_hugetlb_with_a_file_is_einval",
+            vec![Op::Mmap {
+                space: 1,
+                addr: 0x4003_3000,
+                len: 0x7000,
+                prot: 0x6ccf_a171,
+                flags: MAP_SHARED_VALIDATE | MAP_HUGETLB,
+                file: Some(3),
+                off: 1 << 63,
+            }],
+        ),
+    ];
+    within(60, move || {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, ops) in reproducers {
+            if let Err(f) = fuzz::replay(&HostHarness::new(), Setup::default(), &ops, true) {
+                panic!("{name}: {f}");
+            }
+        }
     });
-    let h = HostHarness::new();
-    let space = mm::conformance::Harness::space(&h);
-    let asp = space.asp();
-    let f = mm::file::ramfs_file(
-        mm::conformance::Harness::allocator(&h),
-        "f",
-        3 * P,
-        mm::file::OpenMode::RDWR,
-    );
-    let a = asp
-        .mmap(
-            0,
-            1 << 40,
-            PROT_READ,
-            MAP_SHARED | MAP_POPULATE,
-            Some(&f),
-            0,
-        )
-        .unwrap();
-    for i in 0..3 {
-        assert!(
-            asp.translate(a + i * P).is_some(),
-            "page {i} inside the file populated"
-        );
-    }
-    assert!(
-        asp.translate(a + 3 * P).is_none(),
-        "nothing past the end of the file"
-    );
-}
-
-/// A ramfs file mapped through a stacking file (legacy `.mmap` → the compat layer →
-/// ramfs's `.mmap_prepare`) is still a file VMA: the compat layer copies the
-/// descriptor's `vm_ops` into the VMA (Linux: `set_vma_from_desc`), and ramfs's hook
-/// now sets them as Linux's `generic_file_mmap_prepare` does. Without operations the
-/// VMA was taken for anonymous and a move (`copy_vma`) gave it the anonymous
-/// `pgoff = addr >> PAGE_SHIFT`, mapping the wrong file pages.
-#[test]
-fn regression_file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved() {
-    replay(&[
-        Op::Mmap {
-            space: 1,
-            addr: 0x7fff_f7fe_8000,
-            len: 0x3b000,
-            prot: PROT_READ,
-            flags: MAP_PRIVATE | MAP_POPULATE,
-            file: Some(5),
-            off: 0,
-        },
-        Op::Mremap {
-            space: 1,
-            addr: 0x7fff_f7fb_e000,
-            old_len: 0x2000,
-            new_len: 0x3000,
-            flags: MREMAP_MAYMOVE,
-            new_addr: 0x7fff_f7ff_7000,
-        },
-    ]);
-    let h = HostHarness::new();
-    let space = mm::conformance::Harness::space(&h);
-    let asp = space.asp();
-    let a = mm::conformance::Harness::allocator(&h);
-    let lower = mm::file::ramfs_file(a, "lower", 16 * P, mm::file::OpenMode::RDWR);
-    lower.inode().write(5 * P, b"page five").unwrap();
-    let upper = mm::file::stacking_file(&lower, "upper");
-    let x = asp
-        .mmap(
-            0x4000_0000,
-            4 * P,
-            PROT_READ,
-            MAP_PRIVATE | MAP_FIXED,
-            Some(&upper),
-            4 * P as u64,
-        )
-        .unwrap();
-    assert!(!asp.query_vma(x, 0).unwrap().vm_flags.is_empty());
-    let y = asp
-        .mremap(x + P, P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x5000_0000)
-        .unwrap();
-    assert_eq!(
-        asp.query_vma(y, 0).unwrap().pgoff,
-        5,
-        "the moved part maps file page 5"
-    );
-    let mut b = [0u8; 9];
-    asp.copy_from_user(y, &mut b).unwrap();
-    assert_eq!(&b, b"page five");
-}
-
-/// A file mapping with MAP_HUGETLB is EINVAL unless the file is on hugetlbfs (Linux:
-/// `ksys_mmap_pgoff`), before any of `do_mmap`'s checks: here it was mapped with base
-/// pages, or failed later with another errno (EOVERFLOW for this offset).
-#[test]
-fn regression_map_hugetlb_with_a_file_is_einval() {
-    replay(&[Op::Mmap {
-        space: 1,
-        addr: 0x4003_3000,
-        len: 0x7000,
-        prot: 0x6ccf_a171,
-        flags: MAP_SHARED_VALIDATE | MAP_HUGETLB,
-        file: Some(3),
-        off: 1 << 63,
-    }]);
-    let h = HostHarness::new();
-    let space = mm::conformance::Harness::space(&h);
-    let asp = space.asp();
-    let f = mm::file::ramfs_file(
-        mm::conformance::Harness::allocator(&h),
-        "f",
-        P,
-        mm::file::OpenMode::RDWR,
-    );
-    let flags = MAP_PRIVATE | MAP_HUGETLB;
-    assert_eq!(
-        asp.mmap(0, P, PROT_READ, flags, Some(&f), 0),
-        Err(Errno::EINVAL)
-    );
-    assert_eq!(
-        asp.mmap(0, 0, PROT_READ, flags, Some(&f), 0),
-        Err(Errno::EINVAL)
-    );
-    assert_eq!(asp.map_count(), 0);
 }

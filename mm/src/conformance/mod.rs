@@ -160,6 +160,10 @@ macro_rules! conformance_cases {
                 refused_page_table_change_fails_before_vmas_change,
                 accounting_follows_the_vmas_and_limits_refuse,
                 overcommit_guess_refuses_a_charge_larger_than_ram,
+                map_fixed_noreplace_address_is_not_a_hint,
+                populate_is_bounded_by_what_it_can_populate,
+                file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved,
+                map_hugetlb_with_a_file_is_einval,
             ],
         }
     };

@@ -409,3 +409,188 @@ pub fn overcommit_guess_refuses_a_charge_larger_than_ram(h: &dyn Harness) {
     );
     assert_eq!(stat_matches_vmas(asp).committed, 1);
 }
+
+// ---- found by the syscall fuzzer (`super::fuzz`) ---------------------------------------
+//
+// Each case makes the minimised call sequence the fuzzer printed (`mm/tests/fuzz.rs`
+// replays the sequences themselves with every fuzzer check), then pins the behaviour
+// down with direct assertions.
+
+/// MAP_FIXED_NOREPLACE places exactly like MAP_FIXED (Linux's `do_mmap` sets MAP_FIXED
+/// for it before `round_hint_to_min`): an unaligned address is EINVAL and one below
+/// `mmap_min_addr` is EPERM. It used to be rounded as a hint and mapped elsewhere.
+pub fn map_fixed_noreplace_address_is_not_a_hint(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let a = h.allocator();
+    let lower = ramfs_for(a, 16);
+    let upper = crate::file::stacking_file(&lower, "/fuzz/overlay/a");
+    // The fuzzer's call: SHARED_VALIDATE | MAP_32BIT | NOREPLACE at an unaligned address.
+    assert_eq!(
+        asp.mmap(
+            0x3da2_0638_9001,
+            0x4000_0000,
+            7,
+            0x10_0043,
+            Some(&upper),
+            0x2000
+        ),
+        Err(Errno::EINVAL)
+    );
+    let anon = PA | MAP_FIXED_NOREPLACE;
+    assert_eq!(
+        asp.mmap(0x4000_0001, P, PROT_READ, anon, None, 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        asp.mmap(0x1000, P, PROT_READ, anon, None, 0),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(asp.map_count(), 0);
+    assert_eq!(
+        asp.mmap(0x4000_0000, P, PROT_READ, anon, None, 0),
+        Ok(0x4000_0000)
+    );
+}
+
+/// A read-write ramfs file of `pages` pages.
+fn ramfs_for(
+    a: &'static crate::frame::FrameAllocator,
+    pages: usize,
+) -> alloc::sync::Arc<crate::file::File> {
+    crate::file::ramfs_file(a, "/fuzz/a", pages * P, crate::file::OpenMode::RDWR)
+}
+
+/// Populating (MAP_LOCKED / MAP_POPULATE) works VMA by VMA as Linux's `__mm_populate`:
+/// a PROT_NONE VMA is skipped whole and a fault that fails (SIGBUS past the end of the
+/// file) ends its VMA. It used to call the fault handler for every page of the length
+/// asked for: 2^34 times for the fuzzer's 64 TiB PROT_NONE mapping (a hang), 2^28 for
+/// a populated 1 TiB mapping of an 8-page secretmem file.
+pub fn populate_is_bounded_by_what_it_can_populate(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let a = h.allocator();
+    let other = crate::file::ramfs_file(a, "/fuzz/b", 4 * P + 100, crate::file::OpenMode::RDONLY);
+    let x = asp
+        .mmap(
+            0x4002_d008,
+            0x4000_0000_0000,
+            PROT_GROWSUP,
+            MAP_PRIVATE | MAP_LOCKED | MAP_UNINITIALIZED,
+            Some(&other),
+            0,
+        )
+        .unwrap();
+    assert!(
+        asp.translate(x).is_none(),
+        "nothing to populate in PROT_NONE"
+    );
+    let secret = crate::file::secretmem_file(a, 8 * P);
+    let y = asp
+        .mmap(0, 1 << 40, RW, MAP_SHARED | MAP_POPULATE, Some(&secret), 0)
+        .unwrap();
+    for i in 0..8 {
+        assert!(
+            asp.translate(y + i * P).is_some(),
+            "secretmem page {i} populated"
+        );
+    }
+    assert!(
+        asp.translate(y + 8 * P).is_none(),
+        "nothing past the end of the file"
+    );
+    let f = ramfs_for(a, 3);
+    let z = asp
+        .mmap(
+            0,
+            1 << 40,
+            PROT_READ,
+            MAP_SHARED | MAP_POPULATE,
+            Some(&f),
+            0,
+        )
+        .unwrap();
+    assert!((0..3).all(|i| asp.translate(z + i * P).is_some()));
+    assert!(asp.translate(z + 3 * P).is_none());
+}
+
+/// A ramfs file mapped through a stacking file (legacy `.mmap` → the compat layer →
+/// ramfs's `.mmap_prepare`) stays a file VMA: the compat layer copies the descriptor's
+/// `vm_ops` into the VMA (Linux: `set_vma_from_desc`), and ramfs's hook sets them as
+/// `generic_file_mmap_prepare` does. Without operations the VMA was taken for
+/// anonymous, and a move gave it the anonymous `pgoff = addr >> PAGE_SHIFT`, mapping
+/// the wrong file pages.
+pub fn file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let lower = ramfs_for(h.allocator(), 16);
+    let upper = crate::file::stacking_file(&lower, "/fuzz/overlay/a");
+    // The fuzzer's calls: populate a private mapping, then grow part of it, which
+    // moves it (the rest of the VMA is in the way).
+    let p = asp
+        .mmap(
+            0x7fff_f7fe_8000,
+            0x3b000,
+            PROT_READ,
+            MAP_PRIVATE | MAP_POPULATE,
+            Some(&upper),
+            0,
+        )
+        .unwrap();
+    let moved = asp.mremap(p, 2 * P, 3 * P, MREMAP_MAYMOVE, 0).unwrap();
+    assert_ne!(moved, p);
+    assert_eq!(asp.query_vma(moved, 0).unwrap().pgoff, 0);
+    lower.inode().write(5 * P, b"page five").unwrap();
+    let x = asp
+        .mmap(
+            0x4000_0000,
+            4 * P,
+            PROT_READ,
+            MAP_PRIVATE | MAP_FIXED,
+            Some(&upper),
+            4 * P as u64,
+        )
+        .unwrap();
+    let y = asp
+        .mremap(x + P, P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x5000_0000)
+        .unwrap();
+    assert_eq!(
+        asp.query_vma(y, 0).unwrap().pgoff,
+        5,
+        "the moved part maps file page 5"
+    );
+    let mut b = [0u8; 9];
+    space.read(y, &mut b).unwrap();
+    assert_eq!(&b, b"page five");
+}
+
+/// A file mapping with MAP_HUGETLB is EINVAL unless the file is on hugetlbfs (Linux:
+/// `ksys_mmap_pgoff`), before `do_mmap`'s checks. It was mapped with base pages, or
+/// failed later with another errno (EOVERFLOW for the fuzzer's offset).
+pub fn map_hugetlb_with_a_file_is_einval(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let f = ramfs_for(h.allocator(), 1);
+    let ro = f.reopen(crate::file::OpenMode::RDWR, true);
+    assert_eq!(
+        asp.mmap(
+            0x4003_3000,
+            0x7000,
+            0x6ccf_a171,
+            MAP_SHARED_VALIDATE | MAP_HUGETLB,
+            Some(&ro),
+            1 << 63
+        ),
+        Err(Errno::EINVAL)
+    );
+    let flags = MAP_PRIVATE | MAP_HUGETLB;
+    assert_eq!(
+        asp.mmap(0, P, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        asp.mmap(0, 0, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(asp.map_count(), 0);
+}
