@@ -164,6 +164,7 @@ macro_rules! conformance_cases {
                 populate_is_bounded_by_what_it_can_populate,
                 file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved,
                 map_hugetlb_with_a_file_is_einval,
+                user_copies_refuse_addresses_outside_the_user_half,
             ],
         }
     };

@@ -594,3 +594,51 @@ pub fn map_hugetlb_with_a_file_is_einval(h: &dyn Harness) {
     );
     assert_eq!(asp.map_count(), 0);
 }
+
+/// User copies check the range first (Linux: `access_ok()` → EFAULT): an address
+/// outside the user half is refused before any translation. They used to translate
+/// it in the space's page tables, whose upper half in the kernel is the kernel's own
+/// memory: the fuzzer's `copy_to_user(0x48bc_8232_001d_42b4, ..)` (truncated to a
+/// kernel-half address) wrote 3 KiB into kernel memory and reported success.
+pub fn user_copies_refuse_addresses_outside_the_user_half(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let ts = asp.layout().task_size;
+    let mut buf = [0u8; 0xc5e];
+    assert_eq!(
+        asp.copy_to_user(0x48bc_8232_001d_42b4, &buf),
+        Err(FaultError::MapErr)
+    );
+    // A frame the kernel owns, through its direct-map address (upper half in the
+    // kernel): neither copy may reach it.
+    let frame = h.allocator().alloc_zeroed(0).unwrap();
+    let kva = h.allocator().phys_to_virt(frame);
+    // SAFETY: `frame` was just allocated for this case and is freed below; `kva` is its direct-map address, valid for PAGE_SIZE bytes.
+    unsafe { kva.write_bytes(0x5a, P) };
+    assert!(asp.copy_to_user(kva as usize, &[0; 16]).is_err());
+    assert!(asp.copy_from_user(kva as usize, &mut buf[..16]).is_err());
+    // SAFETY: as above; nobody else writes the frame.
+    assert!(
+        unsafe { core::slice::from_raw_parts(kva, P) }
+            .iter()
+            .all(|&b| b == 0x5a)
+    );
+    h.allocator().free(frame, 0).unwrap();
+    // Ranges ending past TASK_SIZE are refused whole, even if their start is mapped.
+    let x = asp
+        .mmap(ts - 2 * P, 2 * P, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    assert_eq!(
+        asp.copy_to_user(x + P, &[1; P + 1]),
+        Err(FaultError::MapErr)
+    );
+    assert_eq!(
+        asp.copy_from_user(ts, &mut buf[..1]),
+        Err(FaultError::MapErr)
+    );
+    asp.copy_to_user(x + P, &[1; P]).unwrap();
+    assert_eq!(
+        asp.copy_from_user(usize::MAX, &mut buf[..2]),
+        Err(FaultError::MapErr)
+    );
+}
