@@ -165,6 +165,7 @@ macro_rules! conformance_cases {
                 file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved,
                 map_hugetlb_with_a_file_is_einval,
                 user_copies_refuse_addresses_outside_the_user_half,
+                user_copies_reach_the_right_page_of_a_huge_leaf,
             ],
         }
     };

@@ -642,3 +642,48 @@ pub fn user_copies_refuse_addresses_outside_the_user_half(h: &dyn Harness) {
         Err(FaultError::MapErr)
     );
 }
+
+/// A user copy into a huge (2 MiB) leaf reaches the 4 KiB page its address names: the
+/// copy used the leaf's frame start plus the offset within a 4 KiB page, so every
+/// page of the huge page aliased its first one. (No syscall maps huge pages yet; the
+/// leaf is installed as the hugetlb fault path would.)
+pub fn user_copies_reach_the_right_page_of_a_huge_leaf(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let huge = PageSize::Size2M.bytes() as usize;
+    let x = asp
+        .mmap(0x4000_0000, huge, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    let alloc = h.allocator();
+    let frame = alloc.alloc_zeroed(PageSize::Size2M.order()).unwrap();
+    let flags = PageTableFlags::PRESENT
+        | PageTableFlags::WRITABLE
+        | PageTableFlags::USER_ACCESSIBLE
+        | PageTableFlags::NO_EXECUTE;
+    asp.with_page_tables(|pt| {
+        pt.map_frame(
+            x86_64::VirtAddr::new(x as u64),
+            frame,
+            PageSize::Size2M,
+            flags,
+        )
+    })
+    .unwrap();
+    asp.copy_to_user(x + 5 * P + 0x10, b"page five").unwrap();
+    let base = alloc.phys_to_virt(frame);
+    let mut got = [0u8; 9];
+    // SAFETY: the 2 MiB block stays mapped (and so allocated) until the space is dropped below; 5 pages in is inside it.
+    unsafe { core::ptr::copy_nonoverlapping(base.add(5 * P + 0x10), got.as_mut_ptr(), 9) };
+    assert_eq!(
+        &got, b"page five",
+        "the bytes landed in page 5 of the huge page"
+    );
+    // SAFETY: as above, the first page of the block.
+    assert_eq!(unsafe { *base.add(0x10) }, 0, "not in page 0");
+    let mut back = [0u8; 9];
+    asp.copy_from_user(x + 5 * P + 0x10, &mut back).unwrap();
+    assert_eq!(&back, b"page five");
+    let mut b = [0u8; 9];
+    space.read(x + 5 * P + 0x10, &mut b).unwrap();
+    assert_eq!(&b, b"page five", "the MMU sees the same bytes");
+}

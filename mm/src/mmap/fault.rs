@@ -459,9 +459,8 @@ impl AddressSpace {
                         && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
                     if ok {
                         if let Some(f) = f.take() {
-                            // SAFETY: the offset is below PAGE_SIZE, inside the frame's
-                            // direct-map window.
-                            f(unsafe { self.alloc.phys_to_virt(t.frame).add(addr % PAGE_SIZE) });
+                            // SAFETY: `t.phys` is the start of `addr`'s 4 KiB page inside the mapped frame (of any page size); the offset is below PAGE_SIZE, so the pointer stays inside that frame's direct-map window.
+                            f(unsafe { self.alloc.phys_to_virt(t.phys).add(addr % PAGE_SIZE) });
                         }
                         return Ok(());
                     }
