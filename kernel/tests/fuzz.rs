@@ -5,7 +5,10 @@
 //!
 //! Fewer seeds than on the host (TCG is slow); the figures line is printed before
 //! the test's `ok`. A failure names its seed and call: `MM_FUZZ_SEEDS=S cargo test
-//! -p mm --test fuzz` replays the same seed on the host and minimises it.
+//! -p mm --test fuzz` replays the same seed on the host and minimises it. As on the
+//! host, `MM_FUZZ_SEEDS=A..B` (or `N`), `MM_FUZZ_CALLS=N` and `MM_FUZZ_VERBOSE=1`
+//! (print every call) choose the run; here they are read when the test kernel is
+//! built: `MM_FUZZ_SEEDS=551..552 MM_FUZZ_VERBOSE=1 cargo ktest --test fuzz`.
 #![no_std]
 #![no_main]
 #![feature(custom_test_frameworks)]
@@ -29,7 +32,7 @@ use x86_64::VirtAddr;
 kernel::test_kernel_main!();
 
 /// Seeds and calls per seed: about a minute under TCG.
-const SEEDS: u64 = 400;
+const SEEDS: u64 = 640;
 const CALLS: usize = 300;
 
 /// The kernel level (as in `kernel/tests/mmap_api.rs`): the global frame allocator,
@@ -98,16 +101,38 @@ impl Drop for KernelSpace {
     }
 }
 
+/// A number from a build-time setting.
+fn number(s: &str) -> u64 {
+    s.trim()
+        .parse()
+        .expect("MM_FUZZ_SEEDS / MM_FUZZ_CALLS: a number, or A..B")
+}
+
 #[test_case]
 fn seeded_syscall_fuzz() {
-    let cfg = Config {
-        seeds: 0..SEEDS,
-        calls: CALLS,
-        check_global_counts: true,
-        skip_known_defects: true,
+    let seeds = match option_env!("MM_FUZZ_SEEDS").filter(|s| !s.is_empty()) {
+        None => 0..SEEDS,
+        Some(s) => match s.split_once("..") {
+            Some((a, b)) => number(a)..number(b),
+            None => 0..number(s),
+        },
     };
+    let cfg = Config {
+        seeds,
+        calls: option_env!("MM_FUZZ_CALLS")
+            .filter(|s| !s.is_empty())
+            .map_or(CALLS, |c| number(c) as usize),
+        check_global_counts: true,
+        skip_known_defects: option_env!("MM_FUZZ_ALL").is_none_or(str::is_empty),
+    };
+    let verbose = option_env!("MM_FUZZ_VERBOSE").is_some_and(|v| !v.is_empty());
     let start = tsc::rdtsc();
-    match fuzz::run(&KernelHarness, &cfg, &mut |_, _, _| {}) {
+    let mut observe = |seed: u64, call: usize, op: &fuzz::Op| {
+        if verbose {
+            serial_println!("seed {seed} call {call}: {op:x?}");
+        }
+    };
+    match fuzz::run(&KernelHarness, &cfg, &mut observe) {
         Ok(stats) => {
             let ms = tsc::cycles_to_ns(tsc::rdtsc() - start) / 1_000_000;
             serial_println!("\n{stats}; {}.{} s", ms / 1000, ms % 1000 / 100);
