@@ -1209,6 +1209,7 @@ impl<'h> Run<'h> {
             } => {
                 let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
                 let r = self.asp(space).copy_to_user(addr, &data);
+                self.user_range_refused(space, addr, len, r.is_ok())?;
                 if r.is_ok() && addr % P + len <= P {
                     // One page: no alias of the same file page inside the range.
                     let mut back = vec![0u8; len];
@@ -1224,6 +1225,7 @@ impl<'h> Run<'h> {
             Op::CopyFrom { space, addr, len } => {
                 let mut buf = vec![0u8; len];
                 let r = self.asp(space).copy_from_user(addr, &mut buf);
+                self.user_range_refused(space, addr, len, r.is_ok())?;
                 self.fault_result(r.map(|()| String::from("ok")))
             }
             Op::Touch {
@@ -1235,6 +1237,8 @@ impl<'h> Run<'h> {
                 let ts = self.asp(space).layout().task_size;
                 // Only canonical user addresses: a kernel-half access is no user access.
                 let addr = addr % ts;
+                let access = if write { Access::Write } else { Access::Read };
+                let want = fault_expectation(&vma_list(self.asp(space)), addr, access, ts);
                 let sp = &self.spaces[space];
                 let r = if write {
                     sp.write_byte(addr, value)
@@ -1242,6 +1246,14 @@ impl<'h> Run<'h> {
                 } else {
                     sp.read_byte(addr).map(|_| Ok(true))
                 };
+                if r.is_ok() && matches!(want, FaultWant::MapErr | FaultWant::AccErr) {
+                    // The MMU allowed what the VMAs forbid: a stale TLB entry or a PTE
+                    // left behind.
+                    return Err(format!(
+                        "a user {} at {addr:#x} worked; the VMAs say {want:?}",
+                        if write { "store" } else { "load" }
+                    ));
+                }
                 match r {
                     Ok(Ok(true)) => {
                         self.stats.ok += 1;
@@ -1297,6 +1309,25 @@ impl<'h> Run<'h> {
                 Ok(String::from("set"))
             }
         }
+    }
+
+    /// A user copy of `[addr, addr + len)` reaching outside the user half must fail
+    /// (Linux: `access_ok()`).
+    fn user_range_refused(
+        &self,
+        space: usize,
+        addr: usize,
+        len: usize,
+        ok: bool,
+    ) -> Result<(), String> {
+        let ts = self.asp(space).layout().task_size;
+        let inside = len <= ts && addr <= ts - len;
+        if ok && !inside {
+            return Err(format!(
+                "a user copy of {len:#x} bytes at {addr:#x} worked, outside the user half"
+            ));
+        }
+        Ok(())
     }
 
     fn result(&mut self, op: &Op, r: Result<String, Errno>) -> Result<String, String> {
