@@ -35,6 +35,7 @@ use crate::frame::FrameAllocator;
 use crate::mmap::{AddressSpace, MmLayout, PROCMAP_QUERY_COVERING_OR_NEXT_VMA};
 
 pub mod file;
+pub mod fuzz;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 pub mod mremap;
@@ -159,6 +160,13 @@ macro_rules! conformance_cases {
                 refused_page_table_change_fails_before_vmas_change,
                 accounting_follows_the_vmas_and_limits_refuse,
                 overcommit_guess_refuses_a_charge_larger_than_ram,
+                dontunmap_copy_merged_into_its_source_is_not_moved_again,
+                map_fixed_noreplace_address_is_not_a_hint,
+                populate_is_bounded_by_what_it_can_populate,
+                file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved,
+                map_hugetlb_with_a_file_is_einval,
+                user_copies_refuse_addresses_outside_the_user_half,
+                user_copies_reach_the_right_page_of_a_huge_leaf,
             ],
         }
     };

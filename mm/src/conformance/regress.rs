@@ -409,3 +409,298 @@ pub fn overcommit_guess_refuses_a_charge_larger_than_ram(h: &dyn Harness) {
     );
     assert_eq!(stat_matches_vmas(asp).committed, 1);
 }
+
+// ---- found by the syscall fuzzer (`super::fuzz`) ---------------------------------------
+//
+// Each case makes the minimised call sequence the fuzzer printed (`mm/tests/fuzz.rs`
+// replays the sequences themselves with every fuzzer check), then pins the behaviour
+// down with direct assertions.
+
+/// MAP_FIXED_NOREPLACE places exactly like MAP_FIXED (Linux's `do_mmap` sets MAP_FIXED
+/// for it before `round_hint_to_min`): an unaligned address is EINVAL and one below
+/// `mmap_min_addr` is EPERM. It used to be rounded as a hint and mapped elsewhere.
+pub fn map_fixed_noreplace_address_is_not_a_hint(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let a = h.allocator();
+    let lower = ramfs_for(a, 16);
+    let upper = crate::file::stacking_file(&lower, "/fuzz/overlay/a");
+    // The fuzzer's call: SHARED_VALIDATE | MAP_32BIT | NOREPLACE at an unaligned address.
+    assert_eq!(
+        asp.mmap(
+            0x3da2_0638_9001,
+            0x4000_0000,
+            7,
+            0x10_0043,
+            Some(&upper),
+            0x2000
+        ),
+        Err(Errno::EINVAL)
+    );
+    let anon = PA | MAP_FIXED_NOREPLACE;
+    assert_eq!(
+        asp.mmap(0x4000_0001, P, PROT_READ, anon, None, 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        asp.mmap(0x1000, P, PROT_READ, anon, None, 0),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(asp.map_count(), 0);
+    assert_eq!(
+        asp.mmap(0x4000_0000, P, PROT_READ, anon, None, 0),
+        Ok(0x4000_0000)
+    );
+}
+
+/// A read-write ramfs file of `pages` pages.
+fn ramfs_for(
+    a: &'static crate::frame::FrameAllocator,
+    pages: usize,
+) -> alloc::sync::Arc<crate::file::File> {
+    crate::file::ramfs_file(a, "/fuzz/a", pages * P, crate::file::OpenMode::RDWR)
+}
+
+/// Populating (MAP_LOCKED / MAP_POPULATE) works VMA by VMA as Linux's `__mm_populate`:
+/// a PROT_NONE VMA is skipped whole and a fault that fails (SIGBUS past the end of the
+/// file) ends its VMA. It used to call the fault handler for every page of the length
+/// asked for: 2^34 times for the fuzzer's 64 TiB PROT_NONE mapping (a hang), 2^28 for
+/// a populated 1 TiB mapping of an 8-page secretmem file.
+pub fn populate_is_bounded_by_what_it_can_populate(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let a = h.allocator();
+    let other = crate::file::ramfs_file(a, "/fuzz/b", 4 * P + 100, crate::file::OpenMode::RDONLY);
+    let x = asp
+        .mmap(
+            0x4002_d008,
+            0x4000_0000_0000,
+            PROT_GROWSUP,
+            MAP_PRIVATE | MAP_LOCKED | MAP_UNINITIALIZED,
+            Some(&other),
+            0,
+        )
+        .unwrap();
+    assert!(
+        asp.translate(x).is_none(),
+        "nothing to populate in PROT_NONE"
+    );
+    let secret = crate::file::secretmem_file(a, 8 * P);
+    let y = asp
+        .mmap(0, 1 << 40, RW, MAP_SHARED | MAP_POPULATE, Some(&secret), 0)
+        .unwrap();
+    for i in 0..8 {
+        assert!(
+            asp.translate(y + i * P).is_some(),
+            "secretmem page {i} populated"
+        );
+    }
+    assert!(
+        asp.translate(y + 8 * P).is_none(),
+        "nothing past the end of the file"
+    );
+    let f = ramfs_for(a, 3);
+    let z = asp
+        .mmap(
+            0,
+            1 << 40,
+            PROT_READ,
+            MAP_SHARED | MAP_POPULATE,
+            Some(&f),
+            0,
+        )
+        .unwrap();
+    assert!((0..3).all(|i| asp.translate(z + i * P).is_some()));
+    assert!(asp.translate(z + 3 * P).is_none());
+}
+
+/// A ramfs file mapped through a stacking file (legacy `.mmap` → the compat layer →
+/// ramfs's `.mmap_prepare`) stays a file VMA: the compat layer copies the descriptor's
+/// `vm_ops` into the VMA (Linux: `set_vma_from_desc`), and ramfs's hook sets them as
+/// `generic_file_mmap_prepare` does. Without operations the VMA was taken for
+/// anonymous, and a move gave it the anonymous `pgoff = addr >> PAGE_SHIFT`, mapping
+/// the wrong file pages.
+pub fn file_vma_through_the_compat_layer_keeps_its_file_offset_when_moved(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let lower = ramfs_for(h.allocator(), 16);
+    let upper = crate::file::stacking_file(&lower, "/fuzz/overlay/a");
+    // The fuzzer's calls: populate a private mapping, then grow part of it, which
+    // moves it (the rest of the VMA is in the way).
+    let p = asp
+        .mmap(
+            0x7fff_f7fe_8000,
+            0x3b000,
+            PROT_READ,
+            MAP_PRIVATE | MAP_POPULATE,
+            Some(&upper),
+            0,
+        )
+        .unwrap();
+    let moved = asp.mremap(p, 2 * P, 3 * P, MREMAP_MAYMOVE, 0).unwrap();
+    assert_ne!(moved, p);
+    assert_eq!(asp.query_vma(moved, 0).unwrap().pgoff, 0);
+    lower.inode().write(5 * P, b"page five").unwrap();
+    let x = asp
+        .mmap(
+            0x4000_0000,
+            4 * P,
+            PROT_READ,
+            MAP_PRIVATE | MAP_FIXED,
+            Some(&upper),
+            4 * P as u64,
+        )
+        .unwrap();
+    let y = asp
+        .mremap(x + P, P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x5000_0000)
+        .unwrap();
+    assert_eq!(
+        asp.query_vma(y, 0).unwrap().pgoff,
+        5,
+        "the moved part maps file page 5"
+    );
+    let mut b = [0u8; 9];
+    space.read(y, &mut b).unwrap();
+    assert_eq!(&b, b"page five");
+}
+
+/// A file mapping with MAP_HUGETLB is EINVAL unless the file is on hugetlbfs (Linux:
+/// `ksys_mmap_pgoff`), before `do_mmap`'s checks. It was mapped with base pages, or
+/// failed later with another errno (EOVERFLOW for the fuzzer's offset).
+pub fn map_hugetlb_with_a_file_is_einval(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let f = ramfs_for(h.allocator(), 1);
+    let ro = f.reopen(crate::file::OpenMode::RDWR, true);
+    assert_eq!(
+        asp.mmap(
+            0x4003_3000,
+            0x7000,
+            0x6ccf_a171,
+            MAP_SHARED_VALIDATE | MAP_HUGETLB,
+            Some(&ro),
+            1 << 63
+        ),
+        Err(Errno::EINVAL)
+    );
+    let flags = MAP_PRIVATE | MAP_HUGETLB;
+    assert_eq!(
+        asp.mmap(0, P, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        asp.mmap(0, 0, PROT_READ, flags, Some(&f), 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(asp.map_count(), 0);
+}
+
+/// User copies check the range first (Linux: `access_ok()` → EFAULT): an address
+/// outside the user half is refused before any translation. They used to translate
+/// it in the space's page tables, whose upper half in the kernel is the kernel's own
+/// memory: the fuzzer's `copy_to_user(0x48bc_8232_001d_42b4, ..)` (truncated to a
+/// kernel-half address) wrote 3 KiB into kernel memory and reported success.
+pub fn user_copies_refuse_addresses_outside_the_user_half(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let ts = asp.layout().task_size;
+    let mut buf = [0u8; 0xc5e];
+    assert_eq!(
+        asp.copy_to_user(0x48bc_8232_001d_42b4, &buf),
+        Err(FaultError::MapErr)
+    );
+    // A frame the kernel owns, through its direct-map address (upper half in the
+    // kernel): neither copy may reach it.
+    let frame = h.allocator().alloc_zeroed(0).unwrap();
+    let kva = h.allocator().phys_to_virt(frame);
+    // SAFETY: `frame` was just allocated for this case and is freed below; `kva` is its direct-map address, valid for PAGE_SIZE bytes.
+    unsafe { kva.write_bytes(0x5a, P) };
+    assert!(asp.copy_to_user(kva as usize, &[0; 16]).is_err());
+    assert!(asp.copy_from_user(kva as usize, &mut buf[..16]).is_err());
+    // SAFETY: as above: the frame is ours until freed below, and nobody else writes it.
+    let bytes = unsafe { core::slice::from_raw_parts(kva, P) };
+    assert!(bytes.iter().all(|&b| b == 0x5a));
+    h.allocator().free(frame, 0).unwrap();
+    // Ranges ending past TASK_SIZE are refused whole, even if their start is mapped.
+    let x = asp
+        .mmap(ts - 2 * P, 2 * P, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    assert_eq!(
+        asp.copy_to_user(x + P, &[1; P + 1]),
+        Err(FaultError::MapErr)
+    );
+    assert_eq!(
+        asp.copy_from_user(ts, &mut buf[..1]),
+        Err(FaultError::MapErr)
+    );
+    asp.copy_to_user(x + P, &[1; P]).unwrap();
+    assert_eq!(
+        asp.copy_from_user(usize::MAX, &mut buf[..2]),
+        Err(FaultError::MapErr)
+    );
+}
+
+/// A user copy into a huge (2 MiB) leaf reaches the 4 KiB page its address names: the
+/// copy used the leaf's frame start plus the offset within a 4 KiB page, so every
+/// page of the huge page aliased its first one. (No syscall maps huge pages yet; the
+/// leaf is installed as the hugetlb fault path would.)
+pub fn user_copies_reach_the_right_page_of_a_huge_leaf(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let huge = PageSize::Size2M.bytes() as usize;
+    let x = asp
+        .mmap(0x4000_0000, huge, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    let alloc = h.allocator();
+    let frame = alloc.alloc_zeroed(PageSize::Size2M.order()).unwrap();
+    let flags = PageTableFlags::PRESENT
+        | PageTableFlags::WRITABLE
+        | PageTableFlags::USER_ACCESSIBLE
+        | PageTableFlags::NO_EXECUTE;
+    asp.with_page_tables(|pt| {
+        pt.map_frame(
+            x86_64::VirtAddr::new(x as u64),
+            frame,
+            PageSize::Size2M,
+            flags,
+        )
+    })
+    .unwrap();
+    asp.copy_to_user(x + 5 * P + 0x10, b"page five").unwrap();
+    let base = alloc.phys_to_virt(frame);
+    let mut got = [0u8; 9];
+    // SAFETY: the 2 MiB block stays mapped (and so allocated) until the space is dropped below; 5 pages in is inside it.
+    unsafe { core::ptr::copy_nonoverlapping(base.add(5 * P + 0x10), got.as_mut_ptr(), 9) };
+    assert_eq!(
+        &got, b"page five",
+        "the bytes landed in page 5 of the huge page"
+    );
+    // SAFETY: as above, the first page of the block.
+    assert_eq!(unsafe { *base.add(0x10) }, 0, "not in page 0");
+    let mut back = [0u8; 9];
+    asp.copy_from_user(x + 5 * P + 0x10, &mut back).unwrap();
+    assert_eq!(&back, b"page five");
+    let mut b = [0u8; 9];
+    space.read(x + 5 * P + 0x10, &mut b).unwrap();
+    assert_eq!(&b, b"page five", "the MMU sees the same bytes");
+}
+
+/// Defect 1, second form (found by the fuzzer): a DONTUNMAP pure move whose
+/// destination is just after the source VMA. The copy of an unfaulted anonymous VMA
+/// gets the linear pgoff and merges into the source, which now reaches past the
+/// range; the walk must stop at the range's end instead of finding it again (the
+/// gap computation underflowed).
+pub fn dontunmap_copy_merged_into_its_source_is_not_moved_again(h: &dyn Harness) {
+    let space = h.space();
+    let asp = space.asp();
+    let x = asp
+        .mmap(0x7100_0000, 4 * P, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
+    let flags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+    assert_eq!(asp.mremap(x + P, P, P, flags, x + 4 * P), Ok(x + 4 * P));
+    assert_eq!(
+        vmas(asp),
+        vec![(x, x + 5 * P)],
+        "the copy merged into its source"
+    );
+}

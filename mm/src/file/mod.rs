@@ -194,6 +194,10 @@ impl Inode {
     pub fn i_mmap_len(&self) -> usize {
         self.i_mmap.len()
     }
+    /// The file's `i_mmap` (Linux: `inode->i_mapping->i_mmap`).
+    pub fn i_mmap(&self) -> &IMmap {
+        &self.i_mmap
+    }
 }
 
 impl Drop for Inode {
@@ -559,7 +563,23 @@ pub static RAMFS_FOPS: FileOperations = FileOperations {
     mmap_prepare: Some(ramfs_mmap_prepare),
 };
 
-fn ramfs_mmap_prepare(_f: &Arc<File>, _d: &mut VmAreaDesc) -> Result<(), Errno> {
+/// The page-cache VMA operations (Linux: `generic_file_vm_ops` / `shmem_vm_ops`): the
+/// fault path finds pages through the file, so no hook is needed here, but a file
+/// VMA must have operations, or it is taken for anonymous (`vma_is_anonymous`).
+pub static GENERIC_FILE_VM_OPS: VmOperations = VmOperations {
+    open: None,
+    close: None,
+    may_split: None,
+    fault: None,
+    name: None,
+};
+
+/// Linux: `generic_file_mmap_prepare()` / `shmem_mmap_prepare()`: set the VMA's
+/// operations. Through the compat layer the descriptor's `vm_ops` replaces the VMA's
+/// (Linux: `set_vma_from_desc`), so a hook that left it unset would turn the file
+/// VMA anonymous.
+fn ramfs_mmap_prepare(_f: &Arc<File>, d: &mut VmAreaDesc) -> Result<(), Errno> {
+    d.vm_ops = Some(&GENERIC_FILE_VM_OPS);
     Ok(())
 }
 
@@ -574,7 +594,7 @@ pub fn ramfs_file(
 }
 
 /// secretmem: `mmap_prepare` that requires a shared mapping and sets
-/// `VM_LOCKED | VM_DONTDUMP` (Linux: `secretmem_mmap_prepare`). Because the flags are
+/// `VM_LOCKED | VM_DONTDUMP` and its operations (Linux: `secretmem_mmap_prepare`). Because the flags are
 /// set on the descriptor, adjacent mappings of the same file merge.
 pub static SECRETMEM_FOPS: FileOperations = FileOperations {
     mmap: None,
@@ -586,8 +606,19 @@ fn secretmem_mmap_prepare(_f: &Arc<File>, d: &mut VmAreaDesc) -> Result<(), Errn
         return Err(Errno::EINVAL);
     }
     d.vm_flags |= VmFlags::LOCKED | VmFlags::DONTDUMP;
+    d.vm_ops = Some(&SECRETMEM_VM_OPS);
     Ok(())
 }
+
+/// Linux: `secretmem_vm_ops` (its `.fault` allocates and unmaps from the direct map;
+/// here the page-cache fault path serves it).
+pub static SECRETMEM_VM_OPS: VmOperations = VmOperations {
+    open: None,
+    close: None,
+    may_split: None,
+    fault: None,
+    name: None,
+};
 
 /// A secretmem file (Linux: `memfd_secret`), opened read-write.
 pub fn secretmem_file(alloc: &'static FrameAllocator, size: usize) -> Arc<File> {

@@ -378,9 +378,23 @@ impl AddressSpace {
             .map_err(|_| FaultError::Oom)
     }
 
+    /// Is `[addr, addr + len)` inside the user half (Linux: `access_ok()`, i.e.
+    /// `__access_ok`: `size <= TASK_SIZE_MAX && addr <= TASK_SIZE_MAX - size`)? A user
+    /// copy must never translate an address outside it: in the kernel the upper half
+    /// of every space's page tables is the kernel's own memory.
+    fn access_ok(&self, addr: usize, len: usize) -> bool {
+        let ts = self.layout.task_size;
+        len <= ts && addr <= ts - len
+    }
+
     /// Copy `data` to user address `addr`, faulting pages in as a write would (Linux:
-    /// `copy_to_user` with fault handling). Fails with the fault's error.
+    /// `copy_to_user` with fault handling). Fails with the fault's error; a range
+    /// reaching outside the user half fails with `MapErr` before anything is touched
+    /// (Linux: `access_ok()`, EFAULT).
     pub fn copy_to_user(&self, addr: usize, data: &[u8]) -> Result<(), FaultError> {
+        if !self.access_ok(addr, data.len()) {
+            return Err(FaultError::MapErr);
+        }
         let mut done = 0;
         while done < data.len() {
             let a = addr.checked_add(done).ok_or(FaultError::MapErr)?;
@@ -399,8 +413,12 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Copy from user address `addr` into `buf`, faulting pages in as a read would.
+    /// Copy from user address `addr` into `buf`, faulting pages in as a read would. A
+    /// range reaching outside the user half fails with `MapErr` (Linux: `access_ok()`).
     pub fn copy_from_user(&self, addr: usize, buf: &mut [u8]) -> Result<(), FaultError> {
+        if !self.access_ok(addr, buf.len()) {
+            return Err(FaultError::MapErr);
+        }
         let mut done = 0;
         while done < buf.len() {
             let a = addr.checked_add(done).ok_or(FaultError::MapErr)?;
@@ -428,6 +446,10 @@ impl AddressSpace {
         access: Access,
         f: impl FnOnce(*mut u8),
     ) -> Result<(), FaultError> {
+        // Never translate outside the user half (the callers checked the whole range).
+        if addr >= self.layout.task_size {
+            return Err(FaultError::MapErr);
+        }
         let mut f = Some(f);
         for _ in 0..3 {
             {
@@ -437,9 +459,8 @@ impl AddressSpace {
                         && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
                     if ok {
                         if let Some(f) = f.take() {
-                            // SAFETY: the offset is below PAGE_SIZE, inside the frame's
-                            // direct-map window.
-                            f(unsafe { self.alloc.phys_to_virt(t.frame).add(addr % PAGE_SIZE) });
+                            // SAFETY: `t.phys` is the start of `addr`'s 4 KiB page inside the mapped frame (of any page size); the offset is below PAGE_SIZE, so the pointer stays inside that frame's direct-map window.
+                            f(unsafe { self.alloc.phys_to_virt(t.phys).add(addr % PAGE_SIZE) });
                         }
                         return Ok(());
                     }

@@ -26,6 +26,7 @@ pub mod consts;
 mod fault;
 mod mremap;
 mod query;
+mod validate;
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use x86_64::{PhysAddr, VirtAddr};
 pub use consts::*;
 pub use fault::{Access, FaultError, zero_page};
 pub use query::VmaQuery;
+pub use validate::validate_i_mmap;
 
 use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
@@ -452,7 +454,9 @@ impl AddressSpace {
     /// `mmap(2)`. Returns the mapped address.
     ///
     /// Check order (Linux: `sys_mmap` → `ksys_mmap_pgoff` → `do_mmap`): offset
-    /// alignment (EINVAL); no file without MAP_ANONYMOUS (EINVAL; Linux: EBADF); length 0
+    /// alignment (EINVAL); no file without MAP_ANONYMOUS (EINVAL; Linux: EBADF); a file
+    /// with MAP_HUGETLB (EINVAL: no file here is on hugetlbfs; anonymous MAP_HUGETLB is
+    /// mapped with base pages, Linux would use its hugetlb pool); length 0
     /// (EINVAL); page rounding overflow (ENOMEM); pgoff overflow (EOVERFLOW); map_count
     /// above the limit (ENOMEM); placement (`get_unmapped_area`: ENOMEM / EINVAL / EPERM);
     /// MAP_FIXED_NOREPLACE overlap (EEXIST); file checks: offset range (EOVERFLOW),
@@ -475,7 +479,13 @@ impl AddressSpace {
         let file = if flags & MAP_ANONYMOUS != 0 {
             None
         } else {
-            Some(file.ok_or(Errno::EINVAL)?.clone())
+            let f = file.ok_or(Errno::EINVAL)?;
+            // Linux (ksys_mmap_pgoff): MAP_HUGETLB with a file needs a hugetlbfs file,
+            // and no file here is one.
+            if flags & MAP_HUGETLB != 0 {
+                return Err(Errno::EINVAL);
+            }
+            Some(f.clone())
         };
         let pgoff = (off >> 12) as usize;
         let (a, populate) = self.do_mmap(file, addr, len, prot, flags, pgoff)?;
@@ -499,7 +509,9 @@ impl AddressSpace {
             return Err(Errno::EINVAL);
         }
         let mut addr = addr;
-        if flags & MAP_FIXED == 0 {
+        // MAP_FIXED_NOREPLACE is MAP_FIXED for placement (Linux: "force arch specific
+        // MAP_FIXED handling"): its address is used as is, never rounded as a hint.
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0 {
             // Linux: round_hint_to_min().
             addr &= !(PAGE_SIZE - 1);
             if addr != 0 && addr < l.mmap_min_addr {
@@ -729,24 +741,37 @@ impl AddressSpace {
         Ok(addr)
     }
 
-    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `populate_vma_page_range`).
+    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `__mm_populate(start, len,
+    /// ignore_errors = 1)` → `populate_vma_page_range`), one VMA at a time: PFN maps,
+    /// PROT_NONE and VM_LOCKONFAULT VMAs have nothing to populate and are skipped
+    /// whole, and a fault that fails ends the population of its VMA (the rest is
+    /// faulted on demand), so the work is bounded by the pages actually populated,
+    /// never by the length asked for.
     fn populate(&self, addr: usize, len: usize) {
+        let Some(end) = addr.checked_add(len) else {
+            return;
+        };
         let mut a = addr;
-        while a < addr + len {
-            let flags = {
+        while a < end {
+            let (vstart, vend, flags) = {
                 let g = self.mm.read_lock();
-                match g.vma_lookup(a) {
-                    Some(v) => v.flags(),
-                    None => return,
+                match g.find_vma(a) {
+                    Some(v) if v.start() < end => (v.start(), v.end(), v.flags()),
+                    _ => return,
                 }
             };
-            if flags.contains(VmFlags::PFNMAP) || !flags.intersects(VmFlags::ACCESS) {
-                a += PAGE_SIZE;
-                continue;
+            a = a.max(vstart);
+            let stop = vend.min(end);
+            let skip = flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::LOCKONFAULT)
+                || !flags.intersects(VmFlags::ACCESS);
+            if !skip {
+                let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+                let access = if write { Access::Write } else { Access::Read };
+                while a < stop && self.handle_fault(a, access).is_ok() {
+                    a += PAGE_SIZE;
+                }
             }
-            let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-            let _ = self.handle_fault(a, if write { Access::Write } else { Access::Read });
-            a += PAGE_SIZE;
+            a = stop;
         }
     }
 

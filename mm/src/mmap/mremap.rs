@@ -260,10 +260,23 @@ impl AddressSpace {
         // as found, before the VMA is moved: a VMA that stays where it was (DONTUNMAP,
         // or a source unmap that failed for lack of memory) is not visited again.
         let mut cursor = start;
-        while let Some(vma) = g.find_vma(cursor) {
+        // The walk stops at the end of the range (Linux: `vma_find(vmi, end)` finds
+        // nothing once the index has passed `end`): a DONTUNMAP copy placed just
+        // after the source merges into it (an unfaulted anonymous copy gets the linear
+        // pgoff), and that grown VMA, found again past the range, is not ours to move.
+        while cursor < end {
+            let Some(vma) = g.find_vma(cursor) else {
+                break;
+            };
             if vma.start() >= end {
                 break;
             }
+            // A VMA reaching back over the cursor would be moved twice; the overlap
+            // check keeps destinations out of the range, so none can.
+            debug_assert!(
+                !seen || vma.start() >= last_end,
+                "remap_move revisits {vma:?}"
+            );
             if !seen && start < vma.start() {
                 return Err(Errno::EFAULT);
             }

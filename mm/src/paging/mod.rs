@@ -78,7 +78,7 @@ mod tests;
 
 pub use entry::{PTE_ACCOUNTED, PTE_PROTNONE};
 pub use space::{MAX_CPUS, PageTableRoot};
-pub use table::{TableReservation, Translation, WalkResult};
+pub use table::{Leaf, Leaves, TableReservation, Translation, WalkResult};
 pub use tlb::{FlushKind, MmuGather, TLB_SINGLE_PAGE_FLUSH_CEILING};
 
 pub use x86_64::structures::paging::PageTableFlags;

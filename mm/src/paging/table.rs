@@ -749,3 +749,117 @@ impl PageTableRoot {
         self.leaf_slot(va, size)
     }
 }
+
+/// One leaf of the user half as [`PageTableRoot::leaves`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    /// First virtual address the leaf maps.
+    pub va: u64,
+    /// Page size.
+    pub size: PageSize,
+    /// Physical address of the page.
+    pub frame: PhysAddr,
+    /// Flags as [`Translation::flags`] reports them (`PRESENT` clear for PROT_NONE).
+    pub flags: F,
+    /// The leaf holds a reference and a map count on its frame ([`PTE_ACCOUNTED`]).
+    ///
+    /// [`PTE_ACCOUNTED`]: super::PTE_ACCOUNTED
+    pub accounted: bool,
+}
+
+/// Iterator over the leaves of the user half in address order (see
+/// [`PageTableRoot::leaves`]). Holds one root-to-leaf path, no heap.
+pub struct Leaves<'a> {
+    _root: &'a PageTableRoot,
+    /// Per depth (0 = PML4): the table, its level, the virtual base it covers and the
+    /// next index to look at.
+    stack: [Option<(Table, Level, u64, usize)>; 4],
+    depth: usize,
+}
+
+impl Iterator for Leaves<'_> {
+    type Item = Leaf;
+
+    fn next(&mut self) -> Option<Leaf> {
+        loop {
+            let (table, level, base, next) = self.stack[self.depth]?;
+            // The PML4's user half is slots 0..256; lower tables use all 512.
+            let limit = if level == Level::Pml4 { 256 } else { ENTRIES };
+            if next >= limit {
+                self.stack[self.depth] = None;
+                if self.depth == 0 {
+                    return None;
+                }
+                self.depth -= 1;
+                continue;
+            }
+            self.stack[self.depth] = Some((table, level, base, next + 1));
+            let va = base + next as u64 * level.entry_span();
+            let e = table.load(next);
+            match e.kind(level) {
+                Kind::Empty => {}
+                Kind::Leaf(size) => {
+                    return Some(Leaf {
+                        va,
+                        size,
+                        frame: PhysAddr::new(align_down(e.addr().as_u64(), size.bytes())),
+                        flags: visible_flags(e),
+                        accounted: e.has(super::PTE_ACCOUNTED),
+                    });
+                }
+                Kind::Table(pa) => {
+                    if let Some(lower) = level.lower() {
+                        // SAFETY: `pa` was read from a present non-leaf entry of a table reached from the root; the iterator holds `&PageTableRoot`, and freeing a table takes `&mut PageTableRoot` (unmap), so the child stays linked and allocated while it is used.
+                        let child = unsafe { table.child(pa) };
+                        self.depth += 1;
+                        self.stack[self.depth] = Some((child, lower, va, 0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PageTableRoot {
+    /// Every leaf of the user half, present or PROT_NONE, in address order; empty
+    /// upper-level entries are skipped whole (Linux: `walk_page_range` over the user
+    /// range with a `pte_entry`/`pmd_entry` callback).
+    pub fn leaves(&self) -> Leaves<'_> {
+        Leaves {
+            _root: self,
+            stack: [
+                Some((self.root_table(), Level::Pml4, 0, 0)),
+                None,
+                None,
+                None,
+            ],
+            depth: 0,
+        }
+    }
+
+    /// The first page-table page of the user half (PDPT, PD or PT) that has no used
+    /// entry, as (its level, the first address it covers). Unmaps free the tables
+    /// they empty, so a private space has none; a PD table shared with another space
+    /// (hugetlb PMD sharing) may be empty for a while and is not reported. Linux has
+    /// no direct counterpart: `free_pgtables` keeps this true there too.
+    pub fn first_empty_table(&self) -> Option<(Level, u64)> {
+        fn walk(t: Table, level: Level, base: u64, limit: usize) -> Option<(Level, u64)> {
+            for i in 0..limit {
+                if let Kind::Table(pa) = t.load(i).kind(level) {
+                    let lower = level.lower()?;
+                    let va = base + i as u64 * level.entry_span();
+                    // SAFETY: `pa` was read from a present non-leaf entry of a table reached from the root; `&self` excludes the unmaps (`&mut self`) that could free it during the walk.
+                    let child = unsafe { t.child(pa) };
+                    if child.is_empty() && !(lower == Level::Pd && child.share_count() > 0) {
+                        return Some((lower, va));
+                    }
+                    if let Some(found) = walk(child, lower, va, ENTRIES) {
+                        return Some(found);
+                    }
+                }
+            }
+            None
+        }
+        walk(self.root_table(), Level::Pml4, 0, 256)
+    }
+}

@@ -11,6 +11,7 @@
 //! Lock order: rank 4 of the table in [`crate::sync`]. The engine takes the write side only while it
 //! holds the mmap write lock and the affected VMAs' write locks.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::area::VmaRef;
@@ -59,6 +60,19 @@ impl IMmap {
             .overlapping(first, last)
             .map(|(_, _, v)| v)
             .collect()
+    }
+
+    /// Every entry as `(first, last, vma)` in `vm_pgoff` order, after checking the
+    /// index's structure (see [`IntervalTree::validate`]). For invariant checks
+    /// (Linux: `validate_mm` and the `vma_interval_tree` debug checks).
+    pub fn entries_validated(&self) -> Result<Vec<(usize, usize, VmaRef)>, String> {
+        let t = self.tree.read();
+        t.validate()?;
+        let mut out = Vec::new();
+        out.try_reserve(t.len())
+            .map_err(|_| String::from("i_mmap: no memory to list entries"))?;
+        out.extend(t.iter());
+        Ok(out)
     }
 
     /// Takes the write side (Linux: `i_mmap_lock_write`). Engine only.

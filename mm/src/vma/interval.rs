@@ -42,6 +42,8 @@
 //!   Linux's search, which visits the same nodes. Iterators do not allocate: their stack
 //!   is a fixed array of one root-to-leaf path.
 
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
@@ -505,41 +507,112 @@ impl<T: Copy> Iterator for Overlapping<'_, T> {
 
 impl<T: Copy> FusedIterator for Overlapping<'_, T> {}
 
-#[cfg(test)]
 impl<T: Copy> IntervalTree<T> {
-    /// Check every structural invariant: order by `(first, seq)`, `first <= last`,
-    /// stored heights and `subtree_last` correct, AVL balance, `len`, free list.
-    fn check_invariants(&self) {
+    /// Check every structural invariant and describe the first broken one: order by
+    /// `(first, seq)`, `first <= last`, stored heights and `subtree_last` correct, AVL
+    /// balance, `len`, and a free list holding exactly the unused slots.
+    ///
+    /// Linux: `CONFIG_DEBUG_VM_RB`'s `vma_interval_tree` checks (`validate_mm` →
+    /// `anon_vma_interval_tree_verify`, the augmented rbtree's `RB_DECLARE_CALLBACKS`
+    /// invariants).
+    pub fn validate(&self) -> Result<(), String> {
         fn walk<T: Copy>(
             t: &IntervalTree<T>,
             i: u32,
+            depth: usize,
             prev: &mut Option<(usize, u64)>,
             count: &mut usize,
-        ) -> (u8, usize) {
+        ) -> Result<(u8, usize), String> {
             if i == NIL {
-                return (0, 0);
+                return Ok((0, 0));
             }
-            let n = t.nodes[i as usize];
-            assert!(n.height > 0, "free slot {i} linked into the tree");
-            let (hl, sl) = walk(t, n.left, prev, count);
+            if depth > MAX_HEIGHT {
+                return Err(format!(
+                    "interval tree: deeper than {MAX_HEIGHT} (a cycle?)"
+                ));
+            }
+            let n = *t
+                .nodes
+                .get(i as usize)
+                .ok_or_else(|| format!("interval tree: link to slot {i} beyond the arena"))?;
+            if n.height == 0 {
+                return Err(format!("interval tree: free slot {i} linked into the tree"));
+            }
+            let (hl, sl) = walk(t, n.left, depth + 1, prev, count)?;
             let key = (n.first, n.seq);
-            if let Some(p) = *prev {
-                assert!(p < key, "order: {p:?} !< {key:?}");
+            if prev.is_some_and(|p| p >= key) {
+                return Err(format!("interval tree: order {prev:?} !< {key:?}"));
             }
             *prev = Some(key);
             *count += 1;
-            assert!(n.first <= n.last);
-            assert!(n.seq < t.next_seq);
-            let (hr, sr) = walk(t, n.right, prev, count);
-            assert!(hl.abs_diff(hr) <= 1, "unbalanced at {key:?}: {hl} vs {hr}");
-            assert_eq!(n.height, 1 + hl.max(hr), "height at {key:?}");
+            if n.first > n.last || n.seq >= t.next_seq {
+                return Err(format!(
+                    "interval tree: bad entry [{}, {}] seq {}",
+                    n.first, n.last, n.seq
+                ));
+            }
+            let (hr, sr) = walk(t, n.right, depth + 1, prev, count)?;
+            if hl.abs_diff(hr) > 1 || n.height != 1 + hl.max(hr) {
+                return Err(format!(
+                    "interval tree: height {} at {key:?} (children {hl}, {hr})",
+                    n.height
+                ));
+            }
             let sub = n.last.max(sl).max(sr);
-            assert_eq!(n.subtree_last, sub, "subtree_last at {key:?}");
-            (n.height, sub)
+            if n.subtree_last != sub {
+                return Err(format!(
+                    "interval tree: subtree_last {} at {key:?}, actual {sub}",
+                    n.subtree_last
+                ));
+            }
+            Ok((n.height, sub))
         }
         let mut count = 0;
-        let (height, _) = walk(self, self.root, &mut None, &mut count);
-        assert_eq!(count, self.len);
+        walk(self, self.root, 0, &mut None, &mut count)?;
+        if count != self.len {
+            return Err(format!(
+                "interval tree: {count} entries linked, len {}",
+                self.len
+            ));
+        }
+        let mut free = 0;
+        let mut f = self.free;
+        while f != NIL {
+            let n = self
+                .nodes
+                .get(f as usize)
+                .ok_or_else(|| format!("interval tree: free slot {f} beyond the arena"))?;
+            if n.height != 0 {
+                return Err(format!("interval tree: live slot {f} on the free list"));
+            }
+            free += 1;
+            if free > self.nodes.len() {
+                return Err(String::from("interval tree: free list cycle"));
+            }
+            f = n.right;
+        }
+        if free + self.len != self.nodes.len() {
+            return Err(format!(
+                "interval tree: {} slots, {} live, {free} free: slots leaked",
+                self.nodes.len(),
+                self.len
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl<T: Copy> IntervalTree<T> {
+    /// [`validate`](Self::validate), panicking, plus the exact AVL height bound.
+    fn check_invariants(&self) {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let mut height = 0u8;
+        if self.root != NIL {
+            height = self.nodes[self.root as usize].height;
+        }
         // AVL bound: height < 1.4405·log2(n + 2) − 0.3277.
         let bound = 1.4405 * ((self.len + 2) as f64).log2() - 0.3277;
         assert!(
@@ -548,18 +621,6 @@ impl<T: Copy> IntervalTree<T> {
             self.len
         );
         assert!(usize::from(height) <= MAX_HEIGHT);
-        let mut free = 0;
-        let mut f = self.free;
-        while f != NIL {
-            assert_eq!(
-                self.nodes[f as usize].height, 0,
-                "live slot {f} on the free list"
-            );
-            free += 1;
-            assert!(free <= self.nodes.len(), "free list cycle");
-            f = self.nodes[f as usize].right;
-        }
-        assert_eq!(free + self.len, self.nodes.len(), "slots leaked");
     }
 }
 

@@ -4,6 +4,8 @@
 //! `mm_lock_seq`, `map_count`) and `mm/mmap_lock.c` (`mmap_write_lock`,
 //! `lock_vma_under_rcu`), `mm/mmap.c` (`find_vma`, `insert_vm_struct`).
 
+use alloc::format;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -445,6 +447,155 @@ impl<'a> MmWriteGuard<'a> {
         let _ = out.try_reserve(self.tree_len());
         self.view().for_each(|e| out.push(e.vma));
         out
+    }
+
+    /// Check the VMA layer's invariants and describe the first broken one (Linux:
+    /// `validate_mm()` in `mm/vma.c` under `CONFIG_DEBUG_VM_MAPLE_TREE`):
+    ///
+    /// - no batch is open: readers see the writer's tree;
+    /// - the tree itself ([`TreeView::validate`]): sorted, non-overlapping, non-empty
+    ///   entries matching their VMAs, exact gap cache;
+    /// - `map_count` == tree entries == VMAs walked == VMAs allocated for this mm;
+    /// - the `vm_stat` counters (`total_vm`, `data_vm`, `exec_vm`, `stack_vm`, the
+    ///   commit charge) equal what the VMAs add up to (Linux: `vm_stat_account`);
+    /// - each VMA page aligned, attached (`vm_refcnt` ≥ 1, no writer excluding readers)
+    ///   and of this mm; `READ`/`WRITE`/`EXEC`/`SHARED` only with the matching `MAY*`
+    ///   bit; its file page range does not overflow; an anon_vma only with a chain;
+    /// - `i_mmap`: each file VMA indexed in its file's `i_mmap` exactly once, under its
+    ///   current file page range; every entry of those `i_mmap`s that belongs to this
+    ///   mm is a VMA of the tree under its current range (no stale entries). Each
+    ///   index's own structure is checked too.
+    pub fn validate(&self) -> Result<(), String> {
+        use super::area::PAGE_SIZE;
+        use super::lock::VM_REFCNT_EXCLUDE_READERS_FLAG;
+        let inner = self.inner_ref();
+        let view = inner.tw.view();
+        if !self.mm.tree.view_locked().same_root(&view) {
+            return Err(String::from(
+                "tree: the published root is not the writer's root (unpublished batch)",
+            ));
+        }
+        let n = view.validate()?;
+        if n != inner.tw.len() || n != inner.map_count || n != inner.live_vmas {
+            return Err(format!(
+                "counts: {n} VMAs in the tree, tree len {}, map_count {}, live VMAs {}",
+                inner.tw.len(),
+                inner.map_count,
+                inner.live_vmas
+            ));
+        }
+        let mut files: Vec<FileRef> = Vec::new();
+        let mut err = Ok(());
+        view.for_each(|e| {
+            if err.is_err() {
+                return;
+            }
+            err = (|| {
+                let v = e.vma;
+                let (s, end) = (v.start(), v.end());
+                if s % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+                    return Err(format!("VMA {s:#x}..{end:#x} not page aligned"));
+                }
+                let rc = v.refcnt();
+                if rc == 0 || rc & VM_REFCNT_EXCLUDE_READERS_FLAG != 0 {
+                    return Err(format!(
+                        "VMA {s:#x}..{end:#x} in the tree with vm_refcnt {rc:#x}"
+                    ));
+                }
+                if v.mm_id() != self.mm.id {
+                    return Err(format!(
+                        "VMA {s:#x}..{end:#x} belongs to mm {} not {}",
+                        v.mm_id(),
+                        self.mm.id
+                    ));
+                }
+                let f = v.flags();
+                for (bit, may) in [
+                    (VmFlags::READ, VmFlags::MAYREAD),
+                    (VmFlags::WRITE, VmFlags::MAYWRITE),
+                    (VmFlags::EXEC, VmFlags::MAYEXEC),
+                    (VmFlags::SHARED, VmFlags::MAYSHARE),
+                ] {
+                    if f.contains(bit) && !f.contains(may) {
+                        return Err(format!(
+                            "VMA {s:#x}..{end:#x} has {bit:?} without {may:?}: {f:?}"
+                        ));
+                    }
+                }
+                if v.pgoff().checked_add(v.pages()).is_none() {
+                    return Err(format!(
+                        "VMA {s:#x}..{end:#x}: pgoff {:#x} + {} pages overflows",
+                        v.pgoff(),
+                        v.pages()
+                    ));
+                }
+                if v.has_anon_vma() && v.anon_vma_chain_len(self) == 0 {
+                    return Err(format!("VMA {s:#x}..{end:#x} has an anon_vma but no chain"));
+                }
+                if let Some(file) = v.file(self)
+                    && let Some(im) = file.i_mmap()
+                {
+                    let key = (v.pgoff(), v.pgoff() + v.pages() - 1);
+                    let hits = im
+                        .vmas_overlapping(key.0, key.1)
+                        .into_iter()
+                        .filter(|&x| core::ptr::eq(x, v))
+                        .count();
+                    if hits != 1 {
+                        return Err(format!(
+                            "i_mmap: VMA {s:#x}..{end:#x} (pages {key:?}) indexed {hits} times"
+                        ));
+                    }
+                    if !files
+                        .iter()
+                        .any(|g| super::area::same_file(Some(g), Some(&file)))
+                    {
+                        files
+                            .try_reserve(1)
+                            .map_err(|_| String::from("no memory"))?;
+                        files.push(file);
+                    }
+                }
+                Ok(())
+            })();
+        });
+        err?;
+        let want = VmStat::recount(self.vmas());
+        if self.vm_stat() != want {
+            return Err(format!(
+                "vm_stat: counters {:?}, the VMAs add up to {want:?}",
+                self.vm_stat()
+            ));
+        }
+        // Distinct files may share one inode (and so one i_mmap): check each index once.
+        let mut seen: Vec<*const super::i_mmap::IMmap> = Vec::new();
+        for file in &files {
+            let Some(im) = file.i_mmap() else { continue };
+            if seen.iter().any(|&p| core::ptr::eq(p, im)) {
+                continue;
+            }
+            seen.try_reserve(1).map_err(|_| String::from("no memory"))?;
+            seen.push(im);
+            for (first, last, v) in im.entries_validated()? {
+                if v.mm_id() != self.mm.id {
+                    continue;
+                }
+                let in_tree = view
+                    .lookup(v.start())
+                    .is_some_and(|e| core::ptr::eq(e.vma, v));
+                let key = (v.pgoff(), v.pgoff().saturating_add(v.pages().max(1)) - 1);
+                if !in_tree || v.refcnt() == 0 || key != (first, last) {
+                    return Err(format!(
+                        "i_mmap: stale entry [{first:#x}, {last:#x}] for VMA {:#x}..{:#x} \
+                         (pages {key:?}, in tree {in_tree}, vm_refcnt {})",
+                        v.start(),
+                        v.end(),
+                        v.refcnt()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- per-VMA write locks --------------------------------------------------------

@@ -28,6 +28,8 @@
 //! `fail_prealloc` injects that failure (the harness's knob; `fault-inject` feature only).
 
 use alloc::alloc::{Layout, alloc, dealloc};
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::ptr;
@@ -251,6 +253,91 @@ impl<'a> TreeView<'a> {
     /// Height of the tree (diagnostics: shows lookup is logarithmic).
     pub fn height(&self) -> u32 {
         h(self.root)
+    }
+
+    /// Do two views show the same tree (the same root node)?
+    pub(super) fn same_root(&self, other: &TreeView<'_>) -> bool {
+        ptr::eq(self.root, other.root)
+    }
+
+    /// Check the tree's own invariants and return the number of entries: entries in
+    /// address order, non-empty and non-overlapping; each node's copy of the range
+    /// equal to its VMA's; AVL heights and balance; and the cached augmentation
+    /// (lowest start, highest end, largest gap) of every subtree exact, so the gap
+    /// searches cannot miss or invent free space. Linux: `mt_validate()`
+    /// (`mas_validate_gaps`, `mas_validate_limits`) under `CONFIG_DEBUG_VM_MAPLE_TREE`.
+    ///
+    /// The caller holds the mmap lock (the VMA fields compared must be stable).
+    pub fn validate(&self) -> Result<usize, String> {
+        /// Subtree summary: (height, min_start, max_end, max_gap).
+        type Sum = (u32, usize, usize, usize);
+        fn walk(
+            v: &TreeView<'_>,
+            p: *const Node,
+            prev_end: &mut Option<usize>,
+            count: &mut usize,
+        ) -> Result<Option<Sum>, String> {
+            let Some(n) = v.node(p) else {
+                return Ok(None);
+            };
+            let l = walk(v, n.left, prev_end, count)?;
+            if n.start >= n.end {
+                return Err(format!(
+                    "tree: empty or inverted entry {:#x}..{:#x}",
+                    n.start, n.end
+                ));
+            }
+            if let Some(pe) = *prev_end
+                && pe > n.start
+            {
+                return Err(format!(
+                    "tree: entry {:#x}..{:#x} overlaps or precedes the previous one (ending {pe:#x})",
+                    n.start, n.end
+                ));
+            }
+            *prev_end = Some(n.end);
+            *count += 1;
+            if n.vma.start() != n.start || n.vma.end() != n.end {
+                return Err(format!(
+                    "tree: entry {:#x}..{:#x} but its VMA says {:#x}..{:#x}",
+                    n.start,
+                    n.end,
+                    n.vma.start(),
+                    n.vma.end()
+                ));
+            }
+            let r = walk(v, n.right, prev_end, count)?;
+            let (hl, hr) = (l.map_or(0, |s| s.0), r.map_or(0, |s| s.0));
+            let height = 1 + hl.max(hr);
+            if hl.abs_diff(hr) > 1 || n.height != height {
+                return Err(format!(
+                    "tree: node {:#x}: height {} (children {hl}, {hr})",
+                    n.start, n.height
+                ));
+            }
+            let mut gap = 0;
+            let mut min_start = n.start;
+            let mut max_end = n.end;
+            if let Some((_, lmin, lmax, lgap)) = l {
+                min_start = lmin;
+                gap = gap.max(lgap).max(n.start - lmax);
+            }
+            if let Some((_, rmin, rmax, rgap)) = r {
+                max_end = rmax;
+                gap = gap.max(rgap).max(rmin - n.end);
+            }
+            if (n.min_start, n.max_end, n.max_gap) != (min_start, max_end, gap) {
+                return Err(format!(
+                    "tree: node {:#x}..{:#x}: cached (min_start {:#x}, max_end {:#x}, max_gap {:#x}), \
+                     actual ({min_start:#x}, {max_end:#x}, {gap:#x})",
+                    n.start, n.end, n.min_start, n.max_end, n.max_gap
+                ));
+            }
+            Ok(Some((height, min_start, max_end, gap)))
+        }
+        let mut count = 0;
+        walk(self, self.root, &mut None, &mut count)?;
+        Ok(count)
     }
 
     /// Lowest `addr` with `[addr, addr+len)` free, inside `[low, high)`, aligned to
