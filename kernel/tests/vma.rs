@@ -33,19 +33,19 @@ fn mmap_region_basic_merges_adjacent_anonymous_ranges() {
     let mm = Mm::new();
     let mut g = mm.write_lock();
     assert_eq!(
-        g.mmap_region(0x300000, 0x3000, RW, 0x300, None),
+        g.map_new_range(0x300000, 0x3000, RW, 0x300, None),
         Ok(0x300000)
     );
     assert_eq!(
-        g.mmap_region(0x250000, 0x3000, RW, 0x250, None),
+        g.map_new_range(0x250000, 0x3000, RW, 0x250, None),
         Ok(0x250000)
     );
     assert_eq!(
-        g.mmap_region(0x303000, 0x3000, RW, 0x303, None),
+        g.map_new_range(0x303000, 0x3000, RW, 0x303, None),
         Ok(0x303000)
     );
     assert_eq!(
-        g.mmap_region(0x24d000, 0x3000, RW, 0x24d, None),
+        g.map_new_range(0x24d000, 0x3000, RW, 0x24d, None),
         Ok(0x24d000)
     );
     assert_eq!(g.map_count(), 2);

@@ -201,7 +201,7 @@ proptest! {
             let mut g = mm.write_lock();
             match op {
                 Op::Map { page, len, f } => {
-                    let r = g.mmap_region(addr(page), len * PAGE_SIZE, flagvar(f), addr(page) >> 12, None);
+                    let r = g.map_new_range(addr(page), len * PAGE_SIZE, flagvar(f), addr(page) >> 12, None);
                     if model.free(page, page + len) {
                         prop_assert_eq!(r, Ok(addr(page)));
                         model.map(page, page + len, f);

@@ -1449,19 +1449,19 @@ fn test_mmap_region_basic() {
     let mm = Mm::new();
     let mut g = mm.write_lock();
     assert_eq!(
-        g.mmap_region(0x300000, 0x3000, F, 0x300, None),
+        g.map_new_range(0x300000, 0x3000, F, 0x300, None),
         Ok(0x300000)
     );
     assert_eq!(
-        g.mmap_region(0x250000, 0x3000, F, 0x250, None),
+        g.map_new_range(0x250000, 0x3000, F, 0x250, None),
         Ok(0x250000)
     );
     assert_eq!(
-        g.mmap_region(0x303000, 0x3000, F, 0x303, None),
+        g.map_new_range(0x303000, 0x3000, F, 0x303, None),
         Ok(0x303000)
     );
     assert_eq!(
-        g.mmap_region(0x24d000, 0x3000, F, 0x24d, None),
+        g.map_new_range(0x24d000, 0x3000, F, 0x24d, None),
         Ok(0x24d000)
     );
     check_counts(&g, 2);

@@ -993,9 +993,11 @@ impl MmWriteGuard<'_> {
 
     /// Map `[addr, addr + len)`: merge with a neighbour or link a new VMA. The range must
     /// be free (EEXIST otherwise: MAP_FIXED replacement is the caller's detach + zap +
-    /// remove). ENOMEM past `max_map_count`. Linux: `__mmap_region()` without the
-    /// gather/unmap, accounting and driver steps.
-    pub fn mmap_region(
+    /// remove). ENOMEM past `max_map_count`. Linux: the VMA half of `__mmap_region()`
+    /// (`vma_merge_new_range()`, else `__mmap_new_vma()`), without the gather/unmap,
+    /// accounting and driver steps; the syscall level's is
+    /// `mmap::AddressSpace::mmap_region`.
+    pub fn map_new_range(
         &mut self,
         addr: usize,
         len: usize,

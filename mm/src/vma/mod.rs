@@ -18,14 +18,14 @@
 //! - [`merge`]: [`VmaMergeStruct`] and the operations on [`MmWriteGuard`]:
 //!   `vma_merge_new_range`, `vma_merge_existing_range`, `vma_modify`, `vma_modify_flags`,
 //!   `split_vma`, `__split_vma`, `vma_expand`, `vma_shrink`, `vma_merge_extend`,
-//!   `copy_vma`, `mmap_region`.
+//!   `copy_vma`, `map_new_range` (the VMA half of `__mmap_region`).
 //! - `bench` (feature `bench`): helpers for the kernel's `--bench` mode.
 //!
 //! # Typical kernel use
 //! ```ignore
 //! let mm = Mm::new();
 //! let mut g = mm.write_lock();                 // mmap_write_lock
-//! g.mmap_region(addr, len, flags, pgoff, None)?;
+//! g.map_new_range(addr, len, flags, pgoff, None)?;
 //! let d = g.detach_range(start, end)?;         // munmap: gather + detach
 //! /* zap page tables of d.iter() */
 //! g.remove_vmas(d);                            // close + free
