@@ -21,7 +21,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial_println!(
         "frame allocator: {} frames ({} MiB), {} free, {} reserved for metadata",
         s.total_frames,
-        (s.total_frames * PAGE_SIZE) >> 20,
+        (s.total_frames as usize * PAGE_SIZE) >> 20,
         s.free_frames,
         s.reserved_frames
     );

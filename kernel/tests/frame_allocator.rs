@@ -70,7 +70,7 @@ fn blocks_are_aligned_to_their_order() {
     for order in [0, 1, 5, 9, 10] {
         let pa = frames().alloc(order).unwrap();
         assert_eq!(
-            pa.as_u64() % (PAGE_SIZE << order),
+            pa.as_u64() % (PAGE_SIZE << order) as u64,
             0,
             "order {order} block aligned"
         );
@@ -134,7 +134,7 @@ fn zeroed_allocation_is_really_zero() {
     // Dirty a block, free it, and ask for a zeroed one until we get the same frames.
     let order = 1;
     let pa = frames().alloc(order).unwrap();
-    let bytes = (PAGE_SIZE << order) as usize;
+    let bytes = PAGE_SIZE << order;
     // SAFETY: we own the block; it is mapped in the direct map.
     unsafe { core::ptr::write_bytes(frames().phys_to_virt(pa), 0xA5, bytes) };
     frames().free(pa, order).unwrap();

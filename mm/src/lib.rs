@@ -31,6 +31,12 @@
 // `Arc::try_new`: allocation on syscall paths fails with ENOMEM instead of aborting.
 #![feature(allocator_ext)]
 
+/// log2 of the base page size (x86_64: 4 KiB). Linux: `PAGE_SHIFT`. The one
+/// definition: every layer (frames, page tables, VMAs, syscalls, the kernel) uses it.
+pub const PAGE_SHIFT: u32 = 12;
+/// The base page size in bytes. Linux: `PAGE_SIZE`.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+
 extern crate alloc;
 
 #[cfg(feature = "conformance")]

@@ -79,7 +79,7 @@ pub fn stats() -> HeapStats {
     let chunks = ALLOCATOR.chunks.lock().count;
     HeapStats {
         chunks,
-        size: frames() * PAGE_SIZE,
+        size: frames() * PAGE_SIZE as u64,
         used: HEAP_BYTES_USED.load(Ordering::Relaxed),
         slab_pages: slab::pages(),
     }
@@ -94,7 +94,7 @@ pub fn init() {
 }
 
 fn order_for(bytes: usize) -> usize {
-    let pages = bytes.div_ceil(PAGE_SIZE as usize).max(1);
+    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
     pages.next_power_of_two().trailing_zeros() as usize
 }
 
@@ -107,7 +107,7 @@ fn grow(chunks: &mut Chunks, order: usize) -> Option<()> {
     let frames = crate::memory::frames();
     let pa: PhysAddr = frames.alloc(order).ok()?;
     let start = frames.phys_to_virt(pa);
-    let size = (PAGE_SIZE as usize) << order;
+    let size = PAGE_SIZE << order;
     let mut heap = Heap::empty();
     // SAFETY: the block was just allocated to us, is `size` bytes, mapped writable in the direct map, and belongs to this heap chunk forever (never freed).
     unsafe { heap.init(start, size) };
@@ -143,7 +143,7 @@ unsafe impl GlobalAlloc for GrowableHeap {
         // Grow: at least big enough for this request with the allocator's own
         // bookkeeping, and doubling-ish so growth is rare.
         let needed = order_for(layout.size() + layout.align() + 64);
-        let current = order_for((frames() * PAGE_SIZE) as usize);
+        let current = order_for(frames() as usize * PAGE_SIZE);
         let order = needed
             .max(MIN_CHUNK_ORDER)
             .max(current.min(MAX_GROWTH_ORDER));

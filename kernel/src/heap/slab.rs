@@ -99,7 +99,7 @@ fn refill(size: usize) -> Option<usize> {
     SLAB_PAGES.fetch_add(1, Ordering::Relaxed);
     super::note_frames(1);
     let base = frames.phys_to_virt(pa) as usize;
-    let count = PAGE_SIZE as usize / size;
+    let count = PAGE_SIZE / size;
     for i in 0..count {
         let obj = base + i * size;
         let next = if i + 1 < count { obj + size } else { 0 };

@@ -22,9 +22,12 @@ use x86_64::PhysAddr;
 
 use super::meta::{FrameFlags, FrameMeta, NIL};
 use super::{FrameError, FrameStats, MAX_ORDER, NR_ORDERS, PAGE_SIZE};
+
+/// [`PAGE_SIZE`] as a physical-address quantity (the allocator works in `u64`).
+const PAGE_BYTES: u64 = PAGE_SIZE as u64;
 use crate::sync::IrqSpinLock;
 
-const PAGE_SHIFT: u32 = 12;
+use crate::PAGE_SHIFT;
 
 /// Highest physical address x86_64 can express (52 bits).
 const MAX_PHYS: u64 = 1 << 52;
@@ -94,8 +97,8 @@ unsafe impl Send for FrameAllocator {}
 
 /// Frames fully inside a byte range: start rounded up, end rounded down.
 fn pfns_of(r: &Range<u64>) -> Range<u64> {
-    let start = r.start.div_ceil(PAGE_SIZE);
-    let end = r.end / PAGE_SIZE;
+    let start = r.start.div_ceil(PAGE_BYTES);
+    let end = r.end / PAGE_BYTES;
     start..end.max(start)
 }
 
@@ -130,7 +133,7 @@ impl FrameAllocator {
     /// owned by this allocator for as long as it (or anything it handed out) is used,
     /// i.e. `'static` in the kernel.
     pub unsafe fn new(phys_offset: u64, usable: &[Range<u64>]) -> Result<Self, FrameError> {
-        if !phys_offset.is_multiple_of(PAGE_SIZE) {
+        if !phys_offset.is_multiple_of(PAGE_BYTES) {
             return Err(FrameError::Misaligned);
         }
         // Pass 1: validate and find the span of frames to describe.
@@ -140,7 +143,7 @@ impl FrameAllocator {
             if p.is_empty() {
                 continue;
             }
-            if p.end > MAX_PHYS / PAGE_SIZE {
+            if p.end > MAX_PHYS / PAGE_BYTES {
                 return Err(FrameError::OutOfRange);
             }
             span = Some(match span {
@@ -159,7 +162,7 @@ impl FrameAllocator {
             span.end = span.start + NIL as u64;
         }
         let nr_meta = (span.end - span.start) as usize;
-        let meta_frames = (nr_meta * size_of::<FrameMeta>()).div_ceil(PAGE_SIZE as usize) as u64;
+        let meta_frames = (nr_meta * size_of::<FrameMeta>()).div_ceil(PAGE_SIZE) as u64;
 
         // Pass 2: carve the metadata array from the top of the first range that fits.
         let carve = usable
@@ -169,7 +172,7 @@ impl FrameAllocator {
             .map(|p| p.end - meta_frames..p.end)
             .ok_or(FrameError::OutOfMemory)?;
 
-        let meta_va = (carve.start * PAGE_SIZE).wrapping_add(phys_offset) as *mut FrameMeta;
+        let meta_va = (carve.start * PAGE_BYTES).wrapping_add(phys_offset) as *mut FrameMeta;
         // SAFETY: `carve` lies inside a usable range, which the caller guarantees is unused RAM mapped read-write at `phys_offset`; the address is page aligned (page-aligned physical address plus page-aligned offset), so aligned for `FrameMeta`, and `meta_frames` frames hold `nr_meta` entries. All-zero bytes are a valid `FrameMeta`.
         let meta = unsafe {
             core::ptr::write_bytes(meta_va, 0, nr_meta);
@@ -348,7 +351,7 @@ impl FrameAllocator {
     pub fn alloc_zeroed(&self, order: usize) -> Result<PhysAddr, FrameError> {
         let pa = self.alloc(order)?;
         // SAFETY: the block was just allocated, so nobody else uses it; it is RAM mapped read-write at `phys_offset` (contract of `new`) and `PAGE_SIZE << order` long.
-        unsafe { core::ptr::write_bytes(self.phys_to_virt(pa), 0, (PAGE_SIZE << order) as usize) };
+        unsafe { core::ptr::write_bytes(self.phys_to_virt(pa), 0, (PAGE_BYTES << order) as usize) };
         Ok(pa)
     }
 
@@ -358,7 +361,7 @@ impl FrameAllocator {
         if order > MAX_ORDER {
             return Err(FrameError::BadOrder);
         }
-        if !pa.as_u64().is_multiple_of(PAGE_SIZE << order) {
+        if !pa.as_u64().is_multiple_of(PAGE_BYTES << order) {
             return Err(FrameError::Misaligned);
         }
         self.pfn_to_idx(pa.as_u64() >> PAGE_SHIFT)

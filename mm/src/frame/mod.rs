@@ -27,8 +27,7 @@ pub use meta::{FrameFlags, FrameMeta};
 
 use crate::errno::Errno;
 
-/// Size of a base page (Linux: `PAGE_SIZE`).
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::{PAGE_SHIFT, PAGE_SIZE};
 /// Largest block order: 2^18 frames = 1 GiB, so a PUD-sized huge page fits one block
 /// (Linux: `MAX_PAGE_ORDER`, which is 10 by default; ours is larger for 1 GiB hugetlb).
 pub const MAX_ORDER: usize = 18;

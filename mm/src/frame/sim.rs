@@ -54,7 +54,7 @@ impl SimulatedMemory {
     /// Panics if the host allocation fails or the memory is too small for the metadata
     /// array (a few pages): this is test scaffolding.
     pub fn new(bytes: usize) -> Self {
-        let len = bytes.next_multiple_of(PAGE_SIZE as usize) as u64;
+        let len = bytes.next_multiple_of(PAGE_SIZE) as u64;
         Self::with_ranges(len as usize, core::slice::from_ref(&(0..len)))
     }
 
@@ -62,9 +62,7 @@ impl SimulatedMemory {
     /// buffer, sorted and non-overlapping; physical address = `PHYS_BASE` + offset) are
     /// given to the allocator, as a boot memory map with holes would.
     pub fn with_ranges(bytes: usize, usable_offsets: &[Range<u64>]) -> Self {
-        let len = bytes
-            .next_multiple_of(PAGE_SIZE as usize)
-            .max(PAGE_SIZE as usize);
+        let len = bytes.next_multiple_of(PAGE_SIZE).max(PAGE_SIZE);
         assert!(
             usable_offsets.iter().all(|r| r.end <= len as u64),
             "usable range beyond the simulated memory"

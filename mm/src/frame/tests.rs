@@ -12,6 +12,9 @@ use x86_64::PhysAddr;
 use super::sim::SimulatedMemory;
 use super::*;
 
+/// [`PAGE_SIZE`] as a physical-address quantity.
+const PAGE_BYTES: u64 = PAGE_SIZE as u64;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const BASE: u64 = SimulatedMemory::PHYS_BASE;
@@ -22,7 +25,7 @@ fn pa(off: u64) -> PhysAddr {
 
 /// Frames the metadata array for `frames` frames occupies.
 fn meta_frames(frames: u64) -> u64 {
-    (frames * core::mem::size_of::<FrameMeta>() as u64).div_ceil(PAGE_SIZE)
+    (frames * core::mem::size_of::<FrameMeta>() as u64).div_ceil(PAGE_BYTES)
 }
 
 fn check_stats(fa: &FrameAllocator) -> FrameStats {
@@ -61,11 +64,11 @@ fn drain_order0(fa: &FrameAllocator) -> Vec<PhysAddr> {
 
 fn fill(fa: &FrameAllocator, p: PhysAddr, order: usize, byte: u8) {
     // SAFETY: `p` is an allocated block of `order` in simulated memory, owned by the test.
-    unsafe { core::ptr::write_bytes(fa.phys_to_virt(p), byte, (PAGE_SIZE << order) as usize) }
+    unsafe { core::ptr::write_bytes(fa.phys_to_virt(p), byte, (PAGE_BYTES << order) as usize) }
 }
 
 fn all_bytes(fa: &FrameAllocator, p: PhysAddr, order: usize, byte: u8) -> bool {
-    let len = (PAGE_SIZE << order) as usize;
+    let len = (PAGE_BYTES << order) as usize;
     // SAFETY: as in `fill`.
     let s = unsafe { core::slice::from_raw_parts(fa.phys_to_virt(p), len) };
     s.iter().all(|&b| b == byte)
@@ -165,7 +168,7 @@ fn coalesce_buddies_in_either_order() {
         sorted.sort();
         assert_eq!(
             sorted[3] - sorted[0],
-            3 * PAGE_SIZE,
+            3 * PAGE_BYTES,
             "split gives adjacent frames"
         );
         if reverse {
@@ -184,7 +187,7 @@ fn coalesce_buddies_in_either_order() {
     let b = fa.alloc(3).unwrap();
     assert_eq!(
         a.as_u64() ^ b.as_u64(),
-        PAGE_SIZE << 3,
+        PAGE_BYTES << 3,
         "consecutive order-3 buddies"
     );
     fa.free(a, 3).unwrap();
@@ -235,7 +238,7 @@ fn exhaustion_and_recovery() {
     // Fragmented: every other frame free, yet no order-1 block.
     let (keep, back): (Vec<_>, Vec<_>) = got
         .drain(..)
-        .partition(|p| (p.as_u64() / PAGE_SIZE).is_multiple_of(2));
+        .partition(|p| (p.as_u64() / PAGE_BYTES).is_multiple_of(2));
     for &p in &back {
         fa.free(p, 0).unwrap();
     }
@@ -279,9 +282,9 @@ fn double_free_rejected() {
     let a = fa.alloc(0).unwrap();
     let b = fa.alloc(0).unwrap();
     let (even, odd) = if a < b { (a, b) } else { (b, a) };
-    assert_eq!(odd - even, PAGE_SIZE);
+    assert_eq!(odd - even, PAGE_BYTES);
     assert_eq!(
-        even.as_u64() % (2 * PAGE_SIZE),
+        even.as_u64() % (2 * PAGE_BYTES),
         0,
         "split hands out buddies"
     );
@@ -302,9 +305,12 @@ fn wrong_order_and_tail_frees_rejected() {
     assert_eq!(fa.free(p, 0), Err(FrameError::WrongOrder));
     assert_eq!(fa.free(p, 1), Err(FrameError::WrongOrder));
     // A tail frame is not an allocated head.
-    assert_eq!(fa.free(p + PAGE_SIZE, 0), Err(FrameError::NotAllocated));
-    assert_eq!(fa.free(p + 2 * PAGE_SIZE, 1), Err(FrameError::NotAllocated));
-    assert_eq!(fa.put_frame(p + PAGE_SIZE), Err(FrameError::NotAllocated));
+    assert_eq!(fa.free(p + PAGE_BYTES, 0), Err(FrameError::NotAllocated));
+    assert_eq!(
+        fa.free(p + 2 * PAGE_BYTES, 1),
+        Err(FrameError::NotAllocated)
+    );
+    assert_eq!(fa.put_frame(p + PAGE_BYTES), Err(FrameError::NotAllocated));
     assert_eq!(fa.stats(), s);
     assert_eq!(fa.meta(p).unwrap().refcount(), 1);
     fa.check_invariants();
@@ -313,7 +319,7 @@ fn wrong_order_and_tail_frees_rejected() {
     // A larger order, aligned: still the wrong order.
     let q = fa.alloc(0).unwrap();
     let r = fa.alloc(0).unwrap();
-    let even = if q.as_u64().is_multiple_of(2 * PAGE_SIZE) {
+    let even = if q.as_u64().is_multiple_of(2 * PAGE_BYTES) {
         q
     } else {
         r
@@ -339,7 +345,7 @@ fn misaligned_out_of_range_and_bad_order_rejected() {
     assert_eq!(fa.free(p, MAX_ORDER + 1), Err(FrameError::BadOrder));
     // An order-0 frame at an odd frame number cannot be freed as order 1.
     let odd = fa.alloc(0).unwrap();
-    let (odd, other) = if (odd.as_u64() / PAGE_SIZE) % 2 == 1 {
+    let (odd, other) = if (odd.as_u64() / PAGE_BYTES) % 2 == 1 {
         (odd, p)
     } else {
         (p, odd)
@@ -491,18 +497,18 @@ fn carve_out_with_discontiguous_ranges() {
         let off = p.as_u64() - BASE;
         ranges
             .iter()
-            .any(|r| off >= r.start.next_multiple_of(PAGE_SIZE) && off + PAGE_SIZE <= r.end)
+            .any(|r| off >= r.start.next_multiple_of(PAGE_BYTES) && off + PAGE_BYTES <= r.end)
     };
     let expected_total: u64 = ranges
         .iter()
-        .map(|r| (r.end / PAGE_SIZE).saturating_sub(r.start.div_ceil(PAGE_SIZE)))
+        .map(|r| (r.end / PAGE_BYTES).saturating_sub(r.start.div_ceil(PAGE_BYTES)))
         .sum();
     let initial = check_stats(fa);
     assert_eq!(initial.total_frames, expected_total);
     // The span starts at the first usable frame and ends after the last.
     let span = fa.phys_span();
     assert_eq!(span, pa(0x3000)..pa(8 * MIB));
-    let span_frames = (span.end - span.start) / PAGE_SIZE;
+    let span_frames = (span.end - span.start) / PAGE_BYTES;
     assert_eq!(initial.reserved_frames, meta_frames(span_frames));
 
     // Where did the metadata go? Reserved frames inside usable ranges, contiguous.
@@ -521,10 +527,14 @@ fn carve_out_with_discontiguous_ranges() {
                 "hole frame {f:?} not reserved"
             );
         }
-        f += PAGE_SIZE;
+        f += PAGE_BYTES;
     }
     assert_eq!(reserved_usable.len() as u64, initial.reserved_frames);
-    assert!(reserved_usable.windows(2).all(|w| w[1] - w[0] == PAGE_SIZE));
+    assert!(
+        reserved_usable
+            .windows(2)
+            .all(|w| w[1] - w[0] == PAGE_BYTES)
+    );
     // The metadata must really be there: the host address of its first frame is the
     // address of the first FrameMeta.
     let meta0 = fa.meta(span.start).unwrap() as *const FrameMeta as *const u8;
@@ -687,14 +697,14 @@ proptest! {
                     match r {
                         Ok(p) => {
                             let a = p.as_u64();
-                            let size = PAGE_SIZE << order;
+                            let size = PAGE_BYTES << order;
                             prop_assert_eq!(a % size, 0, "misaligned block");
                             let off = a - BASE;
                             prop_assert!(ranges.iter().any(|r| off >= r.start && off + size <= r.end),
                                 "block {:#x}+{:#x} outside usable memory", off, size);
                             // No overlap with the neighbours in address order.
                             if let Some((&b, &(bo, _))) = live.range(..a).next_back() {
-                                prop_assert!(b + (PAGE_SIZE << bo) <= a, "overlaps block below");
+                                prop_assert!(b + (PAGE_BYTES << bo) <= a, "overlaps block below");
                             }
                             if let Some((&b, _)) = live.range(a..).next() {
                                 prop_assert!(a + size <= b, "overlaps block above");

@@ -13,6 +13,7 @@ use super::{
     AddressSpace, FILE_VM_OPS, MAX_LFS_FILESIZE, calc_vm_flag_bits, calc_vm_prot_bits, page_align,
     vm_get_page_prot,
 };
+use crate::PAGE_SHIFT;
 use crate::errno::Errno;
 use crate::file::{self, File, MmapCtx, VmAreaDesc};
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaMergeStruct};
@@ -54,7 +55,7 @@ impl AddressSpace {
             }
             Some(f.clone())
         };
-        let pgoff = (off >> 12) as usize;
+        let pgoff = (off >> PAGE_SHIFT) as usize;
         let (a, populate) = self.do_mmap(file, addr, len, prot, flags, pgoff)?;
         if populate {
             self.populate(a, page_align(len).unwrap_or(0));
@@ -106,7 +107,7 @@ impl AddressSpace {
         }
         if let Some(f) = &file {
             // Linux: file_mmap_ok().
-            let maxpages = (MAX_LFS_FILESIZE >> 12) as usize;
+            let maxpages = (MAX_LFS_FILESIZE >> PAGE_SHIFT) as usize;
             if pages > maxpages || pgoff > maxpages - pages {
                 return Err(Errno::EOVERFLOW);
             }
@@ -155,7 +156,7 @@ impl AddressSpace {
                     pgoff = 0;
                     vm_flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
                 }
-                MAP_PRIVATE => pgoff = addr >> 12,
+                MAP_PRIVATE => pgoff = addr >> PAGE_SHIFT,
                 _ => return Err(Errno::EINVAL),
             }
         }

@@ -9,6 +9,7 @@ use core::sync::atomic::Ordering;
 
 use super::AddressSpace;
 use super::consts::*;
+use crate::PAGE_SHIFT;
 use crate::errno::Errno;
 use crate::file;
 use crate::vma::{MmReadGuard, VmFlags, VmaIterator, VmaRef};
@@ -102,7 +103,7 @@ impl AddressSpace {
             if let Some(file) = v.file(&g).as_ref().and_then(file::lookup) {
                 dev = file.inode().dev();
                 ino = file.inode().ino();
-                off = (v.pgoff() as u64) << 12;
+                off = (v.pgoff() as u64) << PAGE_SHIFT;
             }
             let start_len = out.0.len();
             write!(
@@ -200,7 +201,7 @@ impl AddressSpace {
             vm_flags: f,
             pgoff: v.pgoff(),
             offset: if vf.is_some() {
-                (v.pgoff() as u64) << 12
+                (v.pgoff() as u64) << PAGE_SHIFT
             } else {
                 0
             },

@@ -114,10 +114,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use super::anon::AnonVmaRef;
 use crate::errno::Errno;
 
-/// Page size the VMA layer works in (x86_64 base pages).
-pub const PAGE_SIZE: usize = 0x1000;
-/// log2 of [`PAGE_SIZE`].
-pub const PAGE_SHIFT: u32 = 12;
+pub use crate::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Number of pages in `len` bytes (Linux: `PHYS_PFN`).
 #[inline]

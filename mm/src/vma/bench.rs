@@ -3,7 +3,7 @@
 //! Layout built by [`build_mm`]: VMA `i` is `[addr(i), addr(i) + 4 pages)` with a
 //! one-page hole after it, so no two VMAs merge and the tree holds exactly `n` entries.
 
-use super::area::{PAGE_SIZE, VmFlags, VmaRef};
+use super::area::{PAGE_SHIFT, PAGE_SIZE, VmFlags, VmaRef};
 use super::mm::Mm;
 use crate::errno::Errno;
 
@@ -30,7 +30,12 @@ pub fn build_mm(n: usize) -> Result<Mm, Errno> {
         g.set_max_map_count(limit);
         for i in 0..n {
             let a = addr(i);
-            g.map_anon(a, a + BENCH_VMA_PAGES * PAGE_SIZE, a >> 12, BENCH_FLAGS)?;
+            g.map_anon(
+                a,
+                a + BENCH_VMA_PAGES * PAGE_SIZE,
+                a >> PAGE_SHIFT,
+                BENCH_FLAGS,
+            )?;
         }
     }
     Ok(mm)
