@@ -114,7 +114,7 @@ pub fn usage() -> Usage {
     let allocated = FRAMES.get().map_or(0, |f| f.allocated_frames());
     Usage {
         frames: allocated - crate::heap::frames(),
-        vmas: mm::vma::alloc::vma_pool_stats().live,
+        vmas: mm::vma::pool::vma_pool_stats().live,
     }
 }
 

@@ -40,8 +40,8 @@ use mm::frame::FrameAllocator;
 use mm::frame::sim::simulated;
 use mm::mmap::*;
 use mm::paging::PageTableFlags;
-use mm::vma::alloc::vma_pool_stats;
 use mm::vma::anon::anon_vma_live_count;
+use mm::vma::pool::vma_pool_stats;
 
 // ---- heap fault injection ---------------------------------------------------------
 

@@ -2,7 +2,7 @@
 //! against a page-granular reference model of Linux's merge rules (anonymous,
 //! unfaulted mappings, `pgoff = addr >> PAGE_SHIFT`, no close hooks).
 
-use mm::vma::{Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef, alloc::vma_pool_stats};
+use mm::vma::{Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef, pool::vma_pool_stats};
 use proptest::prelude::*;
 
 const NPAGES: usize = 48;

@@ -371,7 +371,7 @@ fn pool_returns_to_baseline() {
     g.unmap_range(0, 100 * 0x2000).unwrap();
     assert_eq!(g.live_vmas(), 0);
     assert_eq!(g.map_count(), 0);
-    assert_eq!(mm::vma::alloc::vma_pool_stats().freed_attached, 0);
+    assert_eq!(mm::vma::pool::vma_pool_stats().freed_attached, 0);
 }
 
 // ---- the engine's ASSUMPTIONS, checked in debug builds -------------------------------

@@ -1504,7 +1504,7 @@ fn execute(
     observe: Observer<'_>,
 ) -> Result<(), Failure> {
     let frames0 = h.frames_in_use();
-    let vmas0 = crate::vma::alloc::vma_pool_stats().live;
+    let vmas0 = crate::vma::pool::vma_pool_stats().live;
     let anon0 = crate::vma::anon::anon_vma_live_count();
     let mut ops: Vec<Op> = Vec::new();
     let mut run = Run {
@@ -1594,7 +1594,7 @@ fn execute(
         ));
     }
     if cfg.check_global_counts {
-        let vmas = crate::vma::alloc::vma_pool_stats().live;
+        let vmas = crate::vma::pool::vma_pool_stats().live;
         let anon = crate::vma::anon::anon_vma_live_count();
         if vmas != vmas0 || anon != anon0 {
             return Err(fail(

@@ -5,7 +5,7 @@
 //!
 //! # Concurrency model of the fields
 //!
-//! A [`Vma`] lives in type-stable memory (see [`super::alloc`]) and is shared by
+//! A [`Vma`] lives in type-stable memory (see [`super::pool`]) and is shared by
 //! reference ([`VmaRef`] = `&'static Vma`) between the mmap-lock holder and lock-free
 //! readers on the fault path. Fields are therefore split in two classes:
 //!
@@ -36,7 +36,7 @@
 //!   that mm's mmap write lock (attached VMAs are changed under it and their VMA write
 //!   lock; detached ones are private to the write-lock holder that allocated or
 //!   detached them), and freeing one happens under it too (or in `Mm::drop`, which no
-//!   guard can outlive). Freeing (`vm_area_free`, see [`super::alloc`]) clears
+//!   guard can outlive). Freeing (`vm_area_free`, see [`super::pool`]) clears
 //!   `vm_mm` before the slot goes back to the pool, so a handle to a slot freed before
 //!   the lock was taken, perhaps reused by another mm since, no longer reads as this
 //!   mm's: the clearing store happens before the lock acquisition, so the check cannot

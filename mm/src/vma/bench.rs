@@ -4,7 +4,7 @@
 //! one-page hole after it, so no two VMAs merge and the tree holds exactly `n` entries.
 
 use super::area::{PAGE_SHIFT, PAGE_SIZE, VmFlags, VmaRef};
-use super::mm::Mm;
+use super::space::Mm;
 use crate::errno::Errno;
 
 /// First VMA address of a bench layout.

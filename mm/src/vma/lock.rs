@@ -183,7 +183,7 @@ pub(super) fn vma_mark_detached(vma: &Vma) {
 /// A VMA read lock (Linux: a successful `vma_start_read` … `vma_end_read`).
 pub struct VmaReadGuard<'a> {
     vma: VmaRef,
-    _mm: core::marker::PhantomData<&'a super::mm::Mm>,
+    _mm: core::marker::PhantomData<&'a super::space::Mm>,
 }
 
 impl<'a> VmaReadGuard<'a> {

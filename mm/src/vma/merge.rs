@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 
 use super::anon::{self, AnonVma, AnonVmaRef};
 use super::area::{FileRef, PAGE_SIZE, VmFlags, VmaRef, opt_vma_eq, pages, same_file, vma_eq};
-use super::mm::{MmWriteGuard, VmaIterator};
+use super::space::{MmWriteGuard, VmaIterator};
 use crate::errno::Errno;
 
 /// Linux: `enum vma_merge_state`.

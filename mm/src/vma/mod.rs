@@ -3,7 +3,7 @@
 //! # Map
 //! - [`area`]: [`Vma`] (`struct vm_area_struct`, 192 bytes, refcount on its own line),
 //!   [`VmFlags`] (Linux bit values), [`VmOperations`], [`VmFile`]/[`FileRef`].
-//! - [`alloc`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`alloc::vma_pool_stats`].
+//! - [`pool`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`pool::vma_pool_stats`].
 //! - [`tree`]: persistent AVL VMA tree with gap search; readable under RCU.
 //! - [`i_mmap`]: [`IMmap`], a file's VMAs by file page range, kept exact by the engine.
 //! - [`interval`]: [`IntervalTree`], augmented interval tree by file page range
@@ -13,8 +13,10 @@
 //! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
 //! - [`lock`]: `vm_refcnt` state machine, [`VmaReadGuard`], [`VmaReadError`].
 //! - [`anon`]: [`AnonVma`]/[`AnonVmaRef`] and chains (clone, fork, unlink, reuse).
-//! - [`mm`]: [`Mm`] (tree + mmap lock + `mm_lock_seq` + `map_count`),
+//! - [`space`]: [`Mm`] (tree + mmap lock + `mm_lock_seq` + `map_count`),
 //!   [`MmWriteGuard`] (every change), [`MmReadGuard`], [`VmaIterator`], [`DetachedVmas`].
+//! - [`commit`]: how VMAs enter, change and leave the tree (`vma_link`, the commit of
+//!   a merge or split, the munmap gather), [`DetachedVmas`].
 //! - [`merge`]: [`VmaMergeStruct`] and the operations on [`MmWriteGuard`]:
 //!   `vma_merge_new_range`, `vma_merge_existing_range`, `vma_modify`, `vma_modify_flags`,
 //!   `split_vma`, `__split_vma`, `vma_expand`, `vma_shrink`, `vma_merge_extend`,
@@ -40,27 +42,27 @@
 //! - `bench::find_rcu(&mm, addr)`: `lock_vma_under_rcu` + unlock (fault-path lookup).
 //! - `bench::split_remerge(&mm, i)`: mprotect-style split of VMA `i` into three and
 //!   re-merge into one (one BENCH "split+re-merge pair").
-pub mod alloc;
 pub mod anon;
 pub mod area;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod commit;
 pub mod i_mmap;
 pub mod interval;
 pub mod lock;
 pub mod merge;
-pub mod mm;
+pub mod pool;
 pub mod rcu;
+pub mod space;
 pub mod stat;
 pub mod tree;
 
 pub use anon::{AnonVma, AnonVmaRef};
 pub use area::{FileRef, PAGE_SIZE, VmFile, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
+pub use commit::DetachedVmas;
 pub use i_mmap::IMmap;
 pub use interval::IntervalTree;
 pub use lock::{VM_REFCNT_EXCLUDE_READERS_FLAG, VM_REFCNT_LIMIT, VmaReadError, VmaReadGuard};
 pub use merge::{VmaMergeState, VmaMergeStruct};
-pub use mm::{
-    DEFAULT_MAX_MAP_COUNT, DetachedVmas, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaIterator,
-};
+pub use space::{DEFAULT_MAX_MAP_COUNT, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaIterator};
 pub use stat::VmStat;

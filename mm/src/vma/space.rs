@@ -6,14 +6,13 @@
 
 use alloc::format;
 use alloc::string::String;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::alloc as valloc;
 use super::anon;
 use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
 use super::lock::{self, VmaReadError, VmaReadGuard};
+use super::pool as valloc;
 use super::rcu;
 use super::stat::VmStat;
 use super::tree::{TreeView, TreeWriter, VmaTree};
@@ -51,7 +50,7 @@ pub(super) struct MmInner {
 
 /// An address space's VMA state (Linux: the VMA part of `struct mm_struct`).
 pub struct Mm {
-    id: u64,
+    pub(super) id: u64,
     /// Linux: `mm->mm_lock_seq`; odd while the mmap lock is write-held.
     pub(super) mm_lock_seq: AtomicU32,
     pub(super) tree: VmaTree,
@@ -162,31 +161,11 @@ impl Drop for Mm {
             // (no reader of this mm exists: they all borrow `self`).
             lock::vma_mark_detached(v);
             // SAFETY: `&mut self`: no guard of this mm exists, so no lock-holding reader or writer can reach `v`; it is detached (just above), so no lock-free reader can lock it either. It is ours to release.
-            unsafe { release_vma(v) };
+            unsafe { super::commit::release_vma(v) };
         });
         // SAFETY: `&mut self`: nothing else can reach the tree.
         unsafe { inner.tw.destroy(&self.tree) };
     }
-}
-
-/// The last steps for a VMA leaving its address space: out of its file's `i_mmap`,
-/// `vm_ops->close`, then freed with its file and anon_vma references (Linux:
-/// `unlink_file_vma()` + `remove_vma()`).
-///
-/// # Safety
-/// `v` is detached and owned by the caller: no one else reads or writes its
-/// multi-word fields until it is freed here.
-unsafe fn release_vma(v: VmaRef) {
-    // SAFETY: the caller owns the detached VMA, so nothing writes `vm_file` meanwhile.
-    if let Some(f) = unsafe { v.file_unchecked() }
-        && let Some(im) = f.i_mmap()
-    {
-        im.write().remove(v);
-    }
-    if let Some(close) = v.ops().and_then(|o| o.close) {
-        close(v);
-    }
-    valloc::vm_area_free(v);
 }
 
 /// The mmap lock held for reading.
@@ -863,304 +842,6 @@ impl<'a> MmWriteGuard<'a> {
             return Some(av);
         }
         None
-    }
-
-    // ---- linking ------------------------------------------------------------------
-
-    /// Insert a detached VMA into the tree: write-lock, store, attach, map_count++.
-    /// Fails with ENOMEM on overlap or preallocation failure (nothing changed).
-    /// Linux: `vma_link()`.
-    pub fn vma_link(&mut self, vma: VmaRef) -> Result<(), Errno> {
-        if vma.is_attached() || vma.mm_id() != self.mm.id || vma.start() >= vma.end() {
-            return Err(Errno::EINVAL);
-        }
-        if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
-            return Err(Errno::ENOMEM);
-        }
-        self.inner().tw.prealloc(1)?;
-        // Linux: vma_link_file() — the file's i_mmap learns of the VMA as it attaches.
-        let file = vma.file(&*self);
-        let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
-            Some(im) => {
-                let mut w = im.write();
-                w.reserve(1)?;
-                Some(w)
-            }
-            None => None,
-        };
-        self.vma_start_write(vma);
-        let mm = self.mm;
-        let inner = self.inner();
-        inner.tw.insert(vma.start(), vma.end(), vma);
-        inner.tw.publish(&mm.tree);
-        lock::vma_mark_attached(vma);
-        if let Some(w) = i_mmap.as_mut() {
-            w.insert(vma);
-        }
-        let inner = self.inner();
-        inner.map_count += 1;
-        inner.stat.account(vma.flags(), vma.pages(), true);
-        Ok(())
-    }
-
-    /// Linux: `insert_vm_struct()` — anonymous VMAs get `pgoff = start >> PAGE_SHIFT`;
-    /// ENOMEM if the range is occupied.
-    ///
-    /// # Panics
-    /// If `vma` is not a VMA of this address space.
-    #[track_caller]
-    pub fn insert_vm_struct(&mut self, vma: VmaRef) -> Result<(), Errno> {
-        self.assert_owns(vma);
-        if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
-            return Err(Errno::ENOMEM);
-        }
-        if vma.is_anonymous() && !vma.is_attached() {
-            if vma.has_anon_vma() {
-                return Err(Errno::EINVAL);
-            }
-            vma.vm_pgoff
-                .store(vma.start() >> PAGE_SHIFT, Ordering::Relaxed);
-        }
-        self.vma_link(vma)
-    }
-
-    /// Allocate, initialise and link an anonymous VMA (tests, benchmarks, exec).
-    pub fn map_anon(
-        &mut self,
-        start: usize,
-        end: usize,
-        pgoff: usize,
-        flags: VmFlags,
-    ) -> Result<VmaRef, Errno> {
-        let v = self.vm_area_alloc()?;
-        let r = self
-            .vma_init(v, start, end, pgoff, flags, None, None)
-            .and_then(|()| self.vma_link(v));
-        if let Err(e) = r {
-            self.vm_area_free(v);
-            return Err(e);
-        }
-        Ok(v)
-    }
-
-    // ---- committing range changes -------------------------------------------------
-
-    /// Apply range changes atomically with respect to allocation failure: preallocate,
-    /// then update VMA fields and the tree, publish, and finally detach, unlink and free
-    /// the removed VMAs (Linux: `commit_merge()` / `vma_complete()`).
-    ///
-    /// Every VMA in `updates` and `removes` must already be write-locked.
-    pub(super) fn commit(
-        &mut self,
-        updates: &[(VmaRef, usize, usize, usize)],
-        removes: &[VmaRef],
-        insert: Option<VmaRef>,
-    ) -> Result<(), Errno> {
-        let nops = 2 * updates.len() + removes.len() + insert.is_some() as usize;
-        self.inner().tw.prealloc(nops)?;
-        for &(v, ..) in updates {
-            self.vma_assert_write_locked(v);
-        }
-        for &v in removes {
-            self.vma_assert_write_locked(v);
-        }
-        // Linux: vma_prepare() — take the file's i_mmap for the whole change and make
-        // room for the re-inserted entries. A merge or split only ever involves VMAs
-        // of one file (merging requires the same `vm_file`).
-        let file = updates
-            .iter()
-            .map(|u| u.0)
-            .chain(removes.iter().copied())
-            .chain(insert)
-            .find_map(|v| v.file(&*self).filter(|f| f.i_mmap().is_some()));
-        let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
-            Some(im) => {
-                let mut w = im.write();
-                w.reserve(updates.len() + insert.is_some() as usize)?;
-                Some(w)
-            }
-            None => None,
-        };
-        // Is `v` in the `i_mmap` taken above? (Its file is read under our write lock.)
-        let indexed = |g: &Self, v: VmaRef| match (&file, v.file(g)) {
-            (Some(f), Some(h)) => Arc::ptr_eq(f, &h),
-            _ => false,
-        };
-        let mm = self.mm;
-        for &(v, ..) in updates {
-            self.inner().tw.erase(v.start());
-        }
-        for &v in removes {
-            self.inner().tw.erase(v.start());
-        }
-        for &(v, s, e, pg) in updates {
-            // Re-key: the index is by file page range, which this update may change.
-            let was_indexed = match i_mmap.as_mut() {
-                Some(w) if indexed(self, v) => w.remove(v),
-                _ => false,
-            };
-            self.inner().stat.account(v.flags(), v.pages(), false);
-            v.set_range(s, e, pg);
-            self.inner().stat.account(v.flags(), v.pages(), true);
-            if was_indexed && let Some(w) = i_mmap.as_mut() {
-                w.insert(v);
-            }
-            self.inner().tw.insert(s, e, v);
-        }
-        if let Some(v) = insert {
-            self.inner().tw.insert(v.start(), v.end(), v);
-        }
-        self.inner().tw.publish(&mm.tree);
-        if let Some(v) = insert {
-            lock::vma_mark_attached(v);
-            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(self, v)) {
-                w.insert(v);
-            }
-            let inner = self.inner();
-            inner.map_count += 1;
-            inner.stat.account(v.flags(), v.pages(), true);
-        }
-        for &v in removes {
-            if let Some(w) = i_mmap.as_mut().filter(|_| indexed(self, v)) {
-                w.remove(v);
-            }
-            lock::vma_mark_detached(v);
-            let inner = self.inner();
-            inner.map_count -= 1;
-            inner.stat.account(v.flags(), v.pages(), false);
-            self.vm_area_free(v);
-        }
-        // Linux: vma_complete() drops the i_mmap lock here.
-        drop(i_mmap);
-        Ok(())
-    }
-
-    // ---- removal ------------------------------------------------------------------
-
-    /// Detach every VMA inside `[start, end)` after splitting the VMAs that straddle the
-    /// boundaries, and return them still allocated: the caller zaps their page tables,
-    /// then hands them to [`MmWriteGuard::remove_vmas`] (Linux: the gather half of
-    /// `do_vmi_align_munmap()` + `vms_complete_munmap_vmas()`).
-    ///
-    /// Errors: EINVAL for an unaligned/empty range; ENOMEM if punching a hole in one
-    /// VMA would exceed `max_map_count` or on allocation failure; EPERM if a VMA in the
-    /// range is sealed. On error nothing is removed (splits already done may remain,
-    /// as in Linux).
-    pub fn detach_range(&mut self, start: usize, end: usize) -> Result<DetachedVmas, Errno> {
-        use super::area::PAGE_SIZE;
-        if start >= end || !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
-            return Err(Errno::EINVAL);
-        }
-        let mut list = Vec::new();
-        let Some(first) = self.find_vma_intersection(start, end) else {
-            return Ok(DetachedVmas { vmas: list });
-        };
-        // mseal: refuse before changing anything.
-        {
-            let v = self.view();
-            let mut sealed = false;
-            let mut it = VmaIterator::new(start);
-            while let Some(x) = it.next(&v) {
-                if x.start() >= end {
-                    break;
-                }
-                sealed |= x.flags().contains(VmFlags::SEALED);
-            }
-            if sealed {
-                return Err(Errno::EPERM);
-            }
-        }
-        if first.start() < start {
-            // A hole inside one VMA adds one VMA net.
-            if end < first.end() && self.map_count() >= self.max_map_count() {
-                return Err(Errno::ENOMEM);
-            }
-            self.__split_vma(first, start, true)?;
-        }
-        if let Some(last) = self.find_vma_intersection(end - 1, end)
-            && last.end() > end
-        {
-            self.__split_vma(last, end, false)?;
-        }
-        let v = self.view();
-        let mut it = VmaIterator::new(start);
-        while let Some(x) = it.next(&v) {
-            if x.start() >= end {
-                break;
-            }
-            list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
-            list.push(x);
-        }
-        self.detach_listed(list)
-    }
-
-    /// Take the VMAs in `list` out of the tree in one published update and mark them
-    /// detached (preallocating first, so an error changes nothing).
-    fn detach_listed(&mut self, list: Vec<VmaRef>) -> Result<DetachedVmas, Errno> {
-        self.inner().tw.prealloc(list.len())?;
-        for &x in &list {
-            self.vma_start_write(x);
-        }
-        let mm = self.mm;
-        let inner = self.inner();
-        for &x in &list {
-            inner.tw.erase(x.start());
-        }
-        inner.tw.publish(&mm.tree);
-        for &x in &list {
-            lock::vma_mark_detached(x);
-        }
-        let inner = self.inner();
-        inner.map_count -= list.len();
-        for &x in &list {
-            inner.stat.account(x.flags(), x.pages(), false);
-        }
-        Ok(DetachedVmas { vmas: list })
-    }
-
-    /// Finish removing detached VMAs: unlink them from their file's `i_mmap`,
-    /// `vm_ops->close`, drop file and anon_vmas, free. Call after their page tables
-    /// are gone, so rmap walkers could reach the pages until then (Linux:
-    /// `unlink_file_vma_batch_add()` in `free_pgtables()`, then `remove_vma()`).
-    pub fn remove_vmas(&mut self, detached: DetachedVmas) {
-        for v in detached.vmas {
-            self.assert_owns(v);
-            assert!(!v.is_attached(), "remove_vmas: VMA {v:p} was re-attached");
-            self.inner().live_vmas -= 1;
-            // SAFETY: `v` is this mm's and detached (both asserted above): no reader can lock it, and every writer of it would need the mmap write lock we hold, so it is ours to release.
-            unsafe { release_vma(v) };
-        }
-    }
-
-    /// `detach_range` + `remove_vmas` for callers with no page tables (tests).
-    pub fn unmap_range(&mut self, start: usize, end: usize) -> Result<usize, Errno> {
-        let d = self.detach_range(start, end)?;
-        let n = d.len();
-        self.remove_vmas(d);
-        Ok(n)
-    }
-}
-
-/// VMAs removed from the tree and detached but not yet freed (Linux: the detached
-/// side tree of `struct vma_munmap_struct`). Hand them back to
-/// [`MmWriteGuard::remove_vmas`] once their page tables are gone.
-#[must_use = "detached VMAs must be passed to remove_vmas"]
-pub struct DetachedVmas {
-    vmas: Vec<VmaRef>,
-}
-
-impl DetachedVmas {
-    /// The removed VMAs in address order (their ranges are still valid).
-    pub fn iter(&self) -> impl Iterator<Item = VmaRef> + '_ {
-        self.vmas.iter().copied()
-    }
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.vmas.len()
-    }
-    /// None removed.
-    pub fn is_empty(&self) -> bool {
-        self.vmas.is_empty()
     }
 }
 
