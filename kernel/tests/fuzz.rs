@@ -30,7 +30,7 @@ use mm::conformance::fuzz::{self, Config};
 kernel::test_kernel_main!();
 
 /// Seeds and calls per seed: about a minute under TCG.
-const SEEDS: u64 = 640;
+const SEEDS: u64 = 480;
 const CALLS: usize = 300;
 
 /// A number from a build-time setting.
