@@ -307,8 +307,10 @@ fn minimised_reproducers_replay_clean() {
             }],
         ),
     ];
+    // Serialised with the big run before the clock starts: the deadline is for the
+    // replays alone, not for the wait behind a fuzz run on a loaded machine.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     within(60, move || {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         for (name, ops) in reproducers {
             if let Err(f) = fuzz::replay(&HostHarness::new(), Setup::default(), &ops, true) {
                 panic!("{name}: {f}");
