@@ -107,6 +107,23 @@ pub fn overflowing_mremap_arguments_are_errors(h: &dyn Harness) {
         asp.mremap(0xffff_ffff_ffff_f000, P, P, fixed, 0x10_0000),
         Err(Errno::EFAULT)
     );
+    // An old_len within a page of the top wraps to 0 in Linux's PAGE_ALIGN: the
+    // "duplicate" request, EFAULT with nothing mapped at addr, a copy of a shared one.
+    assert_eq!(asp.mremap(0x10000, usize::MAX, P, 0, 0), Err(Errno::EFAULT));
+    let sh = asp
+        .mmap(
+            0x7200_0000,
+            P,
+            RW,
+            MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+            None,
+            0,
+        )
+        .unwrap();
+    let dup = asp.mremap(sh, usize::MAX, P, MREMAP_MAYMOVE, 0).unwrap();
+    assert_ne!(dup, sh);
+    asp.munmap(sh, P).unwrap();
+    asp.munmap(dup, P).unwrap();
     // A shrink whose old range runs past the top: the munmap range check.
     assert_eq!(
         asp.mremap(x, usize::MAX & !0xfff, P, 0, 0),

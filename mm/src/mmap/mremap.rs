@@ -85,7 +85,9 @@ impl AddressSpace {
         if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
-        let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
+        // Linux's PAGE_ALIGN wraps: an old_len within a page of the top becomes 0, the
+        // "duplicate a shared mapping" request (and EFAULT where nothing is mapped).
+        let old_len = old_len.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
         let new_len = page_align(new_len).ok_or(Errno::EINVAL)?;
         if new_len == 0 || new_len > ts {
             return Err(Errno::EINVAL);
