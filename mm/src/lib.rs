@@ -10,6 +10,8 @@
 //!   syscall conformance suite, one set of cases run on the host and in the kernel's test
 //!   kernels: errno cases and their order, placement, maps, `.mmap_prepare`, mremap, and
 //!   the regression reproducers.
+//! - [`collections`]: generic data structures apart from their policy: the augmented
+//!   interval tree (`lib/interval_tree.c`).
 //! - [`errno`]: Linux error numbers for syscall-shaped entry points
 //!   (`include/uapi/asm-generic/errno-base.h`).
 //! - [`file`](mod@file): a small VFS core: inodes with a page cache and `i_mmap`, the
@@ -24,8 +26,8 @@
 //! - [`paging`]: 4-level page tables, TLB gather, PMD table sharing (`arch/x86/mm`,
 //!   `mm/mmu_gather.c`).
 //! - [`sync`]: interrupt-safe spin lock, and the lock order of the whole crate.
-//! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks, anon_vmas, `i_mmap`'s
-//!   interval tree (`mm/vma.c`, `mm/mmap_lock.c`, `mm/rmap.c`, `mm/interval_tree.c`).
+//! - [`vma`]: VMAs, the VMA tree, merge/split, per-VMA locks, anon_vmas, `i_mmap`
+//!   (`mm/vma.c`, `mm/mmap_lock.c`, `mm/rmap.c`, `mm/interval_tree.c`).
 #![cfg_attr(target_os = "none", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // `Arc::try_new`: allocation on syscall paths fails with ENOMEM instead of aborting.
@@ -39,6 +41,7 @@ pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 
 extern crate alloc;
 
+pub mod collections;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod errno;

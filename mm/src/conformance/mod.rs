@@ -187,8 +187,14 @@ macro_rules! case_table {
 /// Every case, in the order the runners run them.
 pub const CASES: &[Case] = conformance_cases!(case_table);
 
-/// The VMAs of `asp` as `(start, end)` pairs, lowest first (through PROCMAP_QUERY).
+/// The VMAs of `asp` as `(start, end)` pairs, lowest first (through PROCMAP_QUERY),
+/// after checking the whole address space with `validate_mm` (Linux's habit of
+/// validating after every operation a test looks at: the cases call this after each
+/// step).
 pub fn vmas(asp: &AddressSpace) -> Vec<(usize, usize)> {
+    if let Err(e) = asp.validate_mm() {
+        panic!("validate_mm: {e}");
+    }
     let mut out = Vec::new();
     let mut a = 0;
     while let Some(q) = asp.query_vma(a, PROCMAP_QUERY_COVERING_OR_NEXT_VMA) {

@@ -239,9 +239,17 @@ pub fn refused_page_table_change_fails_before_vmas_change(h: &dyn Harness) {
     let x = asp
         .mmap(0x4000_0000, 2 * huge, RW, PA | MAP_FIXED, None, 0)
         .unwrap();
-    // A driver-style 2 MiB leaf inside the VMA.
+    // A write fault in the second half gives the VMA its anon_vma, as the fault that
+    // made a huge anonymous page would have.
+    space.write_byte(x + huge, 1).unwrap();
+    // A 2 MiB anonymous leaf in the first half.
     let alloc = h.allocator();
     let frame = alloc.alloc_zeroed(9).expect("a 2 MiB block");
+    // An anonymous page of this mapping, as a THP fault would make (validate_mm checks
+    // that a writable private PTE maps an exclusive anonymous page).
+    if let Some(m) = alloc.meta(frame) {
+        m.set_flags(crate::frame::FrameFlags::ANON);
+    }
     let prot = PageTableFlags::PRESENT
         | PageTableFlags::WRITABLE
         | PageTableFlags::USER_ACCESSIBLE

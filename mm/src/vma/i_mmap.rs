@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::area::VmaRef;
-use super::interval::IntervalTree;
+use crate::collections::IntervalTree;
 use crate::errno::Errno;
 
 /// The file page range a VMA maps, inclusive (Linux: `vm_pgoff` .. `vma_last_pgoff`).

@@ -6,8 +6,8 @@
 //! - [`pool`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`pool::vma_pool_stats`].
 //! - [`tree`]: persistent AVL VMA tree with gap search; readable under RCU.
 //! - [`i_mmap`]: [`IMmap`], a file's VMAs by file page range, kept exact by the engine.
-//! - [`interval`]: [`IntervalTree`], augmented interval tree by file page range
-//!   (`vma_interval_tree`, the index of `i_mmap`).
+//! - [`IntervalTree`] (in [`crate::collections`]): the augmented interval tree by file
+//!   page range (`vma_interval_tree`), the index of `i_mmap`.
 //! - [`stat`]: [`VmStat`], the page counters (`total_vm`, `data_vm`, …, commit charge)
 //!   the engine keeps exact at every change.
 //! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
@@ -48,7 +48,6 @@ pub mod area;
 pub mod bench;
 pub mod commit;
 pub mod i_mmap;
-pub mod interval;
 pub mod lock;
 pub mod merge;
 pub mod pool;
@@ -57,11 +56,11 @@ pub mod space;
 pub mod stat;
 pub mod tree;
 
+pub use crate::collections::IntervalTree;
 pub use anon::{AnonVma, AnonVmaRef};
 pub use area::{FileRef, PAGE_SIZE, VmFile, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
 pub use commit::DetachedVmas;
 pub use i_mmap::IMmap;
-pub use interval::IntervalTree;
 pub use lock::{VM_REFCNT_EXCLUDE_READERS_FLAG, VM_REFCNT_LIMIT, VmaReadError, VmaReadGuard};
 pub use merge::{VmaMergeState, VmaMergeStruct};
 pub use space::{DEFAULT_MAX_MAP_COUNT, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaIterator};

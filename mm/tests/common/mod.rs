@@ -175,6 +175,10 @@ pub fn assert_drawn(
     range: Option<Range<usize>>,
     picture: &str,
 ) {
+    // Linux's habit: `validate_mm()` after every operation a test draws.
+    if let Err(e) = g.validate() {
+        panic!("validate_mm: {e}");
+    }
     let lines: Vec<&str> = picture.lines().collect();
     let first = lines.iter().position(|l| !l.trim().is_empty());
     let last = lines.iter().rposition(|l| !l.trim().is_empty());
