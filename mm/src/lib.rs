@@ -51,3 +51,7 @@ pub mod mmap;
 pub mod paging;
 pub mod sync;
 pub mod vma;
+
+/// The address space (Linux: `struct mm_struct`): the one type that owns a user
+/// address space's VMAs, page tables and layout, with the syscall-shaped operations.
+pub use mmap::AddressSpace;

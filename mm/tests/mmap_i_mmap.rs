@@ -160,12 +160,14 @@ fn dropping_an_mm_closes_and_unlinks_its_vmas() {
             let start = 0x1000_0000 + i * 4 * P;
             g.vma_init(
                 v,
-                start,
-                start + 2 * P,
-                i * 2,
-                VmFlags::READ | VmFlags::MAYREAD,
-                Some(f.as_vm_file()),
-                Some(&CLOSE_OPS),
+                mm::vma::VmaInit {
+                    start,
+                    end: start + 2 * P,
+                    pgoff: i * 2,
+                    flags: VmFlags::READ | VmFlags::MAYREAD,
+                    file: Some(f.as_vm_file()),
+                    ops: Some(&CLOSE_OPS),
+                },
             )
             .unwrap();
             g.vma_link(v).unwrap();

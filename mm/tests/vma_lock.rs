@@ -21,7 +21,18 @@ fn attach_detach_refcount() {
     let mut g = mm.write_lock();
     let v = g.vm_area_alloc().unwrap();
     assert_eq!(v.refcnt(), 0, "fresh VMA is detached");
-    g.vma_init(v, 0x1000, 0x3000, 1, F, None, None).unwrap();
+    g.vma_init(
+        v,
+        mm::vma::VmaInit {
+            start: 0x1000,
+            end: 0x3000,
+            pgoff: 1,
+            flags: F,
+            file: None,
+            ops: None,
+        },
+    )
+    .unwrap();
     g.vma_link(v).unwrap();
     assert_eq!(v.refcnt(), 1, "attached");
     assert!(g.vma_is_write_locked(v), "linking write-locks");

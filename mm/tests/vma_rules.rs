@@ -21,7 +21,18 @@ fn fork_child(g: &mut MmWriteGuard<'_>, s: usize, e: usize, pg: usize) -> VmaRef
     let parent = pg_.map_anon(s, e, pg, F).unwrap();
     pg_.anon_vma_prepare(parent).unwrap();
     let child = g.vm_area_alloc().unwrap();
-    g.vma_init(child, s, e, pg, F, None, None).unwrap();
+    g.vma_init(
+        child,
+        mm::vma::VmaInit {
+            start: s,
+            end: e,
+            pgoff: pg,
+            flags: F,
+            file: None,
+            ops: None,
+        },
+    )
+    .unwrap();
     // Linux's dup_mmap holds the parent's mmap lock while it forks the anon_vmas.
     g.anon_vma_fork(child, parent, &pg_).unwrap();
     drop(pg_);
@@ -202,12 +213,14 @@ fn may_split_veto_open_close_and_hugetlb_hook() {
     let v = g.vm_area_alloc().unwrap();
     g.vma_init(
         v,
-        0x200000,
-        0x800000,
-        0x200,
-        F | VmFlags::HUGETLB,
-        None,
-        Some(&HOOK_OPS),
+        mm::vma::VmaInit {
+            start: 0x200000,
+            end: 0x800000,
+            pgoff: 0x200,
+            flags: F | VmFlags::HUGETLB,
+            file: None,
+            ops: Some(&HOOK_OPS),
+        },
     )
     .unwrap();
     g.vma_link(v).unwrap();

@@ -82,8 +82,18 @@ fn detached_vma_of_own_mm_is_readable_under_the_write_lock() {
     let mut g = x.write_lock();
     let v = g.vm_area_alloc().unwrap();
     let f = file();
-    g.vma_init(v, 0x1000, 0x2000, 0, F, Some(f.clone()), None)
-        .unwrap();
+    g.vma_init(
+        v,
+        mm::vma::VmaInit {
+            start: 0x1000,
+            end: 0x2000,
+            pgoff: 0,
+            flags: F,
+            file: Some(f.clone()),
+            ops: None,
+        },
+    )
+    .unwrap();
     assert!(Arc::ptr_eq(&v.file(&g).unwrap(), &f));
     g.vm_area_free(v);
 }
@@ -240,9 +250,17 @@ fn vma_init_of_another_mms_detached_vma_panics() {
     let owned = FreeOnDrop::new(&y);
     let v = y.write_lock().vm_area_alloc().unwrap();
     owned.vma.set(Some(v));
-    let _ = x
-        .write_lock()
-        .vma_init(v, 0x1000, 0x2000, 0, F, Some(file()), None);
+    let _ = x.write_lock().vma_init(
+        v,
+        mm::vma::VmaInit {
+            start: 0x1000,
+            end: 0x2000,
+            pgoff: 0,
+            flags: F,
+            file: Some(file()),
+            ops: None,
+        },
+    );
 }
 
 #[test]
@@ -305,7 +323,18 @@ fn anon_vma_fork_with_a_lock_that_does_not_hold_the_parent_panics() {
     let mut g = child_mm.write_lock();
     let child = g.vm_area_alloc().unwrap();
     owned.vma.set(Some(child));
-    g.vma_init(child, 0x1000, 0x2000, 1, F, None, None).unwrap();
+    g.vma_init(
+        child,
+        mm::vma::VmaInit {
+            start: 0x1000,
+            end: 0x2000,
+            pgoff: 1,
+            flags: F,
+            file: None,
+            ops: None,
+        },
+    )
+    .unwrap();
     let wrong = other.read_lock();
     let _ = g.anon_vma_fork(child, parent, &wrong);
 }
@@ -326,8 +355,18 @@ fn file_via_other_mms_lock_while_its_owner_writes_panics() {
             let mut g = y.write_lock();
             ready.store(true, Ordering::Release);
             for _ in 0..3 {
-                g.vma_init(v, 0x1000, 0x2000, 0, F, Some(file()), None)
-                    .unwrap();
+                g.vma_init(
+                    v,
+                    mm::vma::VmaInit {
+                        start: 0x1000,
+                        end: 0x2000,
+                        pgoff: 0,
+                        flags: F,
+                        file: Some(file()),
+                        ops: None,
+                    },
+                )
+                .unwrap();
             }
             g.vm_area_free(v);
         });

@@ -386,11 +386,9 @@ pub struct VmAreaDesc {
 }
 
 impl VmAreaDesc {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         mm_id: u64,
-        start: usize,
-        end: usize,
+        range: core::ops::Range<usize>,
         file: Arc<File>,
         pgoff: usize,
         vm_flags: VmFlags,
@@ -399,8 +397,8 @@ impl VmAreaDesc {
     ) -> Self {
         VmAreaDesc {
             mm_id,
-            start,
-            end,
+            start: range.start,
+            end: range.end,
             vm_file: file.clone(),
             file,
             mm_live_vmas,
@@ -474,12 +472,14 @@ impl MmapCtx<'_, '_> {
         let v = self.vma;
         self.g.vma_init(
             v,
-            v.start(),
-            v.end(),
-            pgoff,
-            v.flags(),
-            Some(file.as_vm_file()),
-            v.ops(),
+            crate::vma::VmaInit {
+                start: v.start(),
+                end: v.end(),
+                pgoff,
+                flags: v.flags(),
+                file: Some(file.as_vm_file()),
+                ops: v.ops(),
+            },
         )
     }
     /// Map the whole VMA to physical `phys` (Linux: `remap_pfn_range`): unaccounted
@@ -530,8 +530,7 @@ pub fn compat_vma_mmap_prepare(ctx: &mut MmapCtx<'_, '_>, lower: &Arc<File>) -> 
     let live = ctx.g.live_vmas();
     let mut desc = VmAreaDesc::new(
         v.mm_id(),
-        v.start(),
-        v.end(),
+        v.start()..v.end(),
         lower.clone(),
         v.pgoff(),
         v.flags(),
@@ -542,12 +541,14 @@ pub fn compat_vma_mmap_prepare(ctx: &mut MmapCtx<'_, '_>, lower: &Arc<File>) -> 
     prepare(lower, &mut desc)?;
     ctx.g.vma_init(
         v,
-        v.start(),
-        v.end(),
-        desc.pgoff,
-        desc.vm_flags,
-        Some(desc.vm_file.as_vm_file()),
-        desc.vm_ops,
+        crate::vma::VmaInit {
+            start: v.start(),
+            end: v.end(),
+            pgoff: desc.pgoff,
+            flags: desc.vm_flags,
+            file: Some(desc.vm_file.as_vm_file()),
+            ops: desc.vm_ops,
+        },
     )?;
     ctx.g.vma_set_page_prot(v, desc.page_prot)?;
     ctx.g.vma_set_private_data(v, desc.private_data)?;

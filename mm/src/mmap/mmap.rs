@@ -170,7 +170,6 @@ impl AddressSpace {
     }
 
     /// Linux: `__mmap_region()` (`mm/vma.c`).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn mmap_region(
         &self,
         g: &mut MmWriteGuard<'_>,
@@ -231,8 +230,7 @@ impl AddressSpace {
         {
             let mut desc = VmAreaDesc::new(
                 self.mm.id(),
-                addr,
-                end,
+                addr..end,
                 f.clone(),
                 pgoff,
                 vm_flags,
@@ -271,7 +269,17 @@ impl AddressSpace {
                 let v = g.vm_area_alloc()?;
                 let ops = file.as_ref().map(|_| &FILE_VM_OPS);
                 let r = g
-                    .vma_init(v, addr, end, pgoff, vm_flags, vm_file, ops)
+                    .vma_init(
+                        v,
+                        crate::vma::VmaInit {
+                            start: addr,
+                            end,
+                            pgoff,
+                            flags: vm_flags,
+                            file: vm_file,
+                            ops,
+                        },
+                    )
                     .and_then(|()| g.vma_set_page_prot(v, page_prot));
                 if let Err(e) = r {
                     g.vm_area_free(v);

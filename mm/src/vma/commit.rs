@@ -87,7 +87,17 @@ impl MmWriteGuard<'_> {
     ) -> Result<VmaRef, Errno> {
         let v = self.vm_area_alloc()?;
         let r = self
-            .vma_init(v, start, end, pgoff, flags, None, None)
+            .vma_init(
+                v,
+                crate::vma::VmaInit {
+                    start,
+                    end,
+                    pgoff,
+                    flags,
+                    file: None,
+                    ops: None,
+                },
+            )
             .and_then(|()| self.vma_link(v));
         if let Err(e) = r {
             self.vm_area_free(v);

@@ -1030,7 +1030,17 @@ impl MmWriteGuard<'_> {
         }
         let v = self.vm_area_alloc()?;
         let r = self
-            .vma_init(v, addr, end, pgoff, flags, file, None)
+            .vma_init(
+                v,
+                crate::vma::VmaInit {
+                    start: addr,
+                    end,
+                    pgoff,
+                    flags,
+                    file,
+                    ops: None,
+                },
+            )
             .and_then(|()| self.vma_link(v));
         if let Err(e) = r {
             self.vm_area_free(v);

@@ -63,5 +63,7 @@ pub use commit::DetachedVmas;
 pub use i_mmap::IMmap;
 pub use lock::{VM_REFCNT_EXCLUDE_READERS_FLAG, VM_REFCNT_LIMIT, VmaReadError, VmaReadGuard};
 pub use merge::{VmaMergeState, VmaMergeStruct};
-pub use space::{DEFAULT_MAX_MAP_COUNT, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaIterator};
+pub use space::{
+    DEFAULT_MAX_MAP_COUNT, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaInit, VmaIterator,
+};
 pub use stat::VmStat;

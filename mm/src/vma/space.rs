@@ -168,6 +168,24 @@ impl Drop for Mm {
     }
 }
 
+/// The attributes [`MmWriteGuard::vma_init`] gives a detached VMA before it is linked
+/// (Linux: the fields `vma_init()` and `__mmap_new_vma()` fill in).
+#[derive(Clone)]
+pub struct VmaInit {
+    /// Linux: `vm_start`.
+    pub start: usize,
+    /// Linux: `vm_end` (exclusive).
+    pub end: usize,
+    /// Linux: `vm_pgoff`.
+    pub pgoff: usize,
+    /// Linux: `vm_flags`.
+    pub flags: VmFlags,
+    /// Linux: `vm_file`.
+    pub file: Option<FileRef>,
+    /// Linux: `vm_ops` (`None`: anonymous).
+    pub ops: Option<&'static VmOperations>,
+}
+
 /// The mmap lock held for reading.
 pub struct MmReadGuard<'a> {
     mm: &'a Mm,
@@ -654,18 +672,16 @@ impl<'a> MmWriteGuard<'a> {
     ///
     /// # Panics
     /// If `vma` is not a VMA of this address space.
-    #[allow(clippy::too_many_arguments)]
     #[track_caller]
-    pub fn vma_init(
-        &mut self,
-        vma: VmaRef,
-        start: usize,
-        end: usize,
-        pgoff: usize,
-        flags: VmFlags,
-        file: Option<FileRef>,
-        ops: Option<&'static VmOperations>,
-    ) -> Result<(), Errno> {
+    pub fn vma_init(&mut self, vma: VmaRef, init: VmaInit) -> Result<(), Errno> {
+        let VmaInit {
+            start,
+            end,
+            pgoff,
+            flags,
+            file,
+            ops,
+        } = init;
         self.assert_owns(vma);
         if vma.is_attached()
             || start >= end
