@@ -17,7 +17,7 @@ pub mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use buddy::FrameAllocator;
+pub use buddy::{FrameAllocator, PAGE_POISON, PoisonReport};
 pub use meta::{FrameFlags, FrameMeta};
 
 use crate::errno::Errno;
