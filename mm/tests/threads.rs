@@ -81,6 +81,14 @@ fn figures(line: String) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// Busy-waits for `d` (a short pause that keeps the CPU, unlike a sleep or a yield).
+fn pause(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
 /// xorshift64*: a small deterministic generator per thread.
 struct Rng(u64);
 
@@ -575,6 +583,9 @@ fn owners_copy_vs_remapping_writer() {
                 let e = |what: &str, a: usize, b: usize, x: mm::errno::Errno| {
                     format!("{what} {a:#x}..{b:#x}: {x:?}")
                 };
+                // Between the two halves of a paired operation the owners may see the
+                // intermediate state (moved away, read-only).
+                let between = Duration::from_micros(20);
                 while ctl.running() {
                     match rng.below(10) {
                         // Split and re-merge across the owners and the neighbour (the
@@ -582,6 +593,7 @@ fn owners_copy_vs_remapping_writer() {
                         0 => {
                             let (a, b) = rng.range(O, OPAGES + WPAGES, 12);
                             let _ = asp.mprotect(a, b - a, RWX);
+                            pause(between);
                             let _ = asp.mprotect(a, b - a, RW);
                         }
                         // Read-only for a moment: owners' writes are refused.
@@ -589,6 +601,7 @@ fn owners_copy_vs_remapping_writer() {
                             let (a, b) = rng.range(O, OPAGES, 6);
                             asp.mprotect(a, b - a, PROT_READ)
                                 .map_err(|x| e("mprotect R", a, b, x))?;
+                            pause(between);
                             asp.mprotect(a, b - a, RW)
                                 .map_err(|x| e("mprotect RW", a, b, x))?;
                         }
@@ -603,6 +616,7 @@ fn owners_copy_vs_remapping_writer() {
                             let f = MREMAP_MAYMOVE | MREMAP_DONTUNMAP;
                             // S is a hint: the copy may land elsewhere.
                             if let Ok(to) = asp.mremap(a, b - a, b - a, f, S) {
+                                pause(between);
                                 asp.munmap(to, b - a)
                                     .map_err(|x| e("munmap", to, to + b - a, x))?;
                             }
@@ -613,6 +627,7 @@ fn owners_copy_vs_remapping_writer() {
                             let f = MREMAP_MAYMOVE | MREMAP_FIXED;
                             asp.mremap(a, b - a, b - a, f, S)
                                 .map_err(|x| e("mremap away", a, b, x))?;
+                            pause(between);
                             asp.mremap(S, b - a, b - a, f, a)
                                 .map_err(|x| e("mremap back", a, b, x))?;
                         }
@@ -984,7 +999,12 @@ fn uaf(name: &str, zap: Zap) {
                     // Errors: the range is unmapped for a moment (munmap + mmap).
                     match r {
                         Ok(()) | Err(FaultError::MapErr) => {}
-                        Err(e) => return Err(format!("copy at {page:#x}: {e:?}")),
+                        Err(e) => {
+                            return Err(format!(
+                                "copy at {page:#x} (mapped read-write): {e:?} at {:.3} s",
+                                ctl.now()
+                            ));
+                        }
                     }
                     copies.fetch_add(1, Relaxed);
                     poison_ok(alloc, ctl)?;
@@ -999,6 +1019,7 @@ fn uaf(name: &str, zap: Zap) {
         jobs.push((
             "zapper",
             job(move |ctl| {
+                let mut rng = Rng::new(50);
                 while ctl.running() {
                     match zap {
                         Zap::DontNeed => asp
@@ -1012,7 +1033,9 @@ fn uaf(name: &str, zap: Zap) {
                         }
                     }
                     zaps.fetch_add(1, Relaxed);
-                    std::thread::yield_now();
+                    // Let the racers in (a yield would give them whole time slices,
+                    // no pause would let the zapper take every lock hand-off).
+                    pause(Duration::from_micros(1 + rng.below(8) as u64));
                     ctl.tick();
                 }
                 Ok(())
@@ -1072,6 +1095,76 @@ fn uaf(name: &str, zap: Zap) {
         alloc.check_free_poison()
     ));
     base.check(name, vec![asp, victim_mm]);
+}
+
+/// A copy into a mapping that permits it never fails, however often its pages are
+/// dropped under it: the MMU faults and retries until the page is there (Linux's
+/// `copy_to_user` fixup path and `handle_mm_fault` retry; the fault handler's result, not
+/// a retry count, decides). Copy threads hammer one page that another thread
+/// MADV_DONTNEEDs in a tight loop (two threads).
+#[test]
+fn copies_never_fail_spuriously_under_dontneed() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const NAME: &str = "copies_never_fail_spuriously_under_dontneed";
+    const X: usize = 0x7000_0000;
+    let alloc = memory();
+    let base = Baseline::take(alloc);
+    let asp = Arc::new(AddressSpace::new(alloc).unwrap());
+    asp.mmap(X, P, RW, FIXED, None, 0).unwrap();
+    let copies = Arc::new(AtomicU64::new(0));
+    let zaps = Arc::new(AtomicU64::new(0));
+    let mut jobs = vec![];
+    for t in 0..2u8 {
+        let (asp, copies) = (asp.clone(), copies.clone());
+        jobs.push((
+            "copy",
+            job(move |ctl| {
+                let mut b = [0u8; 64];
+                while ctl.running() {
+                    let r = if t == 0 {
+                        asp.copy_to_user(X + 64, &[t + 1; 64])
+                    } else {
+                        asp.copy_from_user(X + 64, &mut b)
+                    };
+                    if let Err(e) = r {
+                        return Err(format!(
+                            "copy {} {X:#x} (mapped read-write) failed with {e:?} after {} copies, at {:.3} s",
+                            if t == 0 { "to" } else { "from" },
+                            copies.load(Relaxed),
+                            ctl.now()
+                        ));
+                    }
+                    copies.fetch_add(1, Relaxed);
+                    ctl.tick();
+                }
+                Ok(())
+            }),
+        ));
+    }
+    // Two zappers: while one drops the page, the other waits for the page-table lock,
+    // so every release of it by a copier has a contender.
+    for _ in 0..2 {
+        let (asp, zaps) = (asp.clone(), zaps.clone());
+        jobs.push((
+            "zapper",
+            job(move |ctl| {
+                while ctl.running() {
+                    asp.madvise(X, P, MADV_DONTNEED)
+                        .map_err(|e| format!("DONTNEED: {e:?}"))?;
+                    zaps.fetch_add(1, Relaxed);
+                    ctl.tick();
+                }
+                Ok(())
+            }),
+        ));
+    }
+    let secs = run_threads(NAME, jobs);
+    figures(format!(
+        "stress {NAME}: {secs:.2} s: {} copies, {} zaps",
+        copies.load(Relaxed),
+        zaps.load(Relaxed)
+    ));
+    base.check(NAME, vec![asp]);
 }
 
 #[test]
