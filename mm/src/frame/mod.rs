@@ -22,7 +22,7 @@ mod tests;
 
 #[cfg(feature = "fault-inject")]
 pub use buddy::FailNthReport;
-pub use buddy::FrameAllocator;
+pub use buddy::{FrameAllocator, PAGE_POISON, PoisonReport};
 pub use meta::{FrameFlags, FrameMeta};
 
 use crate::errno::Errno;

@@ -30,10 +30,14 @@ use super::{FrameAllocator, PAGE_SIZE};
 /// Alignment of the host buffer: one PMD, so order-9 blocks are host-aligned as well.
 const BUFFER_ALIGN: usize = 2 << 20;
 
+/// Memories kept forever by [`SimulatedMemory::leak`]; never shrinks.
+static LEAKED: spin::Mutex<std::vec::Vec<SimulatedMemory>> = spin::Mutex::new(std::vec::Vec::new());
+
 /// A host buffer posing as physical RAM, plus the frame allocator that owns it.
 ///
-/// Dropping it frees the buffer; [`leak`](Self::leak) keeps it forever instead and gives
-/// a `&'static FrameAllocator`.
+/// Dropping it frees the buffer; [`leak`](Self::leak) keeps it forever instead (in a
+/// global registry, so it stays reachable and Miri's leak check does not report it) and
+/// gives a `&'static FrameAllocator`.
 pub struct SimulatedMemory {
     allocator: Box<FrameAllocator>,
     buf: NonNull<u8>,
@@ -113,11 +117,18 @@ impl SimulatedMemory {
     }
 
     /// Keeps the memory forever and returns an allocator usable as `'static`.
+    ///
+    /// The memory is parked in a global registry rather than forgotten: it stays
+    /// reachable from a static, which is what Miri's leak check asks of memory that is
+    /// meant to live until the process exits.
     pub fn leak(self) -> &'static FrameAllocator {
-        let this = core::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so the box is moved out exactly once and the buffer is never freed.
-        let allocator = unsafe { core::ptr::read(&this.allocator) };
-        Box::leak(allocator)
+        let mut leaked = LEAKED.lock();
+        leaked.push(self);
+        // Taken after the move into the registry, so no later move of the box retags it.
+        let allocator: *const FrameAllocator = &*leaked.last().expect("just pushed").allocator;
+        drop(leaked);
+        // SAFETY: the allocator lives in its own heap box, which the registry's reallocations do not move (they move the box pointer only); the registry never removes or drops its entries, so the box (and the buffer it describes) lives until the process exits.
+        unsafe { &*allocator }
     }
 }
 
