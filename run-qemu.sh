@@ -146,5 +146,20 @@ case "$MODE" in
       echo
       echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
       exit 1
+    fi
+    log "the main kernel boots under UEFI firmware (OVMF) too"
+    cargo kbuild --bin kernel >&2
+    UEFI=1; ensure_qemu
+    echo
+    echo "running 1 test"
+    if boot_elf "$ROOT/target/x86_64-target/debug/kernel" >/dev/null; then
+      echo "test uefi_boot::main_kernel_boots_and_exits_0 ... ok"
+      echo
+      echo "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
+    else
+      echo "test uefi_boot::main_kernel_boots_and_exits_0 ... FAILED"
+      echo
+      echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
+      exit 1
     fi ;;
 esac
