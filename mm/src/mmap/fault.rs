@@ -451,7 +451,12 @@ impl AddressSpace {
             return Err(FaultError::MapErr);
         }
         let mut f = Some(f);
-        for _ in 0..3 {
+        // Linux retries the access after every fault that succeeded (`fixup_user_fault`
+        // and the uaccess fault path): a concurrent MADV_DONTNEED or munmap may take the
+        // page away again between the fault and the retry, any number of times. Only
+        // the fault handler's own error ends the loop; each successful fault made the
+        // access possible, so the loop ends as soon as no one races it.
+        loop {
             {
                 let pt = self.pt.lock();
                 if let Some(t) = pt.translate(va(addr & !(PAGE_SIZE - 1))) {
@@ -468,6 +473,5 @@ impl AddressSpace {
             }
             self.handle_fault(addr, access)?;
         }
-        Err(FaultError::AccErr)
     }
 }
