@@ -33,10 +33,10 @@ static CURRENT: PerCpu<IrqSpinLock<Option<Arc<AddressSpace>>>> =
 /// x86_64 layout), its page tables sharing the kernel's upper half so that it can be
 /// loaded (Linux: `mm_alloc` + `pgd_alloc`).
 pub fn new_user_space(layout: MmLayout) -> Result<Arc<AddressSpace>, Errno> {
+    let (frames, kernel_pml4) = (memory::frames(), memory::kernel_pml4());
     // SAFETY: the kernel PML4 is the live boot page table, reachable through the direct map; its upper-half tables are never freed while the kernel runs.
-    let mm =
-        unsafe { AddressSpace::with_kernel_pml4(memory::frames(), memory::kernel_pml4(), layout) }?;
-    Ok(Arc::new(mm))
+    let mm = unsafe { AddressSpace::with_kernel_pml4(frames, kernel_pml4, layout) }?;
+    Arc::try_new(mm).map_err(|_| Errno::ENOMEM)
 }
 
 /// Makes `mm` the CPU's current space and loads its page tables (Linux: `switch_mm`).

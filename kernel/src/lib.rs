@@ -7,6 +7,8 @@
 #![no_std]
 #![cfg_attr(test, no_main)]
 #![feature(custom_test_frameworks, abi_x86_interrupt)]
+// `Arc::try_new`: a new address space fails with ENOMEM instead of aborting.
+#![feature(allocator_ext)]
 #![test_runner(crate::testing::run_tests)]
 #![reexport_test_harness_main = "test_main"]
 #![deny(unsafe_op_in_unsafe_fn)]
