@@ -116,7 +116,17 @@ mod tests {
     fn slab_classes_are_aligned_disjoint_and_reuse_freed_objects() {
         use crate::heap::slab;
         use core::alloc::Layout;
-        for (size, align) in [(8, 8), (24, 8), (64, 64), (96, 32), (100, 64), (2048, 8)] {
+        for (size, align) in [
+            (8, 8),
+            (24, 8),
+            (64, 64),
+            (96, 32),
+            (100, 64),
+            (2048, 8),
+            (3000, 8),
+            (4096, 4096),
+            (8192, 8),
+        ] {
             let layout = Layout::from_size_align(size, align).unwrap();
             let class = slab::class_of(layout).expect("small layouts have a class");
             let mut objs = Vec::new();
