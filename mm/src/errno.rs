@@ -10,6 +10,8 @@ pub enum Errno {
     EPERM = 1,
     /// Interrupted system call.
     EINTR = 4,
+    /// Argument list too long.
+    E2BIG = 7,
     /// Try again.
     EAGAIN = 11,
     /// Out of memory.
@@ -43,6 +45,7 @@ impl Errno {
         match self {
             Errno::EPERM => "EPERM",
             Errno::EINTR => "EINTR",
+            Errno::E2BIG => "E2BIG",
             Errno::EAGAIN => "EAGAIN",
             Errno::ENOMEM => "ENOMEM",
             Errno::EACCES => "EACCES",

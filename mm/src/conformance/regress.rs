@@ -248,7 +248,7 @@ pub fn refused_page_table_change_fails_before_vmas_change(h: &dyn Harness) {
     // An anonymous page of this mapping, as a THP fault would make (validate_mm checks
     // that a writable private PTE maps an exclusive anonymous page).
     if let Some(m) = alloc.meta(frame) {
-        m.set_flags(crate::frame::FrameFlags::ANON);
+        m.set_flags(crate::frame::FrameFlags::ANON | crate::frame::FrameFlags::ANON_EXCLUSIVE);
     }
     let prot = PageTableFlags::PRESENT
         | PageTableFlags::WRITABLE

@@ -36,6 +36,13 @@ bitflags::bitflags! {
         const ANON = 1 << 6;
         /// Contents differ from backing store (Linux: `PG_dirty`).
         const DIRTY = 1 << 7;
+        /// An anonymous page known to be mapped by exactly one page-table entry of one
+        /// address space, so a write fault may reuse it without looking at any count
+        /// (Linux: `PageAnonExclusive`, `PG_anon_exclusive`). Set when the page is
+        /// created for one mapping (`do_anonymous_page`, `wp_page_copy`) or reused by
+        /// `do_wp_page` once its reference count shows it unshared; cleared when fork
+        /// shares it (`folio_try_dup_anon_rmap_pte`).
+        const ANON_EXCLUSIVE = 1 << 8;
     }
 }
 

@@ -79,6 +79,33 @@ fn needs_anon_vma(vma: VmaRef, access: Access) -> bool {
             .intersects(VmFlags::SHARED | VmFlags::PFNMAP | VmFlags::IO)
 }
 
+/// May a write fault on a read-only PTE mapping the frame `m` make it writable in
+/// place instead of copying it (Linux: `do_wp_page`'s reuse test)?
+///
+/// Only an anonymous page, never the zero page or a page-cache page. Linux's rule, per
+/// page: an anon page marked exclusive (`PageAnonExclusive`) is reused at once; one that
+/// is not (fork shared it, [`FrameFlags::ANON_EXCLUSIVE`] was cleared) is reused only
+/// if its reference count shows no other user, i.e. the other mappings went away
+/// (`wp_can_reuse_anon_folio`: `folio_ref_count(folio) == 1` for a small folio, with no
+/// swap cache here), and then becomes exclusive again (`folio_move_anon_rmap` +
+/// `SetPageAnonExclusive`). So after a fork child exits (or copied the page on its own
+/// write), the parent's next write reuses its page without a copy; while the child still
+/// maps it, both copy.
+fn wp_can_reuse_anon(m: &crate::frame::FrameMeta) -> bool {
+    let f = m.flags();
+    if !f.contains(FrameFlags::ANON) || f.contains(FrameFlags::ZERO) {
+        return false;
+    }
+    if f.contains(FrameFlags::ANON_EXCLUSIVE) {
+        return true;
+    }
+    if m.refcount() != 1 {
+        return false;
+    }
+    m.set_flags(FrameFlags::ANON_EXCLUSIVE);
+    true
+}
+
 impl AddressSpace {
     /// Resolve a user page fault at `addr` (Linux: `do_user_addr_fault` →
     /// `handle_mm_fault`).
@@ -285,7 +312,8 @@ impl AddressSpace {
     }
 
     /// A fault on a present PTE: spurious unless it is a write to a read-only one
-    /// (Linux: `do_wp_page`: reuse an exclusive anonymous page, else copy).
+    /// (Linux: `do_wp_page`: reuse an exclusive anonymous page, else copy; see
+    /// [`wp_can_reuse_anon`]).
     fn wp(
         &self,
         pt: &mut PageTableRoot,
@@ -298,12 +326,7 @@ impl AddressSpace {
             return Ok(());
         }
         let m = self.alloc.meta(t.frame);
-        let exclusive_anon = m.is_some_and(|m| {
-            m.flags().contains(FrameFlags::ANON)
-                && !m.flags().contains(FrameFlags::ZERO)
-                && m.mapcount() == 1
-        });
-        if exclusive_anon {
+        if m.is_some_and(|m| wp_can_reuse_anon(m)) {
             let mut g = MmuGather::new(pt);
             pt.protect(
                 va(page)..va(page + PAGE_SIZE),
@@ -363,7 +386,9 @@ impl AddressSpace {
             };
         }
         if let Some(m) = self.alloc.meta(new) {
-            m.set_flags(FrameFlags::ANON);
+            // Linux: folio_add_new_anon_rmap(.., RMAP_EXCLUSIVE) — a new page belongs
+            // to the one mapping it is made for.
+            m.set_flags(FrameFlags::ANON | FrameFlags::ANON_EXCLUSIVE);
         }
     }
 

@@ -17,6 +17,7 @@
 //! - `madvise.rs`: `madvise`;
 //! - `mremap.rs`: `mremap` (`mm/mremap.c`, with the multi-VMA move);
 //! - `fault.rs`: `handle_fault`, COW, stack growth, `copy_to_user`/`copy_from_user`;
+//! - `fork.rs`: `fork` (`dup_mm`/`dup_mmap`, `copy_page_range`);
 //! - `account.rs`: `may_expand_vm` and the overcommit check;
 //! - `query.rs`: `/proc/PID/maps` and PROCMAP_QUERY; `validate.rs`: `validate_mm`;
 //! - `consts.rs`: the syscall ABI constants (`PROT_*`, `MAP_*`, `MREMAP_*`, `MADV_*`).
@@ -41,6 +42,7 @@
 mod account;
 pub mod consts;
 mod fault;
+mod fork;
 mod madvise;
 #[allow(clippy::module_inception)]
 mod mmap;

@@ -185,6 +185,10 @@ impl AddressSpace {
                     "writable PTE of a private mapping maps an anonymous page mapped {mapcount} times"
                 ));
             }
+            // Linux: a writable anonymous PTE maps a PageAnonExclusive page.
+            if !kind.contains(FrameFlags::ANON_EXCLUSIVE) {
+                return bad("writable PTE of a private mapping maps a non-exclusive anonymous page");
+            }
         }
         if anon && !v.has_anon_vma() {
             return bad("anonymous page in a VMA without an anon_vma (no rmap to it)");

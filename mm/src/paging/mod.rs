@@ -13,7 +13,9 @@
 //!   [`PageTableRoot::replace_frame`] (copy-on-write), and
 //!   [`PageTableRoot::reserve_tables`] + [`PageTableRoot::map_reserved`] (table pages
 //!   allocated before the page to map, as the fault path needs), for 4 KiB, 2 MiB (PS bit in
-//!   the PD entry) and 1 GiB (PS bit in the PDPT entry) pages.
+//!   the PD entry) and 1 GiB (PS bit in the PDPT entry) pages; `copy.rs`:
+//!   [`PageTableRoot::copy_range_to`] (fork's `copy_page_range`) and
+//!   [`PageTableRoot::move_range`] (exec's stack move).
 //! - Page-table pages come from the [`FrameAllocator`](crate::frame::FrameAllocator),
 //!   are marked [`FrameFlags::PAGETABLE`](crate::frame::FrameFlags::PAGETABLE) and are
 //!   freed as soon as an unmap empties them (PT, PD and PDPT; never the PML4). So a
@@ -67,6 +69,7 @@
 //! serialise sharing, unsharing and mapping into it (Linux: `i_mmap_rwsem` and the
 //! hugetlb vma lock).
 
+mod copy;
 mod entry;
 mod share;
 mod space;
@@ -76,6 +79,7 @@ pub mod tlb;
 #[cfg(test)]
 mod tests;
 
+pub use copy::{CopyMode, CopyStats};
 pub use entry::{PTE_ACCOUNTED, PTE_PROTNONE};
 pub use space::{MAX_CPUS, PageTableRoot};
 pub use table::{Leaf, Leaves, TableReservation, Translation, WalkResult};

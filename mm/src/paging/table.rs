@@ -58,7 +58,7 @@ fn align_down(x: u64, a: u64) -> u64 {
 }
 
 /// Validates a user range aligned to `align`; returns it as integers.
-fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u64), MapError> {
+pub(super) fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u64), MapError> {
     let (s, e) = (range.start.as_u64(), range.end.as_u64());
     if s > e {
         return Err(MapError::InvalidRange);
@@ -89,7 +89,7 @@ fn tables_covering(level: Level, a: u64, b: u64) -> usize {
 /// Page-table pages allocated up front for one map, linked through their first entry so
 /// that holding any number of them needs no heap (Linux: the preallocated `pte_alloc`
 /// pages of `__pte_alloc`, here for the whole range at once).
-struct Stash {
+pub(super) struct Stash {
     alloc: &'static FrameAllocator,
     head: Option<Table>,
     /// Pages held.
@@ -97,7 +97,7 @@ struct Stash {
 }
 
 impl Stash {
-    fn fill(alloc: &'static FrameAllocator, n: usize) -> Result<Self, MapError> {
+    pub(super) fn fill(alloc: &'static FrameAllocator, n: usize) -> Result<Self, MapError> {
         let mut s = Stash {
             alloc,
             head: None,
@@ -110,7 +110,7 @@ impl Stash {
 
     /// Allocates until at least `n` pages are held. On failure the stash keeps what it
     /// had and what it got so far (its drop frees them).
-    fn top_up(&mut self, n: usize) -> Result<(), MapError> {
+    pub(super) fn top_up(&mut self, n: usize) -> Result<(), MapError> {
         while self.len < n {
             let t = Table::alloc(self.alloc)?;
             if let Some(h) = self.head {
@@ -236,7 +236,7 @@ impl PageTableRoot {
     }
 
     /// Leaf table and index for `va`, if the tables down to `size`'s level exist.
-    fn leaf_slot(&self, va: u64, size: PageSize) -> Option<(Table, usize)> {
+    pub(super) fn leaf_slot(&self, va: u64, size: PageSize) -> Option<(Table, usize)> {
         let mut table = self.root_table();
         let mut level = Level::Pml4;
         while level != size.level() {
@@ -251,7 +251,7 @@ impl PageTableRoot {
     }
 
     /// The leaf mapping `va` (any size): its table, index and size.
-    fn find_leaf(&self, va: u64) -> Option<(Table, usize, PageSize)> {
+    pub(super) fn find_leaf(&self, va: u64) -> Option<(Table, usize, PageSize)> {
         let w = self.walk(VirtAddr::new_truncate(va));
         let e = Pte(w.entry.addr().as_u64() | w.entry.flags().bits());
         match e.kind(w.level) {
@@ -266,7 +266,7 @@ impl PageTableRoot {
 
     /// Checks that `start..end` can take leaves of `size`, and counts the table pages
     /// that must be allocated.
-    fn plan_map(&self, start: u64, end: u64, size: PageSize) -> Result<usize, MapError> {
+    pub(super) fn plan_map(&self, start: u64, end: u64, size: PageSize) -> Result<usize, MapError> {
         let leaf_level = size.level();
         let mut need = 0;
         let mut va = start;
@@ -318,7 +318,7 @@ impl PageTableRoot {
     }
 
     /// Installs one leaf; tables in the way come from `stash`. The range was planned.
-    fn install(
+    pub(super) fn install(
         &self,
         va: u64,
         leaf: Pte,
@@ -555,7 +555,7 @@ impl PageTableRoot {
     }
 
     /// Clears leaves in `start..end` under `table` and frees emptied tables through `g`.
-    fn zap_level(
+    pub(super) fn zap_level(
         &self,
         table: Table,
         level: Level,

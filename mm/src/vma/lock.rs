@@ -157,6 +157,41 @@ pub(super) fn vma_start_write(vma: &Vma, seq: u32) {
     }
 }
 
+/// [`vma_start_write`] that gives up while waiting for readers if `fatal()` reports a
+/// fatal signal pending for the task (Linux: `vma_start_write_killable()`,
+/// `__vma_start_write(vma, mm_lock_seq, TASK_KILLABLE)`): the readers' exclusion is
+/// undone and the VMA is left unlocked; `EINTR`. `fatal` is checked only while there
+/// are readers to wait for, as Linux's killable sleep is entered only then.
+pub(super) fn vma_start_write_killable(
+    vma: &Vma,
+    seq: u32,
+    fatal: &dyn Fn() -> bool,
+) -> Result<(), Errno> {
+    if vma.vm_lock_seq.load(Ordering::Relaxed) == seq {
+        return Ok(());
+    }
+    let excluding = refcnt_add_flag_not_zero(vma);
+    if excluding {
+        let target = VM_REFCNT_EXCLUDE_READERS_FLAG + 1;
+        while vma.cold.vm_refcnt.load(Ordering::Acquire) != target {
+            if fatal() {
+                vma.cold
+                    .vm_refcnt
+                    .fetch_sub(VM_REFCNT_EXCLUDE_READERS_FLAG, Ordering::Release);
+                return Err(Errno::EINTR);
+            }
+            core::hint::spin_loop();
+        }
+    }
+    vma.vm_lock_seq.store(seq, Ordering::Relaxed);
+    if excluding {
+        vma.cold
+            .vm_refcnt
+            .fetch_sub(VM_REFCNT_EXCLUDE_READERS_FLAG, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Attach: refcnt 0 → 1 with release, publishing the fields set before.
 /// Linux: `vma_mark_attached()`.
 pub(super) fn vma_mark_attached(vma: &Vma) {

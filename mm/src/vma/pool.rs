@@ -120,38 +120,63 @@ pub(super) fn vm_area_alloc(mm_id: u64) -> Result<VmaRef, Errno> {
     Ok(slot)
 }
 
-/// Duplicate `orig` field by field into a new detached VMA. The anon_vma *pointer* is
-/// copied (as Linux does); the chain is left empty for `anon_vma_clone` to fill.
+/// Duplicate `orig` field by field into a new detached VMA of the same address space.
+/// The anon_vma *pointer* is copied (as Linux does); the chain is left empty for
+/// `anon_vma_clone` to fill.
 ///
-/// Linux: `vm_area_dup()` / `vm_area_init_from()`.
+/// Linux: `vm_area_dup()`.
 ///
 /// # Safety
 /// `orig` is stable (caller holds the mmap write lock).
 pub(super) unsafe fn vm_area_dup(orig: &Vma) -> Result<VmaRef, Errno> {
-    let new = vm_area_alloc(orig.mm_id())?;
-    new.set_range(orig.start(), orig.end(), orig.pgoff());
-    new.vm_page_prot.store(orig.page_prot(), Ordering::Relaxed);
-    new.set_flags_raw(orig.flags());
-    new.set_ops_raw(orig.ops());
-    new.vm_private_data
-        .store(orig.private_data(), Ordering::Relaxed);
-    new.vm_policy.store(orig.policy(), Ordering::Relaxed);
-    new.cold.uffd_ctx.store(orig.uffd_ctx(), Ordering::Relaxed);
-    // SAFETY: `anon_vma_unchecked` needs that no one replaces `orig.anon_vma`
-    // meanwhile: every writer of it needs the mmap write lock our caller holds
-    // (contract).
-    drop(new.replace_anon_vma(unsafe { orig.anon_vma_unchecked() }));
-    // SAFETY: `new` came off the free list (or fresh from the heap) in
-    // `vm_area_alloc` above and has not been published anywhere: it is detached
-    // (refcount 0, so no reader can lock it) and only this function has its address, so
-    // the `_mut` borrows are exclusive. `orig` is read only, and its writers need the
-    // mmap write lock our caller holds. `new` and `orig` are different slots: a slot in
-    // use is not on the free list.
-    unsafe {
-        *new.file_mut() = orig.file_unchecked();
-        *new.anon_name_mut() = (*orig.cold.anon_name.get()).clone();
-    }
+    // SAFETY: our contract is `vm_area_dup_into`'s.
+    unsafe { vm_area_dup_into(orig, orig.mm_id()) }
+}
+
+/// [`vm_area_dup`] for the address space `mm_id`, which may be another one than
+/// `orig`'s (fork: Linux's `dup_mmap` sets `tmp->vm_mm = mm` right after the dup).
+///
+/// # Safety
+/// `orig` is stable: the caller holds the mmap lock of `orig`'s address space.
+pub(super) unsafe fn vm_area_dup_into(orig: &Vma, mm_id: u64) -> Result<VmaRef, Errno> {
+    let new = vm_area_alloc(mm_id)?;
+    // SAFETY: `new` came off the free list (or fresh from the heap) in `vm_area_alloc`
+    // just above and has not been published anywhere: it is detached and only we have
+    // its address. `orig` is stable by our contract.
+    unsafe { vm_area_init_from(orig, new) };
     Ok(new)
+}
+
+/// Copy `src`'s fields into the fresh, detached `dest`, leaving `dest`'s `vm_refcnt`
+/// (0: detached) and `vm_lock_seq` alone (Linux: `vm_area_init_from()`, which exists
+/// so that the copy of a VMA never carries the original's attached refcount: a racing
+/// `lock_vma_under_rcu` that still holds a stale pointer to `dest`'s slot must see it
+/// detached until it is attached in its own tree). `vm_mm` stays `dest`'s.
+///
+/// # Safety
+/// `src` is stable (its address space's mmap lock is held); `dest` is another VMA,
+/// detached and private to the caller.
+pub(super) unsafe fn vm_area_init_from(src: &Vma, dest: &Vma) {
+    debug_assert!(!core::ptr::eq(src, dest), "vm_area_init_from into itself");
+    debug_assert_eq!(dest.refcnt(), 0, "vm_area_init_from into an attached VMA");
+    dest.set_range(src.start(), src.end(), src.pgoff());
+    dest.vm_page_prot.store(src.page_prot(), Ordering::Relaxed);
+    dest.set_flags_raw(src.flags());
+    dest.set_ops_raw(src.ops());
+    dest.vm_private_data
+        .store(src.private_data(), Ordering::Relaxed);
+    dest.vm_policy.store(src.policy(), Ordering::Relaxed);
+    dest.cold.uffd_ctx.store(src.uffd_ctx(), Ordering::Relaxed);
+    // SAFETY: `anon_vma_unchecked` needs that no one replaces `src.anon_vma` meanwhile:
+    // every writer of it needs the mmap write lock our caller holds (contract).
+    drop(dest.replace_anon_vma(unsafe { src.anon_vma_unchecked() }));
+    // SAFETY: `dest` is detached and private to us (contract), so the `_mut` borrows are
+    // exclusive; `src` is only read, and its writers need the lock our caller holds.
+    // They are different slots (contract, asserted above).
+    unsafe {
+        *dest.file_mut() = src.file_unchecked();
+        *dest.anon_name_mut() = (*src.cold.anon_name.get()).clone();
+    }
 }
 
 /// Return a detached VMA to the pool, dropping its file, anon_vma chain and name.

@@ -29,6 +29,12 @@ pub struct MmHooks {
     /// Called by `__split_vma` for `VM_HUGETLB` VMAs after both halves are write-locked
     /// and before the ranges change (Linux: `hugetlb_split(vma, addr)`).
     pub hugetlb_split: Option<fn(VmaRef, usize)>,
+    /// Does the task working on this address space have a fatal signal pending (Linux:
+    /// `fatal_signal_pending(current)`)? Asked by the killable waits of fork
+    /// (`mmap_write_lock_killable`, [`MmWriteGuard::vma_start_write_killable`]) and by
+    /// `dup_mmap` before each VMA it copies. The process layer wires it; `None` means
+    /// "never" (no signals yet).
+    pub fatal_signal_pending: Option<fn() -> bool>,
 }
 
 /// Writer-side state, protected by the mmap lock.
@@ -385,7 +391,11 @@ impl<'a> MmWriteGuard<'a> {
     pub fn shrink_caches(&mut self) {
         self.inner().tw.shrink_caches();
     }
-    /// Install kernel hooks (hugetlb split, …).
+    /// The kernel hooks installed (fork copies them to the child).
+    pub fn hooks(&self) -> MmHooks {
+        self.inner_ref().hooks
+    }
+    /// Install the kernel hooks (see [`MmHooks`]).
     pub fn set_hooks(&mut self, hooks: MmHooks) {
         self.inner().hooks = hooks;
     }
@@ -606,6 +616,24 @@ impl<'a> MmWriteGuard<'a> {
         self.assert_owns(vma);
         lock::vma_start_write(vma, self.seq());
     }
+    /// [`vma_start_write`](Self::vma_start_write), killable (Linux:
+    /// `vma_start_write_killable()`): `EINTR`, with the VMA left unlocked, if
+    /// [`MmHooks::fatal_signal_pending`] reports a fatal signal while readers are
+    /// being waited for.
+    ///
+    /// # Panics
+    /// If `vma` is not a VMA of this address space.
+    #[track_caller]
+    pub fn vma_start_write_killable(&mut self, vma: VmaRef) -> Result<(), Errno> {
+        self.assert_owns(vma);
+        let seq = self.seq();
+        let fatal = self.inner_ref().hooks.fatal_signal_pending;
+        lock::vma_start_write_killable(vma, seq, &|| fatal.is_some_and(|f| f()))
+    }
+    /// Linux: `fatal_signal_pending(current)` through [`MmHooks::fatal_signal_pending`].
+    pub fn fatal_signal_pending(&self) -> bool {
+        self.inner_ref().hooks.fatal_signal_pending.is_some_and(|f| f())
+    }
     /// True if `vma` is a VMA of this address space write-locked in this hold (Linux:
     /// `__is_vma_write_locked`). Another mm's VMA is never write-locked by this hold,
     /// even if its `vm_lock_seq` happens to equal this mm's sequence.
@@ -652,6 +680,67 @@ impl<'a> MmWriteGuard<'a> {
         let v = unsafe { valloc::vm_area_dup(orig)? };
         self.inner().live_vmas += 1;
         Ok(v)
+    }
+    /// The VMA half of one step of `dup_mmap`: copy `mpnt`, a VMA of the parent address
+    /// space that `parent` (the parent's mmap write lock) keeps stable, into this (the
+    /// child's) address space and link it here.
+    ///
+    /// Linux (`dup_mmap`, in its order): `vm_area_dup` (through `vm_area_init_from`, so
+    /// the copy stays detached), `vma_dup_policy`, `tmp->vm_mm = mm`, `dup_userfaultfd`
+    /// (no context here forwards fork events, so the copy loses the userfaultfd context
+    /// and its `__VM_UFFD_FLAGS`), `VM_WIPEONFORK` starts without an anon_vma, anything
+    /// else `anon_vma_fork`; `VM_LOCKED_MASK` cleared; a hugetlb copy loses
+    /// `vm_private_data` (`hugetlb_dup_vma_private`: the parent's reservation map is not
+    /// the child's); then linked (`vma_iter_bulk_store`, `map_count++`: the VMA is
+    /// attached only now that it is in the child's tree), `vm_ops->open`, and the file's
+    /// `i_mmap` learns of it (done by [`vma_link`](Self::vma_link)). On failure nothing
+    /// of the copy is left: ENOMEM.
+    ///
+    /// # Panics
+    /// If `parent` does not stabilise `mpnt`, or `parent` is this address space's lock.
+    #[track_caller]
+    pub fn dup_vma_for_fork(
+        &mut self,
+        mpnt: VmaRef,
+        parent: &MmWriteGuard<'_>,
+    ) -> Result<VmaRef, Errno> {
+        assert!(
+            parent.stabilises(mpnt) && !core::ptr::eq(parent.mm, self.mm),
+            "dup_vma_for_fork: parent VMA {mpnt:p} is not stabilised by the parent lock"
+        );
+        // SAFETY: `mpnt` is stabilised by the parent's mmap write lock (asserted above).
+        let tmp = unsafe { valloc::vm_area_dup_into(mpnt, self.mm.id)? };
+        self.inner().live_vmas += 1;
+        let mut flags = tmp.flags();
+        if tmp.uffd_ctx() != 0 {
+            tmp.cold.uffd_ctx.store(0, Ordering::Relaxed);
+        }
+        flags -= VmFlags::UFFD_MISSING | VmFlags::UFFD_WP | VmFlags::UFFD_MINOR;
+        let r = if flags.contains(VmFlags::WIPEONFORK) {
+            drop(tmp.replace_anon_vma(None));
+            Ok(())
+        } else {
+            // SAFETY: `tmp` is detached and private to us (just made); `mpnt` is another
+            // VMA, stable under the parent's lock (asserted above).
+            unsafe { anon::anon_vma_fork(tmp, mpnt) }
+        };
+        if let Err(e) = r {
+            self.vm_area_free(tmp);
+            return Err(e);
+        }
+        flags -= VmFlags::LOCKED | VmFlags::LOCKONFAULT;
+        tmp.set_flags_raw(flags);
+        if flags.contains(VmFlags::HUGETLB) {
+            tmp.vm_private_data.store(0, Ordering::Relaxed);
+        }
+        if let Err(e) = self.vma_link(tmp) {
+            self.vm_area_free(tmp);
+            return Err(e);
+        }
+        if let Some(open) = tmp.ops().and_then(|o| o.open) {
+            open(tmp);
+        }
+        Ok(tmp)
     }
     /// Free a detached VMA (refused if attached). Linux: `vm_area_free()`.
     ///
