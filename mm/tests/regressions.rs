@@ -7,7 +7,7 @@ use mm::conformance::regress;
 
 /// One `#[test]` per shared regression case, run with a fresh host harness.
 macro_rules! host_tests {
-    (() syscalls: $_s:tt, file: $_f:tt, mremap: $_m:tt, regress: [$($name:ident),* $(,)?] $(,)?) => {
+    (() syscalls: $_s:tt, file: $_f:tt, mremap: $_m:tt, fork: $_k:tt, regress: [$($name:ident),* $(,)?] $(,)?) => {
         $(
             #[test]
             fn $name() {

@@ -8,6 +8,7 @@ use kernel::address_space;
 use kernel::arch::extable::{ProbeFault, probe_read, probe_write};
 use kernel::memory;
 use mm::conformance::{Harness, Space, UserFault};
+use mm::errno::Errno;
 use mm::frame::FrameAllocator;
 use mm::mmap::{AddressSpace, MmLayout};
 use x86_64::VirtAddr;
@@ -69,6 +70,11 @@ impl Space for KernelSpace {
     fn write_byte(&self, addr: usize, value: u8) -> Result<(), UserFault> {
         self.make_current();
         probe_write(VirtAddr::new(addr as u64), value).map_err(user_fault)
+    }
+
+    fn fork(&self) -> Result<Box<dyn Space>, Errno> {
+        let mm = Arc::try_new(self.mm.fork()?).map_err(|_| Errno::ENOMEM)?;
+        Ok(Box::new(KernelSpace { mm }))
     }
 }
 

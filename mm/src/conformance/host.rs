@@ -70,4 +70,8 @@ impl Space for HostSpace {
             .copy_to_user(addr, &[value])
             .map_err(|_| UserFault { addr })
     }
+
+    fn fork(&self) -> Result<Box<dyn Space>, crate::errno::Errno> {
+        Ok(Box::new(HostSpace(self.0.fork()?)))
+    }
 }

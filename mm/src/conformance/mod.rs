@@ -1,11 +1,13 @@
 //! The syscall conformance suite: one set of test cases run on the host and in the kernel.
 //!
-//! Each case is a plain function taking a [`Harness`], in one of four groups:
+//! Each case is a plain function taking a [`Harness`], in one of five groups:
 //!
 //! - [`syscalls`]: the errno cases of `mmap`, `munmap`, `mprotect` and `madvise` with
 //!   their check order, placement, `MAP_FIXED`, maps and PROCMAP_QUERY;
 //! - [`file`](mod@file): the `.mmap_prepare` / legacy `.mmap` file paths;
 //! - [`mremap`]: `mremap(2)`, the multi-VMA pure move included;
+//! - [`fork`](mod@fork): `fork` of an address space (merge scenarios after a fork,
+//!   copy-on-write, `MADV_DONTFORK`/`WIPEONFORK`, teardown in either order);
 //! - [`regress`]: the reproducers of defects that fuzzing, the fail-the-Nth-allocation
 //!   sweep and thread stress found, each failing on the code before its fix.
 //!
@@ -35,6 +37,7 @@ use crate::frame::FrameAllocator;
 use crate::mmap::{AddressSpace, MmLayout, PROCMAP_QUERY_COVERING_OR_NEXT_VMA};
 
 pub mod file;
+pub mod fork;
 pub mod fuzz;
 #[cfg(not(target_os = "none"))]
 pub mod host;
@@ -74,6 +77,9 @@ pub trait Space {
     fn read_byte(&self, addr: usize) -> Result<u8, UserFault>;
     /// Writes the user byte at `addr` as a user store would, faulting it in.
     fn write_byte(&self, addr: usize, value: u8) -> Result<(), UserFault>;
+    /// A child of this address space ([`AddressSpace::fork`]), ready for user accesses
+    /// at this level.
+    fn fork(&self) -> Result<Box<dyn Space>, crate::errno::Errno>;
 }
 
 impl dyn Space + '_ {
@@ -100,7 +106,7 @@ pub type Case = (&'static str, fn(&dyn Harness));
 /// Calls `$callback!` with the name of every case, grouped by module:
 ///
 /// ```text
-/// $callback! { (extra tokens) syscalls: [name, ...], file: [...], mremap: [...], regress: [...] }
+/// $callback! { (extra tokens) syscalls: [name, ...], file: [...], mremap: [...], fork: [...], regress: [...] }
 /// ```
 ///
 /// The runners use it to generate one named test per case, so a case added here
@@ -150,6 +156,23 @@ macro_rules! conformance_cases {
                 dontunmap_drops_anon_vma_and_mlock_only_when_all_moved,
                 zero_old_len_duplicates_a_shared_mapping_only,
                 sealed_vma_refuses_before_the_range_check,
+            ],
+            fork: [
+                forked_target_vma,
+                forked_source_vma,
+                mremap_faulted_to_unfaulted_prev,
+                mremap_faulted_to_unfaulted_next,
+                mremap_faulted_to_unfaulted_prev_unfaulted_next,
+                mremap_faulted_to_unfaulted_prev_faulted_next,
+                child_write_copies_and_parent_keeps_old_data,
+                parent_write_after_child_exit_reuses_the_page,
+                dontfork_wipeonfork_and_their_undo,
+                locked_is_cleared_and_anon_vma_chains_follow_anon_vma_fork,
+                file_and_shared_mappings_are_shared_with_the_child,
+                exit_in_either_order_frees_everything,
+                fork_of_ten_thousand_vmas,
+                fork_with_16_mib_touched,
+                fatal_signal_aborts_fork_with_eintr,
             ],
             regress: [
                 pure_move_with_dontunmap_visits_each_vma_once,
@@ -212,7 +235,7 @@ mod tests {
     fn case_names_are_unique_and_grouped() {
         let mut names: alloc::vec::Vec<&str> = CASES.iter().map(|c| c.0).collect();
         assert!(names.iter().all(|n| {
-            ["syscalls::", "file::", "mremap::", "regress::"]
+            ["syscalls::", "file::", "mremap::", "fork::", "regress::"]
                 .iter()
                 .any(|g| n.starts_with(g))
         }));
