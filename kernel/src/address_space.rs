@@ -17,7 +17,7 @@
 
 use alloc::sync::Arc;
 use mm::errno::Errno;
-use mm::mmap::{AddressSpace, MmLayout};
+use mm::mmap::{AddressSpace, ExecArgs, ExecImage, MmLayout};
 use mm::sync::IrqSpinLock;
 
 use crate::arch::mmu;
@@ -37,6 +37,22 @@ pub fn new_user_space(layout: MmLayout) -> Result<Arc<AddressSpace>, Errno> {
     // SAFETY: the kernel PML4 is the live boot page table, reachable through the direct map; its upper-half tables are never freed while the kernel runs.
     let mm = unsafe { AddressSpace::with_kernel_pml4(frames, kernel_pml4, layout) }?;
     Arc::try_new(mm).map_err(|_| Errno::ENOMEM)
+}
+
+/// A child of `mm` for a forked task (Linux: `dup_mm`): its VMAs copied, private pages
+/// shared copy-on-write, page tables sharing the kernel's upper half as `mm`'s do.
+pub fn fork(mm: &Arc<AddressSpace>) -> Result<Arc<AddressSpace>, Errno> {
+    Arc::try_new(mm.fork()?).map_err(|_| Errno::ENOMEM)
+}
+
+/// exec on this CPU: a new space with `args` on its initial stack, made current, after
+/// which the old current space's reference is dropped, tearing it down if it was the
+/// last (Linux: `begin_new_exec` → `exec_mmap`: switch first, `mmput(old_mm)` after).
+pub fn exec(layout: MmLayout, args: &ExecArgs<'_>) -> Result<(Arc<AddressSpace>, ExecImage), Errno> {
+    let mm = new_user_space(layout)?;
+    let img = mm.exec_into(args)?;
+    activate(&mm);
+    Ok((mm, img))
 }
 
 /// Makes `mm` the CPU's current space and loads its page tables (Linux: `switch_mm`).

@@ -73,7 +73,7 @@ impl Space for KernelSpace {
     }
 
     fn fork(&self) -> Result<Box<dyn Space>, Errno> {
-        let mm = Arc::try_new(self.mm.fork()?).map_err(|_| Errno::ENOMEM)?;
+        let mm = address_space::fork(&self.mm)?;
         Ok(Box::new(KernelSpace { mm }))
     }
 }

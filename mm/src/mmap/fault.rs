@@ -152,7 +152,7 @@ impl AddressSpace {
     /// Grow a GROWSDOWN VMA down to `addr` (Linux: `expand_downwards`): the new start
     /// must be ≥ `mmap_min_addr` (EPERM), keep `stack_guard_gap` from the previous
     /// accessible non-stack VMA (ENOMEM), and the size must stay ≤ RLIMIT_STACK (ENOMEM).
-    fn expand_stack(
+    pub(super) fn expand_stack(
         &self,
         g: &mut MmWriteGuard<'_>,
         vma: VmaRef,

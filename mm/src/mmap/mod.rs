@@ -18,6 +18,8 @@
 //! - `mremap.rs`: `mremap` (`mm/mremap.c`, with the multi-VMA move);
 //! - `fault.rs`: `handle_fault`, COW, stack growth, `copy_to_user`/`copy_from_user`;
 //! - `fork.rs`: `fork` (`dup_mm`/`dup_mmap`, `copy_page_range`);
+//! - `exec.rs`: `exec` (the initial stack: `create_init_stack_vma`, `setup_arg_pages`
+//!   with `relocate_vma_down`, `create_elf_tables`);
 //! - `account.rs`: `may_expand_vm` and the overcommit check;
 //! - `query.rs`: `/proc/PID/maps` and PROCMAP_QUERY; `validate.rs`: `validate_mm`;
 //! - `consts.rs`: the syscall ABI constants (`PROT_*`, `MAP_*`, `MREMAP_*`, `MADV_*`).
@@ -41,6 +43,7 @@
 
 mod account;
 pub mod consts;
+mod exec;
 mod fault;
 mod fork;
 mod madvise;
@@ -58,6 +61,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use x86_64::{PhysAddr, VirtAddr};
 
 pub use consts::*;
+pub use exec::{
+    ElfAux, ExecArgs, ExecImage, ExecStack, MAX_ARG_STRLEN, STACK_TOP, STACK_TOP_MAX, VM_STACK_FLAGS,
+    VM_STACK_INCOMPLETE_SETUP, auxv,
+};
 pub use fault::{Access, FaultError, zero_page};
 pub use query::VmaQuery;
 pub use validate::validate_i_mmap;
