@@ -222,6 +222,8 @@ struct Env {
     /// Where the hinted and the MAP_POPULATE mmaps landed.
     hinted: usize,
     populated: usize,
+    /// The forked child, between the fork step and its exit step.
+    child: Option<AddressSpace>,
 }
 
 impl Env {
@@ -242,6 +244,7 @@ impl Env {
             secret: secretmem_file(alloc, 2 * P),
             hinted: 0,
             populated: 0,
+            child: None,
         }
     }
 
@@ -303,6 +306,12 @@ enum Partial {
     /// the call then fails with EFAULT (its first byte is unmapped), so the retry moves
     /// what is left.
     MultiMove { src: usize, dst: usize, len: usize },
+    /// fork: the parent's VMAs, frames and contents are as before, but the private
+    /// writable PTEs of the VMAs copied before the failure may have lost their write
+    /// permission (Linux: `copy_present_pte` write-protects the parent's PTE for
+    /// copy-on-write, and a failed `dup_mmap` does not undo it; the next write reuses
+    /// the page in place).
+    WriteProtected,
 }
 
 /// One swept syscall.
@@ -675,6 +684,30 @@ static SCRIPT: &[Step] = &[
             .map(|q| q.map_or(0, |q| q.start))
             .map_err(Fail::Errno)
     }),
+    with_partial(
+        step("fork: dup_mmap", |e| {
+            let c = e.asp().fork().map_err(Fail::Errno)?;
+            e.child = Some(c);
+            Ok(0)
+        }),
+        Partial::WriteProtected,
+    ),
+    with_after(
+        step("write fault after fork: COW copy of a shared page", |e| {
+            fault(e, A, Access::Write)
+        }),
+        |e| write(e, A, 0x41),
+    ),
+    step("exit_mmap of the child", |e| {
+        e.child = None;
+        Ok(0)
+    }),
+    with_after(
+        step("write fault after the child's exit: reuse in place", |e| {
+            fault(e, A + P, Access::Write)
+        }),
+        |e| write(e, A + P, 0x42),
+    ),
     step("exit_mmap", |e| {
         e.asp = None;
         Ok(0)
@@ -1016,6 +1049,25 @@ fn allowed_after_failure(
             same_pages(&pre.pages, &post.pages)?;
         }
         Partial::Splits => same_pages(&pre.pages, &post.pages)?,
+        Partial::WriteProtected => {
+            exact_vmas(pre, post)?;
+            let w = PageTableFlags::WRITABLE.bits();
+            let unprotected: Vec<PageState> = post
+                .pages
+                .iter()
+                .zip(&pre.pages)
+                .map(|(a, b)| {
+                    let mut a = a.clone();
+                    if let (Some(x), Some(y)) = (a.pte.as_mut(), b.pte)
+                        && x.flags | w == y.flags
+                    {
+                        x.flags = y.flags;
+                    }
+                    a
+                })
+                .collect();
+            same_pages(&pre.pages, &unprotected)?;
+        }
         Partial::Grown { start, len } => {
             let grown: Vec<PageState> = post
                 .pages

@@ -50,6 +50,7 @@ impl PageTableRoot {
         alloc: &'static FrameAllocator,
         kernel_pml4: Option<PhysAddr>,
     ) -> Result<Self, MapError> {
+        let tlb = ArchTlb::try_new().ok_or(MapError::OutOfMemory)?;
         let root = Table::alloc(alloc)?;
         let kernel_pml4 = kernel_pml4.map(|kpa| kpa.align_down(4096u64));
         if let Some(kpa) = kernel_pml4 {
@@ -64,7 +65,7 @@ impl PageTableRoot {
             pml4: root.pa(),
             kernel_pml4,
             cpus: AtomicU64::new(0),
-            tlb: ArchTlb::default(),
+            tlb,
         })
     }
 

@@ -85,6 +85,14 @@ pub enum Release {
 pub struct HwTlb;
 
 #[cfg(target_os = "none")]
+impl HwTlb {
+    /// The backend (needs no memory).
+    pub(super) fn try_new() -> Option<Self> {
+        Some(HwTlb)
+    }
+}
+
+#[cfg(target_os = "none")]
 impl TlbBackend for HwTlb {
     fn flush(&self, _cpus: u64, kind: FlushKind) {
         use x86_64::instructions::tlb;
@@ -177,6 +185,13 @@ pub struct RecordingTlb {
 
 #[cfg(not(target_os = "none"))]
 impl RecordingTlb {
+    /// A backend with an empty log, or `None` if the host has no memory for it (a new
+    /// address space must fail with ENOMEM then, not abort).
+    pub(super) fn try_new() -> Option<Self> {
+        let log = alloc::sync::Arc::try_new(spin::Mutex::new(alloc::vec::Vec::new())).ok()?;
+        Some(RecordingTlb { log })
+    }
+
     /// A copy of the log.
     pub fn events(&self) -> alloc::vec::Vec<TlbEvent> {
         self.log.lock().clone()
