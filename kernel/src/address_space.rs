@@ -48,7 +48,10 @@ pub fn fork(mm: &Arc<AddressSpace>) -> Result<Arc<AddressSpace>, Errno> {
 /// exec on this CPU: a new space with `args` on its initial stack, made current, after
 /// which the old current space's reference is dropped, tearing it down if it was the
 /// last (Linux: `begin_new_exec` → `exec_mmap`: switch first, `mmput(old_mm)` after).
-pub fn exec(layout: MmLayout, args: &ExecArgs<'_>) -> Result<(Arc<AddressSpace>, ExecImage), Errno> {
+pub fn exec(
+    layout: MmLayout,
+    args: &ExecArgs<'_>,
+) -> Result<(Arc<AddressSpace>, ExecImage), Errno> {
     let mm = new_user_space(layout)?;
     let img = mm.exec_into(args)?;
     activate(&mm);

@@ -35,7 +35,7 @@ fn read_cstr(asp: &AddressSpace, at: usize) -> Vec<u8> {
 /// last to first), everything shifted to the final stack top, then the platform
 /// string, 16 random bytes, and `argc`/`argv`/`envp`/auxv 16-byte aligned below.
 fn expected(args: &ExecArgs<'_>) -> (usize, Vec<u64>) {
-    let shift = STACK_TOP_MAX - ((args.stack_top & !0xf) + P - 1) / P * P;
+    let shift = STACK_TOP_MAX - (args.stack_top & !0xf).next_multiple_of(P);
     let mut p = STACK_TOP_MAX - 8;
     p -= args.filename.len() + 1;
     let execfn = p - shift;
@@ -121,7 +121,11 @@ fn check(asp: &AddressSpace, img: &ExecImage, a: &ExecArgs<'_>) {
     assert_eq!(img.sp, sp, "stack pointer");
     assert_eq!(sp % 16, 0, "16-byte aligned");
     for (i, w) in words.iter().enumerate() {
-        assert_eq!(read_u64(asp, sp + 8 * i), *w, "word {i} at the stack pointer");
+        assert_eq!(
+            read_u64(asp, sp + 8 * i),
+            *w,
+            "word {i} at the stack pointer"
+        );
     }
     for (i, s) in a.argv.iter().enumerate() {
         assert_eq!(&read_cstr(asp, read_u64(asp, sp + 8 + 8 * i) as usize), s);
@@ -136,8 +140,14 @@ fn check(asp: &AddressSpace, img: &ExecImage, a: &ExecArgs<'_>) {
     asp.copy_from_user(img.random, &mut r).unwrap();
     assert_eq!(r, a.random);
     let q = asp.query_vma(sp, 0).expect("the stack VMA");
-    assert!(q.vm_flags.contains(VmFlags::GROWSDOWN | VmFlags::READ | VmFlags::WRITE));
-    assert!(!q.vm_flags.intersects(VM_STACK_INCOMPLETE_SETUP), "setup complete");
+    assert!(
+        q.vm_flags
+            .contains(VmFlags::GROWSDOWN | VmFlags::READ | VmFlags::WRITE)
+    );
+    assert!(
+        !q.vm_flags.intersects(VM_STACK_INCOMPLETE_SETUP),
+        "setup complete"
+    );
     assert!(!q.vm_flags.contains(VmFlags::EXEC));
     let top = (a.stack_top & !0xf).next_multiple_of(P);
     assert_eq!(q.end, top, "the stack ends at its final top");
@@ -179,7 +189,11 @@ fn relocate_vma_down_moves_the_pages_with_their_tables() {
         assert!(pt.leaves().all(|l| (l.va as usize) < img.sp + (64 << 10)));
     });
     drop(asp);
-    assert_eq!(a.allocated_frames(), base, "every frame back, none freed twice");
+    assert_eq!(
+        a.allocated_frames(),
+        base,
+        "every frame back, none freed twice"
+    );
 }
 
 #[test]
@@ -189,7 +203,10 @@ fn exec_refuses_oversized_arguments_with_e2big() {
     let huge = vec![b'x'; MAX_ARG_STRLEN];
     let argv: [&[u8]; 1] = [&huge];
     let ea = args(&argv, &[], STACK_TOP);
-    assert_eq!(AddressSpace::exec(a, MmLayout::default(), &ea).err(), Some(Errno::E2BIG));
+    assert_eq!(
+        AddressSpace::exec(a, MmLayout::default(), &ea).err(),
+        Some(Errno::E2BIG)
+    );
     // More than a quarter of a small stack limit (at least ARG_MAX, 128 KiB).
     let layout = MmLayout {
         stack_limit: 256 << 10,
@@ -211,5 +228,10 @@ fn exec_stack_request_sets_vm_exec() {
     let mut ea = args(&[b"p"], &[], STACK_TOP);
     ea.exec_stack = ExecStack::EnableX;
     let (asp, img) = AddressSpace::exec(a, MmLayout::default(), &ea).unwrap();
-    assert!(asp.query_vma(img.sp, 0).unwrap().vm_flags.contains(VmFlags::EXEC));
+    assert!(
+        asp.query_vma(img.sp, 0)
+            .unwrap()
+            .vm_flags
+            .contains(VmFlags::EXEC)
+    );
 }

@@ -209,6 +209,7 @@ fn may_split_veto_open_close_and_hugetlb_hook() {
     let mut g = mm.write_lock();
     g.set_hooks(MmHooks {
         hugetlb_split: Some(hugetlb_split),
+        ..MmHooks::default()
     });
     let v = g.vm_area_alloc().unwrap();
     g.vma_init(

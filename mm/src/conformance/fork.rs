@@ -49,7 +49,10 @@ fn fork(space: &dyn Space) -> alloc::boxed::Box<dyn Space> {
 pub fn forked_target_vma(h: &dyn Harness) {
     let parent = h.space();
     let c = carveout(&*parent);
-    let ptr = parent.asp().mmap(c + P, 5 * P, RW, PA | MAP_FIXED, None, 0).unwrap();
+    let ptr = parent
+        .asp()
+        .mmap(c + P, 5 * P, RW, PA | MAP_FIXED, None, 0)
+        .unwrap();
     parent.write_byte(ptr, b'x').unwrap();
     let child = fork(&*parent);
     // unCOWing everything does not make the chain go away.
@@ -80,16 +83,32 @@ pub fn forked_source_vma(h: &dyn Harness) {
     let rwx = RW | PROT_EXEC;
     let ptr2 = child
         .asp()
-        .mmap(c + 6 * P, 5 * P, rwx, PA | MAP_FIXED | MAP_NORESERVE, None, 0)
+        .mmap(
+            c + 6 * P,
+            5 * P,
+            rwx,
+            PA | MAP_FIXED | MAP_NORESERVE,
+            None,
+            0,
+        )
         .unwrap();
     assert_eq!(vma_at(&*child, ptr2), (ptr2, ptr2 + 5 * P), "not merged");
     child.asp().mprotect(ptr, 5 * P, rwx).unwrap();
-    assert_eq!(vma_at(&*child, ptr2), (ptr2, ptr2 + 5 * P), "still not merged");
+    assert_eq!(
+        vma_at(&*child, ptr2),
+        (ptr2, ptr2 + 5 * P),
+        "still not merged"
+    );
 }
 
 /// The body of merge.c's `merge_with_fork` scenarios: set up with `setup` in the
 /// parent, fork if `forked`, then `rest` runs in the child (or in the parent).
-fn with_fork(h: &dyn Harness, forked: bool, setup: impl Fn(&dyn Space, usize), rest: impl Fn(&dyn Space, usize)) {
+fn with_fork(
+    h: &dyn Harness,
+    forked: bool,
+    setup: impl Fn(&dyn Space, usize),
+    rest: impl Fn(&dyn Space, usize),
+) {
     let parent = h.space();
     let c = carveout(&*parent);
     setup(&*parent, c);
@@ -118,7 +137,10 @@ pub fn mremap_faulted_to_unfaulted_prev(h: &dyn Harness) {
                 s.write_byte(a, b'x').unwrap();
             },
             |s, c| {
-                let a = s.asp().mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P).unwrap();
+                let a = s
+                    .asp()
+                    .mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P)
+                    .unwrap();
                 let b = map_fixed(s, c + P, 3 * P);
                 s.asp()
                     .mremap(a, 3 * P, 3 * P, FIX | MREMAP_DONTUNMAP, c + 4 * P)
@@ -141,7 +163,10 @@ pub fn mremap_faulted_to_unfaulted_next(h: &dyn Harness) {
                 s.write_byte(a, b'x').unwrap();
             },
             |s, c| {
-                let a = s.asp().mremap(c + P, 3 * P, 3 * P, FIX, c + 20 * P).unwrap();
+                let a = s
+                    .asp()
+                    .mremap(c + P, 3 * P, 3 * P, FIX, c + 20 * P)
+                    .unwrap();
                 map_fixed(s, c + 4 * P, 3 * P);
                 let a = s
                     .asp()
@@ -165,7 +190,10 @@ pub fn mremap_faulted_to_unfaulted_prev_unfaulted_next(h: &dyn Harness) {
                 s.write_byte(b, b'x').unwrap();
             },
             |s, c| {
-                let b = s.asp().mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P).unwrap();
+                let b = s
+                    .asp()
+                    .mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P)
+                    .unwrap();
                 let a = map_fixed(s, c + P, 3 * P);
                 map_fixed(s, c + 7 * P, 3 * P);
                 let b = s
@@ -193,7 +221,10 @@ pub fn mremap_faulted_to_unfaulted_prev_faulted_next(h: &dyn Harness) {
                 s.write_byte(bc, b'x').unwrap();
             },
             |s, c| {
-                let b = s.asp().mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P).unwrap();
+                let b = s
+                    .asp()
+                    .mremap(c + 4 * P, 3 * P, 3 * P, FIX, c + 20 * P)
+                    .unwrap();
                 let a = map_fixed(s, c + P, 3 * P);
                 let b = s
                     .asp()
@@ -232,14 +263,30 @@ pub fn child_write_copies_and_parent_keeps_old_data(h: &dyn Harness) {
         for i in 0..n {
             child.write_byte(x + i * P, 0xc0 + i as u8).unwrap();
         }
-        assert_eq!(h.frames_in_use(), before + n as u64, "one copy per page written");
+        assert_eq!(
+            h.frames_in_use(),
+            before + n as u64,
+            "one copy per page written"
+        );
         for i in 0..n {
             child.write_byte(x + i * P + 1, 0xee).unwrap();
         }
-        assert_eq!(h.frames_in_use(), before + n as u64, "a copied page is not copied again");
+        assert_eq!(
+            h.frames_in_use(),
+            before + n as u64,
+            "a copied page is not copied again"
+        );
         for i in 0..n {
-            assert_eq!(parent.read_byte(x + i * P).unwrap(), i as u8 + 1, "parent's data");
-            assert_eq!(child.read_byte(x + i * P).unwrap(), 0xc0 + i as u8, "child's data");
+            assert_eq!(
+                parent.read_byte(x + i * P).unwrap(),
+                i as u8 + 1,
+                "parent's data"
+            );
+            assert_eq!(
+                child.read_byte(x + i * P).unwrap(),
+                0xc0 + i as u8,
+                "child's data"
+            );
         }
         assert_eq!(child.read_byte(x + n * P).unwrap(), 0, "zero page shared");
         assert_eq!(h.frames_in_use(), before + n as u64);
@@ -273,9 +320,9 @@ pub fn parent_write_after_child_exit_reuses_the_page(h: &dyn Harness) {
         drop(child);
         // Pages 1..4: the child is gone (its mapping of page 0's old frame too).
         let before = h.frames_in_use();
-        for i in 1..4 {
+        for (i, &was) in old.iter().enumerate().skip(1) {
             parent.write_byte(x + i * P, 9).unwrap();
-            assert_eq!(frame(i), old[i], "page {i} reused in place");
+            assert_eq!(frame(i), was, "page {i} reused in place");
         }
         assert_eq!(h.frames_in_use(), before, "no copy after the child exited");
         vmas(parent.asp());
@@ -299,23 +346,49 @@ pub fn dontfork_wipeonfork_and_their_undo(h: &dyn Harness) {
         asp.madvise(x + 6 * P, 3 * P, MADV_WIPEONFORK).unwrap();
         let child = fork(&*parent);
         assert!(child.asp().query_vma(x, 0).is_none());
-        assert_eq!(child.asp().query_vma(x + 3 * P, 0).map(|q| q.start), Some(x + 3 * P));
-        assert!(child.read_byte(x).is_err(), "DONTFORK range absent in the child");
+        assert_eq!(
+            child.asp().query_vma(x + 3 * P, 0).map(|q| q.start),
+            Some(x + 3 * P)
+        );
+        assert!(
+            child.read_byte(x).is_err(),
+            "DONTFORK range absent in the child"
+        );
         assert_eq!(child.read_byte(x + 3 * P).unwrap(), 0x55, "copied range");
-        assert_eq!(child.read_byte(x + 6 * P).unwrap(), 0, "WIPEONFORK reads zero");
-        assert_eq!(parent.read_byte(x + 6 * P).unwrap(), 0x55, "parent keeps its data");
+        assert_eq!(
+            child.read_byte(x + 6 * P).unwrap(),
+            0,
+            "WIPEONFORK reads zero"
+        );
+        assert_eq!(
+            parent.read_byte(x + 6 * P).unwrap(),
+            0x55,
+            "parent keeps its data"
+        );
         let q = child.asp().query_vma(x + 6 * P, 0).unwrap();
-        assert!(q.vm_flags.contains(VmFlags::WIPEONFORK), "the flag is inherited");
-        assert_eq!(q.anon_vma_id, None, "a wiped VMA starts without an anon_vma");
+        assert!(
+            q.vm_flags.contains(VmFlags::WIPEONFORK),
+            "the flag is inherited"
+        );
+        assert_eq!(
+            q.anon_vma_id, None,
+            "a wiped VMA starts without an anon_vma"
+        );
         drop(child);
         asp.madvise(x, 3 * P, MADV_DOFORK).unwrap();
         asp.madvise(x + 6 * P, 3 * P, MADV_KEEPONFORK).unwrap();
         let child = fork(&*parent);
         assert_eq!(child.read_byte(x).unwrap(), 0x55, "DOFORK: copied again");
-        assert_eq!(child.read_byte(x + 8 * P).unwrap(), 0x55, "KEEPONFORK: copied");
+        assert_eq!(
+            child.read_byte(x + 8 * P).unwrap(),
+            0x55,
+            "KEEPONFORK: copied"
+        );
         drop(child);
         // Linux: WIPEONFORK only on private anonymous memory.
-        let s = asp.mmap(0, P, RW, MAP_SHARED | MAP_ANONYMOUS, None, 0).unwrap();
+        let s = asp
+            .mmap(0, P, RW, MAP_SHARED | MAP_ANONYMOUS, None, 0)
+            .unwrap();
         assert_eq!(asp.madvise(s, P, MADV_WIPEONFORK), Err(Errno::EINVAL));
         let f = ramfs_file(h.allocator(), "/wipe", P, OpenMode::RDWR);
         let m = asp.mmap(0, P, RW, MAP_PRIVATE, Some(&f), 0).unwrap();
@@ -337,8 +410,18 @@ pub fn locked_is_cleared_and_anon_vma_chains_follow_anon_vma_fork(h: &dyn Harnes
     parent.write_byte(f, 1).unwrap();
     let child = fork(&*parent);
     let c = child.asp();
-    assert!(asp.query_vma(l, 0).unwrap().vm_flags.contains(VmFlags::LOCKED));
-    assert!(!c.query_vma(l, 0).unwrap().vm_flags.intersects(VmFlags::LOCKED | VmFlags::LOCKONFAULT));
+    assert!(
+        asp.query_vma(l, 0)
+            .unwrap()
+            .vm_flags
+            .contains(VmFlags::LOCKED)
+    );
+    assert!(
+        !c.query_vma(l, 0)
+            .unwrap()
+            .vm_flags
+            .intersects(VmFlags::LOCKED | VmFlags::LOCKONFAULT)
+    );
     let pq = asp.query_vma(f, 0).unwrap();
     let cq = c.query_vma(f, 0).unwrap();
     assert!(cq.anon_vma_id.is_some() && cq.anon_vma_id != pq.anon_vma_id);
@@ -371,7 +454,9 @@ pub fn file_and_shared_mappings_are_shared_with_the_child(h: &dyn Harness) {
         let f = ramfs_file(h.allocator(), "/shared", 4 * P, OpenMode::RDWR);
         let s = asp.mmap(0, 4 * P, RW, MAP_SHARED, Some(&f), 0).unwrap();
         let p = asp.mmap(0, 4 * P, RW, MAP_PRIVATE, Some(&f), 0).unwrap();
-        let sa = asp.mmap(0, 2 * P, RW, MAP_SHARED | MAP_ANONYMOUS, None, 0).unwrap();
+        let sa = asp
+            .mmap(0, 2 * P, RW, MAP_SHARED | MAP_ANONYMOUS, None, 0)
+            .unwrap();
         parent.write_byte(s, 1).unwrap();
         parent.write_byte(p + P, 2).unwrap();
         parent.write_byte(sa, 3).unwrap();
@@ -381,10 +466,18 @@ pub fn file_and_shared_mappings_are_shared_with_the_child(h: &dyn Harness) {
         child.write_byte(s + 1, 0x11).unwrap();
         assert_eq!(parent.read_byte(s + 1).unwrap(), 0x11, "MAP_SHARED file");
         child.write_byte(sa + 1, 0x22).unwrap();
-        assert_eq!(parent.read_byte(sa + 1).unwrap(), 0x22, "MAP_SHARED anonymous");
+        assert_eq!(
+            parent.read_byte(sa + 1).unwrap(),
+            0x22,
+            "MAP_SHARED anonymous"
+        );
         assert_eq!(child.read_byte(p + P).unwrap(), 2, "private copy inherited");
         child.write_byte(p + P, 0x33).unwrap();
-        assert_eq!(parent.read_byte(p + P).unwrap(), 2, "private copy stays private");
+        assert_eq!(
+            parent.read_byte(p + P).unwrap(),
+            2,
+            "private copy stays private"
+        );
         drop(child);
         validate_i_mmap(f.inode(), &[asp]).unwrap();
         assert_eq!(f.inode().i_mmap_len(), 2);
@@ -464,7 +557,10 @@ pub fn fork_with_16_mib_touched(h: &dyn Harness) {
         let before = h.frames_in_use();
         let child = fork(&*parent);
         let tables = h.frames_in_use() - before;
-        assert!(tables <= 16, "fork allocated only page tables ({tables} frames)");
+        assert!(
+            tables <= 16,
+            "fork allocated only page tables ({tables} frames)"
+        );
         for i in (0..n).step_by(97) {
             assert_eq!(child.read_byte(x + i * P).unwrap(), (i % 251) as u8);
         }

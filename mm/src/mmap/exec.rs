@@ -390,7 +390,9 @@ impl AddressSpace {
         if g.vma_next_from(new_start).map(|v| v as *const _) != Some(vma as *const _) {
             return Err(Errno::EFAULT);
         }
-        if g.vma_prev_of(old_start).is_some_and(|p| p.end() > new_start) {
+        if g.vma_prev_of(old_start)
+            .is_some_and(|p| p.end() > new_start)
+        {
             return Err(Errno::EFAULT);
         }
         // Linux keeps `vm_pgoff` through the move (`VMG_STATE(.., vma->vm_pgoff)`); this
@@ -407,7 +409,12 @@ impl AddressSpace {
         {
             let mut pt = self.pt.lock();
             let mut tlb = MmuGather::new(&pt);
-            let r = pt.move_range(va(old_start), VirtAddr::new(new_start as u64), length as u64, &mut tlb);
+            let r = pt.move_range(
+                va(old_start),
+                VirtAddr::new(new_start as u64),
+                length as u64,
+                &mut tlb,
+            );
             tlb.finish();
             // On failure Linux relies on the process cleanup too: the new space is
             // dropped by the caller.
@@ -434,7 +441,8 @@ impl AddressSpace {
         }
         p -= args.random.len();
         let u_rand = p;
-        self.copy_to_user(u_rand, &args.random).map_err(|_| Errno::EFAULT)?;
+        self.copy_to_user(u_rand, &args.random)
+            .map_err(|_| Errno::EFAULT)?;
         let a = &args.aux;
         let mut aux: [(u64, u64); 22] = [(0, 0); 22];
         let mut n = 0;
@@ -479,7 +487,8 @@ impl AddressSpace {
                 if !v.flags().contains(VmFlags::GROWSDOWN) {
                     return Err(Errno::EFAULT);
                 }
-                self.expand_stack(&mut g, v, sp).map_err(|_| Errno::EFAULT)?;
+                self.expand_stack(&mut g, v, sp)
+                    .map_err(|_| Errno::EFAULT)?;
             }
         }
         let mut words: Vec<u64> = Vec::new();

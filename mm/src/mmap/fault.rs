@@ -326,7 +326,7 @@ impl AddressSpace {
             return Ok(());
         }
         let m = self.alloc.meta(t.frame);
-        if m.is_some_and(|m| wp_can_reuse_anon(m)) {
+        if m.is_some_and(wp_can_reuse_anon) {
             let mut g = MmuGather::new(pt);
             pt.protect(
                 va(page)..va(page + PAGE_SIZE),

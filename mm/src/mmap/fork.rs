@@ -44,9 +44,7 @@ pub(crate) fn is_cow_mapping(f: VmFlags) -> bool {
 /// shared or read-only file mappings, which fault back in from the page cache.
 fn vma_needs_copy(dst: VmaRef, src: VmaRef) -> bool {
     dst.flags().contains(VmFlags::UFFD_WP)
-        || src
-            .flags()
-            .intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP)
+        || src.flags().intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP)
         || src.has_anon_vma()
 }
 
@@ -107,12 +105,7 @@ impl AddressSpace {
 
     /// Copy `src`'s page tables into the child for its copy `dst` (Linux:
     /// `copy_page_range()`), if they need copying at all.
-    fn copy_page_range(
-        &self,
-        child: &AddressSpace,
-        dst: VmaRef,
-        src: VmaRef,
-    ) -> Result<(), Errno> {
+    fn copy_page_range(&self, child: &AddressSpace, dst: VmaRef, src: VmaRef) -> Result<(), Errno> {
         if !vma_needs_copy(dst, src) {
             return Ok(());
         }
@@ -168,8 +161,7 @@ pub(crate) fn copy_hugetlb_page_range(
         let chunk_end = ((a / PUD_SIZE) + 1).saturating_mul(PUD_SIZE).min(end);
         let whole = a.is_multiple_of(PUD_SIZE) && chunk_end - a == PUD_SIZE;
         if mayshare && whole && spt.pmd_table_at(VirtAddr::new(a as u64)).is_some() {
-            dpt.share_pmd_with(va(a), spt, va(a))
-                .map_err(Errno::from)?;
+            dpt.share_pmd_with(va(a), spt, va(a)).map_err(Errno::from)?;
         } else {
             copy_range(dpt, spt, src, a, chunk_end)?;
         }

@@ -62,8 +62,8 @@ use x86_64::{PhysAddr, VirtAddr};
 
 pub use consts::*;
 pub use exec::{
-    ElfAux, ExecArgs, ExecImage, ExecStack, MAX_ARG_STRLEN, STACK_TOP, STACK_TOP_MAX, VM_STACK_FLAGS,
-    VM_STACK_INCOMPLETE_SETUP, auxv,
+    ElfAux, ExecArgs, ExecImage, ExecStack, MAX_ARG_STRLEN, STACK_TOP, STACK_TOP_MAX,
+    VM_STACK_FLAGS, VM_STACK_INCOMPLETE_SETUP, auxv,
 };
 pub use fault::{Access, FaultError, zero_page};
 pub use query::VmaQuery;

@@ -187,7 +187,9 @@ impl AddressSpace {
             }
             // Linux: a writable anonymous PTE maps a PageAnonExclusive page.
             if !kind.contains(FrameFlags::ANON_EXCLUSIVE) {
-                return bad("writable PTE of a private mapping maps a non-exclusive anonymous page");
+                return bad(
+                    "writable PTE of a private mapping maps a non-exclusive anonymous page",
+                );
             }
         }
         if anon && !v.has_anon_vma() {

@@ -204,7 +204,13 @@ impl CopyCx<'_> {
     }
 
     /// Linux: `copy_present_pte` (or `copy_huge_pmd`) for the leaf at `table[i]`.
-    fn copy_leaf(&mut self, table: Table, i: usize, va: u64, size: PageSize) -> Result<(), MapError> {
+    fn copy_leaf(
+        &mut self,
+        table: Table,
+        i: usize,
+        va: u64,
+        size: PageSize,
+    ) -> Result<(), MapError> {
         // Linux: the destination table comes first (`pte_alloc_map_lock`).
         let need = self.dst.plan_map(va, va + size.bytes(), size)?;
         self.stash.top_up(need)?;

@@ -632,7 +632,10 @@ impl<'a> MmWriteGuard<'a> {
     }
     /// Linux: `fatal_signal_pending(current)` through [`MmHooks::fatal_signal_pending`].
     pub fn fatal_signal_pending(&self) -> bool {
-        self.inner_ref().hooks.fatal_signal_pending.is_some_and(|f| f())
+        self.inner_ref()
+            .hooks
+            .fatal_signal_pending
+            .is_some_and(|f| f())
     }
     /// True if `vma` is a VMA of this address space write-locked in this hold (Linux:
     /// `__is_vma_write_locked`). Another mm's VMA is never write-locked by this hold,
