@@ -37,6 +37,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     page_table_benches();
     vma_benches();
     mmap_benches();
+    fork_benches();
 
     kernel::serial_println!("bench: done");
     qemu::exit(ExitCode::Success)
@@ -222,4 +223,154 @@ fn mmap_benches() {
     mm.munmap(base, NVMAS * P).unwrap();
     mm.munmap(anchor, P).unwrap();
     address_space::deactivate_current();
+}
+
+/// Issue 14's figures: fork of an address space (Linux: `dup_mm` → `dup_mmap`) then
+/// teardown of the child (`exit_mmap`), with nothing and with 16 MiB of anonymous
+/// memory touched, and one copy-on-write fault (`do_wp_page` copying a page the parent
+/// shares with a live child). Linux's `fork_exit_*` figures also create and schedule a
+/// process, so these are not the same work and are printed without a ratio.
+///
+/// The parent has a typical small-process layout ([`typical_layout`]): a program and
+/// three libraries mapped from files (text, read-only data, data), a heap, an
+/// anonymous mapping with a guard page, and a stack.
+fn fork_benches() {
+    use kernel::address_space;
+    use kernel::arch::extable::probe_write;
+    use mm::mmap::*;
+    const P: usize = 4096;
+    const TOUCHED: usize = 16 << 20;
+    const PAGES: usize = TOUCHED / P;
+
+    let (mm, _files) = typical_layout();
+    address_space::activate(&mm);
+    let nvmas = mm.map_count();
+    kernel::serial_println!("bench: fork parent has {nvmas} VMAs");
+    bench::run("dup_mmap_exit_0MiB", 2_000, |_| {
+        let child = address_space::fork(&mm).expect("bench: fork");
+        drop(child);
+    });
+
+    // 16 MiB written: every page present, writable and exclusive to the parent.
+    let big = mm
+        .mmap(
+            0,
+            TOUCHED,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            None,
+            0,
+        )
+        .expect("bench: mmap 16 MiB");
+    let write_all = |v: u8| {
+        for i in 0..PAGES {
+            probe_write(VirtAddr::new((big + i * P) as u64), v).expect("bench: write");
+        }
+    };
+    write_all(1);
+    // Each fork write-protects the parent's pages; rewriting them (untimed) after the
+    // child is gone makes them writable again (reused in place, no copy), so every
+    // timed fork starts from freshly written memory, as a process forking between
+    // bursts of work does.
+    let rounds = 40u64;
+    let mut total = 0u64;
+    for r in 0..rounds + 2 {
+        let start = tsc::rdtsc();
+        let child = address_space::fork(&mm).expect("bench: fork");
+        drop(child);
+        if r >= 2 {
+            total += tsc::rdtsc() - start;
+        }
+        write_all(r as u8);
+    }
+    bench::report(
+        "dup_mmap_exit_16MiB",
+        tsc::cycles_to_ns(total) / rounds,
+        rounds,
+    );
+
+    // Copy-on-write: fork (untimed) shares the 16 MiB with a child, then every timed
+    // write in the parent copies one page; the child is dropped untimed.
+    let rounds = 4u64;
+    let mut total = 0u64;
+    for r in 0..rounds + 1 {
+        let child = address_space::fork(&mm).expect("bench: fork");
+        let frames0 = kernel::memory::usage().frames;
+        let start = tsc::rdtsc();
+        write_all(0x80 | r as u8);
+        if r >= 1 {
+            total += tsc::rdtsc() - start;
+        }
+        // Every write copied its page (one new frame each).
+        assert_eq!(
+            kernel::memory::usage().frames - frames0,
+            PAGES as u64,
+            "bench: a copy per write"
+        );
+        drop(child);
+    }
+    let ops = rounds * PAGES as u64;
+    bench::report("cow_fault_4k", tsc::cycles_to_ns(total) / ops, ops);
+
+    mm.munmap(big, TOUCHED).unwrap();
+    address_space::deactivate_current();
+}
+
+/// A small process's address space for the fork figures: a program and three
+/// libraries from files, each as text (r-x), read-only data (r--) and data (rw-,
+/// private); a heap low in the space, an anonymous mapping split by a PROT_NONE guard
+/// page, and a 32-page GROWSDOWN stack. Nothing is touched. Returns the space and its files
+/// (kept alive with it).
+fn typical_layout() -> (
+    alloc::sync::Arc<mm::mmap::AddressSpace>,
+    alloc::vec::Vec<alloc::sync::Arc<mm::file::File>>,
+) {
+    use kernel::address_space;
+    use mm::file::{OpenMode, ramfs_file};
+    use mm::mmap::*;
+    const P: usize = 4096;
+    let mm = address_space::new_user_space(MmLayout::default()).expect("bench: address space");
+    let mut files = alloc::vec::Vec::new();
+    for name in ["/bin/prog", "/lib/libc.so", "/lib/libm.so", "/lib/ld.so"] {
+        let f = ramfs_file(frames(), name, 16 * P, OpenMode::RDONLY);
+        // Text, read-only data and data at consecutive offsets, placed together.
+        let base = mm
+            .mmap(0, 16 * P, PROT_READ, MAP_PRIVATE, Some(&f), 0)
+            .expect("bench: reserve");
+        let segs = [
+            (0, 8, PROT_READ | PROT_EXEC),
+            (8, 4, PROT_READ),
+            (12, 4, PROT_READ | PROT_WRITE),
+        ];
+        for (off, n, prot) in segs {
+            mm.mmap(
+                base + off * P,
+                n * P,
+                prot,
+                MAP_PRIVATE | MAP_FIXED,
+                Some(&f),
+                (off * P) as u64,
+            )
+            .expect("bench: segment");
+        }
+        files.push(f);
+    }
+    const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+    const RW: u32 = PROT_READ | PROT_WRITE;
+    // The heap low, after where a program would be loaded (brk's place).
+    mm.mmap(0x0100_0000, 64 * P, RW, ANON | MAP_FIXED, None, 0)
+        .expect("bench: heap");
+    let a = mm.mmap(0, 33 * P, RW, ANON, None, 0).expect("bench: anon");
+    mm.mprotect(a + 16 * P, P, PROT_NONE).expect("bench: guard");
+    let top = 0x7fff_f000_0000usize;
+    mm.mmap(
+        top - 32 * P,
+        32 * P,
+        RW,
+        ANON | MAP_GROWSDOWN | MAP_FIXED,
+        None,
+        0,
+    )
+    .expect("bench: stack");
+    (mm, files)
 }
