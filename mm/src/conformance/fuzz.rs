@@ -19,7 +19,13 @@
 //! unknown bits), `madvise` (valid, unsupported and invalid advice), `handle_fault`
 //! (read/write/exec), `copy_to_user`/`copy_from_user`, a user byte load or store
 //! through the harness (real page faults in the kernel), the maps text and
-//! PROCMAP_QUERY.
+//! PROCMAP_QUERY, `fork` of a space and the exit of one.
+//!
+//! Forks: about 3 calls in 100 fork a random live space (its child joins the set as
+//! the last space; up to [`MAX_SPACES`] live at once) and 2 in 100 end one (its process
+//! exits: the space is dropped, parent or child, in either order) while more than two
+//! are live; every other call goes to a random live space, so parents and children
+//! both keep mapping, writing and unmapping around pages they share copy-on-write.
 //!
 //! Arguments mix addresses at and around live VMAs' boundaries, a few shared zones,
 //! 0, `mmap_min_addr` ± a page, `TASK_SIZE` ± a page, 2^47, `usize::MAX` and its
@@ -30,8 +36,8 @@
 //!
 //! # What is checked
 //!
-//! - After every call: [`AddressSpace::validate_mm`] on both spaces and
-//!   [`validate_i_mmap`] on every inode against both spaces.
+//! - After every call: [`AddressSpace::validate_mm`] on every live space and
+//!   [`validate_i_mmap`] on every inode against all of them.
 //! - Each call's result: errors only from the errno set Linux documents for the call;
 //!   where the arguments alone decide the result in Linux, exactly that result
 //!   ([`linux_argument_result`]); a fault's outcome as the VMAs dictate (no VMA:
@@ -41,7 +47,15 @@
 //!   the new protection; a resolved fault leaves a PTE allowing the access; bytes
 //!   copied in read back unchanged; the maps text and PROCMAP_QUERY agree with the
 //!   VMAs).
-//! - At the end of a seed: after the spaces are dropped, no file's `i_mmap` holds a
+//! - A fork: the child's VMAs are the parent's without the `VM_DONTCOPY` ones and with
+//!   `VM_LOCKED_MASK` and the userfaultfd flags cleared; the child reads the bytes the
+//!   parent reads in up to [`FORK_COMPARE_PAGES`] pages the parent has present (zero in
+//!   `VM_WIPEONFORK` VMAs); a failed fork (ENOMEM only) leaves the parent's VMAs as
+//!   they were.
+//! - A private write (user store or `copy_to_user` into a VMA without `VM_MAYSHARE`):
+//!   every other live space reads the same byte at that address after it as before (a
+//!   page shared copy-on-write was copied, not written through).
+//! - At the end of a seed: after the spaces still live are dropped, no file's `i_mmap` holds a
 //!   VMA; after the files are dropped too, the frames in use (and, when asked, the
 //!   VMAs and anon_vmas allocated) are back to where they were before the seed.
 //!
@@ -170,6 +184,11 @@ pub enum Op {
     },
     /// Set `vm.max_map_count` of the space (seed set-up, not counted as a call).
     SetMaxMapCount { space: usize, n: usize },
+    /// `fork()` of the space: the child is added as the last space (Linux: `dup_mm`).
+    Fork { space: usize },
+    /// Exit of the space's process: the space is dropped (Linux: `exit_mmap`) and the
+    /// ones after it move down one index.
+    Exit { space: usize },
 }
 
 impl Op {
@@ -187,7 +206,9 @@ impl Op {
             | Op::Touch { space, .. }
             | Op::Maps { space }
             | Op::Query { space, .. }
-            | Op::SetMaxMapCount { space, .. } => space,
+            | Op::SetMaxMapCount { space, .. }
+            | Op::Fork { space }
+            | Op::Exit { space } => space,
         }
     }
 
@@ -205,6 +226,8 @@ impl Op {
             Op::Maps { .. } => "maps",
             Op::Query { .. } => "query",
             Op::SetMaxMapCount { .. } => "set_max_map_count",
+            Op::Fork { .. } => "fork",
+            Op::Exit { .. } => "exit",
         }
     }
 }
@@ -231,6 +254,13 @@ pub struct Stats {
     pub per_op: Vec<(&'static str, u64)>,
     /// Calls not made because they would hit a defect under repair, by defect.
     pub skipped: Vec<(&'static str, u64)>,
+    /// Pages a child read back right after its fork, compared with the parent's.
+    pub fork_pages_compared: u64,
+    /// Private writes after which every other live space was checked unchanged at
+    /// the written address (copy-on-write isolation).
+    pub isolation_checks: u64,
+    /// Most address spaces live at once.
+    pub max_spaces: usize,
 }
 
 fn bump<K: PartialEq>(v: &mut Vec<(K, u64)>, k: K) {
@@ -284,6 +314,11 @@ impl fmt::Display for Stats {
             write!(f, " {name} {n}")?;
         }
         write!(f, ")")?;
+        write!(
+            f,
+            "; fork: {} pages compared, {} isolation checks, up to {} spaces",
+            self.fork_pages_compared, self.isolation_checks, self.max_spaces
+        )?;
         if !self.skipped.is_empty() {
             write!(f, "; skipped, known defects:")?;
             for (name, n) in &self.skipped {
@@ -439,6 +474,9 @@ fn errno_allowed(op: &Op, e: Errno) -> bool {
         Op::Mprotect { .. } => &[EINVAL, ENOMEM, EACCES, EPERM],
         Op::Mremap { .. } => &[EINVAL, ENOMEM, EFAULT, EPERM, EAGAIN],
         Op::Madvise { .. } => &[EINVAL, ENOMEM, EPERM, EAGAIN],
+        // fork(2): ENOMEM (and EAGAIN/ENOSYS/ERESTARTNOINTR of the process layer,
+        // which does not exist here).
+        Op::Fork { .. } => &[ENOMEM],
         _ => &[],
     };
     allowed.contains(&e)
@@ -590,6 +628,16 @@ struct Gen<'a> {
 
 /// Base of the zone most sane calls aim at, so that they meet.
 const ZONE: usize = 0x4000_0000;
+
+/// Most address spaces a seed keeps live at once (its two first ones and their
+/// descendants): a fork is only made below this, an exit only above two.
+const MAX_SPACES: usize = 4;
+/// Percent of calls that fork a space (an exit instead when [`MAX_SPACES`] are live).
+const FORK_PERCENT: u64 = 3;
+/// Percent of calls that end a space (when more than two are live).
+const EXIT_PERCENT: u64 = 2;
+/// Pages of a fork's parent (present in its page tables) its child reads back.
+const FORK_COMPARE_PAGES: usize = 8;
 
 impl Gen<'_> {
     fn boundary(&mut self) -> Option<usize> {
@@ -1038,6 +1086,10 @@ impl<'h> Run<'h> {
 
     /// Make one call; `Err` describes a wrong result.
     fn call(&mut self, op: &Op) -> Result<String, String> {
+        if op.space() >= self.spaces.len() {
+            // Only in a replay of a minimised sequence, whose fork was removed.
+            return Ok(String::from("no such space"));
+        }
         match *op {
             Op::Mmap {
                 space,
@@ -1198,8 +1250,12 @@ impl<'h> Run<'h> {
                 fill,
             } => {
                 let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                let probe = self.isolation_probe(space, addr);
                 let r = self.asp(space).copy_to_user(addr, &data);
                 self.user_range_refused(space, addr, len, r.is_ok())?;
+                if r.is_ok() {
+                    self.isolation_verify(space, addr, probe)?;
+                }
                 if r.is_ok() && addr % P + len <= P {
                     // One page: no alias of the same file page inside the range.
                     let mut back = vec![0u8; len];
@@ -1229,6 +1285,11 @@ impl<'h> Run<'h> {
                 let addr = addr % ts;
                 let access = if write { Access::Write } else { Access::Read };
                 let want = fault_expectation(&vma_list(self.asp(space)), addr, access, ts);
+                let probe = if write {
+                    self.isolation_probe(space, addr)
+                } else {
+                    None
+                };
                 let sp = &self.spaces[space];
                 let r = if write {
                     sp.write_byte(addr, value)
@@ -1246,6 +1307,7 @@ impl<'h> Run<'h> {
                 }
                 match r {
                     Ok(Ok(true)) => {
+                        self.isolation_verify(space, addr, probe)?;
                         self.stats.ok += 1;
                         Ok(String::from("ok"))
                     }
@@ -1298,7 +1360,138 @@ impl<'h> Run<'h> {
                 self.asp(space).set_max_map_count(n);
                 Ok(String::from("set"))
             }
+            Op::Fork { space } => {
+                let before = vma_list(self.asp(space));
+                match self.spaces[space].fork() {
+                    Ok(child) => {
+                        self.check_child(space, &*child)?;
+                        self.spaces.push(child);
+                        self.stats.max_spaces = self.stats.max_spaces.max(self.spaces.len());
+                        self.stats.ok += 1;
+                        Ok(format!("child is space {}", self.spaces.len() - 1))
+                    }
+                    Err(e) => {
+                        if vma_list(self.asp(space)) != before {
+                            return Err(format!("fork failed ({e}) and changed the parent's VMAs"));
+                        }
+                        self.result(op, Err(e))
+                    }
+                }
+            }
+            Op::Exit { space } => {
+                drop(self.spaces.remove(space));
+                self.stats.ok += 1;
+                Ok(format!("{} spaces left", self.spaces.len()))
+            }
         }
+    }
+
+    /// Right after `fork` of space `parent`: the child has the parent's VMAs but the
+    /// `VM_DONTCOPY` ones, with the flags fork drops cleared (`VM_LOCKED_MASK`, the
+    /// userfaultfd flags), and reads what the parent reads in the pages the parent has
+    /// present (zero in a `VM_WIPEONFORK` VMA), or faults the same way.
+    fn check_child(&mut self, parent: usize, child: &dyn Space) -> Result<(), String> {
+        let dropped = VmFlags::LOCKED
+            | VmFlags::LOCKONFAULT
+            | VmFlags::UFFD_MISSING
+            | VmFlags::UFFD_WP
+            | VmFlags::UFFD_MINOR;
+        let want: Vec<(usize, usize, VmFlags)> = vma_list(self.asp(parent))
+            .into_iter()
+            .filter(|v| !v.2.contains(VmFlags::DONTCOPY))
+            .map(|(s, e, f)| (s, e, f - dropped))
+            .collect();
+        let got = vma_list(child.asp());
+        if got != want {
+            return Err(format!(
+                "the child's VMAs are {got:x?}, the parent's (DONTCOPY left out) {want:x?}"
+            ));
+        }
+        let (mut pb, mut cb) = (vec![0u8; P], vec![0u8; P]);
+        let mut compared = 0;
+        'vmas: for &(s, e, f) in &want {
+            for a in (s..e).step_by(P).take(64) {
+                if compared == FORK_COMPARE_PAGES {
+                    break 'vmas;
+                }
+                if self.asp(parent).translate(a).is_none() {
+                    continue;
+                }
+                let pr = self.asp(parent).copy_from_user(a, &mut pb);
+                let cr = child.asp().copy_from_user(a, &mut cb);
+                let wiped = f.contains(VmFlags::WIPEONFORK);
+                match (pr, cr) {
+                    (Ok(()), Ok(())) if wiped => {
+                        if cb.iter().any(|&b| b != 0) {
+                            return Err(format!("WIPEONFORK page {a:#x} is not zero in the child"));
+                        }
+                    }
+                    (Ok(()), Ok(())) => {
+                        if let Some(i) = (0..P).find(|&i| pb[i] != cb[i]) {
+                            return Err(format!(
+                                "after fork the child reads {:#04x} at {:#x}, the parent {:#04x}",
+                                cb[i],
+                                a + i,
+                                pb[i]
+                            ));
+                        }
+                    }
+                    (Err(x), Err(y)) if x == y => {}
+                    (pr, cr) => {
+                        return Err(format!(
+                            "after fork a read of page {a:#x}: parent {pr:?}, child {cr:?}"
+                        ));
+                    }
+                }
+                compared += 1;
+            }
+        }
+        self.stats.fork_pages_compared += compared as u64;
+        Ok(())
+    }
+
+    /// Before a write at `addr` in `space`: if the VMA there is private (so the write
+    /// must stay invisible to every other space, forked or not), the byte every other
+    /// space reads at `addr` (`None` where it cannot read it).
+    fn isolation_probe(&self, space: usize, addr: usize) -> Option<Vec<Option<u8>>> {
+        let private = vma_list(self.asp(space))
+            .iter()
+            .any(|&(s, e, f)| s <= addr && addr < e && !f.intersects(VmFlags::MAYSHARE));
+        if !private || self.spaces.len() < 2 {
+            return None;
+        }
+        Some(
+            (0..self.spaces.len())
+                .map(|i| {
+                    let mut b = [0u8];
+                    (i != space && self.asp(i).copy_from_user(addr, &mut b).is_ok()).then_some(b[0])
+                })
+                .collect(),
+        )
+    }
+
+    /// After a private write at `addr` in `space` worked: every other space still
+    /// reads what it read before (a page shared copy-on-write was copied, not written).
+    fn isolation_verify(
+        &mut self,
+        space: usize,
+        addr: usize,
+        before: Option<Vec<Option<u8>>>,
+    ) -> Result<(), String> {
+        let Some(before) = before else { return Ok(()) };
+        for (i, was) in before.into_iter().enumerate() {
+            let Some(was) = was else { continue };
+            let mut b = [0u8];
+            let now = self.asp(i).copy_from_user(addr, &mut b).map(|()| b[0]);
+            if now != Ok(was) {
+                return Err(format!(
+                    "a private write at {addr:#x} in space {space} changed space {i}: \
+                     it read {was:#04x}, now {now:x?}"
+                ));
+            }
+        }
+        self.stats.isolation_checks += 1;
+        Ok(())
     }
 
     /// A user copy of `[addr, addr + len)` reaching outside the user half must fail
@@ -1440,7 +1633,22 @@ pub fn run(h: &dyn Harness, cfg: &Config, observe: Observer<'_>) -> Result<Stats
             if !setup.is_empty() {
                 return Some(setup.remove(0));
             }
-            let space = rng.usize_below(run.spaces.len());
+            let n = run.spaces.len();
+            let roll = rng.below(100);
+            if roll < FORK_PERCENT {
+                let space = rng.usize_below(n);
+                return Some(if n < MAX_SPACES {
+                    Op::Fork { space }
+                } else {
+                    Op::Exit { space }
+                });
+            }
+            if roll < FORK_PERCENT + EXIT_PERCENT && n > 2 {
+                return Some(Op::Exit {
+                    space: rng.usize_below(n),
+                });
+            }
+            let space = rng.usize_below(n);
             let vmas = vma_list(run.asp(space))
                 .into_iter()
                 .map(|(s, e, _)| (s, e))
