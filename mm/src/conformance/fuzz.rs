@@ -22,7 +22,7 @@
 //! PROCMAP_QUERY, `fork` of a space and the exit of one.
 //!
 //! Forks: about 3 calls in 100 fork a random live space (its child joins the set as
-//! the last space; up to [`MAX_SPACES`] live at once) and 2 in 100 end one (its process
+//! the last space; up to four live at once) and 2 in 100 end one (its process
 //! exits: the space is dropped, parent or child, in either order) while more than two
 //! are live; every other call goes to a random live space, so parents and children
 //! both keep mapping, writing and unmapping around pages they share copy-on-write.
@@ -49,7 +49,7 @@
 //!   VMAs).
 //! - A fork: the child's VMAs are the parent's without the `VM_DONTCOPY` ones and with
 //!   `VM_LOCKED_MASK` and the userfaultfd flags cleared; the child reads the bytes the
-//!   parent reads in up to [`FORK_COMPARE_PAGES`] pages the parent has present (zero in
+//!   parent reads in up to eight pages the parent has present (zero in
 //!   `VM_WIPEONFORK` VMAs); a failed fork (ENOMEM only) leaves the parent's VMAs as
 //!   they were.
 //! - A private write (user store or `copy_to_user` into a VMA without `VM_MAYSHARE`):
