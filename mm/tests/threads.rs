@@ -1207,6 +1207,204 @@ fn uaf_copies_vs_munmap_remap() {
     uaf("uaf_copies_vs_munmap_remap", Zap::MunmapRemap);
 }
 
+// ---- e. fork while other threads fault and write the parent ----------------------
+
+/// Marker in the top byte of every word a fork-stress writer stores.
+const FORK_MARK: u64 = 0xa5 << 56;
+
+/// The word writer `t` fills a page with on its `ctr`-th write: every word of the page
+/// the same, so a page copied (or shared) half-way through a write is visible.
+fn fork_word(t: usize, ctr: u64) -> u64 {
+    FORK_MARK | (t as u64) << 40 | (ctr & ((1 << 40) - 1))
+}
+
+/// A page read back: every word equal, and either zero or a word some writer `t`
+/// stored on a write it had begun (`ctr` at most what it has issued).
+fn check_fork_page(buf: &[u8], issued: &[AtomicU64], what: &str) -> Result<u64, String> {
+    let first = u64::from_le_bytes(buf[..8].try_into().unwrap());
+    if let Some(i) =
+        (1..P / 8).find(|&i| u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap()) != first)
+    {
+        let w = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
+        let poison = if buf.contains(&PAGE_POISON) {
+            " (page-poison bytes)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{what}: a torn page: word 0 is {first:#x}, word {i} is {w:#x}{poison}"
+        ));
+    }
+    if first == 0 {
+        return Ok(0);
+    }
+    let t = (first >> 40 & 0xffff) as usize;
+    let ctr = first & ((1 << 40) - 1);
+    if first & (0xff << 56) != FORK_MARK
+        || t >= issued.len()
+        || ctr == 0
+        || ctr > issued[t].load(Relaxed)
+    {
+        return Err(format!(
+            "{what}: the page holds {first:#x}, a value no writer stored"
+        ));
+    }
+    Ok(first)
+}
+
+/// One thread forks the address space again and again while writer threads fault and
+/// write whole pages of it (Linux: the `fork()` of a multi-threaded process, the case
+/// `dup_mmap` write-locks every VMA and `copy_present_pte` write-protects the parent
+/// under the page-table lock for). The writers store pages of one repeated word
+/// ([`fork_word`]) through `copy_to_user` (first touches, write faults on pages the
+/// last fork write-protected, copies), read pages back, and MADV_DONTNEED them now and
+/// then so first-touch faults keep coming. After each fork the child reads every page:
+/// each must be whole (every word equal) and either zero or a value a writer stored,
+/// and a second read of every page a moment later (the writers going on in the parent)
+/// must give the same bytes: the child's pages are a snapshot, never written through
+/// by the parent. Then `validate_mm` on the child, and it exits (dropped).
+#[test]
+fn fork_vs_faulting_writers() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const NAME: &str = "fork_vs_faulting_writers";
+    const WRITERS: usize = if cfg!(miri) { 2 } else { 3 };
+    const PAGES: usize = if cfg!(miri) { 8 } else { 64 };
+    const X: usize = 0x3000_0000;
+    let alloc = memory();
+    let base = Baseline::take(alloc);
+    let asp = Arc::new(AddressSpace::new(alloc).unwrap());
+    asp.mmap(X, PAGES * P, RW, FIXED, None, 0).unwrap();
+    let issued: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let writes = Arc::new(AtomicU64::new(0));
+    let zaps = Arc::new(AtomicU64::new(0));
+    let forks = Arc::new(AtomicU64::new(0));
+    let checked = Arc::new(AtomicU64::new(0));
+    let zero = Arc::new(AtomicU64::new(0));
+    let mut jobs = vec![];
+    for t in 0..WRITERS {
+        let (asp, issued, writes, zaps) =
+            (asp.clone(), issued.clone(), writes.clone(), zaps.clone());
+        jobs.push((
+            "writer",
+            job(move |ctl| {
+                let mut rng = Rng::new(t as u64 + 500);
+                let mut buf = vec![0u8; P];
+                let mut ctr = 0u64;
+                while ctl.running() {
+                    let page = X + rng.below(PAGES) * P;
+                    match rng.below(16) {
+                        0 => {
+                            asp.madvise(page, P, MADV_DONTNEED)
+                                .map_err(|e| format!("DONTNEED {page:#x}: {e:?}"))?;
+                            zaps.fetch_add(1, Relaxed);
+                        }
+                        1..4 => {
+                            asp.copy_from_user(page, &mut buf)
+                                .map_err(|e| format!("copy_from_user {page:#x}: {e:?}"))?;
+                            check_fork_page(&buf, &issued, &format!("parent page {page:#x}"))?;
+                        }
+                        _ => {
+                            ctr += 1;
+                            // Published before the write starts: a reader may see it.
+                            issued[t].store(ctr, Relaxed);
+                            let w = fork_word(t, ctr).to_le_bytes();
+                            for c in buf.chunks_exact_mut(8) {
+                                c.copy_from_slice(&w);
+                            }
+                            asp.copy_to_user(page, &buf)
+                                .map_err(|e| format!("copy_to_user {page:#x}: {e:?}"))?;
+                            writes.fetch_add(1, Relaxed);
+                        }
+                    }
+                    poison_ok(alloc, ctl)?;
+                    ctl.tick();
+                }
+                Ok(())
+            }),
+        ));
+    }
+    {
+        let (asp, issued, forks, checked, zero) = (
+            asp.clone(),
+            issued.clone(),
+            forks.clone(),
+            checked.clone(),
+            zero.clone(),
+        );
+        jobs.push((
+            "forker",
+            job(move |ctl| {
+                let mut buf = vec![0u8; P];
+                let mut again = vec![0u8; P];
+                while ctl.running() {
+                    let child = asp.fork().map_err(|e| format!("fork: {e:?}"))?;
+                    let n = forks.fetch_add(1, Relaxed) + 1;
+                    let mut seen = vec![0u64; PAGES];
+                    for (i, s) in seen.iter_mut().enumerate() {
+                        let page = X + i * P;
+                        child
+                            .copy_from_user(page, &mut buf)
+                            .map_err(|e| format!("fork {n}: child copy_from_user {page:#x}: {e:?}"))?;
+                        *s = check_fork_page(&buf, &issued, &format!("fork {n}: child page {page:#x}"))?;
+                        checked.fetch_add(1, Relaxed);
+                        if *s == 0 {
+                            zero.fetch_add(1, Relaxed);
+                        }
+                    }
+                    // The parent's writers go on (each page is rewritten about every
+                    // millisecond); the child's pages must not follow.
+                    pause(Duration::from_micros(200));
+                    for (i, &was) in seen.iter().enumerate() {
+                        let page = X + i * P;
+                        child.copy_from_user(page, &mut again).map_err(|e| {
+                            format!("fork {n}: child re-read {page:#x}: {e:?}")
+                        })?;
+                        let w = check_fork_page(
+                            &again,
+                            &issued,
+                            &format!("fork {n}: child page {page:#x} re-read"),
+                        )?;
+                        if w != was {
+                            return Err(format!(
+                                "fork {n}: child page {page:#x} changed from {was:#x} to {w:#x}: a parent write reached the child"
+                            ));
+                        }
+                    }
+                    child
+                        .validate_mm()
+                        .map_err(|e| format!("fork {n}: validate_mm(child): {e}"))?;
+                    drop(child);
+                    poison_ok(alloc, ctl)?;
+                    ctl.tick();
+                }
+                Ok(())
+            }),
+        ));
+    }
+    let secs = run_threads(NAME, jobs);
+    asp.validate_mm()
+        .unwrap_or_else(|e| panic!("{NAME}: validate_mm(parent): {e}"));
+    let mut buf = vec![0u8; P];
+    for i in 0..PAGES {
+        asp.copy_from_user(X + i * P, &mut buf).unwrap();
+        check_fork_page(
+            &buf,
+            &issued,
+            &format!("{NAME}: parent page {:#x} at the end", X + i * P),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    figures(format!(
+        "stress {NAME}: {secs:.2} s: {} forks, {} child pages checked ({} zero), {} page writes, {} DONTNEEDs",
+        forks.load(Relaxed),
+        checked.load(Relaxed),
+        zero.load(Relaxed),
+        writes.load(Relaxed),
+        zaps.load(Relaxed)
+    ));
+    base.check(NAME, vec![asp]);
+}
+
 // ---- the harness itself ------------------------------------------------------------
 
 /// A worker's error stops the others at once and fails the scenario with its message.
