@@ -2,8 +2,8 @@
 //! need a fork (`forked_target_vma`, `forked_source_vma`, the `merge_with_fork`
 //! variants of `mremap_faulted_to_unfaulted_*`), copy-on-write with exact copy counts,
 //! the parent's reuse after the child exits, `MADV_DONTFORK`/`WIPEONFORK`, inherited
-//! and dropped flags, file and shared mappings, teardown in either order, and large
-//! address spaces.
+//! and dropped flags, file, shared and PFN mappings, teardown in either order, and
+//! large address spaces.
 //!
 //! In the merge scenarios the selftest's child does the checking and the parent just
 //! waits; here the child is the forked [`Space`], and the parent stays alive meanwhile.
@@ -12,8 +12,9 @@ use alloc::vec::Vec;
 
 use super::{Harness, Space, vmas};
 use crate::errno::Errno;
-use crate::file::{OpenMode, ramfs_file};
+use crate::file::{OpenMode, device_file, ramfs_file};
 use crate::mmap::*;
+use crate::paging::PageTableFlags;
 use crate::vma::{MmHooks, VmFlags};
 
 const P: usize = 4096;
@@ -594,6 +595,58 @@ pub fn fatal_signal_aborts_fork_with_eintr(h: &dyn Harness) {
         asp.mm().write_lock().set_hooks(MmHooks::default());
         assert_eq!(vmas(asp), vmas_before);
         assert_eq!(parent.read_byte(x).unwrap(), 5);
+    }
+    assert_eq!(h.frames_in_use(), base);
+}
+
+/// A PFN mapping (a device file's legacy `->mmap`, `remap_pfn_range`) is copied into
+/// the child entry for entry (Linux: `vma_needs_copy` is true for `VM_PFNMAP`, since
+/// no fault handler could rebuild the entries): the child maps the same device frames
+/// with the same permissions, a shared one stays writable, no frame is referenced or
+/// copied, and either side's exit leaves the other's mapping as it was.
+pub fn pfn_mapping_is_copied_entry_for_entry(h: &dyn Harness) {
+    let base = h.frames_in_use();
+    {
+        let phys = 0xfee0_0000u64;
+        let dev = device_file(h.allocator(), "/dev/mem0", phys, 4 * P, OpenMode::RDWR);
+        let parent = h.space();
+        let x = parent
+            .asp()
+            .mmap(0, 2 * P, RW, MAP_SHARED, Some(&dev), P as u64)
+            .unwrap();
+        let before: Vec<_> = (0..2)
+            .map(|i| parent.asp().translate(x + i * P).unwrap())
+            .collect();
+        let child = fork(&*parent);
+        let q = child.asp().query_vma(x, 0).unwrap();
+        assert!(q.vm_flags.contains(VmFlags::PFNMAP | VmFlags::IO));
+        for (i, t) in before.iter().enumerate() {
+            let c = child.asp().translate(x + i * P).expect("copied at fork");
+            assert_eq!(c.frame.as_u64(), phys + (1 + i as u64) * P as u64);
+            assert!(
+                c.flags.contains(PageTableFlags::WRITABLE),
+                "shared: not write-protected"
+            );
+            assert_eq!(parent.asp().translate(x + i * P).unwrap().frame, t.frame);
+            assert!(
+                parent
+                    .asp()
+                    .translate(x + i * P)
+                    .unwrap()
+                    .flags
+                    .contains(PageTableFlags::WRITABLE)
+            );
+        }
+        drop(child);
+        assert_eq!(parent.asp().translate(x).unwrap().frame, before[0].frame);
+        let child = fork(&*parent);
+        drop(parent);
+        assert_eq!(
+            child.asp().translate(x + P).unwrap().frame,
+            before[1].frame,
+            "the parent's exit leaves the child's entries"
+        );
+        vmas(child.asp());
     }
     assert_eq!(h.frames_in_use(), base);
 }

@@ -173,6 +173,7 @@ macro_rules! conformance_cases {
                 fork_of_ten_thousand_vmas,
                 fork_with_16_mib_touched,
                 fatal_signal_aborts_fork_with_eintr,
+                pfn_mapping_is_copied_entry_for_entry,
             ],
             regress: [
                 pure_move_with_dontunmap_visits_each_vma_once,
