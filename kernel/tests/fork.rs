@@ -1,10 +1,11 @@
 //! fork of an address space on real page tables: the `fork` group of the conformance
 //! suite (`mm::conformance::fork`: merge scenarios after a fork, copy-on-write with
-//! exact copy counts, reuse after the child exits, DONTFORK/WIPEONFORK, PFN mappings, teardown in
-//! either order, 10,000 VMAs, 16 MiB touched), with parent and child loaded in CR3 in
-//! turn and every user byte a real load or store through the page-fault handler, so
-//! each copy-on-write is a real write-protection fault. The harness checks frames,
-//! page-table pages and VMAs against the baseline after each test.
+//! exact copy counts, reuse after the child exits, DONTFORK/WIPEONFORK, PFN mappings,
+//! teardown in either order, 10,000 VMAs, 16 MiB touched), with parent and child
+//! loaded in CR3 in turn and every user byte a real load or store through the
+//! page-fault handler, so each copy-on-write is a real write-protection fault. The
+//! harness checks frames, page-table pages and VMAs against the baseline after each
+//! test.
 #![no_std]
 #![no_main]
 // Test cases are named for what they check; the custom test framework makes them
