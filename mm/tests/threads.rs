@@ -1308,8 +1308,8 @@ fn fork_vs_faulting_writers() {
                             // Published before the write starts: a reader may see it.
                             issued[t].store(ctr, Relaxed);
                             let w = fork_word(t, ctr).to_le_bytes();
-                            for c in buf.chunks_exact_mut(8) {
-                                c.copy_from_slice(&w);
+                            for c in buf.as_chunks_mut::<8>().0 {
+                                *c = w;
                             }
                             asp.copy_to_user(page, &buf)
                                 .map_err(|e| format!("copy_to_user {page:#x}: {e:?}"))?;
