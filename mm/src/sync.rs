@@ -1,10 +1,15 @@
-//! Locks shared by the memory manager and the kernel.
+//! Locks shared by the memory manager and the kernel, and the lock order.
 //!
-//! [`IrqSpinLock`] is the lock to use for anything an interrupt handler may also
-//! take (the frame allocator, page-table locks): on the kernel target it disables
-//! interrupts for as long as the guard lives, so a handler on the same CPU can never
-//! spin on a lock its own CPU holds. On the host (tests) there are no interrupts and
-//! it is a plain spin lock.
+//! - [`RwSem`]: the reader-writer lock of the mmap lock and `i_mmap` (Linux:
+//!   `rw_semaphore`), writer-fair, with a lockdep class.
+//! - [`Mutex`]: a spin lock with a lockdep class, for the page-table and page-cache
+//!   ranks (Linux: `spinlock_t`).
+//! - [`IrqSpinLock`]: the lock for anything an interrupt handler may also take (the
+//!   frame allocator): on the kernel target it disables interrupts for as long as the
+//!   guard lives, so a handler on the same CPU can never spin on a lock its own CPU
+//!   holds. On the host (tests) there are no interrupts and it is a plain spin lock.
+//! - [`lockdep`]: lockdep-light, which checks the order below at run time in debug
+//!   builds.
 //!
 //! # Lock order
 //!
@@ -14,13 +19,13 @@
 //!
 //! | rank | lock | Linux | here | who takes it |
 //! |---|---|---|---|---|
-//! | 1 | mmap lock | `mmap_lock` | `Mm`'s `spin::RwLock` ([`crate::vma::Mm::write_lock`], `read_lock`) | syscalls (write), the fault slow path (write), populate (read) |
+//! | 1 | mmap lock | `mmap_lock` | `Mm`'s [`RwSem`] ([`crate::vma::Mm::write_lock`], `read_lock`, `try_read_lock`) | syscalls (write), stack growth (write), the fault slow path (read), the fault fast path's anon_vma preparation (read trylock), populate (read) |
 //! | 2 | VMA lock | `vm_refcnt` + `vm_lock_seq` | [`crate::vma::lock`] | write: under the mmap write lock, waits for the VMA's readers to leave; read: the fault fast path, never waits (a reader that cannot get it falls back to the mmap lock) |
 //! | 3 | hugetlb vma lock | `hugetlb_vma_lock` | not yet (hugetlb) | |
-//! | 4 | file `i_mmap` | `i_mmap_rwsem` | [`crate::vma::IMmap`]'s `RwLock` | the VMA engine's link, commit and removal (write); rmap walkers (read) |
+//! | 4 | file `i_mmap` | `i_mmap_rwsem` | [`crate::vma::IMmap`]'s [`RwSem`] | the VMA engine's link, commit and removal (write); rmap walkers (read) |
 //! | 5 | anon_vma | `anon_vma->rwsem` | none: anon_vma chains change only under ranks 1 and 2 | |
-//! | 6 | page-table lock | `page_table_lock` / split PTE locks | `AddressSpace`'s `spin::Mutex<PageTableRoot>` | every page-table walk that changes or reads PTEs for a copy: zap, protect, the fault's PTE install, `copy_to_user`/`copy_from_user` (held across the copy so the frame cannot be freed under it) |
-//! | 7 | page cache | `i_pages` lock | `Inode`'s page map | the fault (under rank 6) and file writes |
+//! | 6 | page-table lock | `page_table_lock` / split PTE locks | `AddressSpace`'s [`Mutex`]`<PageTableRoot>` | every page-table walk that changes or reads PTEs for a copy: zap, protect, the fault's PTE install, `copy_to_user`/`copy_from_user` (held across the copy so the frame cannot be freed under it); also serialises the fault path's `anon_vma` publication (Linux: `__anon_vma_prepare` under `page_table_lock`) |
+//! | 7 | page cache | `i_pages` lock | `Inode`'s page map ([`Mutex`]) | the fault (under rank 6) and file writes |
 //! | 8 | leaves | zone lock, slab | frame allocator (`IrqSpinLock`), zero-page registry, kernel heap | anywhere; they take nothing else |
 //!
 //! The rule that matters most for the per-VMA locks: nothing waits for a VMA lock
@@ -31,11 +36,28 @@
 //! other way round deadlocks (a fault waits for the page-table lock while the
 //! syscall, holding it, waits for the fault's VMA read lock to go).
 //!
-//! Interrupts: only locks an interrupt handler also takes disable interrupts
-//! ([`IrqSpinLock`]: the frame allocator). The memory manager's own locks (ranks 1 to
-//! 7) are never taken from interrupt context, so they leave interrupts enabled.
+//! Lockdep-light ([`lockdep`]) checks this order in debug builds: each lock class
+//! carries its rank, each CPU (each thread on the host) counts what it holds, and
+//! waiting for a lock while holding one of a higher rank panics. Rank 8 is not
+//! tracked: leaves nest freely (the zero-page registry allocates a frame).
+//!
+//! # Interrupts
+//!
+//! Only locks an interrupt handler also takes disable interrupts ([`IrqSpinLock`]:
+//! the frame allocator). The memory manager's own locks (ranks 1 to 7) are never
+//! taken from interrupt context, so they leave interrupts enabled, and so does every
+//! wait for them: a CPU spinning on the mmap lock, a VMA writer waiting for readers,
+//! a CPU spinning on a page-table lock all keep answering IPIs. That is what lets the
+//! holder of such a lock send a TLB shootdown and wait for every CPU's answer without
+//! a deadlock. Conversely no one may wait for another CPU (a shootdown answer) while
+//! holding an [`IrqSpinLock`].
 
 use core::ops::{Deref, DerefMut};
+
+pub mod lockdep;
+mod rwsem;
+
+pub use rwsem::{Mutex, MutexGuard, RwSem, RwSemReadGuard, RwSemWriteGuard};
 
 /// A spin lock that keeps local interrupts disabled while held
 /// (Linux: `spin_lock_irqsave`/`spin_unlock_irqrestore`).

@@ -17,7 +17,8 @@ use mm::vma::{
 /// A fork child of a faulted parent VMA living in another mm.
 fn fork_child(g: &mut MmWriteGuard<'_>, s: usize, e: usize, pg: usize) -> VmaRef {
     let parent_mm = Box::leak(Box::new(Mm::new()));
-    let mut pg_ = parent_mm.write_lock();
+    // Held under the child's mmap lock: the nesting `dup_mmap` annotates.
+    let mut pg_ = parent_mm.write_lock_nested();
     let parent = pg_.map_anon(s, e, pg, F).unwrap();
     pg_.anon_vma_prepare(parent).unwrap();
     let child = g.vm_area_alloc().unwrap();
@@ -53,7 +54,7 @@ fn fork_child_refuses_case2_merge() {
     assert_eq!(vmg.state, VmaMergeState::NoMerge);
     // Control: a non-forked faulted prev merges.
     let mm2 = Mm::new();
-    let mut g2 = mm2.write_lock();
+    let mut g2 = mm2.write_lock_nested();
     let p2 = link(&mut g2, 0, 0x2000, 0);
     g2.anon_vma_prepare(p2).unwrap();
     let mut vmg = VmaMergeStruct::new(0x2000, 0x3000, 2, F);

@@ -225,7 +225,7 @@ fn write_lock_of_another_mm_is_not_this_holds() {
     let y = Mm::new();
     let mut gy = y.write_lock();
     let v = gy.map_anon(0x1000, 0x2000, 1, F).unwrap();
-    let gx = x.write_lock();
+    let gx = x.write_lock_nested();
     assert_eq!(x.lock_seq(), y.lock_seq());
     assert!(gy.vma_is_write_locked(v));
     assert!(!gx.vma_is_write_locked(v));
@@ -238,7 +238,7 @@ fn setting_a_field_of_another_mms_vma_panics() {
     let y = Mm::new();
     let mut gy = y.write_lock();
     let v = gy.map_anon(0x1000, 0x2000, 1, F).unwrap();
-    let mut gx = x.write_lock();
+    let mut gx = x.write_lock_nested();
     let _ = gx.vma_set_anon_name(v, Some(Arc::from("x")));
 }
 
@@ -335,7 +335,7 @@ fn anon_vma_fork_with_a_lock_that_does_not_hold_the_parent_panics() {
         },
     )
     .unwrap();
-    let wrong = other.read_lock();
+    let wrong = other.read_lock_nested();
     let _ = g.anon_vma_fork(child, parent, &wrong);
 }
 

@@ -72,7 +72,7 @@ pub struct Inode {
     /// Linux: `mapping->i_pages` — page index → frame (one reference held per page),
     /// sorted by index. A vector rather than the xarray, grown with `try_reserve` so an
     /// insertion can fail with ENOMEM (Linux: `xas_nomem`) instead of aborting.
-    pages: spin::Mutex<Vec<(usize, PhysAddr)>>,
+    pages: crate::sync::Mutex<Vec<(usize, PhysAddr)>>,
     /// Linux: `mapping->i_mmap` — kept exact by the VMA engine (see [`IMmap`]).
     i_mmap: IMmap,
 }
@@ -86,7 +86,7 @@ impl Inode {
             dev: (0, 5),
             alloc,
             size: AtomicUsize::new(size),
-            pages: spin::Mutex::new(Vec::new()),
+            pages: crate::sync::Mutex::new(crate::sync::lockdep::LockClass::PageCache, Vec::new()),
             i_mmap: IMmap::new(),
         })
         .map_err(|_| Errno::ENOMEM)
@@ -438,7 +438,7 @@ pub struct MmapCtx<'g, 'm> {
     pub(crate) g: &'g mut MmWriteGuard<'m>,
     /// The page tables, locked only around each page-table step (the page-table lock
     /// is innermost: see [`crate::mmap`]).
-    pub(crate) pt: &'g spin::Mutex<PageTableRoot>,
+    pub(crate) pt: &'g crate::sync::Mutex<PageTableRoot>,
     pub(crate) vma: VmaRef,
 }
 

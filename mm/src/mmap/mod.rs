@@ -35,7 +35,7 @@
 //!
 //! # Locking
 //! In the order of [`crate::sync`]: syscalls take the mmap write lock, write-lock
-//! each VMA they change, and only then take the page-table lock (the `spin::Mutex`
+//! each VMA they change, and only then take the page-table lock (the `sync::Mutex`
 //! around [`PageTableRoot`]) for each zap or protect, never across a VMA lock. The
 //! fault fast path takes a VMA read lock ([`Mm::lock_vma_under_rcu`]) and then the
 //! page-table lock, and falls back to the mmap write lock when it must create an
@@ -140,7 +140,7 @@ impl Default for MmLayout {
 /// `exit_mmap`). The kernel must have deactivated it on every CPU first.
 pub struct AddressSpace {
     mm: Mm,
-    pt: spin::Mutex<PageTableRoot>,
+    pt: crate::sync::Mutex<PageTableRoot>,
     alloc: &'static FrameAllocator,
     zero: PhysAddr,
     layout: MmLayout,
@@ -274,7 +274,7 @@ impl AddressSpace {
         let zero = zero_page(alloc)?;
         Ok(AddressSpace {
             mm: Mm::new(),
-            pt: spin::Mutex::new(pt),
+            pt: crate::sync::Mutex::new(crate::sync::lockdep::LockClass::PageTable, pt),
             alloc,
             zero,
             layout,

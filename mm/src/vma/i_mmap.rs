@@ -25,7 +25,7 @@ fn key(vma: VmaRef) -> (usize, usize) {
 
 /// One file's `i_mmap` (Linux: `mapping->i_mmap` + `mapping->i_mmap_rwsem`).
 pub struct IMmap {
-    tree: spin::RwLock<IntervalTree<VmaRef>>,
+    tree: crate::sync::RwSem<IntervalTree<VmaRef>>,
 }
 
 impl Default for IMmap {
@@ -38,7 +38,10 @@ impl IMmap {
     /// An empty index.
     pub const fn new() -> Self {
         Self {
-            tree: spin::RwLock::new(IntervalTree::new()),
+            tree: crate::sync::RwSem::new(
+                crate::sync::lockdep::LockClass::IMmap,
+                IntervalTree::new(),
+            ),
         }
     }
 
@@ -85,7 +88,7 @@ impl IMmap {
 
 /// The write side of an [`IMmap`], held while VMAs of the file change.
 pub(super) struct IMmapWriter<'a> {
-    tree: spin::RwLockWriteGuard<'a, IntervalTree<VmaRef>>,
+    tree: crate::sync::RwSemWriteGuard<'a, IntervalTree<VmaRef>>,
 }
 
 impl IMmapWriter<'_> {

@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::area::{Vma, VmaRef};
 use crate::errno::Errno;
+use crate::sync::lockdep::{self, Acquire, LockClass};
 
 /// Linux: `VM_REFCNT_EXCLUDE_READERS_FLAG` (`VMA_LOCK_OFFSET`), bit 30.
 pub const VM_REFCNT_EXCLUDE_READERS_FLAG: u32 = 1 << 30;
@@ -94,7 +95,14 @@ fn refcnt_add_flag_not_zero(vma: &Vma) -> bool {
 }
 
 /// Wait until `vm_refcnt == target` (readers leaving). Linux: `rcuwait_wait_event`.
+///
+/// The wait leaves interrupts as they are (enabled on every path that writes VMAs),
+/// so a CPU waiting here keeps answering IPIs: a reader's CPU that is itself waiting
+/// for our CPU's shootdown answer gets it. Lockdep-light checks that no lock of a
+/// higher rank (a page-table lock) is held: its holder may be the reader we wait for.
+#[track_caller]
 fn wait_refcnt(vma: &Vma, target: u32) {
+    lockdep::might_wait(LockClass::VmaLock);
     while vma.cold.vm_refcnt.load(Ordering::Acquire) != target {
         core::hint::spin_loop();
     }
@@ -223,6 +231,9 @@ pub struct VmaReadGuard<'a> {
 
 impl<'a> VmaReadGuard<'a> {
     pub(super) fn new(vma: VmaRef) -> Self {
+        // A VMA read lock never waits (a reader that cannot get it falls back), so it is
+        // a trylock to lockdep-light; held, it forbids waiting for the mmap lock.
+        lockdep::acquire(LockClass::VmaLock, Acquire::Try);
         VmaReadGuard {
             vma,
             _mm: core::marker::PhantomData,
@@ -244,6 +255,7 @@ impl core::ops::Deref for VmaReadGuard<'_> {
 impl Drop for VmaReadGuard<'_> {
     fn drop(&mut self) {
         vma_end_read(self.vma);
+        lockdep::release(LockClass::VmaLock);
     }
 }
 

@@ -17,6 +17,8 @@ use super::rcu;
 use super::stat::VmStat;
 use super::tree::{TreeView, TreeWriter, VmaTree};
 use crate::errno::Errno;
+use crate::sync::lockdep::LockClass;
+use crate::sync::{RwSem, RwSemReadGuard, RwSemWriteGuard};
 
 /// Linux: `DEFAULT_MAX_MAP_COUNT` (`vm.max_map_count`).
 pub const DEFAULT_MAX_MAP_COUNT: usize = 65530;
@@ -61,7 +63,7 @@ pub struct Mm {
     pub(super) mm_lock_seq: AtomicU32,
     pub(super) tree: VmaTree,
     /// Linux: `mmap_lock`.
-    lock: spin::RwLock<MmInner>,
+    lock: RwSem<MmInner>,
 }
 
 impl Default for Mm {
@@ -77,16 +79,19 @@ impl Mm {
             id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
             mm_lock_seq: AtomicU32::new(0),
             tree: VmaTree::new(),
-            lock: spin::RwLock::new(MmInner {
-                tw: TreeWriter::new(),
-                map_count: 0,
-                max_map_count: DEFAULT_MAX_MAP_COUNT,
-                live_vmas: 0,
-                #[cfg(feature = "fault-inject")]
-                fail_anon_clone: false,
-                hooks: MmHooks::default(),
-                stat: VmStat::default(),
-            }),
+            lock: RwSem::new(
+                LockClass::MmapLock,
+                MmInner {
+                    tw: TreeWriter::new(),
+                    map_count: 0,
+                    max_map_count: DEFAULT_MAX_MAP_COUNT,
+                    live_vmas: 0,
+                    #[cfg(feature = "fault-inject")]
+                    fail_anon_clone: false,
+                    hooks: MmHooks::default(),
+                    stat: VmStat::default(),
+                },
+            ),
         }
     }
 
@@ -102,8 +107,20 @@ impl Mm {
 
     /// Take the mmap lock for writing; `mm_lock_seq` becomes odd.
     /// Linux: `mmap_write_lock()`.
+    #[track_caller]
     pub fn write_lock(&self) -> MmWriteGuard<'_> {
-        let inner = self.lock.write();
+        self.write_locked(self.lock.write())
+    }
+
+    /// Take this address space's mmap lock for writing while holding another's, in an
+    /// order the caller guarantees (Linux: `mmap_write_lock_nested(mm,
+    /// SINGLE_DEPTH_NESTING)`, as `dup_mmap` locks the child under the parent).
+    #[track_caller]
+    pub fn write_lock_nested(&self) -> MmWriteGuard<'_> {
+        self.write_locked(self.lock.write_nested())
+    }
+
+    fn write_locked<'a>(&'a self, inner: RwSemWriteGuard<'a, MmInner>) -> MmWriteGuard<'a> {
         // Linux: `mm_lock_seqcount_begin()`; plain increment, we are the only writer.
         let s = self.mm_lock_seq.load(Ordering::Relaxed);
         self.mm_lock_seq.store(s.wrapping_add(1), Ordering::Relaxed);
@@ -115,11 +132,32 @@ impl Mm {
     }
 
     /// Take the mmap lock for reading. Linux: `mmap_read_lock()`.
+    #[track_caller]
     pub fn read_lock(&self) -> MmReadGuard<'_> {
         MmReadGuard {
             mm: self,
             _inner: self.lock.read(),
         }
+    }
+
+    /// Take this address space's mmap lock for reading while holding another's, in an
+    /// order the caller guarantees (Linux: `down_read_nested`).
+    #[track_caller]
+    pub fn read_lock_nested(&self) -> MmReadGuard<'_> {
+        MmReadGuard {
+            mm: self,
+            _inner: self.lock.read_nested(),
+        }
+    }
+
+    /// Take the mmap lock for reading if that needs no wait (Linux:
+    /// `mmap_read_trylock()`): `None` while a writer holds it or waits for it. The
+    /// fault path's one way to the mmap lock while it holds a VMA read lock.
+    pub fn try_read_lock(&self) -> Option<MmReadGuard<'_>> {
+        Some(MmReadGuard {
+            mm: self,
+            _inner: self.lock.try_read()?,
+        })
     }
 
     /// Lock-free lookup of the VMA containing `addr`, read-locked.
@@ -195,7 +233,7 @@ pub struct VmaInit {
 /// The mmap lock held for reading.
 pub struct MmReadGuard<'a> {
     mm: &'a Mm,
-    _inner: spin::RwLockReadGuard<'a, MmInner>,
+    _inner: RwSemReadGuard<'a, MmInner>,
 }
 
 impl super::area::sealed::Sealed for MmReadGuard<'_> {}
@@ -267,7 +305,7 @@ impl<'a> MmReadGuard<'a> {
 /// every VMA write lock taken during the hold.
 pub struct MmWriteGuard<'a> {
     pub(super) mm: &'a Mm,
-    inner: Option<spin::RwLockWriteGuard<'a, MmInner>>,
+    inner: Option<RwSemWriteGuard<'a, MmInner>>,
 }
 
 impl super::area::sealed::Sealed for MmWriteGuard<'_> {}
