@@ -438,11 +438,12 @@ fn abba_faults_vs_mprotect_split_merge() {
         "{NAME}: {l:x?}"
     );
     figures(format!(
-        "stress {NAME}: {secs:.2} s: {} faults ({} copies), {} mprotect split/merge rounds, {} VMAs at the end",
+        "stress {NAME}: {secs:.2} s: {} faults ({} copies), {} mprotect split/merge rounds, {} VMAs at the end; {:?}",
         faults.load(Relaxed),
         copies.load(Relaxed),
         rounds.load(Relaxed),
-        l.len()
+        l.len(),
+        asp.fault_stats()
     ));
     base.check(NAME, vec![asp]);
 }

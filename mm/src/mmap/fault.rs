@@ -5,6 +5,7 @@
 //! `do_shared_fault`, `do_wp_page`), `mm/mmap.c` (`expand_downwards`).
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::PhysAddr;
 
@@ -106,44 +107,128 @@ fn wp_can_reuse_anon(m: &crate::frame::FrameMeta) -> bool {
     true
 }
 
+/// How page faults found their VMA (Linux: the `VMA_LOCK_*` vm events in
+/// `/proc/vmstat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Handled under a VMA read lock, no mmap lock (Linux: `VMA_LOCK_SUCCESS`).
+    pub vma_lock_success: u64,
+    /// The lock-free lookup found no VMA it could read-lock (absent, write-locked,
+    /// detached or reused slot): handled under the mmap lock (`VMA_LOCK_ABORT`).
+    pub vma_lock_abort: u64,
+    /// Found and read-locked, but the fault needed the mmap lock it could not try-lock
+    /// (a first anonymous write with no anon_vma while a writer holds or waits for the
+    /// mmap lock): retried under the mmap read lock (Linux: `VM_FAULT_RETRY`,
+    /// `VMA_LOCK_RETRY`).
+    pub vma_lock_retry: u64,
+    /// Faults below a stack VMA that took the mmap write lock to grow it.
+    pub stack_expand: u64,
+}
+
+/// The atomic counters behind [`FaultStats`].
+#[derive(Default)]
+pub(super) struct FaultCounters {
+    success: AtomicU64,
+    abort: AtomicU64,
+    retry: AtomicU64,
+    stack_expand: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 impl AddressSpace {
+    /// How this address space's faults have found their VMAs so far.
+    pub fn fault_stats(&self) -> FaultStats {
+        let c = &self.fault_counters;
+        FaultStats {
+            vma_lock_success: c.success.load(Ordering::Relaxed),
+            vma_lock_abort: c.abort.load(Ordering::Relaxed),
+            vma_lock_retry: c.retry.load(Ordering::Relaxed),
+            stack_expand: c.stack_expand.load(Ordering::Relaxed),
+        }
+    }
+
     /// Resolve a user page fault at `addr` (Linux: `do_user_addr_fault` →
     /// `handle_mm_fault`).
     ///
-    /// Fast path: the VMA is found and read-locked without the mmap lock
-    /// (`lock_vma_under_rcu`). Falls back to the mmap write lock when the address is
-    /// below a VMA (stack growth) or the fault needs an anon_vma (the VMA engine's
-    /// `anon_vma_prepare` wants the write lock; Linux uses the read lock plus the
-    /// page-table lock there).
+    /// As Linux 6.16+: the common path takes no mmap lock at all. The VMA is found and
+    /// read-locked without it (`lock_vma_under_rcu`). A first anonymous write to a VMA
+    /// without an anon_vma prepares one under a *trylock* of the mmap read lock
+    /// (`vmf_anon_prepare`); if that fails (a writer holds or waits for the lock) the
+    /// fault is retried under the mmap read lock (`VM_FAULT_RETRY`). Only a fault below
+    /// a stack VMA takes the mmap write lock, to grow it (`lock_mm_and_find_vma` →
+    /// `expand_stack`), and downgrades it before handling the fault. No path waits for
+    /// the mmap lock while it holds a VMA read lock (the deadlock against a writer
+    /// that waits for this VMA's readers).
     pub fn handle_fault(&self, addr: usize, access: Access) -> Result<(), FaultError> {
         if addr >= self.layout.task_size {
             return Err(FaultError::MapErr);
         }
+        let c = &self.fault_counters;
         if let Some(vg) = self.mm.lock_vma_under_rcu(addr) {
             let vma = vg.vma();
             if access_error(vma, access) {
+                bump(&c.success);
                 return Err(FaultError::AccErr);
             }
-            if !needs_anon_vma(vma, access) {
+            let prepared = if needs_anon_vma(vma, access) {
+                // Linux: vmf_anon_prepare().
+                match self.mm.try_read_lock() {
+                    Some(rg) => {
+                        rg.anon_vma_prepare_shared(vma)
+                            .map_err(|_| FaultError::Oom)?;
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                true
+            };
+            if prepared {
+                bump(&c.success);
                 let mut pt = self.pt.lock();
                 return self.do_fault(&vg, vma, addr, access, &mut pt);
             }
+            // VM_FAULT_RETRY: drop the VMA lock before waiting for the mmap lock.
+            bump(&c.retry);
+        } else {
+            bump(&c.abort);
         }
-        let mut g = self.mm.write_lock();
-        let vma = g.find_vma(addr).ok_or(FaultError::MapErr)?;
-        if vma.start() > addr {
-            if !vma.flags().contains(VmFlags::GROWSDOWN) {
+        // Linux: lock_mm_and_find_vma().
+        let mut g = self.mm.read_lock();
+        let found = g.find_vma(addr).ok_or(FaultError::MapErr)?;
+        if found.start() > addr {
+            if !found.flags().contains(VmFlags::GROWSDOWN) {
                 return Err(FaultError::MapErr);
             }
-            self.expand_stack(&mut g, vma, addr)
-                .map_err(|_| FaultError::MapErr)?;
+            // Growing the stack changes the tree: upgrade by dropping the read lock and
+            // taking the write lock, look again (anything may have changed in
+            // between), grow, and downgrade for the fault itself.
+            drop(g);
+            bump(&c.stack_expand);
+            let mut wg = self.mm.write_lock();
+            let vma = wg.find_vma(addr).ok_or(FaultError::MapErr)?;
+            if vma.start() > addr {
+                if !vma.flags().contains(VmFlags::GROWSDOWN) {
+                    return Err(FaultError::MapErr);
+                }
+                self.expand_stack(&mut wg, vma, addr)
+                    .map_err(|_| FaultError::MapErr)?;
+            }
+            g = wg.downgrade();
+        }
+        let vma = g.find_vma(addr).ok_or(FaultError::MapErr)?;
+        if vma.start() > addr {
+            return Err(FaultError::MapErr);
         }
         if access_error(vma, access) {
             return Err(FaultError::AccErr);
         }
         if needs_anon_vma(vma, access) {
-            g.vma_start_write(vma);
-            g.anon_vma_prepare(vma).map_err(|_| FaultError::Oom)?;
+            g.anon_vma_prepare_shared(vma)
+                .map_err(|_| FaultError::Oom)?;
         }
         let mut pt = self.pt.lock();
         self.do_fault(&g, vma, addr, access, &mut pt)

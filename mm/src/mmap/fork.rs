@@ -78,7 +78,9 @@ impl AddressSpace {
         // Linux: mmap_write_lock_killable(oldmm). A spin lock here: nothing to kill
         // while waiting for it.
         let mut pg = self.mm.write_lock();
-        let mut cg = child.mm.write_lock();
+        // Linux: mmap_write_lock_nested(mm, SINGLE_DEPTH_NESTING): the child's lock
+        // under the parent's (no one else can reach the child yet).
+        let mut cg = child.mm.write_lock_nested();
         cg.set_max_map_count(pg.max_map_count());
         cg.set_hooks(pg.hooks());
         let mut addr = 0;
@@ -109,8 +111,11 @@ impl AddressSpace {
         if !vma_needs_copy(dst, src) {
             return Ok(());
         }
-        let mut spt = self.pt.lock();
+        // Linux takes the child's page-table lock, then the parent's with
+        // `spin_lock_nested(.., SINGLE_DEPTH_NESTING)`: two locks of one class, in an
+        // order no one else can invert (the child is not reachable yet).
         let mut dpt = child.pt.lock();
+        let mut spt = self.pt.lock_nested();
         if src.flags().contains(VmFlags::HUGETLB) {
             return copy_hugetlb_page_range(&mut dpt, &mut spt, dst, src);
         }

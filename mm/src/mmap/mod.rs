@@ -145,6 +145,7 @@ pub struct AddressSpace {
     zero: PhysAddr,
     layout: MmLayout,
     start_stack: AtomicUsize,
+    fault_counters: fault::FaultCounters,
 }
 
 fn page_align(x: usize) -> Option<usize> {
@@ -279,6 +280,7 @@ impl AddressSpace {
             zero,
             layout,
             start_stack: AtomicUsize::new(0),
+            fault_counters: fault::FaultCounters::default(),
         })
     }
 

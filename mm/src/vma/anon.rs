@@ -338,6 +338,44 @@ pub(super) unsafe fn anon_vma_attach(vma: &Vma, reuse: Option<AnonVmaRef>) -> Re
     Ok(())
 }
 
+/// Publish `av` as the anon_vma of an unfaulted `vma` with a single chain entry, the
+/// chain's memory (`chain`, empty, capacity ≥ 1) allocated by the caller beforehand.
+///
+/// Linux: the locked part of `__anon_vma_prepare()`: under the page-table lock,
+/// `if (!vma->anon_vma) { vma->anon_vma = anon_vma; anon_vma_chain_link(..); }`.
+/// Returns `Err((av, chain))` if another fault published one first.
+///
+/// # Safety
+/// The caller holds the mmap lock of `vma`'s address space (read is enough) and the
+/// lock that serialises every caller of this function for that address space (its
+/// page-table lock), so: no writer of the chain holding the write locks can exist,
+/// and another caller cannot be between its null check and its publication.
+pub(super) unsafe fn anon_vma_publish(
+    vma: &Vma,
+    av: AnonVmaRef,
+    chain: alloc::vec::Vec<AnonVmaRef>,
+) -> Result<(), (AnonVmaRef, alloc::vec::Vec<AnonVmaRef>)> {
+    if vma.has_anon_vma() {
+        return Err((av, chain));
+    }
+    debug_assert!(chain.is_empty() && chain.capacity() >= 1);
+    // SAFETY: `anon_vma` is null, and (contract) we are the only caller between that
+    // check and the publication below, and write-lock holders are excluded. Readers
+    // under read-level proofs look at the chain only once `anon_vma` is set (see
+    // `Vma::anon_vma_chain_len`), which happens after this borrow ends. So this is the
+    // only reference to the chain while it lives.
+    let slot = unsafe { vma.chain_mut() };
+    debug_assert!(slot.is_empty(), "a VMA without anon_vma has an empty chain");
+    let mut chain = chain;
+    chain_link(&mut chain, &av);
+    // The old (empty) vector goes; the prepared one takes its place.
+    drop(core::mem::replace(slot, chain));
+    // Release (the swap is AcqRel): the chain above happens-before any reader that
+    // sees the pointer.
+    drop(vma.replace_anon_vma(Some(av)));
+    Ok(())
+}
+
 /// Linux: `anon_vma_compatible()` — could `a` (left) and `b` (right) share an anon_vma?
 pub(super) fn anon_vma_compatible(a: &Vma, b: &Vma, stable: &dyn VmaStable) -> bool {
     a.end() == b.start()
@@ -357,8 +395,12 @@ pub(super) fn reusable_anon_vma(
     b: &Vma,
     stable: &dyn VmaStable,
 ) -> Option<AnonVmaRef> {
+    // `anon_vma` first: under the mmap read lock a neighbour's chain may be being built
+    // by a concurrent first fault, and is only looked at once its anon_vma is set (the
+    // same order as Linux's `READ_ONCE(old->anon_vma)` before `list_is_singular`).
+    let av = old.anon_vma(stable)?;
     if anon_vma_compatible(a, b, stable) && old.anon_vma_chain_len(stable) == 1 {
-        return old.anon_vma(stable);
+        return Some(av);
     }
     None
 }

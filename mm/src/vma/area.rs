@@ -21,6 +21,14 @@
 //!   changing them (Linux: `vma_assert_stabilised()`). So does [`Vma::anon_vma`],
 //!   which takes a reference on the anon_vma the VMA owns one on: without a lock a
 //!   writer could be dropping the VMA's reference (the last one) under the reader.
+//! * One exception, Linux's: the first anonymous fault gives a VMA its anon_vma under
+//!   the mmap *read* lock (and the VMA read lock), serialised with other such faults
+//!   by the page-table lock (Linux: `__anon_vma_prepare`). So while `anon_vma` is null
+//!   its chain may be written under a read-level proof; the writer publishes
+//!   `anon_vma` (release) only after the chain is complete, and never writes it again
+//!   without the write locks. Readers under a read-level proof therefore load
+//!   `anon_vma` (acquire) first and look at the chain only when it is set, which
+//!   [`Vma::anon_vma_chain_len`] does.
 //!
 //! # What a proof proves
 //!
@@ -549,8 +557,11 @@ impl Vma {
     }
     /// True if `anon_vma` is set ("faulted").
     #[inline]
+    ///
+    /// Acquire: once it answers true, the chain the first fault built before publishing
+    /// the anon_vma is visible (see the module doc).
     pub fn has_anon_vma(&self) -> bool {
-        !self.anon_vma.load(Ordering::Relaxed).is_null()
+        !self.anon_vma.load(Ordering::Acquire).is_null()
     }
     /// Raw identity of the anon_vma (null = none), for pointer comparisons.
     #[inline]
@@ -602,12 +613,23 @@ impl Vma {
     }
     /// Number of `anon_vma_chain` entries. Panics if `stable` does not stabilise this VMA.
     #[track_caller]
+    ///
+    /// 0 while the VMA has no anon_vma (the chain is then empty, and may be being
+    /// filled by a concurrent first fault, which this does not look at).
     pub fn anon_vma_chain_len(&self, stable: &dyn VmaStable) -> usize {
         self.assert_stable(stable);
+        if !self.has_anon_vma() {
+            return 0;
+        }
         // SAFETY: asserted just above: `stable` is a lock that stabilises this VMA, and
-        // every writer of the chain (the functions of `anon`, called with the mmap write
-        // lock and this VMA's write lock held, or on a detached VMA of their own) is
-        // excluded by it. The borrow ends with `len`.
+        // every writer of the chain that `stable` does not exclude (the fault path's
+        // `anon_vma_prepare_shared`, under a read lock) writes it only while `anon_vma`
+        // is null and publishes `anon_vma` with release after its last write; the
+        // acquire load in `has_anon_vma` saw it set, so that writing is over and no new
+        // one can start. The writers that do change a set chain (the functions of
+        // `anon`, with the mmap write lock and this VMA's write lock held, or on a
+        // detached VMA of their own) are excluded by `stable`. The borrow ends with
+        // `len`.
         unsafe { (*self.anon_vma_chain.get()).len() }
     }
     /// Linux: `vma_is_fork_child()` — faulted and the chain is not a single entry.

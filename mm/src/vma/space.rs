@@ -64,6 +64,11 @@ pub struct Mm {
     pub(super) tree: VmaTree,
     /// Linux: `mmap_lock`.
     lock: RwSem<MmInner>,
+    /// Orders the first faults that give VMAs their anon_vma under the mmap read lock
+    /// ([`MmReadGuard::anon_vma_prepare_shared`]). Linux uses `mm->page_table_lock`;
+    /// here the page tables and their lock live in the `AddressSpace` above this layer,
+    /// so the VMA layer keeps its own lock of that rank for this one job.
+    anon_prepare_lock: crate::sync::Mutex<()>,
 }
 
 impl Default for Mm {
@@ -79,6 +84,7 @@ impl Mm {
             id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
             mm_lock_seq: AtomicU32::new(0),
             tree: VmaTree::new(),
+            anon_prepare_lock: crate::sync::Mutex::new(LockClass::PageTable, ()),
             lock: RwSem::new(
                 LockClass::MmapLock,
                 MmInner {
@@ -262,6 +268,54 @@ impl<'a> MmReadGuard<'a> {
     pub fn vm_stat(&self) -> VmStat {
         self._inner.stat
     }
+    /// Give `vma`, a VMA of this address space, an anon_vma under the mmap *read* lock:
+    /// the first anonymous fault's preparation. Linux: `__anon_vma_prepare()` as
+    /// `vmf_anon_prepare()` calls it (mmap read lock, or its trylock under the VMA read
+    /// lock).
+    ///
+    /// A neighbour's anon_vma is reused if compatible (`find_mergeable_anon_vma`), else
+    /// a new one is allocated; the chain's memory is allocated too, all before the
+    /// address space's anon-prepare lock (Linux: `mm->page_table_lock`) is taken; under
+    /// it the VMA is checked again and the anon_vma published. A fault that lost the
+    /// race frees what it prepared, after the lock. Nothing changes on ENOMEM.
+    ///
+    /// # Panics
+    /// If `vma` does not belong to this address space.
+    #[track_caller]
+    pub fn anon_vma_prepare_shared(&self, vma: VmaRef) -> Result<(), Errno> {
+        assert!(
+            self.stabilises(vma),
+            "anon_vma_prepare_shared: VMA {vma:p} is not a VMA of the locked mm"
+        );
+        if vma.has_anon_vma() {
+            return Ok(());
+        }
+        let av = match find_mergeable_anon_vma(&self.view(), vma, self) {
+            Some(av) => av,
+            None => anon::AnonVmaRef::new_root()?,
+        };
+        let mut chain = Vec::new();
+        chain.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+        #[cfg(feature = "fault-inject")]
+        {
+            // Copied out first: the hook may wait for another fault that reads it too.
+            let hook = *ANON_PREPARE_WINDOW.lock();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        let lock = self.mm.anon_prepare_lock.lock();
+        // SAFETY: we hold this mm's mmap read lock (`self`, and `vma` is its, asserted
+        // above), which excludes the write-lock holders, and `lock`, this mm's
+        // anon-prepare lock, which every caller of `anon_vma_publish` for a VMA of this
+        // mm holds (this method is its only caller).
+        let lost = unsafe { anon::anon_vma_publish(vma, av, chain) };
+        drop(lock);
+        // The loser's anon_vma and vector are freed here, outside the lock.
+        drop(lost);
+        Ok(())
+    }
+
     /// Read-lock `vma`, a VMA of this address space, for use beyond the mmap read lock.
     /// `None` if it is detached (no longer in the tree) or the reader count would
     /// overflow. Linux: `vma_start_read_locked()`.
@@ -973,22 +1027,44 @@ impl<'a> MmWriteGuard<'a> {
 
     /// Linux: `find_mergeable_anon_vma()` — a neighbour's anon_vma `vma` could share.
     pub fn find_mergeable_anon_vma(&self, vma: VmaRef) -> Option<crate::vma::AnonVmaRef> {
-        let v = self.view();
-        if let Some(next) = v
-            .next_from(vma.end())
-            .map(|e| e.vma)
-            .filter(|n| n.start() == vma.end())
-            && let Some(av) = anon::reusable_anon_vma(next, vma, next, self)
-        {
-            return Some(av);
-        }
-        if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma)
-            && let Some(av) = anon::reusable_anon_vma(prev, prev, vma, self)
-        {
-            return Some(av);
-        }
-        None
+        find_mergeable_anon_vma(&self.view(), vma, self)
     }
+}
+
+/// Fault injection: a function [`MmReadGuard::anon_vma_prepare_shared`] calls between
+/// its unlocked check and taking the lock, so a test can hold two first faults there
+/// at once and make them race for the publication (feature `fault-inject`).
+#[cfg(feature = "fault-inject")]
+static ANON_PREPARE_WINDOW: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
+
+/// Install (or remove) the [`ANON_PREPARE_WINDOW`] hook (feature `fault-inject`).
+#[cfg(feature = "fault-inject")]
+pub fn set_anon_prepare_window(hook: Option<fn()>) {
+    *ANON_PREPARE_WINDOW.lock() = hook;
+}
+
+/// Linux: `find_mergeable_anon_vma()` — a neighbour's anon_vma `vma` may share: the
+/// next VMA's first, then the previous one's. `stable` is the mmap lock (read or write)
+/// the view was taken under.
+fn find_mergeable_anon_vma(
+    v: &TreeView<'_>,
+    vma: VmaRef,
+    stable: &dyn VmaStable,
+) -> Option<crate::vma::AnonVmaRef> {
+    if let Some(next) = v
+        .next_from(vma.end())
+        .map(|e| e.vma)
+        .filter(|n| n.start() == vma.end())
+        && let Some(av) = anon::reusable_anon_vma(next, vma, next, stable)
+    {
+        return Some(av);
+    }
+    if let Some(prev) = v.last_ending_at_or_before(vma.start()).map(|e| e.vma)
+        && let Some(av) = anon::reusable_anon_vma(prev, prev, vma, stable)
+    {
+        return Some(av);
+    }
+    None
 }
 
 /// `pgoff` an anonymous mapping at `addr` gets (Linux: `addr >> PAGE_SHIFT`).
