@@ -428,7 +428,7 @@ pub fn locked_is_cleared_and_anon_vma_chains_follow_anon_vma_fork(h: &dyn Harnes
     assert!(cq.anon_vma_id.is_some() && cq.anon_vma_id != pq.anon_vma_id);
     {
         let pg = asp.mm().read_lock();
-        let cg = c.mm().read_lock();
+        let cg = c.mm().read_lock_nested();
         let pv = pg.vma_lookup(f).unwrap();
         let cv = cg.vma_lookup(f).unwrap();
         assert_eq!(pv.anon_vma_chain_len(&pg), 1);
