@@ -1037,7 +1037,9 @@ impl<'a> MmWriteGuard<'a> {
 #[cfg(feature = "fault-inject")]
 static ANON_PREPARE_WINDOW: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
 
-/// Install (or remove) the [`ANON_PREPARE_WINDOW`] hook (feature `fault-inject`).
+/// Install (or remove) the hook [`MmReadGuard::anon_vma_prepare_shared`] calls between its
+/// unlocked check and its lock, so a test can make two first faults race for the
+/// publication (feature `fault-inject`).
 #[cfg(feature = "fault-inject")]
 pub fn set_anon_prepare_window(hook: Option<fn()>) {
     *ANON_PREPARE_WINDOW.lock() = hook;
