@@ -7,7 +7,9 @@
 #   ./run-qemu.sh --bench                          boot the benchmark kernel (release)
 #   ./run-qemu.sh --kernel ELF [options]           boot a given kernel ELF (cargo's runner)
 #
-# Options: --smp N (multi-threaded TCG), --mem SIZE (default 3G), --uefi (OVMF),
+# Options: --smp N (CPUs; default 2 for the main kernel, else $KERNEL_SMP or 1: the
+#          cargo runner boots test kernels with KERNEL_SMP=N cargo ktest ...),
+#          --mem SIZE (default 3G), --uefi (OVMF),
 #          --gdb (wait for gdb on :1234), --timeout S (default 300), --release.
 # Exit status: the kernel's (0 = success); 124 if it hung and was killed.
 set -euo pipefail
@@ -48,7 +50,7 @@ ensure_qemu() {
 }
 
 # --- arguments ---------------------------------------------------------------------
-MODE=run; KERNEL=""; SMP=1; MEM=3G; UEFI=0; GDB=0; TIMEOUT=300; PROFILE=dev; EXTRA=()
+MODE=run; KERNEL=""; SMP=""; MEM=3G; UEFI=0; GDB=0; TIMEOUT=300; PROFILE=dev; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --test) MODE=test ;;
@@ -66,6 +68,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+if [ -z "$SMP" ]; then
+  if [ "$MODE" = run ]; then SMP=2; else SMP="${KERNEL_SMP:-1}"; fi
+fi
+case "$SMP" in ''|*[!0-9]*) die "--smp needs a number, got '$SMP'" ;; esac
 
 cd "$ROOT"
 export RUSTUP_TOOLCHAIN="$TOOLCHAIN"
@@ -93,6 +100,7 @@ boot_elf() {
     TIMEOUT=0
   fi
 
+  log "booting $(basename "$elf") with $SMP CPU$([ "$SMP" = 1 ] || echo s)$([ "$UEFI" = 1 ] && echo ' (UEFI)')"
   local status=0
   if [ "$TIMEOUT" != 0 ]; then
     timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 "${args[@]}" "${EXTRA[@]}" </dev/null || status=$?

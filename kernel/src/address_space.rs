@@ -18,7 +18,6 @@
 use alloc::sync::Arc;
 use mm::errno::Errno;
 use mm::mmap::{AddressSpace, ExecArgs, ExecImage, MmLayout};
-use mm::sync::IrqSpinLock;
 
 use crate::arch::mmu;
 use crate::memory;
@@ -26,8 +25,13 @@ use crate::percpu::{MAX_CPUS, PerCpu, this_cpu};
 
 /// Each CPU's current address space (`None`: only the kernel's tables are loaded).
 /// Linux: `cpu_tlbstate.loaded_mm` (and `current->mm`).
-static CURRENT: PerCpu<IrqSpinLock<Option<Arc<AddressSpace>>>> =
-    PerCpu::new([const { IrqSpinLock::new(None) }; MAX_CPUS]);
+///
+/// A plain spin lock, not an `IrqSpinLock`: no interrupt handler takes it, and
+/// `activate` takes the page-table lock under it, which must not be waited for with
+/// interrupts off (the holder may be waiting for our answer to a TLB shootdown; see
+/// `mm::sync`).
+static CURRENT: PerCpu<spin::Mutex<Option<Arc<AddressSpace>>>> =
+    PerCpu::new([const { spin::Mutex::new(None) }; MAX_CPUS]);
 
 /// A new, empty user address space with `layout` (`MmLayout::default()` is Linux's
 /// x86_64 layout), its page tables sharing the kernel's upper half so that it can be

@@ -1,9 +1,11 @@
 //! The kernel library: bring-up, the memory manager's hardware side, and the
 //! in-kernel test harness shared by every test kernel.
 //!
-//! Boot order ([`init`]): serial console and logger, GDT/TSS, IDT, paging features
-//! (NXE, WP), TSC calibration, the frame allocator from the boot memory map, the
-//! heap. Everything after that may allocate.
+//! Boot order ([`init`]): the boot CPU's per-CPU block (GS base), serial console and
+//! logger, GDT/TSS, IDT, paging features (NXE, WP), TSC calibration, the frame
+//! allocator from the boot memory map, the heap; then the local APIC and its timer,
+//! TLB shootdown, every other CPU (ACPI MADT, INIT-SIPI-SIPI) and interrupts on.
+//! Everything after the heap may allocate.
 #![no_std]
 #![cfg_attr(test, no_main)]
 #![feature(custom_test_frameworks, abi_x86_interrupt)]
@@ -25,6 +27,7 @@ pub mod logger;
 pub mod memory;
 pub mod percpu;
 pub mod serial;
+pub mod smp;
 pub mod testing;
 
 use bootloader_api::BootInfo;
@@ -48,6 +51,7 @@ pub const BOOT_CONFIG: BootloaderConfig = {
 
 /// Brings the machine up. `quiet` keeps the log to warnings (test and bench kernels).
 pub fn init(boot_info: &'static mut BootInfo, quiet: bool) {
+    percpu::init_cpu(0, arch::cpu::initial_apic_id());
     serial::init();
     logger::init(logger::default_level(quiet));
     arch::gdt::init();
@@ -69,6 +73,10 @@ pub fn init(boot_info: &'static mut BootInfo, quiet: bool) {
         map.max_phys
     );
     heap::init();
+    arch::apic::init_bsp();
+    arch::tlb::init();
+    smp::init(boot_info.rsdp_addr.into_option());
+    x86_64::instructions::interrupts::enable();
 }
 
 /// Halts the CPU forever (waking only to halt again).

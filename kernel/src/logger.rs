@@ -1,7 +1,7 @@
 //! A `log` facade backend that writes to the serial console.
 //!
-//! Lines look like `[INFO  cpu0] message`; the CPU id is there now so that SMP
-//! logs read the same way once application processors come up.
+//! Lines look like `[INFO  cpu0] message`, with the id of the CPU that logged
+//! (from its per-CPU block).
 
 use log::{LevelFilter, Metadata, Record};
 
@@ -19,7 +19,7 @@ impl log::Log for SerialLogger {
             crate::serial_println!(
                 "[{:<5} cpu{}] {}",
                 record.level(),
-                crate::arch::cpu::current_id(),
+                crate::percpu::this_cpu(),
                 record.args()
             );
         }

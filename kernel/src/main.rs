@@ -164,7 +164,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     kernel::testing::on_panic(info);
     #[cfg(not(test))]
     {
-        kernel::serial::emergency_print(format_args!("\nkernel panic: {info}\n"));
+        kernel::serial::emergency_print(format_args!(
+            "\nkernel panic on CPU {}: {info}\n",
+            kernel::percpu::this_cpu()
+        ));
         qemu::exit(ExitCode::Failed)
     }
 }

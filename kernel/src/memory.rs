@@ -14,6 +14,10 @@ use x86_64::PhysAddr;
 /// holds the real-mode IVT, BIOS data, EBDA and option ROM shadows.
 const LOW_MEMORY_RESERVED: u64 = 0x10_0000;
 
+/// Pages below 1 MiB kept for the application processors' real-mode trampoline: its
+/// code page and three page-table pages (Linux: `reserve_real_mode`).
+pub const TRAMPOLINE_PAGES: u64 = 4;
+
 /// Most usable ranges a boot memory map may list that we keep.
 const MAX_RANGES: usize = 64;
 
@@ -21,6 +25,8 @@ static FRAMES: Once<FrameAllocator> = Once::new();
 /// The boot page table's root: the kernel's own address space, whose upper half
 /// every user address space shares.
 static KERNEL_PML4: Once<PhysAddr> = Once::new();
+/// Physical address of the trampoline area (`None`: the map had no free low memory).
+static TRAMPOLINE: Once<Option<PhysAddr>> = Once::new();
 
 /// A summary of the boot memory map, for the boot log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,6 +58,12 @@ pub fn kernel_pml4() -> PhysAddr {
     *KERNEL_PML4.get().expect("kernel_pml4 before memory::init")
 }
 
+/// The [`TRAMPOLINE_PAGES`] free pages below 1 MiB reserved for the application
+/// processors' start-up code, if the boot memory map had them.
+pub fn trampoline_area() -> Option<PhysAddr> {
+    TRAMPOLINE.get().copied().flatten()
+}
+
 /// Builds the frame allocator from the boot memory map. Returns the map summary.
 pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
     let mut summary = MemoryMapSummary {
@@ -60,8 +72,19 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
     };
     let mut usable = [const { 0u64..0u64 }; MAX_RANGES];
     let mut n = 0;
+    let mut trampoline = None;
     for r in regions.iter() {
         let len = r.end - r.start;
+        // The trampoline: the highest free pages below the EBDA (the map marks it
+        // reserved) and above the real-mode IVT/BDA page. The frame allocator never
+        // sees low memory, so nothing else can take them.
+        if r.kind == MemoryRegionKind::Usable {
+            let top = r.end.min(0xa_0000) & !0xfff;
+            let start = (r.start.max(0x1000) + 0xfff) & !0xfff;
+            if top >= start + TRAMPOLINE_PAGES * 4096 {
+                trampoline = Some(PhysAddr::new(top - TRAMPOLINE_PAGES * 4096));
+            }
+        }
         summary.max_phys = summary.max_phys.max(r.end);
         match r.kind {
             MemoryRegionKind::Usable => {
@@ -93,6 +116,7 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> MemoryMapSummary {
         .expect("cannot build the frame allocator from the boot memory map");
     FRAMES.call_once(|| alloc);
     KERNEL_PML4.call_once(crate::arch::mmu::loaded_root);
+    TRAMPOLINE.call_once(|| trampoline);
     // The shared zero page lives forever; take it now so it is part of every test's
     // baseline rather than a "leak" of the first test that faults.
     mm::mmap::zero_page(frames()).expect("no memory for the zero page");

@@ -208,6 +208,9 @@ fn finish() -> ! {
 /// The panic handler of test kernels. Inside a test: records the outcome and
 /// continues with the next test. Outside (boot, the runner itself): fatal.
 pub fn on_panic(info: &PanicInfo) -> ! {
+    if crate::percpu::this_cpu() != 0 {
+        crate::smp::on_ap_panic(info)
+    }
     let current = CURRENT.load(Ordering::SeqCst);
     let tests = TESTS.get();
     match tests {
@@ -228,6 +231,10 @@ pub fn on_panic(info: &PanicInfo) -> ! {
                     f.push(test.name());
                 }
             }
+            // Work the test posted to other CPUs must stop before this stack is
+            // reused; and the next test starts with interrupts on, as every test does.
+            crate::smp::stop_others();
+            x86_64::instructions::interrupts::enable();
             IN_PANIC.store(false, Ordering::SeqCst);
             run_from(current + 1)
         }

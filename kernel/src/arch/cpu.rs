@@ -3,11 +3,11 @@
 use x86_64::registers::control::{Cr0, Cr0Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 
-/// The id of the CPU we run on: its initial local-APIC id (CPUID leaf 1, EBX[31:24]).
+/// The initial local-APIC id of the CPU we run on (CPUID leaf 1, EBX[31:24]).
 ///
-/// Per-CPU data will be indexed by this id once application processors are started;
-/// until then every line of the log says `cpu0`.
-pub fn current_id() -> u32 {
+/// Used once per CPU at bring-up; afterwards the CPU's index and APIC id come from
+/// its per-CPU block ([`crate::percpu`]), without CPUID.
+pub fn initial_apic_id() -> u32 {
     // `__cpuid` is safe on every x86_64 CPU (CPUID always exists in long mode).
     let leaf1 = core::arch::x86_64::__cpuid(1);
     leaf1.ebx >> 24

@@ -10,8 +10,10 @@
 //! and observe a segmentation fault as an `Err` instead of a kernel panic.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use x86_64::VirtAddr;
+
+use crate::percpu::this_block;
 
 // Each probe: one access instruction that may fault, then `edx = 0; ret`.
 // The fix-up stub returns `eax = 0, edx = 1`. The pair (rax, rdx) is the
@@ -66,11 +68,9 @@ pub struct ProbeFault {
     pub error_code: u64,
 }
 
-// The last fix-up's details. One slot per CPU will be needed with SMP; with one
-// CPU a single slot is exact because a probe and its fix-up run back to back with
-// nothing in between that could probe.
-static LAST_FAULT_ADDR: AtomicU64 = AtomicU64::new(0);
-static LAST_FAULT_CODE: AtomicU64 = AtomicU64::new(0);
+// The last fix-up's details live in the CPU's own block (`CpuBlock::fault_addr`,
+// `fault_code`): a probe and its fix-up run back to back on one CPU, with nothing
+// in between on that CPU that could probe, so one slot per CPU is exact.
 
 /// The fix-up address for a faulting instruction, if it is one of the probes.
 /// Called by the page-fault handler with the saved instruction pointer.
@@ -87,15 +87,17 @@ pub fn fixup_for(rip: VirtAddr, addr: VirtAddr, error_code: u64) -> Option<VirtA
         ),
     ];
     let (_, fixup) = table.iter().find(|(insn, _)| *insn == rip)?;
-    LAST_FAULT_ADDR.store(addr.as_u64(), Ordering::Relaxed);
-    LAST_FAULT_CODE.store(error_code, Ordering::Relaxed);
+    let cpu = this_block();
+    cpu.fault_addr.store(addr.as_u64(), Ordering::Relaxed);
+    cpu.fault_code.store(error_code, Ordering::Relaxed);
     Some(VirtAddr::new(*fixup))
 }
 
 fn last_fault() -> ProbeFault {
+    let cpu = this_block();
     ProbeFault {
-        addr: VirtAddr::new_truncate(LAST_FAULT_ADDR.load(Ordering::Relaxed)),
-        error_code: LAST_FAULT_CODE.load(Ordering::Relaxed),
+        addr: VirtAddr::new_truncate(cpu.fault_addr.load(Ordering::Relaxed)),
+        error_code: cpu.fault_code.load(Ordering::Relaxed),
     }
 }
 

@@ -6,7 +6,8 @@
 //! segmentation fault, delivered to the faulting context: a probing access gets an
 //! error value through its fix-up (see [`super::extable`]), anything else in kernel
 //! mode is a kernel bug and panics. All other exceptions are fatal and panic with
-//! the saved frame.
+//! the saved frame. The local APIC's vectors (timer, cross-call, wake-up, spurious)
+//! and the masked legacy PIC's have their handlers here too.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Lazy;
@@ -14,7 +15,7 @@ use x86_64::VirtAddr;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-use super::gdt;
+use super::{apic, gdt};
 
 /// Breakpoints taken so far (the breakpoint test checks it moves).
 pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
@@ -55,10 +56,39 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.vmm_communication_exception
         .set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security_exception);
+    for v in apic::PIC_VECTOR_BASE..apic::PIC_VECTOR_BASE + 16 {
+        idt[v].set_handler_fn(pic_spurious);
+    }
+    idt[apic::TIMER_VECTOR].set_handler_fn(apic_timer);
+    idt[apic::CALL_FUNCTION_VECTOR].set_handler_fn(call_function);
+    idt[apic::RESCHEDULE_VECTOR].set_handler_fn(reschedule);
+    idt[apic::SPURIOUS_VECTOR].set_handler_fn(apic_spurious);
     idt
 });
 
-/// Loads the IDT.
+/// A legacy PIC line (all masked; a spurious IRQ 7/15 may still arrive). No EOI: the
+/// PIC did not deliver a real interrupt.
+extern "x86-interrupt" fn pic_spurious(_frame: InterruptStackFrame) {}
+
+/// The APIC timer tick.
+extern "x86-interrupt" fn apic_timer(_frame: InterruptStackFrame) {
+    apic::timer_tick();
+}
+
+/// A cross-call IPI (Linux: `sysvec_call_function`).
+extern "x86-interrupt" fn call_function(_frame: InterruptStackFrame) {
+    crate::smp::call::call_function_interrupt();
+}
+
+/// Wakes a halted CPU to look at its work (Linux: `sysvec_reschedule_ipi`).
+extern "x86-interrupt" fn reschedule(_frame: InterruptStackFrame) {
+    apic::eoi();
+}
+
+/// The APIC's spurious vector: no EOI (SDM 11.9).
+extern "x86-interrupt" fn apic_spurious(_frame: InterruptStackFrame) {}
+
+/// Loads the IDT (one table shared by every CPU).
 pub fn init() {
     IDT.load();
 }
@@ -143,7 +173,17 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageF
         rip: frame.instruction_pointer,
         code,
     };
-    if fault.is_user_address() && crate::fault::handle_user_fault(&fault).is_ok() {
+    // Interrupts on while the memory manager resolves the fault, if the faulting
+    // context had them on (Linux: `do_user_addr_fault` → `local_irq_enable`): the fault
+    // may spin on the page-table lock of a CPU that is waiting for our answer to a TLB
+    // shootdown. CR2 is read above, before an interrupt could fault and replace it.
+    let irqs = frame.cpu_flags.contains(x86_64::registers::rflags::RFlags::INTERRUPT_FLAG);
+    if irqs {
+        x86_64::instructions::interrupts::enable();
+    }
+    let resolved = fault.is_user_address() && crate::fault::handle_user_fault(&fault).is_ok();
+    x86_64::instructions::interrupts::disable();
+    if resolved {
         // Resolved: returning restarts the faulting instruction.
         return;
     }

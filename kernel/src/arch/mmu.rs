@@ -56,3 +56,50 @@ pub fn switch_to_kernel(prev: &PageTableRoot) {
 pub fn loaded_root() -> PhysAddr {
     Cr3::read().0.start_address()
 }
+
+/// Maps the 4 KiB of MMIO at `pa` into the kernel half, uncached (PCD|PWT), and
+/// returns its virtual address (Linux: `ioremap_uc` / `set_fixmap_nocache`).
+///
+/// The mappings go into one upper-half PML4 slot that the bootloader left empty,
+/// taken at the first call. Call it during boot, before any user address space or
+/// application processor copies the kernel's PML4: they copy the top-level entries
+/// once.
+///
+/// # Panics
+/// If the kernel half has no free PML4 slot or there is no memory for a table.
+pub fn map_mmio(pa: PhysAddr) -> x86_64::VirtAddr {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use x86_64::structures::paging::PageTableFlags as F;
+    // Next free virtual page of the MMIO window (0: not chosen yet).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let frames = memory::frames();
+    let table = |pa: u64| frames.phys_to_virt(PhysAddr::new(pa & 0x000f_ffff_ffff_f000)) as *mut u64;
+    let pml4 = table(memory::kernel_pml4().as_u64());
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // SAFETY: the kernel PML4 is live and reachable through the direct map; we read its upper half.
+        let slot = (256..511)
+            .rev()
+            .find(|&i| unsafe { pml4.add(i).read_volatile() } == 0)
+            .expect("no free PML4 slot in the kernel half for MMIO");
+        NEXT.store(0xffff_0000_0000_0000 | (slot as u64) << 39, Ordering::Relaxed);
+    }
+    let va = NEXT.fetch_add(4096, Ordering::Relaxed);
+    let inter = (F::PRESENT | F::WRITABLE).bits();
+    let mut t = pml4;
+    for shift in [39u64, 30, 21] {
+        let idx = ((va >> shift) & 511) as usize;
+        // SAFETY: `t` is a live page table of the kernel half (the PML4, or a table this function made), reachable through the direct map; an empty entry gets a fresh zeroed table. Boot runs on one CPU, so nobody else edits these tables.
+        unsafe {
+            let e = t.add(idx);
+            if e.read_volatile() & F::PRESENT.bits() == 0 {
+                let new = frames.alloc_zeroed(0).expect("no memory for an MMIO page table");
+                e.write_volatile(new.as_u64() | inter);
+            }
+            t = table(e.read_volatile());
+        }
+    }
+    let leaf = F::PRESENT | F::WRITABLE | F::NO_CACHE | F::WRITE_THROUGH | F::NO_EXECUTE | F::GLOBAL;
+    // SAFETY: `t` is the page table for `va` (made above); its entry for `va` is unused because the window only grows.
+    unsafe { t.add(((va >> 12) & 511) as usize).write_volatile(pa.as_u64() | leaf.bits()) };
+    x86_64::VirtAddr::new(va)
+}

@@ -49,3 +49,12 @@ pub fn cycles_to_ns(cycles: u64) -> u64 {
     let hz = hz().max(1);
     ((cycles as u128 * 1_000_000_000) / hz as u128) as u64
 }
+
+/// Busy-waits `us` microseconds by the TSC (Linux: `udelay`). Needs [`calibrate`].
+pub fn delay_us(us: u64) {
+    let cycles = hz() * us / 1_000_000;
+    let start = rdtsc();
+    while rdtsc() - start < cycles {
+        core::hint::spin_loop();
+    }
+}

@@ -121,7 +121,7 @@ impl PageTableRoot {
     /// running kernel; the space must stay alive until another space is activated on
     /// `cpu` and [`deactivate`](Self::deactivate) is called for it.
     pub unsafe fn activate(&self, cpu: usize) {
-        self.cpus.fetch_or(Self::cpu_bit(cpu), Ordering::AcqRel);
+        self.cpus.fetch_or(Self::cpu_bit(cpu), Ordering::SeqCst);
         // SAFETY: `load_root` needs a PML4 whose kernel half maps the running kernel and
         // that stays alive while loaded: our caller vouches for both (this function's
         // contract), and `self.pml4` is this space's own root, freed only with it.

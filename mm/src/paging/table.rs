@@ -512,6 +512,7 @@ impl PageTableRoot {
         g.add_cpus(self.active_cpus());
         let (old, _) = table.update(i, |_| leaf_pte(pa, size, flags, true));
         g.remove_leaf(start, size, old);
+        self.add_cpus_after_clear(g);
         Ok(())
     }
 
@@ -600,6 +601,15 @@ impl PageTableRoot {
         self.check_modify(self.root_table(), Level::Pml4, 0, start, end)
     }
 
+    /// ORs the CPU mask into `g` again after entries changed (Linux reads
+    /// `mm_cpumask` at flush time): the fence orders our PTE stores before the mask
+    /// read, against `activate`'s mask update before its CR3 load, so a CPU missing from
+    /// the mask loaded CR3 after the change.
+    fn add_cpus_after_clear(&self, g: &mut MmuGather) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        g.add_cpus(self.active_cpus());
+    }
+
     /// Unmaps everything in `range` (Linux: `zap_page_range_single` + `free_pgd_range`):
     /// holes are skipped, each cleared leaf's map count drops now and its reference is put
     /// by `g` after the TLB flush, and every table page the unmap empties is freed (also
@@ -619,6 +629,7 @@ impl PageTableRoot {
         self.check_modify(root, Level::Pml4, 0, start, end)?;
         g.add_cpus(self.active_cpus());
         self.zap_level(root, Level::Pml4, 0, start, end, g);
+        self.add_cpus_after_clear(g);
         Ok(())
     }
 
@@ -684,6 +695,7 @@ impl PageTableRoot {
         }
         g.add_cpus(self.active_cpus());
         self.protect_level(root, Level::Pml4, 0, (start, end), prot.bits(), g);
+        self.add_cpus_after_clear(g);
         Ok(())
     }
 

@@ -84,6 +84,20 @@ pub enum Release {
 #[derive(Debug, Clone, Default)]
 pub struct HwTlb;
 
+/// The remote half of a flush, registered by the kernel once its other CPUs run
+/// (Linux: `native_flush_tlb_multi`, the `pv_ops.mmu.flush_tlb_multi` hook): it must
+/// perform `kind` on every other CPU in the mask (on every CPU for a kernel-range or
+/// global flush) and return only when all of them have. Sending IPIs is the kernel's
+/// business; this crate stays host-testable.
+#[cfg(target_os = "none")]
+static FLUSH_TLB_MULTI: spin::Once<fn(u64, FlushKind)> = spin::Once::new();
+
+/// Registers the remote flush (see [`HwTlb`]); the first registration wins.
+#[cfg(target_os = "none")]
+pub fn set_flush_tlb_multi(f: fn(u64, FlushKind)) {
+    FLUSH_TLB_MULTI.call_once(|| f);
+}
+
 #[cfg(target_os = "none")]
 impl HwTlb {
     /// The backend (needs no memory).
@@ -94,11 +108,29 @@ impl HwTlb {
 
 #[cfg(target_os = "none")]
 impl TlbBackend for HwTlb {
-    fn flush(&self, _cpus: u64, kind: FlushKind) {
-        use x86_64::instructions::tlb;
-        // Only the local CPU is flushed: there are no other CPUs running user space yet.
-        // The CPU mask is passed down so SMP shootdown (IPIs to `_cpus` minus self, Linux
-        // `native_flush_tlb_multi`) slots in here without changing any caller.
+    /// Linux's `flush_tlb_mm_range`: the local flush, then the remote one on the other
+    /// CPUs of `cpus` (the space's `mm_cpumask`), which returns only after every one of
+    /// them flushed, so a gather frees pages and tables only afterwards.
+    fn flush(&self, cpus: u64, kind: FlushKind) {
+        flush_local(kind);
+        if let Some(multi) = FLUSH_TLB_MULTI.get() {
+            multi(cpus, kind);
+        }
+    }
+
+    unsafe fn load_root(&self, _cpu: usize, root: PhysAddr) {
+        // SAFETY: forwarded from the caller (the trait's contract is `load_cr3`'s).
+        unsafe { load_cr3(root) };
+    }
+}
+
+/// Performs `kind` on this CPU only (Linux: `flush_tlb_func`'s work:
+/// `flush_tlb_one_user` per page below the ceiling, else `flush_tlb_local` /
+/// `__flush_tlb_all`). Also what a CPU runs when it answers a shootdown IPI.
+#[cfg(target_os = "none")]
+pub fn flush_local(kind: FlushKind) {
+    use x86_64::instructions::tlb;
+    {
         match kind {
             FlushKind::Pages {
                 start,
@@ -124,11 +156,6 @@ impl TlbBackend for HwTlb {
                 }
             }
         }
-    }
-
-    unsafe fn load_root(&self, _cpu: usize, root: PhysAddr) {
-        // SAFETY: forwarded from the caller (the trait's contract is `load_cr3`'s).
-        unsafe { load_cr3(root) };
     }
 }
 
@@ -261,9 +288,11 @@ pub struct GatherStats {
 /// gather flushes early and releases what it holds (Linux: `tlb_flush_mmu`), so it
 /// never allocates.
 ///
-/// The CPU mask of every space it is used with is OR-ed in when entries are cleared: a
-/// CPU that activates the space later loads CR3 after the clear and (without PCID) cannot
-/// hold the old entry, so the snapshot is enough for the future SMP shootdown.
+/// The CPU mask of every space it is used with is OR-ed in before and again after
+/// entries are cleared (with a full fence between the clear and the second read): a CPU
+/// that activates the space after that read loads CR3 after the clear and (without PCID)
+/// cannot hold the old entry, so the flush's IPIs reach every CPU that may (Linux reads
+/// `mm_cpumask` in `flush_tlb_mm_range`, after the PTE changes).
 pub struct MmuGather {
     alloc: &'static FrameAllocator,
     tlb: ArchTlb,
