@@ -33,6 +33,14 @@ const AP_STACK_SIZE: usize = 256 * 1024;
 /// How long the boot CPU waits for one AP to come online.
 const AP_BOOT_TIMEOUT_US: u64 = 2_000_000;
 
+/// CPUs the MADT lists as usable (1 without a MADT).
+static MADT_CPUS: AtomicUsize = AtomicUsize::new(1);
+
+/// Number of usable CPUs the ACPI MADT lists.
+pub fn madt_cpus() -> usize {
+    MADT_CPUS.load(Ordering::Relaxed)
+}
+
 /// CPUs online now.
 pub fn online_mask() -> u64 {
     ONLINE.load(Ordering::Acquire)
@@ -53,6 +61,7 @@ pub fn init(rsdp: Option<u64>) {
         log::info!("SMP: 1 CPU (no MADT)");
         return;
     };
+    MADT_CPUS.store(ids.len(), Ordering::Relaxed);
     let bsp_apic = apic::id();
     let Some(area) = memory::trampoline_area() else {
         log::warn!("SMP: no free page below 1 MiB for the trampoline; 1 CPU");
