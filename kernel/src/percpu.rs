@@ -80,7 +80,9 @@ static BLOCKS: [CpuBlock; MAX_CPUS] = [const { CpuBlock::new() }; MAX_CPUS];
 /// If `cpu >= MAX_CPUS`.
 pub fn init_cpu(cpu: usize, apic_id: u32) {
     let block = &BLOCKS[cpu];
-    block.this.store(block as *const _ as usize, Ordering::Relaxed);
+    block
+        .this
+        .store(block as *const _ as usize, Ordering::Relaxed);
     block.id.store(cpu, Ordering::Relaxed);
     block.apic_id.store(apic_id, Ordering::Relaxed);
     GsBase::write(VirtAddr::from_ptr(block));

@@ -89,7 +89,10 @@ fn each_cpu_answers_a_cross_call_ipi() {
     call::smp_call_function_many(u64::MAX, count, 0, false);
     let start = tsc::rdtsc();
     while COUNT.load(Ordering::SeqCst) < smp::online_cpus() - 1 {
-        assert!(tsc::cycles_to_ns(tsc::rdtsc() - start) < 5_000_000_000, "lost calls");
+        assert!(
+            tsc::cycles_to_ns(tsc::rdtsc() - start) < 5_000_000_000,
+            "lost calls"
+        );
     }
 }
 
@@ -141,12 +144,17 @@ fn per_cpu_data_is_really_per_cpu() {
 #[test_case]
 fn the_apic_timer_ticks_on_every_cpu() {
     let n = smp::online_cpus();
-    let before: Vec<u64> = (0..n).map(|c| block(c).ticks.load(Ordering::Relaxed)).collect();
+    let before: Vec<u64> = (0..n)
+        .map(|c| block(c).ticks.load(Ordering::Relaxed))
+        .collect();
     // Five ticks at 100 Hz, with margin for a slow emulator.
     tsc::delay_us(200_000);
     for (cpu, b) in before.iter().enumerate() {
         let after = block(cpu).ticks.load(Ordering::Relaxed);
-        assert!(after > *b, "CPU {cpu}'s timer did not tick ({b} -> {after})");
+        assert!(
+            after > *b,
+            "CPU {cpu}'s timer did not tick ({b} -> {after})"
+        );
     }
 }
 
@@ -194,7 +202,14 @@ impl SharedSpace {
         // Over-allocate and trim so the range is aligned (2 MiB for the big tests).
         let raw = self
             .mm
-            .mmap(0, len + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, None, 0)
+            .mmap(
+                0,
+                len + align,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                None,
+                0,
+            )
             .expect("mmap");
         let start = raw.next_multiple_of(align);
         if start > raw {
@@ -265,7 +280,11 @@ fn reallocate(old: &[PhysAddr], byte: u8, mut taken: Vec<PhysAddr>) -> Vec<PhysA
             }
         }
     }
-    assert_eq!(found, old.len(), "the freed frames were not handed out again");
+    assert_eq!(
+        found,
+        old.len(),
+        "the freed frames were not handed out again"
+    );
     taken
 }
 
@@ -300,7 +319,11 @@ fn assert_no_cpu_reads(start: usize, pages: usize, forbidden: u8) {
         0,
         "a CPU read the reallocated frame's new data through a stale TLB entry"
     );
-    assert_eq!(NO_FAULT.load(Ordering::SeqCst), 0, "an access to the unmapped page did not fault");
+    assert_eq!(
+        NO_FAULT.load(Ordering::SeqCst),
+        0,
+        "an access to the unmapped page did not fault"
+    );
 }
 
 #[test_case]
@@ -338,7 +361,11 @@ fn shootdown_mprotect_read_only_makes_other_cpus_writes_fault() {
             WROTE.fetch_add(1, Ordering::SeqCst);
         }
     });
-    assert_eq!(WROTE.load(Ordering::SeqCst), 0, "a CPU wrote through a stale writable entry");
+    assert_eq!(
+        WROTE.load(Ordering::SeqCst),
+        0,
+        "a CPU wrote through a stale writable entry"
+    );
     assert_eq!(probe_read(va(a)), Ok(0x11));
 }
 
@@ -372,7 +399,11 @@ fn shootdown_mprotect_of_512_pages_takes_the_full_flush_path() {
             }
         }
     });
-    assert_eq!(WROTE.load(Ordering::SeqCst), 0, "a CPU wrote through a stale writable entry");
+    assert_eq!(
+        WROTE.load(Ordering::SeqCst),
+        0,
+        "a CPU wrote through a stale writable entry"
+    );
 }
 
 #[test_case]
@@ -399,7 +430,10 @@ fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
                 while !SPINNING.load(Ordering::SeqCst) && !smp::aborted() {}
                 // B is about to take the fault: give it time to reach the lock.
                 tsc::delay_us(20_000);
-                assert!(!FAULTED.load(Ordering::SeqCst), "B's fault did not wait for the lock");
+                assert!(
+                    !FAULTED.load(Ordering::SeqCst),
+                    "B's fault did not wait for the lock"
+                );
                 let before = block(b).tlb_remote_flushes.load(Ordering::SeqCst);
                 t.flush_page(va(a));
                 assert!(block(b).tlb_remote_flushes.load(Ordering::SeqCst) > before);

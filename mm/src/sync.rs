@@ -5,7 +5,8 @@
 //! - [`Mutex`]: a spin lock with a lockdep class, for the page-table and page-cache
 //!   ranks (Linux: `spinlock_t`).
 //! - [`IrqSpinLock`]: the lock for anything an interrupt handler may also take (the
-//!   frame allocator): on the kernel target it disables interrupts for as long as the
+//!   frame allocator; never a lock held across a TLB flush, see "Interrupts and other
+//!   CPUs" below): on the kernel target it disables interrupts for as long as the
 //!   guard lives, so a handler on the same CPU can never spin on a lock its own CPU
 //!   holds. On the host (tests) there are no interrupts and it is a plain spin lock.
 //! - [`lockdep`]: lockdep-light, which checks the order below at run time in debug
@@ -41,16 +42,30 @@
 //! waiting for a lock while holding one of a higher rank panics. Rank 8 is not
 //! tracked: leaves nest freely (the zero-page registry allocates a frame).
 //!
-//! # Interrupts
+//! # Interrupts and other CPUs
 //!
-//! Only locks an interrupt handler also takes disable interrupts ([`IrqSpinLock`]:
-//! the frame allocator). The memory manager's own locks (ranks 1 to 7) are never
-//! taken from interrupt context, so they leave interrupts enabled, and so does every
-//! wait for them: a CPU spinning on the mmap lock, a VMA writer waiting for readers,
-//! a CPU spinning on a page-table lock all keep answering IPIs. That is what lets the
-//! holder of such a lock send a TLB shootdown and wait for every CPU's answer without
-//! a deadlock. Conversely no one may wait for another CPU (a shootdown answer) while
-//! holding an [`IrqSpinLock`].
+//! No CPU may wait with interrupts disabled for something that needs another CPU's
+//! interrupt (a TLB-shootdown answer, or a lock held by a CPU that is waiting for our
+//! answer). Hence, for every lock:
+//!
+//! 1. A lock an interrupt handler takes disables interrupts ([`IrqSpinLock`], Linux:
+//!    `spin_lock_irqsave`), or the handler could interrupt its own CPU's holder and spin
+//!    forever. Such a lock is a leaf: nothing waits for another CPU while holding it
+//!    (no cross-call, no TLB flush, no other lock whose holder might), so a CPU spinning
+//!    on it with interrupts off is delayed only by the holder's short critical section.
+//!    Here: the frame allocator's free lists (Linux: `zone->lock`), the kernel heap, the
+//!    serial console, the cross-call queues.
+//! 2. A lock only process context takes (every lock of ranks 1 to 7 above: the mmap
+//!    lock, VMA locks, `i_mmap`, the page-table lock, the page cache; the kernel's
+//!    per-CPU `current` address space) leaves interrupts enabled ([`Mutex`],
+//!    [`RwSem`], `spin::Mutex`). Their holders flush TLBs, which waits for other CPUs' answers,
+//!    so a CPU spinning on one must keep answering IPIs. The page-fault handler
+//!    re-enables interrupts before it takes them (Linux: `do_user_addr_fault`).
+//! 3. Every wait for another CPU (a cross-call's completion, a busy call slot) also runs
+//!    the waiting CPU's own call queue, so two CPUs waiting for each other still make
+//!    progress even with interrupts off. Likewise the waits for the memory manager's own
+//!    locks (a VMA writer waiting for readers, the mmap lock, a page-table lock) spin
+//!    with interrupts as they are: enabled.
 
 use core::ops::{Deref, DerefMut};
 

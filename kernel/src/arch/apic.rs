@@ -175,7 +175,11 @@ fn calibrate_timer() {
     TIMER_COUNT.store(count, Ordering::Relaxed);
     log::info!(
         "APIC: {} mode, timer {} kHz (/16), {HZ} Hz tick = {count} counts",
-        if X2APIC.load(Ordering::Relaxed) { "x2APIC" } else { "xAPIC" },
+        if X2APIC.load(Ordering::Relaxed) {
+            "x2APIC"
+        } else {
+            "xAPIC"
+        },
         per_sec / 1000
     );
 }
@@ -203,7 +207,11 @@ pub fn eoi() {
 /// block).
 pub fn id() -> u32 {
     let v = read(REG_ID);
-    if X2APIC.load(Ordering::Relaxed) { v } else { v >> 24 }
+    if X2APIC.load(Ordering::Relaxed) {
+        v
+    } else {
+        v >> 24
+    }
 }
 
 /// Writes the interrupt command register and waits until the APIC accepted it.

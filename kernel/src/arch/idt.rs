@@ -177,7 +177,9 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageF
     // context had them on (Linux: `do_user_addr_fault` → `local_irq_enable`): the fault
     // may spin on the page-table lock of a CPU that is waiting for our answer to a TLB
     // shootdown. CR2 is read above, before an interrupt could fault and replace it.
-    let irqs = frame.cpu_flags.contains(x86_64::registers::rflags::RFlags::INTERRUPT_FLAG);
+    let irqs = frame
+        .cpu_flags
+        .contains(x86_64::registers::rflags::RFlags::INTERRUPT_FLAG);
     if irqs {
         x86_64::instructions::interrupts::enable();
     }

@@ -73,7 +73,8 @@ pub fn map_mmio(pa: PhysAddr) -> x86_64::VirtAddr {
     // Next free virtual page of the MMIO window (0: not chosen yet).
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let frames = memory::frames();
-    let table = |pa: u64| frames.phys_to_virt(PhysAddr::new(pa & 0x000f_ffff_ffff_f000)) as *mut u64;
+    let table =
+        |pa: u64| frames.phys_to_virt(PhysAddr::new(pa & 0x000f_ffff_ffff_f000)) as *mut u64;
     let pml4 = table(memory::kernel_pml4().as_u64());
     if NEXT.load(Ordering::Relaxed) == 0 {
         // SAFETY: the kernel PML4 is live and reachable through the direct map; we read its upper half.
@@ -81,7 +82,10 @@ pub fn map_mmio(pa: PhysAddr) -> x86_64::VirtAddr {
             .rev()
             .find(|&i| unsafe { pml4.add(i).read_volatile() } == 0)
             .expect("no free PML4 slot in the kernel half for MMIO");
-        NEXT.store(0xffff_0000_0000_0000 | (slot as u64) << 39, Ordering::Relaxed);
+        NEXT.store(
+            0xffff_0000_0000_0000 | (slot as u64) << 39,
+            Ordering::Relaxed,
+        );
     }
     let va = NEXT.fetch_add(4096, Ordering::Relaxed);
     let inter = (F::PRESENT | F::WRITABLE).bits();
@@ -92,14 +96,20 @@ pub fn map_mmio(pa: PhysAddr) -> x86_64::VirtAddr {
         unsafe {
             let e = t.add(idx);
             if e.read_volatile() & F::PRESENT.bits() == 0 {
-                let new = frames.alloc_zeroed(0).expect("no memory for an MMIO page table");
+                let new = frames
+                    .alloc_zeroed(0)
+                    .expect("no memory for an MMIO page table");
                 e.write_volatile(new.as_u64() | inter);
             }
             t = table(e.read_volatile());
         }
     }
-    let leaf = F::PRESENT | F::WRITABLE | F::NO_CACHE | F::WRITE_THROUGH | F::NO_EXECUTE | F::GLOBAL;
+    let leaf =
+        F::PRESENT | F::WRITABLE | F::NO_CACHE | F::WRITE_THROUGH | F::NO_EXECUTE | F::GLOBAL;
     // SAFETY: `t` is the page table for `va` (made above); its entry for `va` is unused because the window only grows.
-    unsafe { t.add(((va >> 12) & 511) as usize).write_volatile(pa.as_u64() | leaf.bits()) };
+    unsafe {
+        t.add(((va >> 12) & 511) as usize)
+            .write_volatile(pa.as_u64() | leaf.bits())
+    };
     x86_64::VirtAddr::new(va)
 }

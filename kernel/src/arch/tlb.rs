@@ -43,17 +43,16 @@ fn is_kernel(kind: FlushKind) -> bool {
 /// `wait = true`).
 pub fn flush_tlb_multi(cpus: u64, kind: FlushKind) {
     let online = smp::online_mask();
-    let targets = if is_kernel(kind) { online } else { cpus & online };
+    let targets = if is_kernel(kind) {
+        online
+    } else {
+        cpus & online
+    };
     let others = targets & !(1u64 << this_cpu());
     if others == 0 {
         return;
     }
-    smp::call::smp_call_function_many(
-        others,
-        flush_func,
-        &kind as *const FlushKind as usize,
-        true,
-    );
+    smp::call::smp_call_function_many(others, flush_func, &kind as *const FlushKind as usize, true);
 }
 
 /// What a target runs (Linux: `flush_tlb_func`).
@@ -61,5 +60,7 @@ fn flush_func(info: usize) {
     // SAFETY: `info` points at the initiator's `FlushKind`, alive until every target answered (the initiator waits).
     let kind = unsafe { *(info as *const FlushKind) };
     flush_local(kind);
-    this_block().tlb_remote_flushes.fetch_add(1, Ordering::Relaxed);
+    this_block()
+        .tlb_remote_flushes
+        .fetch_add(1, Ordering::Relaxed);
 }

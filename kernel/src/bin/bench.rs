@@ -38,6 +38,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     vma_benches();
     mmap_benches();
     fork_benches();
+    smp_benches();
 
     kernel::serial_println!("bench: done");
     qemu::exit(ExitCode::Success)
@@ -52,7 +53,10 @@ fn alloc_free_name(order: usize) -> &'static str {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    kernel::serial::emergency_print(format_args!("\nbench kernel panic: {info}\n"));
+    kernel::serial::emergency_print(format_args!(
+        "\nbench kernel panic on CPU {}: {info}\n",
+        kernel::percpu::this_cpu()
+    ));
     qemu::exit(ExitCode::Failed)
 }
 
@@ -373,4 +377,47 @@ fn typical_layout() -> (
     )
     .expect("bench: stack");
     (mm, files)
+}
+
+/// Issue 11's figures (`./run-qemu.sh --bench --smp 4`): a cross-call to one other CPU
+/// and back (`ipi_roundtrip`), and a TLB shootdown of one page and a full one of an
+/// address space loaded on every online CPU (`_<N>cpus`: N CPUs in its mask, N - 1
+/// IPIs per flush). With one CPU only the local flushes are measured.
+fn smp_benches() {
+    use kernel::address_space;
+    use kernel::smp::{self, call, run_on};
+    use mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, MmLayout, PROT_READ, PROT_WRITE};
+    use mm::paging::tlb::{FlushKind, TlbBackend};
+
+    let n = smp::online_cpus();
+    kernel::serial_println!("bench: {n} CPUs online");
+    if n > 1 {
+        fn noop(_: usize) {}
+        bench::run("ipi_roundtrip", 20_000, |_| {
+            call::smp_call_function_many(1 << 1, noop, 0, true)
+        });
+    }
+    let mm = address_space::new_user_space(MmLayout::default()).expect("bench: mm");
+    run_on(u64::MAX, &|| address_space::activate(&mm));
+    let va = mm
+        .mmap(
+            0,
+            4096,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            None,
+            0,
+        )
+        .expect("bench: mmap");
+    mm.with_page_tables(|t| {
+        let cpus = t.active_cpus();
+        let one = alloc::format!("tlb_shootdown_1page_{n}cpus");
+        bench::run(&one, 20_000, |_| t.flush_page(VirtAddr::new(va as u64)));
+        let full = alloc::format!("tlb_shootdown_full_{n}cpus");
+        bench::run(&full, 20_000, |_| {
+            t.tlb().flush(cpus, FlushKind::All { global: false })
+        });
+    });
+    mm.munmap(va, 4096).expect("bench: munmap");
+    run_on(u64::MAX, &address_space::deactivate_current);
 }

@@ -108,7 +108,10 @@ pub fn wait_until(what: &dyn Fn() -> (bool, usize), label: &str) {
 fn queue_call(target: usize, func: fn(usize), info: usize) {
     let slot = &SLOTS.get()[target];
     // Linux: csd_lock_wait: a slot still busy from a call that did not wait.
-    wait_until(&|| (!slot.busy.load(Ordering::Acquire), target), "cross-call slot");
+    wait_until(
+        &|| (!slot.busy.load(Ordering::Acquire), target),
+        "cross-call slot",
+    );
     slot.func.store(func as usize, Ordering::Relaxed);
     slot.info.store(info, Ordering::Relaxed);
     slot.busy.store(true, Ordering::Relaxed);

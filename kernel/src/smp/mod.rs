@@ -98,9 +98,7 @@ fn boot_cpu(area: x86_64::PhysAddr, vector: u8, cpu: usize, apic_id: u32) -> boo
     let stack = Box::leak(alloc::vec![0u8; AP_STACK_SIZE].into_boxed_slice());
     let top = (stack.as_ptr() as u64 + AP_STACK_SIZE as u64) & !0xf;
     trampoline::prepare(area, top, cpu);
-    percpu::block(cpu)
-        .apic_id
-        .store(apic_id, Ordering::Relaxed);
+    percpu::block(cpu).apic_id.store(apic_id, Ordering::Relaxed);
     apic::send_init(apic_id);
     tsc::delay_us(10_000);
     let online = || percpu::block(cpu).online.load(Ordering::Acquire);
@@ -128,9 +126,7 @@ pub extern "C" fn ap_main(cpu: usize) -> ! {
     percpu::init_cpu(cpu, apic_id);
     // SAFETY: the boot CPU's CR4 describes features this identical CPU has (QEMU gives every vCPU the same model); copying it makes paging behave the same everywhere (PGE, …).
     unsafe {
-        x86_64::registers::control::Cr4::write_raw(
-            trampoline::BSP_CR4.load(Ordering::Relaxed),
-        )
+        x86_64::registers::control::Cr4::write_raw(trampoline::BSP_CR4.load(Ordering::Relaxed))
     };
     gdt::init_ap();
     idt::init();
@@ -160,7 +156,9 @@ pub fn ap_idle() -> ! {
         RUNNING.get().store(job, Ordering::Release);
         JOBS.get().store(core::ptr::null_mut(), Ordering::Release);
         (j.f)();
-        RUNNING.get().store(core::ptr::null_mut(), Ordering::Relaxed);
+        RUNNING
+            .get()
+            .store(core::ptr::null_mut(), Ordering::Relaxed);
         j.state[this_cpu()].store(JOB_DONE, Ordering::Release);
     }
 }
@@ -351,7 +349,9 @@ pub fn on_ap_panic(info: &core::panic::PanicInfo) -> ! {
             let _ = write!(slot, " at {l}");
         }
     }
-    RUNNING.get().store(core::ptr::null_mut(), Ordering::Relaxed);
+    RUNNING
+        .get()
+        .store(core::ptr::null_mut(), Ordering::Relaxed);
     // SAFETY: the poster keeps the job alive until its state leaves POSTED.
     unsafe { (*job).state[cpu].store(JOB_PANICKED, Ordering::Release) };
     ap_idle()
