@@ -4,7 +4,7 @@
 #
 #   ./run-qemu.sh [options] [-- extra QEMU args]   build and boot the kernel
 #   ./run-qemu.sh --test                           host tests + every in-kernel test kernel
-#   ./run-qemu.sh --bench                          boot the benchmark kernel (release)
+#   ./run-qemu.sh --bench [--smp N]                boot the benchmark kernel (release)
 #   ./run-qemu.sh --kernel ELF [options]           boot a given kernel ELF (cargo's runner)
 #
 # Options: --smp N (CPUs; default 2 for the main kernel, else $KERNEL_SMP or 1: the
@@ -63,7 +63,7 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
     --release) PROFILE=release ;;
     --) shift; EXTRA+=("$@"); break ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) EXTRA+=("$1") ;;
   esac
   shift
@@ -137,8 +137,11 @@ case "$MODE" in
     log "host tests (memory-manager core)"
     cargo test --workspace --exclude kernel
     build_boot_tool
-    log "in-kernel tests (each test kernel boots in QEMU)"
+    log "in-kernel tests (each test kernel boots in QEMU, 1 CPU)"
     cargo ktest
+    log "SMP: the SMP test kernel with 4 CPUs; mmap_api and demand_paging with 2"
+    KERNEL_SMP=4 cargo ktest --test smp
+    KERNEL_SMP=2 cargo ktest --test mmap_api --test demand_paging
     log "harness self-check: a failing test must fail the run"
     out="$(cargo ktest --test harness_fails 2>&1)" && hf=0 || hf=$?
     echo
@@ -155,17 +158,17 @@ case "$MODE" in
       echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
       exit 1
     fi
-    log "the main kernel boots under UEFI firmware (OVMF) too"
+    log "the main kernel boots under UEFI firmware (OVMF) too, with 2 CPUs"
     cargo kbuild --bin kernel >&2
-    UEFI=1; ensure_qemu
+    UEFI=1; SMP=2; ensure_qemu
     echo
     echo "running 1 test"
     if boot_elf "$ROOT/target/x86_64-target/debug/kernel" >/dev/null; then
-      echo "test uefi_boot::main_kernel_boots_and_exits_0 ... ok"
+      echo "test uefi_boot::main_kernel_boots_with_2_cpus_and_exits_0 ... ok"
       echo
       echo "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
     else
-      echo "test uefi_boot::main_kernel_boots_and_exits_0 ... FAILED"
+      echo "test uefi_boot::main_kernel_boots_with_2_cpus_and_exits_0 ... FAILED"
       echo
       echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
       exit 1

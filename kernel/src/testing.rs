@@ -234,6 +234,10 @@ pub fn on_panic(info: &PanicInfo) -> ! {
             // Work the test posted to other CPUs must stop before this stack is
             // reused; and the next test starts with interrupts on, as every test does.
             crate::smp::stop_others();
+            // A panic inside a cross-call function never returned to clear this.
+            crate::percpu::this_block()
+                .in_call
+                .store(0, Ordering::Relaxed);
             x86_64::instructions::interrupts::enable();
             IN_PANIC.store(false, Ordering::SeqCst);
             run_from(current + 1)

@@ -352,6 +352,8 @@ pub fn on_ap_panic(info: &core::panic::PanicInfo) -> ! {
     RUNNING
         .get()
         .store(core::ptr::null_mut(), Ordering::Relaxed);
+    // A panic inside a cross-call function never returned to clear this.
+    percpu::this_block().in_call.store(0, Ordering::Relaxed);
     // SAFETY: the poster keeps the job alive until its state leaves POSTED.
     unsafe { (*job).state[cpu].store(JOB_PANICKED, Ordering::Release) };
     ap_idle()
