@@ -192,8 +192,8 @@ pub fn install(area: PhysAddr) -> u8 {
         let pd = page(3) as *mut u64;
         const P_W: u64 = 0b11;
         const HUGE: u64 = 1 << 7;
-        pml4.write(base + 2 * 4096 | P_W);
-        pdpt.write(base + 3 * 4096 | P_W);
+        pml4.write((base + 2 * 4096) | P_W);
+        pdpt.write((base + 3 * 4096) | P_W);
         pd.write(HUGE | P_W);
         let kernel = frames.phys_to_virt(memory::kernel_pml4()) as *const u64;
         for i in 256..512 {
