@@ -86,7 +86,10 @@ impl PageTableRoot {
             g,
             stats: &mut stats,
         };
-        cx.copy_level(root, Level::Pml4, 0, start, end)?;
+        let copied = cx.copy_level(root, Level::Pml4, 0, start, end);
+        // Write-protected leaves, part-way or not: flush on every CPU that may hold them.
+        self.add_cpus_after_clear(g);
+        copied?;
         Ok(stats)
     }
 
@@ -149,6 +152,7 @@ impl PageTableRoot {
         if fs < fe {
             self.zap_level(self.root_table(), Level::Pml4, 0, fs, fe, g);
         }
+        self.add_cpus_after_clear(g);
         Ok(())
     }
 }

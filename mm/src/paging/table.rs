@@ -605,7 +605,7 @@ impl PageTableRoot {
     /// `mm_cpumask` at flush time): the fence orders our PTE stores before the mask
     /// read, against `activate`'s mask update before its CR3 load, so a CPU missing from
     /// the mask loaded CR3 after the change.
-    fn add_cpus_after_clear(&self, g: &mut MmuGather) {
+    pub(super) fn add_cpus_after_clear(&self, g: &mut MmuGather) {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         g.add_cpus(self.active_cpus());
     }
