@@ -448,3 +448,44 @@ fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
     });
     assert!(FAULTED.load(Ordering::SeqCst));
 }
+
+#[test_case]
+fn shootdowns_reach_the_spaces_cpus_only_and_kernel_flushes_reach_every_cpu() {
+    use mm::paging::PageSize;
+    use mm::paging::tlb::{FlushKind, TlbBackend};
+    let count = |c: usize| block(c).tlb_remote_flushes.load(Ordering::SeqCst);
+    let mm = address_space::new_user_space(MmLayout::default()).expect("mm");
+    // Loaded on CPUs 0 and 1 only.
+    run_on(0b11, &|| address_space::activate(&mm));
+    let before: Vec<u64> = (0..MAX_CPUS).map(count).collect();
+    mm.with_page_tables(|t| t.flush_page(va(0x1000)));
+    for cpu in call::cpus(others()) {
+        let got = count(cpu) - before[cpu];
+        assert_eq!(
+            got,
+            u64::from(cpu == 1),
+            "CPU {cpu}: IPIs only to the space's CPUs"
+        );
+    }
+    // A kernel-half flush goes to every CPU, whatever the mask says.
+    let before: Vec<u64> = (0..MAX_CPUS).map(count).collect();
+    let kernel_page = VirtAddr::from_ptr(&before);
+    mm.with_page_tables(|t| {
+        t.tlb().flush(
+            0,
+            FlushKind::Pages {
+                start: kernel_page.align_down(4096u64),
+                count: 1,
+                stride: PageSize::Size4K,
+            },
+        )
+    });
+    for cpu in call::cpus(others()) {
+        assert_eq!(
+            count(cpu),
+            before[cpu] + 1,
+            "CPU {cpu} flushed the kernel page"
+        );
+    }
+    run_on(0b11, &address_space::deactivate_current);
+}

@@ -156,10 +156,12 @@ pub fn ap_idle() -> ! {
         RUNNING.get().store(job, Ordering::Release);
         JOBS.get().store(core::ptr::null_mut(), Ordering::Release);
         (j.f)();
+        // The last touch of the job (it lives on the poster's stack), then the mark
+        // `stop_others` waits for.
+        j.state[this_cpu()].store(JOB_DONE, Ordering::Release);
         RUNNING
             .get()
-            .store(core::ptr::null_mut(), Ordering::Relaxed);
-        j.state[this_cpu()].store(JOB_DONE, Ordering::Release);
+            .store(core::ptr::null_mut(), Ordering::Release);
     }
 }
 
@@ -215,6 +217,7 @@ impl Write for PanicMsg {
         Ok(())
     }
 }
+
 /// How long [`run_on`] and the panic path wait for the other CPUs to stop after a
 /// panic before declaring the run dead.
 const STOP_TIMEOUT_US: u64 = 10_000_000;
@@ -349,12 +352,12 @@ pub fn on_ap_panic(info: &core::panic::PanicInfo) -> ! {
             let _ = write!(slot, " at {l}");
         }
     }
-    RUNNING
-        .get()
-        .store(core::ptr::null_mut(), Ordering::Relaxed);
     // A panic inside a cross-call function never returned to clear this.
     percpu::this_block().in_call.store(0, Ordering::Relaxed);
     // SAFETY: the poster keeps the job alive until its state leaves POSTED.
     unsafe { (*job).state[cpu].store(JOB_PANICKED, Ordering::Release) };
+    RUNNING
+        .get()
+        .store(core::ptr::null_mut(), Ordering::Release);
     ap_idle()
 }
