@@ -390,7 +390,7 @@ fn smp_benches() {
     use mm::paging::tlb::{FlushKind, TlbBackend};
 
     let n = smp::online_cpus();
-    kernel::serial_println!("bench: {n} CPUs online");
+    kernel::serial_println!("bench: {n} CPU{} online", if n == 1 { "" } else { "s" });
     if n > 1 {
         fn noop(_: usize) {}
         bench::run("ipi_roundtrip", 20_000, |_| {
