@@ -5,7 +5,8 @@
 //! CR3 itself is written in one place, [`mm::paging::tlb::load_cr3`]: the memory
 //! manager's [`PageTableRoot::activate`] needs it too and cannot call into this crate.
 //! Address spaces ([`crate::address_space`]) and the page-table test kernel, which
-//! runs on bare roots, switch through the functions here.
+//! runs on bare roots, switch through the functions here. [`map_mmio`] maps device
+//! registers (the xAPIC page) uncached into the kernel half.
 
 use mm::paging::{MapError, PageTableRoot};
 use x86_64::PhysAddr;
