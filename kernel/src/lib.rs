@@ -52,6 +52,9 @@ pub const BOOT_CONFIG: BootloaderConfig = {
 /// Brings the machine up. `quiet` keeps the log to warnings (test and bench kernels).
 pub fn init(boot_info: &'static mut BootInfo, quiet: bool) {
     percpu::init_cpu(0, arch::cpu::initial_apic_id());
+    // Lockdep-light counts held locks per CPU: tell it how to name this one (before any
+    // application processor starts).
+    mm::sync::lockdep::set_cpu_id_hook(percpu::this_cpu);
     serial::init();
     logger::init(logger::default_level(quiet));
     arch::gdt::init();
