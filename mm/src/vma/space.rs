@@ -435,6 +435,11 @@ impl<'a> MmWriteGuard<'a> {
     pub fn map_count(&self) -> usize {
         self.inner_ref().map_count
     }
+    /// Bytes of memory the VMA tree holds (its nodes, in use, cached or waiting for a
+    /// grace period): the `vma_tree_bytes_per_vma` figure.
+    pub fn tree_bytes(&self) -> usize {
+        self.inner_ref().tw.bytes()
+    }
     /// Number of tree entries (equals `map_count` unless a bug).
     pub fn tree_len(&self) -> usize {
         self.inner_ref().tw.len()

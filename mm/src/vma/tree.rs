@@ -491,6 +491,13 @@ impl TreeWriter {
         self.count
     }
 
+    /// Bytes of node memory the tree holds: nodes in the tree, cached, pending and
+    /// awaiting a grace period (diagnostics: the bytes-per-VMA figure).
+    pub(super) fn bytes(&self) -> usize {
+        (self.count + self.cache.len() + self.pending.len() + self.retired.len())
+            * core::mem::size_of::<Node>()
+    }
+
     /// Frees the cached nodes and the spare capacity of the bookkeeping vectors
     /// (outside a batch: nothing pending). Retired nodes still waiting for readers stay.
     #[cfg(feature = "fault-inject")]
