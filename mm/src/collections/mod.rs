@@ -5,7 +5,7 @@
 //!   `lib/interval_tree.c`, `include/linux/interval_tree_generic.h`), the index
 //!   behind each file's `i_mmap` ([`crate::vma::IMmap`]).
 //!
-//! The VMA tree ([`crate::vma::tree`]) stays with the VMAs: its nodes are published
+//! The VMA tree ([`crate::vma::maple`]) stays with the VMAs: its nodes are published
 //! to lock-free readers under the VMA layer's RCU scheme, which is policy, not a
 //! generic container.
 

@@ -44,7 +44,7 @@ impl MmWriteGuard<'_> {
         self.vma_start_write(vma);
         let mm = self.mm;
         let inner = self.inner();
-        inner.tw.insert(vma.start(), vma.end(), vma);
+        VmaIterator::new(vma.start()).store(&mut inner.tw, vma.start(), vma.end(), vma);
         inner.tw.publish(&mm.tree);
         lock::vma_mark_attached(vma);
         if let Some(w) = i_mmap.as_mut() {
@@ -150,11 +150,10 @@ impl MmWriteGuard<'_> {
             _ => false,
         };
         let mm = self.mm;
-        for &(v, ..) in updates {
-            self.inner().tw.erase(v.start());
-        }
-        for &v in removes {
-            self.inner().tw.erase(v.start());
+        let mut vmi = VmaIterator::new(0);
+        for v in updates.iter().map(|u| u.0).chain(removes.iter().copied()) {
+            vmi.set(v.start());
+            vmi.clear(&mut self.inner().tw);
         }
         for &(v, s, e, pg) in updates {
             // Re-key: the index is by file page range, which this update may change.
@@ -168,10 +167,12 @@ impl MmWriteGuard<'_> {
             if was_indexed && let Some(w) = i_mmap.as_mut() {
                 w.insert(v);
             }
-            self.inner().tw.insert(s, e, v);
+            vmi.set(s);
+            vmi.store(&mut self.inner().tw, s, e, v);
         }
         if let Some(v) = insert {
-            self.inner().tw.insert(v.start(), v.end(), v);
+            vmi.set(v.start());
+            vmi.store(&mut self.inner().tw, v.start(), v.end(), v);
         }
         self.inner().tw.publish(&mm.tree);
         if let Some(v) = insert {
@@ -257,18 +258,25 @@ impl MmWriteGuard<'_> {
         self.detach_listed(list)
     }
 
-    /// Take the VMAs in `list` out of the tree in one published update and mark them
-    /// detached (preallocating first, so an error changes nothing).
+    /// Take the VMAs in `list` (consecutive in the tree, in address order) out of the
+    /// tree in one published range erase and mark them detached. The reservation is
+    /// that of one range erase whatever the number of VMAs (Linux: the
+    /// `vma_iter_clear_gfp()` of `vms_complete_munmap_vmas`), and is made before
+    /// anything changes, so an error changes nothing.
     fn detach_listed(&mut self, list: Vec<VmaRef>) -> Result<DetachedVmas, Errno> {
-        self.inner().tw.prealloc(list.len())?;
+        let (Some(first), Some(last)) = (list.first(), list.last()) else {
+            return Ok(DetachedVmas { vmas: list });
+        };
+        let (start, end) = (first.start(), last.end());
+        self.inner().tw.prealloc_erase_range(0)?;
         for &x in &list {
             self.vma_start_write(x);
         }
         let mm = self.mm;
         let inner = self.inner();
-        for &x in &list {
-            inner.tw.erase(x.start());
-        }
+        let mut vmi = VmaIterator::new(start);
+        let removed = vmi.clear_range(&mut inner.tw, start, end);
+        debug_assert_eq!(removed, list.len(), "munmap: the range holds other VMAs");
         inner.tw.publish(&mm.tree);
         for &x in &list {
             lock::vma_mark_detached(x);

@@ -4,7 +4,7 @@
 //! - [`area`]: [`Vma`] (`struct vm_area_struct`, 192 bytes, refcount on its own line),
 //!   [`VmFlags`] (Linux bit values), [`VmOperations`], [`VmFile`]/[`FileRef`].
 //! - [`pool`]: type-stable VMA slots (`vm_area_alloc/dup/free`), [`pool::vma_pool_stats`].
-//! - [`tree`]: persistent AVL VMA tree with gap search; readable under RCU.
+//! - [`maple`]: the VMA tree, a maple-style range B-tree with gaps; readable under RCU.
 //! - [`i_mmap`]: [`IMmap`], a file's VMAs by file page range, kept exact by the engine.
 //! - [`IntervalTree`] (in [`crate::collections`]): the augmented interval tree by file
 //!   page range (`vma_interval_tree`), the index of `i_mmap`.
@@ -54,7 +54,7 @@ pub mod pool;
 pub mod rcu;
 pub mod space;
 pub mod stat;
-pub mod tree;
+pub mod maple;
 
 pub use crate::collections::IntervalTree;
 pub use anon::{AnonVma, AnonVmaRef};

@@ -15,7 +15,7 @@ use super::lock::{self, VmaReadError, VmaReadGuard};
 use super::pool as valloc;
 use super::rcu;
 use super::stat::VmStat;
-use super::tree::{TreeView, TreeWriter, VmaTree};
+use super::maple::{TreeView, TreeWriter, VmaTree};
 use crate::errno::Errno;
 use crate::sync::lockdep::LockClass;
 use crate::sync::{RwSem, RwSemReadGuard, RwSemWriteGuard};
@@ -382,10 +382,12 @@ impl Drop for MmWriteGuard<'_> {
     }
 }
 
-/// A positionable cursor over the VMA tree (Linux: `struct vma_iterator`).
+/// A positionable cursor over the VMA tree (Linux: `struct vma_iterator`, the
+/// `vma_iter_*` / `vma_next` / `vma_prev` / `vma_find` helpers of `mm/vma.h`).
 ///
-/// It holds only an address; each step is an `O(log n)` lookup, so it stays valid
-/// across tree changes.
+/// It holds only an address (Linux's `mas.index`); each step is a walk from the root
+/// of the B-tree (height 5 at 65,530 VMAs), so it stays valid across tree changes,
+/// as Linux's iterator does after `vma_iter_set` / a store resets the maple state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VmaIterator {
     /// Current position (Linux: `vmi->mas.index`).
@@ -412,6 +414,43 @@ impl VmaIterator {
         let e = v.prev_before(self.index)?;
         self.index = e.start;
         Some(e.vma)
+    }
+    /// Next VMA ending above the position and starting below `max`; moves to its end.
+    /// Linux: `vma_find(vmi, max)`.
+    pub fn find(&mut self, v: &TreeView<'_>, max: usize) -> Option<VmaRef> {
+        let e = v.find(self.index).filter(|e| e.start < max)?;
+        self.index = e.end;
+        Some(e.vma)
+    }
+    /// Store `vma` over its range `[start, end)`, which holds no entry, inside a
+    /// preallocated batch; moves to its end. Linux: `vma_iter_store_new()`.
+    pub(super) fn store(
+        &mut self,
+        tw: &mut super::maple::TreeWriter,
+        start: usize,
+        end: usize,
+        vma: VmaRef,
+    ) {
+        tw.insert(start, end, vma);
+        self.index = end;
+    }
+    /// Erase the entry starting at the position, inside a preallocated batch.
+    /// Linux: `vma_iter_clear()` of one VMA's range.
+    pub(super) fn clear(&mut self, tw: &mut super::maple::TreeWriter) -> Option<VmaRef> {
+        tw.erase(self.index)
+    }
+    /// Erase every entry starting in `[start, end)` inside a batch preallocated with
+    /// `prealloc_erase_range`; returns how many; moves to `end`. Linux:
+    /// `vma_iter_clear_gfp(vmi, start, end)`.
+    pub(super) fn clear_range(
+        &mut self,
+        tw: &mut super::maple::TreeWriter,
+        start: usize,
+        end: usize,
+    ) -> usize {
+        let n = tw.erase_range(start, end);
+        self.index = end;
+        n
     }
 }
 
