@@ -1439,3 +1439,280 @@ impl TreeWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The tree alone against a model (a sorted set of slots), at sizes that make it
+    //! split, merge, refill, grow and shrink: every query compared with a brute-force
+    //! answer, `validate` after every batch, and the preallocation budget checked by
+    //! `take`'s debug assertion (a batch needing more nodes than reserved panics).
+
+    use super::*;
+    use crate::vma::area::PAGE_SIZE;
+    use crate::vma::pool;
+    use alloc::collections::BTreeSet;
+    use proptest::prelude::*;
+
+    const P: usize = PAGE_SIZE;
+    const BASE: usize = 0x1000_0000;
+    /// Universe of slots; slot `k` is a fixed range, so absent slots widen the gaps.
+    const N: usize = 4_000;
+
+    fn range(k: usize) -> (usize, usize) {
+        let s = BASE + k * 3 * P;
+        (s, s + P * (1 + k % 2))
+    }
+
+    /// A tree with its own VMAs (one per slot, ranges fixed).
+    struct Harness {
+        tree: VmaTree,
+        tw: TreeWriter,
+        vmas: Vec<VmaRef>,
+        model: BTreeSet<usize>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let vmas = (0..N)
+                .map(|k| {
+                    let v = pool::vm_area_alloc(u64::MAX - 7).unwrap();
+                    let (s, e) = range(k);
+                    v.set_range(s, e, 0);
+                    v
+                })
+                .collect();
+            Harness {
+                tree: VmaTree::new(),
+                tw: TreeWriter::new(),
+                vmas,
+                model: BTreeSet::new(),
+            }
+        }
+
+        fn insert(&mut self, k: usize) {
+            if self.model.insert(k) {
+                let (s, e) = range(k);
+                self.tw.insert(s, e, self.vmas[k]);
+            }
+        }
+
+        fn erase(&mut self, k: usize) {
+            if self.model.remove(&k) {
+                let v = self.tw.erase(range(k).0).expect("present");
+                assert!(ptr::eq(v, self.vmas[k]));
+            }
+        }
+
+        /// One batch of point operations (`true`: insert).
+        fn batch(&mut self, ops: &[(bool, usize)]) {
+            self.tw.prealloc(ops.len()).unwrap();
+            for &(ins, k) in ops {
+                if ins {
+                    self.insert(k)
+                } else {
+                    self.erase(k)
+                }
+            }
+            self.tw.publish(&self.tree);
+            self.check();
+        }
+
+        fn erase_range(&mut self, a: usize, b: usize) {
+            self.tw.prealloc_erase_range(0).unwrap();
+            let (s, e) = (range(a).0, range(b).0);
+            let gone: Vec<usize> = self.model.range(a..b).copied().collect();
+            for k in &gone {
+                self.model.remove(k);
+            }
+            assert_eq!(self.tw.erase_range(s, e), gone.len());
+            self.tw.publish(&self.tree);
+            self.check();
+        }
+
+        fn entries(&self) -> Vec<(usize, usize)> {
+            self.model.iter().map(|&k| range(k)).collect()
+        }
+
+        fn check(&self) {
+            let v = self.tree.view_locked();
+            assert!(v.same_root(&self.tw.view()));
+            assert_eq!(v.validate(), Ok(self.model.len()));
+            assert_eq!(self.tw.len(), self.model.len());
+            let mut seen = Vec::new();
+            v.for_each(|e| seen.push((e.start, e.end)));
+            assert_eq!(seen, self.entries());
+        }
+
+        /// Compare every query at `addr` with the model.
+        fn query(&self, addr: usize) {
+            let v = self.tree.view_locked();
+            let es = self.entries();
+            let key = |e: Option<TreeEntry>| e.map(|e| (e.start, e.end));
+            assert_eq!(key(v.find(addr)), es.iter().copied().find(|e| e.1 > addr));
+            assert_eq!(
+                key(v.lookup(addr)),
+                es.iter().copied().find(|e| e.0 <= addr && addr < e.1)
+            );
+            assert_eq!(
+                key(v.prev_before(addr)),
+                es.iter().copied().rev().find(|e| e.0 < addr)
+            );
+            assert_eq!(
+                key(v.last_ending_at_or_before(addr)),
+                es.iter().copied().rev().find(|e| e.1 <= addr)
+            );
+            assert_eq!(key(v.next_from(addr)), es.iter().copied().find(|e| e.0 >= addr));
+        }
+
+        /// Compare both gap searches with a brute force over the free ranges.
+        fn gaps(&self, len: usize, low: usize, high: usize) {
+            let v = self.tree.view_locked();
+            let mut free = Vec::new();
+            let mut prev = 0;
+            for (s, e) in self.entries() {
+                free.push((prev, s));
+                prev = e;
+            }
+            free.push((prev, usize::MAX));
+            let lo = free.iter().find_map(|&(gs, ge)| {
+                let s = gs.max(low).next_multiple_of(P);
+                let e = ge.min(high);
+                (s <= e && e - s >= len).then_some(s)
+            });
+            let hi = free.iter().rev().find_map(|&(gs, ge)| {
+                let s = gs.max(low);
+                let e = ge.min(high);
+                (e >= s && e - s >= len && (e - len) / P * P >= s).then(|| (e - len) / P * P)
+            });
+            assert_eq!(v.gap_bottom_up(len, low, high, P), lo, "bottom-up {len:#x}");
+            assert_eq!(v.gap_top_down(len, low, high, P), hi, "top-down {len:#x}");
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            // SAFETY: the harness is the only user of its tree; no reader exists.
+            unsafe { self.tw.destroy(&self.tree) };
+            for &v in &self.vmas {
+                pool::vm_area_free(v);
+            }
+        }
+    }
+
+    #[test]
+    fn grows_to_height_four_and_shrinks_to_empty() {
+        let mut h = Harness::new();
+        for k in 0..N {
+            h.batch(&[(true, k)]);
+        }
+        // Appends fill leaves completely: 400 leaves, 40, 4, 1 root.
+        assert_eq!(h.tree.view_locked().height(), 4);
+        assert_eq!(h.tw.view().nodes(), 400 + 40 + 4 + 1);
+        for k in (0..N).step_by(7) {
+            h.query(range(k).0 + P / 2);
+            h.query(range(k).1);
+        }
+        for k in (0..N).rev() {
+            h.batch(&[(false, k)]);
+        }
+        assert_eq!(h.tree.view_locked().height(), 0);
+    }
+
+    #[test]
+    fn munmap_of_thousands_is_one_bounded_range_erase() {
+        let mut h = Harness::new();
+        for k in 0..N {
+            h.batch(&[(true, k)]);
+        }
+        let before = h.tw.cached;
+        h.erase_range(10, N - 10);
+        // The reservation of a range erase does not depend on how many entries go.
+        assert!(h.tw.cached <= before.max(4 * 8 + 4) + NODE_CACHE_CAP);
+        assert_eq!(h.tw.len(), 20);
+        h.erase_range(0, N);
+        assert_eq!(h.tw.len(), 0);
+    }
+
+    #[test]
+    fn a_published_snapshot_never_changes() {
+        let mut h = Harness::new();
+        for k in (0..2_000).step_by(2) {
+            h.batch(&[(true, k)]);
+        }
+        let g = rcu::rcu_read_lock();
+        // The view of `view_rcu`, detached from the borrow of the harness.
+        let old: TreeView<'_> = TreeView {
+            root: h.tree.view_rcu(&g).root,
+            _p: PhantomData,
+        };
+        let mut before = Vec::new();
+        old.for_each(|e| before.push(e.start));
+        for k in (1..2_000).step_by(2) {
+            h.batch(&[(true, k), (false, k - 1)]);
+        }
+        h.erase_range(100, 900);
+        let mut after = Vec::new();
+        old.for_each(|e| after.push(e.start));
+        assert_eq!(before, after);
+        assert_eq!(old.validate(), Ok(1_000));
+        drop(g);
+    }
+
+    #[cfg(feature = "fault-inject")]
+    #[test]
+    fn failed_preallocation_changes_nothing() {
+        let mut h = Harness::new();
+        h.batch(&[(true, 1), (true, 2)]);
+        h.tw.fail_prealloc = true;
+        assert_eq!(h.tw.prealloc(1), Err(Errno::ENOMEM));
+        assert_eq!(h.tw.prealloc_erase_range(0), Err(Errno::ENOMEM));
+        h.tw.fail_prealloc = false;
+        h.check();
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Batch(Vec<(bool, usize)>),
+        EraseRange(usize, usize),
+        Query(usize),
+        Gap(usize, usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let k = 0..N;
+        prop_oneof![
+            6 => proptest::collection::vec((any::<bool>(), k.clone()), 1..4).prop_map(Op::Batch),
+            1 => (k.clone(), 0..400usize).prop_map(|(a, n)| Op::EraseRange(a, (a + n).min(N))),
+            3 => (0..N * 3 + 8).prop_map(Op::Query),
+            2 => (1..8usize, 0..N * 3, 0..N * 3).prop_map(|(l, a, b)| Op::Gap(l, a.min(b), a.max(b))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        /// Random batches, range erases, lookups and gap searches on a tree that
+        /// starts with a random half of the slots (thousands of entries, height 4).
+        #[test]
+        fn random_ops_match_model(
+            seed in proptest::collection::vec(any::<bool>(), N),
+            ops in proptest::collection::vec(op(), 1..150),
+        ) {
+            let mut h = Harness::new();
+            let present: Vec<usize> = (0..N).filter(|&k| seed[k]).collect();
+            // Fill in an interleaved order so that splits happen mid-node too.
+            for chunk in present.chunks(3) {
+                let ops: Vec<(bool, usize)> = chunk.iter().rev().map(|&k| (true, k)).collect();
+                h.batch(&ops);
+            }
+            for op in ops {
+                match op {
+                    Op::Batch(ops) => h.batch(&ops),
+                    Op::EraseRange(a, b) => h.erase_range(a, b),
+                    Op::Query(x) => h.query(BASE + x * P),
+                    Op::Gap(l, a, b) => h.gaps(l * P, BASE + a * P, BASE + b * P),
+                }
+            }
+        }
+    }
+}
