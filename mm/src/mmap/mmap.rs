@@ -187,10 +187,7 @@ impl AddressSpace {
         let (mut nr_pages, mut nr_accounted) = (0, 0);
         let mut it = crate::vma::VmaIterator::new(addr);
         let view = g.view();
-        while let Some(v) = it.next(&view) {
-            if v.start() >= end {
-                break;
-            }
+        while let Some(v) = it.find(&view, end) {
             let n = (v.end().min(end) - v.start().max(addr)) / PAGE_SIZE;
             nr_pages += n;
             if v.flags().contains(VmFlags::ACCOUNT) {

@@ -224,10 +224,7 @@ impl MmWriteGuard<'_> {
             let v = self.view();
             let mut sealed = false;
             let mut it = VmaIterator::new(start);
-            while let Some(x) = it.next(&v) {
-                if x.start() >= end {
-                    break;
-                }
+            while let Some(x) = it.find(&v, end) {
                 sealed |= x.flags().contains(VmFlags::SEALED);
             }
             if sealed {
@@ -248,10 +245,7 @@ impl MmWriteGuard<'_> {
         }
         let v = self.view();
         let mut it = VmaIterator::new(start);
-        while let Some(x) = it.next(&v) {
-            if x.start() >= end {
-                break;
-            }
+        while let Some(x) = it.find(&v, end) {
             list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
             list.push(x);
         }

@@ -262,10 +262,7 @@ impl MmWriteGuard<'_> {
     fn range_only_contains(&self, start: usize, end: usize, allowed: &[Option<VmaRef>]) -> bool {
         let v = self.view();
         let mut it = VmaIterator::new(start);
-        while let Some(x) = it.next(&v) {
-            if x.start() >= end {
-                break;
-            }
+        while let Some(x) = it.find(&v, end) {
             if !allowed.iter().any(|a| a.is_some_and(|a| vma_eq(a, x))) {
                 return false;
             }

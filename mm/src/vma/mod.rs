@@ -49,12 +49,12 @@ pub mod bench;
 pub mod commit;
 pub mod i_mmap;
 pub mod lock;
+pub mod maple;
 pub mod merge;
 pub mod pool;
 pub mod rcu;
 pub mod space;
 pub mod stat;
-pub mod maple;
 
 pub use crate::collections::IntervalTree;
 pub use anon::{AnonVma, AnonVmaRef};
