@@ -151,11 +151,26 @@ impl MmWriteGuard<'_> {
         };
         let mm = self.mm;
         let mut vmi = VmaIterator::new(0);
-        for v in updates.iter().map(|u| u.0).chain(removes.iter().copied()) {
+        for &v in removes {
             vmi.set(v.start());
             vmi.clear(&mut self.inner().tw);
         }
-        for &(v, s, e, pg) in updates {
+        // An update whose new range only takes space that is free in the tree (or its
+        // own) is stored over in place, one walk; the others leave and come back, as
+        // Linux's `commit_merge` stores the changed ranges (`vma_iter_store`).
+        let mut moved = [false; 4];
+        debug_assert!(updates.len() <= moved.len(), "commit: too many updates");
+        for (k, &(v, s, e, _)) in updates.iter().enumerate() {
+            vmi.set(v.start());
+            moved[k] = k >= moved.len() || !vmi.store_changed(&mut self.inner().tw, s, e, v);
+        }
+        for (k, &(v, ..)) in updates.iter().enumerate() {
+            if moved.get(k).copied().unwrap_or(true) {
+                vmi.set(v.start());
+                vmi.clear(&mut self.inner().tw);
+            }
+        }
+        for (k, &(v, s, e, pg)) in updates.iter().enumerate() {
             // Re-key: the index is by file page range, which this update may change.
             let was_indexed = match i_mmap.as_mut() {
                 Some(w) if indexed(self, v) => w.remove(v),
@@ -167,8 +182,10 @@ impl MmWriteGuard<'_> {
             if was_indexed && let Some(w) = i_mmap.as_mut() {
                 w.insert(v);
             }
-            vmi.set(s);
-            vmi.store(&mut self.inner().tw, s, e, v);
+            if moved.get(k).copied().unwrap_or(true) {
+                vmi.set(s);
+                vmi.store(&mut self.inner().tw, s, e, v);
+            }
         }
         if let Some(v) = insert {
             vmi.set(v.start());

@@ -50,8 +50,8 @@
 //!
 //! **Preallocation by height** (Linux: `mas_preallocate`, `vma_iter_prealloc`).
 //! Before a batch the writer reserves the worst case of its operations for the
-//! current height `h`: `2(h + k) + 2` nodes per insert or erase among `k` (the path,
-//! one split or one neighbour per level, a new root), `4h + 4` for a range erase (two
+//! current height `h`: `3(h + k) + 2` nodes per insert or erase among `k` (the path,
+//! a split and a sibling or a neighbour per level, a new root), `4h + 4` for a range erase (two
 //! boundary paths, a neighbour for each), and the bookkeeping capacity. A range erase
 //! cuts out the subtrees between its boundary paths whole, so its reservation does
 //! not grow with the number of VMAs removed: a 10,000-VMA munmap reserves as much
@@ -67,7 +67,7 @@
 //! than [`MIN_FILL`] entries by an erase is merged with, or refilled from, a
 //! neighbour (Linux: `mas_rebalance`); a root with one child is replaced by it.
 
-use alloc::alloc::{Layout, alloc, dealloc};
+use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -776,10 +776,11 @@ impl TreeWriter {
     }
 
     /// Nodes an insert or erase may need among `k` operations of a batch: the
-    /// copied path, a split or a neighbour per level, a new root. The height can grow
+    /// copied path, a split and a sibling taking a pushed slot (insert) or a
+    /// neighbour (erase) per level, a new root. The height can grow
     /// by one per insert of the batch.
     fn per_op(&self, k: usize) -> usize {
-        2 * (self.height + k) + 2
+        3 * (self.height + k) + 2
     }
 
     /// Reserve everything a batch of `nops` inserts/erases needs and start the batch.
@@ -815,8 +816,9 @@ impl TreeWriter {
             .try_reserve(retire)
             .map_err(|_| Errno::ENOMEM)?;
         while self.cached < need {
-            // SAFETY: `NODE` has a non-zero size.
-            let p = unsafe { alloc(NODE) } as *mut Node;
+            // SAFETY: `NODE` has a non-zero size. Zeroed: `take` relies on every node's
+            // bytes being initialised.
+            let p = unsafe { alloc_zeroed(NODE) } as *mut Node;
             if p.is_null() {
                 return Err(Errno::ENOMEM);
             }
@@ -834,17 +836,13 @@ impl TreeWriter {
     /// A node from the reservation, initialised as an empty node of this batch.
     fn take(&mut self, leaf: bool) -> *mut Node {
         let p = self.take_raw();
-        // SAFETY: `p` is allocated with `NODE` and known only to us; `write` does not
-        // read the stale contents.
+        // SAFETY: `p` is allocated with `NODE` and known only to us. Its bytes are
+        // initialised (nodes are allocated zeroed and only ever hold plain words), so
+        // the stale slots are valid `usize`s; only slots below the count are read.
         unsafe {
-            p.write(Node {
-                meta: (self.txn << TXN_SHIFT) | if leaf { LEAF_BIT } else { 0 },
-                min: 0,
-                a: [0; SLOTS],
-                b: [0; SLOTS],
-                c: [0; SLOTS],
-            })
-        };
+            (*p).meta = (self.txn << TXN_SHIFT) | if leaf { LEAF_BIT } else { 0 };
+            (*p).min = 0;
+        }
         p
     }
 
@@ -853,8 +851,9 @@ impl TreeWriter {
         if self.cache.is_null() {
             // Only reachable if the `prealloc` bound is wrong: an internal bug.
             debug_assert!(false, "VMA tree preallocation budget exceeded");
-            // SAFETY: `NODE` has a non-zero size.
-            let p = unsafe { alloc(NODE) } as *mut Node;
+            // SAFETY: `NODE` has a non-zero size. Zeroed: `take` relies on every node's
+            // bytes being initialised.
+            let p = unsafe { alloc_zeroed(NODE) } as *mut Node;
             assert!(
                 !p.is_null(),
                 "VMA tree node allocation failed after prealloc"
@@ -1014,6 +1013,79 @@ impl TreeWriter {
         }
     }
 
+    /// Slot of node `n` an insert of `start` goes to: in a leaf, the new entry's
+    /// position; in an internal node, the child it descends into.
+    fn target(n: &Node, start: usize) -> usize {
+        let len = n.len();
+        if n.is_leaf() {
+            n.a[..len].iter().position(|&s| s > start).unwrap_or(len)
+        } else {
+            n.a[..len]
+                .iter()
+                .position(|&p| p > start)
+                .unwrap_or(len - 1)
+        }
+    }
+
+    /// Would inserting `start` into the subtree of `p` add a slot to `p` itself (every
+    /// node on the way down to the leaf is full)? Cheap in the common case: the first
+    /// node with room ends the walk.
+    ///
+    /// # Safety
+    /// `p` is live, its descendants too.
+    unsafe fn path_full(mut p: *const Node, start: usize) -> bool {
+        loop {
+            // SAFETY: contract.
+            let n = unsafe { &*p };
+            if n.len() < SLOTS {
+                return false;
+            }
+            if n.is_leaf() {
+                return true;
+            }
+            p = n.child(Self::target(n, start));
+        }
+    }
+
+    /// Make room in full child `i` of `n` before an insert of `start` reaches it, by
+    /// moving its first slot to a left sibling with room, or its last one to a right
+    /// sibling with room, whichever is not where `start` goes (Linux: `mas_push_data`,
+    /// which pushes into a sibling rather than splitting). Keeps nodes full instead of
+    /// half full where VMAs are split one after another, which keeps the tree low.
+    /// Returns whether it moved a slot; the caller refreshes `n`.
+    ///
+    /// # Safety
+    /// `n` and its child `i` are private, the other children live.
+    unsafe fn push_out(&mut self, n: *mut Node, i: usize, start: usize) -> bool {
+        // SAFETY: `n` and child `i` are private (contract); the sibling is made private
+        // by `own` before it is written; moved slots keep address order.
+        unsafe {
+            let c = (*n).child(i);
+            let len = (*c).len();
+            let j = Self::target(&*c, start);
+            let last_target = if (*c).is_leaf() { len } else { len - 1 };
+            if i > 0 && j > 0 && (*(*n).child(i - 1)).len() < SLOTS {
+                let l = self.own((*n).child(i - 1));
+                (*n).b[i - 1] = l as usize;
+                (*l).insert_slot((*l).len(), (*c).slot(0));
+                (*c).remove_slots(0, 1);
+                Self::refresh_node(l);
+                Self::refresh_node(c);
+                return true;
+            }
+            if i + 1 < (*n).len() && j < last_target && (*(*n).child(i + 1)).len() < SLOTS {
+                let r = self.own((*n).child(i + 1));
+                (*n).b[i + 1] = r as usize;
+                (*r).insert_slot(0, (*c).slot(len - 1));
+                (*c).set_len(len - 1);
+                Self::refresh_node(r);
+                Self::refresh_node(c);
+                return true;
+            }
+            false
+        }
+    }
+
     /// Insert into the subtree of private node `n`; returns a new right sibling or null.
     ///
     /// # Safety
@@ -1042,6 +1114,10 @@ impl TreeWriter {
                 .unwrap_or(len - 1);
             let c = self.own((*n).child(i));
             (*n).b[i] = c as usize;
+            // The child would gain a slot and is full: push one to a sibling instead.
+            if Self::path_full(c, start) && self.push_out(n, i, start) {
+                Self::refresh_all(n);
+            }
             let split = self.ins(c, start, end, vma);
             if split.is_null() {
                 Self::refresh_slot(n, i);
@@ -1086,6 +1162,60 @@ impl TreeWriter {
             }
         }
         self.count += 1;
+    }
+
+    /// Move the entry starting at `old` to `[start, end) → vma` in place, if the new
+    /// range overlaps no other entry (the order stays the same, so the entry keeps its
+    /// slot): one walk instead of an erase and an insert. Returns false, changing
+    /// nothing, otherwise (or if there is no such entry). Counts as one operation of
+    /// the batch. Linux: `vma_iter_store()` over a VMA's new range.
+    pub(super) fn replace(&mut self, old: usize, start: usize, end: usize, vma: VmaRef) -> bool {
+        debug_assert!(start < end);
+        let v = self.view();
+        if v.lookup(old).is_none_or(|e| e.start != old)
+            || v.prev_before(old).is_some_and(|p| p.end > start)
+            || old
+                .checked_add(1)
+                .and_then(|o| v.next_from(o))
+                .is_some_and(|n| n.start < end)
+        {
+            return false;
+        }
+        let vma = vma as *const Vma as usize;
+        // SAFETY: `work` is the live working root (non-null: the entry exists); `own`
+        // makes it private, `rep` the rest of the path.
+        unsafe {
+            let root = self.own(self.work);
+            self.work = root;
+            self.rep(root, old, (start, end, vma))
+        }
+    }
+
+    /// The walk of [`Self::replace`] below private node `n`.
+    ///
+    /// # Safety
+    /// `n` is private, non-empty, its children live.
+    unsafe fn rep(&mut self, n: *mut Node, old: usize, t: (usize, usize, usize)) -> bool {
+        // SAFETY: as for `ins`.
+        unsafe {
+            let len = (*n).len();
+            if (*n).is_leaf() {
+                let Some(i) = (&(*n).a)[..len].iter().position(|&s| s == old) else {
+                    return false;
+                };
+                ((*n).a[i], (*n).b[i], (*n).c[i]) = t;
+                Self::refresh_leaf(n);
+                return true;
+            }
+            let Some(i) = (&(*n).a)[..len].iter().position(|&p| p > old) else {
+                return false;
+            };
+            let c = self.own((*n).child(i));
+            (*n).b[i] = c as usize;
+            let done = self.rep(c, old, t);
+            Self::refresh_slot(n, i);
+            done
+        }
     }
 
     /// Child `i` of private internal node `n` has just been changed by an erase: drop
@@ -1486,7 +1616,7 @@ mod tests {
     use super::*;
     use crate::vma::area::PAGE_SIZE;
     use crate::vma::pool;
-    use alloc::collections::BTreeSet;
+    use alloc::collections::BTreeMap;
     use proptest::prelude::*;
 
     const P: usize = PAGE_SIZE;
@@ -1504,7 +1634,8 @@ mod tests {
         tree: VmaTree,
         tw: TreeWriter,
         vmas: Vec<VmaRef>,
-        model: BTreeSet<usize>,
+        /// Present slots and their current ranges.
+        model: BTreeMap<usize, (usize, usize)>,
     }
 
     impl Harness {
@@ -1521,22 +1652,46 @@ mod tests {
                 tree: VmaTree::new(),
                 tw: TreeWriter::new(),
                 vmas,
-                model: BTreeSet::new(),
+                model: BTreeMap::new(),
             }
         }
 
         fn insert(&mut self, k: usize) {
-            if self.model.insert(k) {
+            if let alloc::collections::btree_map::Entry::Vacant(slot) = self.model.entry(k) {
                 let (s, e) = range(k);
+                slot.insert((s, e));
+                self.vmas[k].set_range(s, e, 0);
                 self.tw.insert(s, e, self.vmas[k]);
             }
         }
 
         fn erase(&mut self, k: usize) {
-            if self.model.remove(&k) {
-                let v = self.tw.erase(range(k).0).expect("present");
+            if let Some((s, _)) = self.model.remove(&k) {
+                let v = self.tw.erase(s).expect("present");
                 assert!(ptr::eq(v, self.vmas[k]));
             }
+        }
+
+        /// Move slot `k` to `[base + ds pages, + len pages)` in place if that range is
+        /// free (slots stay within `[base - 1, base + 3)` pages, so never pass another).
+        fn replace(&mut self, k: usize, ds: i8, len: usize) {
+            let Some(&(old, _)) = self.model.get(&k) else {
+                return;
+            };
+            let s = (range(k).0 as isize + ds as isize * P as isize) as usize;
+            let e = (s + len * P).min(range(k).0 + 3 * P);
+            let free = self
+                .model
+                .iter()
+                .all(|(&j, &(a, b))| j == k || b <= s || a >= e);
+            self.tw.prealloc(1).unwrap();
+            assert_eq!(self.tw.replace(old, s, e, self.vmas[k]), free);
+            if free {
+                self.model.insert(k, (s, e));
+                self.vmas[k].set_range(s, e, 0);
+            }
+            self.tw.publish(&self.tree);
+            self.check();
         }
 
         /// One batch of point operations (`true`: insert).
@@ -1551,8 +1706,9 @@ mod tests {
 
         fn erase_range(&mut self, a: usize, b: usize) {
             self.tw.prealloc_erase_range(0).unwrap();
-            let (s, e) = (range(a).0, range(b).0);
-            let gone: Vec<usize> = self.model.range(a..b).copied().collect();
+            // Slots start at most a page below their base.
+            let (s, e) = (range(a).0 - P, range(b).0 - P);
+            let gone: Vec<usize> = self.model.range(a..b).map(|(&k, _)| k).collect();
             for k in &gone {
                 self.model.remove(k);
             }
@@ -1562,7 +1718,7 @@ mod tests {
         }
 
         fn entries(&self) -> Vec<(usize, usize)> {
-            self.model.iter().map(|&k| range(k)).collect()
+            self.model.values().copied().collect()
         }
 
         fn check(&self) {
@@ -1708,6 +1864,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Batch(Vec<(bool, usize)>),
+        Replace(usize, i8, usize),
         EraseRange(usize, usize),
         Query(usize),
         Gap(usize, usize, usize),
@@ -1718,6 +1875,7 @@ mod tests {
         prop_oneof![
             6 => proptest::collection::vec((any::<bool>(), k.clone()), 1..4).prop_map(Op::Batch),
             1 => (k.clone(), 0..400usize).prop_map(|(a, n)| Op::EraseRange(a, (a + n).min(N))),
+            3 => (k.clone(), -1..=1i8, 1..4usize).prop_map(|(k, d, l)| Op::Replace(k, d, l)),
             3 => (0..N * 3 + 8).prop_map(Op::Query),
             2 => (1..8usize, 0..N * 3, 0..N * 3).prop_map(|(l, a, b)| Op::Gap(l, a.min(b), a.max(b))),
         ]
@@ -1743,6 +1901,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Batch(ops) => h.batch(&ops),
+                    Op::Replace(k, d, l) => h.replace(k, d, l),
                     Op::EraseRange(a, b) => h.erase_range(a, b),
                     Op::Query(x) => h.query(BASE + x * P),
                     Op::Gap(l, a, b) => h.gaps(l * P, BASE + a * P, BASE + b * P),

@@ -434,6 +434,23 @@ impl VmaIterator {
         tw.insert(start, end, vma);
         self.index = end;
     }
+    /// Move the entry starting at the position to `[start, end)` (and `vma`) in place,
+    /// inside a preallocated batch, if that range overlaps no other entry; moves to
+    /// `end`. Returns false, changing nothing, otherwise. Linux: `vma_iter_store()` of
+    /// a VMA whose range changed.
+    pub(super) fn store_changed(
+        &mut self,
+        tw: &mut super::maple::TreeWriter,
+        start: usize,
+        end: usize,
+        vma: VmaRef,
+    ) -> bool {
+        let ok = tw.replace(self.index, start, end, vma);
+        if ok {
+            self.index = end;
+        }
+        ok
+    }
     /// Erase the entry starting at the position, inside a preallocated batch.
     /// Linux: `vma_iter_clear()` of one VMA's range.
     pub(super) fn clear(&mut self, tw: &mut super::maple::TreeWriter) -> Option<VmaRef> {
