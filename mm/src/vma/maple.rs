@@ -59,11 +59,17 @@
 //! failure leaves the tree and every VMA untouched. `fail_prealloc` injects that
 //! failure (the harness's knob; `fault-inject` feature only).
 //!
-//! **Balance.** A full node splits in two halves, except when the new entry goes
-//! after the last one of the node, where the old node stays full and the new one
-//! starts with one entry (appends, the common case for `mmap` and for splitting the
-//! top of a VMA, then fill nodes completely; Linux's `mas_wr_append` and the
-//! rightmost-node split of `mab_calc_split` play that role). A node left with fewer
+//! **Balance.** Before an insert makes a full node split, one of its slots (not the
+//! one the insert goes to) is pushed into a sibling with room (Linux:
+//! `mas_push_data`), so nodes stay nearly full where VMAs are split one after another
+//! (64,000 VMAs made by mprotect: height 5 and 28 bytes per VMA, against 7 and 53
+//! with plain half splits). A full node with full siblings splits in two halves,
+//! except when the new entry goes after the last one of the node, where the old node
+//! stays full and the new one starts with one entry (appends then fill nodes
+//! completely; Linux's `mas_wr_append` and the rightmost-node split of
+//! `mab_calc_split` play that role). A range change that takes only free space is
+//! stored over in place (`TreeWriter::replace`: one walk, not an erase and an
+//! insert). A node left with fewer
 //! than [`MIN_FILL`] entries by an erase is merged with, or refilled from, a
 //! neighbour (Linux: `mas_rebalance`); a root with one child is replaced by it.
 
