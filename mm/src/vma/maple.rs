@@ -99,12 +99,15 @@ const SUBTREE: usize = 1;
 const LEAF_BIT: u64 = 1 << 8;
 const TXN_SHIFT: u32 = 16;
 
-/// One 256-byte tree node (Linux: `struct maple_node`).
+/// One 256-byte tree node (Linux: `struct maple_node`). No `align(64)`: the heap's
+/// 256-byte size class already places nodes on 256-byte boundaries, and the
+/// over-aligned layout measurably slowed unrelated figures of the bench kernel
+/// (`pt_protect_512_pages`, twice in four runs out of four; code layout).
 ///
 /// `a`, `b`, `c` are, in a leaf: start, end and VMA pointer of each entry; in an
 /// internal node: pivot (highest end in the child), child pointer and gap of each
 /// child (see the module doc).
-#[repr(C, align(64))]
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct Node {
     /// Bits 0..8: entry count; bit 8: leaf; bits 16..64: batch that created the node
