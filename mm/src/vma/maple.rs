@@ -102,7 +102,7 @@ const TXN_SHIFT: u32 = 16;
 /// One 256-byte tree node (Linux: `struct maple_node`). No `align(64)`: the heap's
 /// 256-byte size class already places nodes on 256-byte boundaries, and the
 /// over-aligned layout measurably slowed unrelated figures of the bench kernel
-/// (`pt_protect_512_pages`, twice in four runs out of four; code layout).
+/// (`pt_protect_512_pages` about twice as slow in four runs out of four).
 ///
 /// `a`, `b`, `c` are, in a leaf: start, end and VMA pointer of each entry; in an
 /// internal node: pivot (highest end in the child), child pointer and gap of each
