@@ -47,6 +47,7 @@ pub mod conformance;
 pub mod errno;
 pub mod file;
 pub mod frame;
+pub mod hugetlb;
 pub mod mmap;
 pub mod paging;
 pub mod sync;

@@ -31,6 +31,8 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::errno::Errno;
 use crate::frame::{FrameAllocator, FrameFlags};
 use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot};
+pub mod hugetlbfs;
+
 use crate::vma::{FileRef, IMmap, MmWriteGuard, PAGE_SIZE, VmFile, VmFlags, VmOperations, VmaRef};
 
 static NEXT_INO: AtomicU64 = AtomicU64::new(1);
@@ -75,21 +77,30 @@ pub struct Inode {
     pages: crate::sync::Mutex<Vec<(usize, PhysAddr)>>,
     /// Linux: `mapping->i_mmap` — kept exact by the VMA engine (see [`IMmap`]).
     i_mmap: IMmap,
+    /// hugetlbfs inodes: the hstate and the reservation map (Linux:
+    /// `HUGETLBFS_I(inode)`, `inode->i_mapping->i_private_data`). Its page cache is
+    /// indexed by huge page.
+    hugetlb: Option<hugetlbfs::HugeInode>,
 }
 
 impl Inode {
     /// A new inode of `size` bytes whose page cache allocates from `alloc` (Linux:
     /// `new_inode()`); ENOMEM if it cannot be allocated.
     pub fn try_new(alloc: &'static FrameAllocator, size: usize) -> Result<Arc<Inode>, Errno> {
-        Arc::try_new(Inode {
+        Arc::try_new(Self::fields(alloc, size)).map_err(|_| Errno::ENOMEM)
+    }
+
+    /// A new inode's fields (Linux: `new_inode()`), for the file systems here.
+    fn fields(alloc: &'static FrameAllocator, size: usize) -> Inode {
+        Inode {
             ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
             dev: (0, 5),
             alloc,
             size: AtomicUsize::new(size),
             pages: crate::sync::Mutex::new(crate::sync::lockdep::LockClass::PageCache, Vec::new()),
             i_mmap: IMmap::new(),
-        })
-        .map_err(|_| Errno::ENOMEM)
+            hugetlb: None,
+        }
     }
     /// [`Inode::try_new`] for fixtures (tests, the boot demo), which treat running out of
     /// heap as fatal. Syscall paths use `try_new`.
@@ -200,8 +211,54 @@ impl Inode {
     }
 }
 
+impl Inode {
+    /// The hugetlbfs part of the inode, if it is one.
+    pub fn hugetlb(&self) -> Option<&hugetlbfs::HugeInode> {
+        self.hugetlb.as_ref()
+    }
+
+    /// Adds `pa` at `index`, taking over one reference the caller holds (Linux:
+    /// `hugetlb_add_to_page_cache`). EEXIST if the index is taken, ENOMEM if the cache
+    /// cannot grow; the caller keeps its reference then.
+    pub(crate) fn add_page(&self, index: usize, pa: PhysAddr) -> Result<(), Errno> {
+        let mut pages = self.pages.lock();
+        match pages.binary_search_by_key(&index, |&(i, _)| i) {
+            Ok(_) => Err(Errno::EEXIST),
+            Err(at) => {
+                pages.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+                pages.insert(at, (index, pa));
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes page `index` out of the cache and returns it with the cache's reference
+    /// (Linux: `filemap_remove_folio`).
+    pub(crate) fn remove_page(&self, index: usize) -> Option<PhysAddr> {
+        let mut pages = self.pages.lock();
+        let at = pages.binary_search_by_key(&index, |&(i, _)| i).ok()?;
+        Some(pages.remove(at).1)
+    }
+
+    /// Cached indices in `[first, last]`.
+    pub(crate) fn cached_indices(&self, first: usize, last: usize) -> Vec<usize> {
+        self.pages
+            .lock()
+            .iter()
+            .map(|&(i, _)| i)
+            .filter(|&i| i >= first && i <= last)
+            .collect()
+    }
+}
+
 impl Drop for Inode {
     fn drop(&mut self) {
+        // hugetlbfs: give back the reservations no page consumed (Linux:
+        // hugetlbfs_evict_inode → remove_inode_hugepages → hugetlb_unreserve_pages).
+        if let Some(h) = &self.hugetlb {
+            let pages = self.pages.get_mut().len();
+            h.evict(pages);
+        }
         // Linux: truncate_inode_pages_final — drop the cache's reference on each page.
         for (_, pa) in core::mem::take(self.pages.get_mut()) {
             if let Err(e) = self.alloc.put_frame(pa) {

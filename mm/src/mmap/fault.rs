@@ -74,7 +74,9 @@ fn access_error(vma: VmaRef, access: Access) -> bool {
 /// Does this fault need `anon_vma_prepare` first (a private page will be created)?
 fn needs_anon_vma(vma: VmaRef, access: Access) -> bool {
     !vma.has_anon_vma()
-        && access == Access::Write
+        // hugetlb private mappings get a private page on a read too when the file
+        // has none (Linux: hugetlb_no_page → vmf_anon_prepare).
+        && (access == Access::Write || vma.flags().contains(VmFlags::HUGETLB))
         && !vma
             .flags()
             .intersects(VmFlags::SHARED | VmFlags::PFNMAP | VmFlags::IO)
@@ -186,6 +188,12 @@ impl AddressSpace {
             } else {
                 true
             };
+            if prepared && crate::hugetlb::fault::is_hugetlb(vma) {
+                // Linux: handle_mm_fault → hugetlb_fault, which takes its own locks
+                // before the page-table lock.
+                bump(&c.success);
+                return crate::hugetlb::fault::hugetlb_fault(&self.pt, &vg, vma, addr, access);
+            }
             if prepared {
                 bump(&c.success);
                 let mut pt = self.pt.lock();
@@ -229,6 +237,9 @@ impl AddressSpace {
         if needs_anon_vma(vma, access) {
             g.anon_vma_prepare_shared(vma)
                 .map_err(|_| FaultError::Oom)?;
+        }
+        if crate::hugetlb::fault::is_hugetlb(vma) {
+            return crate::hugetlb::fault::hugetlb_fault(&self.pt, &g, vma, addr, access);
         }
         let mut pt = self.pt.lock();
         self.do_fault(&g, vma, addr, access, &mut pt)

@@ -85,6 +85,22 @@ impl AddressSpace {
                 if old.intersects(VmFlags::LOCKED | VmFlags::PFNMAP) {
                     return Err(Errno::EINVAL);
                 }
+                if let Some(size) = crate::file::hugetlbfs::vma_huge_size(vma) {
+                    // Linux: madvise_dontneed_free_valid_vma() — the start must be
+                    // huge-page aligned; the end is aligned down (callers may not know
+                    // the VMA uses huge pages). Then __unmap_hugepage_range_final.
+                    let hb = size.bytes();
+                    if !start.is_multiple_of(hb) {
+                        return Err(Errno::EINVAL);
+                    }
+                    let end = end - end % hb;
+                    if start < end
+                        && let Some(f) = vma.file(&*g).and_then(|f| crate::file::lookup(&f))
+                    {
+                        crate::hugetlb::share::unmap_vma_range(&self.pt, vma, &f, start, end);
+                    }
+                    return Ok(vma);
+                }
                 self.zap(start, end)?;
                 return Ok(vma);
             }

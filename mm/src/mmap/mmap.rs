@@ -15,7 +15,8 @@ use super::{
 };
 use crate::PAGE_SHIFT;
 use crate::errno::Errno;
-use crate::file::{self, File, MmapCtx, VmAreaDesc};
+use crate::file::{self, File, MmapCtx, VmAreaDesc, hugetlbfs};
+use crate::hugetlb::HugeSize;
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaMergeStruct};
 
 impl AddressSpace {
@@ -44,13 +45,31 @@ impl AddressSpace {
         if !off.is_multiple_of(PAGE_SIZE as u64) {
             return Err(Errno::EINVAL);
         }
+        let mut len = len;
         let file = if flags & MAP_ANONYMOUS != 0 {
-            None
+            if flags & MAP_HUGETLB != 0 {
+                // Linux (ksys_mmap_pgoff): the size from bits 26–31 (EINVAL if there is
+                // no such hstate), the length rounded up to it, and an internal
+                // hugetlbfs file (`hugetlb_file_setup`, reserving nothing: the mmap
+                // reserves).
+                let hs = HugeSize::from_map_flags(flags).ok_or(Errno::EINVAL)?;
+                if len == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                len = len.checked_next_multiple_of(hs.bytes()).ok_or(Errno::ENOMEM)?;
+                Some(hugetlbfs::hugetlb_file_setup(self.alloc, hs, len)?)
+            } else {
+                None
+            }
         } else {
             let f = file.ok_or(Errno::EINVAL)?;
-            // Linux (ksys_mmap_pgoff): MAP_HUGETLB with a file needs a hugetlbfs file,
-            // and no file here is one.
-            if flags & MAP_HUGETLB != 0 {
+            // Linux (ksys_mmap_pgoff): a hugetlbfs file's length is rounded up to its
+            // page size; MAP_HUGETLB with any other file is EINVAL.
+            if let Some(h) = f.inode().hugetlb() {
+                len = len
+                    .checked_next_multiple_of(h.hstate().size().bytes())
+                    .ok_or(Errno::ENOMEM)?;
+            } else if flags & MAP_HUGETLB != 0 {
                 return Err(Errno::EINVAL);
             }
             Some(f.clone())
@@ -101,7 +120,12 @@ impl AddressSpace {
             | VmFlags::MAYWRITE
             | VmFlags::MAYEXEC;
         let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
-        let addr = self.get_unmapped_area(&g, addr, len, fixed)?;
+        let huge = file
+            .as_ref()
+            .and_then(|f| f.inode().hugetlb())
+            .map(|h| h.hstate().size());
+        let align = huge.map_or(PAGE_SIZE, |h| h.bytes());
+        let addr = self.get_unmapped_area_aligned(&g, addr, len, fixed, align)?;
         if flags & MAP_FIXED_NOREPLACE != 0 && g.find_vma_intersection(addr, addr + len).is_some() {
             return Err(Errno::EEXIST);
         }
@@ -163,6 +187,10 @@ impl AddressSpace {
         if flags & MAP_NORESERVE != 0 {
             vm_flags |= VmFlags::NORESERVE;
         }
+        if huge.is_some() {
+            // The hugetlb layer finds these page tables from the VMA's mm id.
+            crate::hugetlb::register_mm(self.mm.id(), &self.pt)?;
+        }
         let a = self.mmap_region(&mut g, file, addr, len, vm_flags, pgoff)?;
         let populate = vm_flags.contains(VmFlags::LOCKED)
             || flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE;
@@ -221,6 +249,9 @@ impl AddressSpace {
         let mut wo_ops = None;
         let mut wo_private = 0;
         let mut used_prepare = false;
+        // A private hugetlb reservation taken by `mmap_prepare` goes back if the
+        // mapping fails before the VMA owns it.
+        let mut abort: Option<PrepareAbort> = None;
         let legacy = file.as_ref().and_then(|f| f.ops().mmap);
         if let Some(f) = file.clone()
             && let Some(prepare) = f.ops().mmap_prepare
@@ -235,6 +266,16 @@ impl AddressSpace {
                 g.live_vmas(),
             );
             prepare(&f, &mut desc)?;
+            if desc.vm_flags.contains(VmFlags::HUGETLB) {
+                abort = Some(PrepareAbort {
+                    flags: desc.vm_flags,
+                    private: desc.private_data,
+                    huge_pages: f
+                        .inode()
+                        .hugetlb()
+                        .map_or(0, |h| len / h.hstate().size().bytes()),
+                });
+            }
             pgoff = desc.pgoff;
             file = Some(desc.vm_file);
             vm_flags = desc.vm_flags;
@@ -311,6 +352,9 @@ impl AddressSpace {
             }
             g.vma_set_private_data(vma, wo_private)?;
         }
+        if let Some(a) = abort.as_mut() {
+            a.private = 0;
+        }
         Ok(addr)
     }
 
@@ -346,5 +390,19 @@ impl AddressSpace {
             }
             a = stop;
         }
+    }
+}
+
+/// Gives back a private hugetlb reservation `mmap_prepare` made when `mmap_region`
+/// fails before the VMA takes it over (disarmed by clearing `private`).
+struct PrepareAbort {
+    flags: VmFlags,
+    private: usize,
+    huge_pages: usize,
+}
+
+impl Drop for PrepareAbort {
+    fn drop(&mut self) {
+        hugetlbfs::mmap_prepare_abort(self.flags, self.private, self.huge_pages);
     }
 }

@@ -56,6 +56,7 @@ mod placement;
 mod query;
 mod validate;
 
+use alloc::sync::Arc;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use x86_64::{PhysAddr, VirtAddr};
@@ -140,7 +141,9 @@ impl Default for MmLayout {
 /// `exit_mmap`). The kernel must have deactivated it on every CPU first.
 pub struct AddressSpace {
     mm: Mm,
-    pt: crate::sync::Mutex<PageTableRoot>,
+    /// Shared with [`crate::hugetlb`]'s registry, which finds it from a VMA's mm id
+    /// (PMD sharing, truncation and the split need another space's tables).
+    pt: Arc<crate::sync::Mutex<PageTableRoot>>,
     alloc: &'static FrameAllocator,
     zero: PhysAddr,
     layout: MmLayout,
@@ -273,9 +276,18 @@ impl AddressSpace {
         layout: MmLayout,
     ) -> Result<Self, Errno> {
         let zero = zero_page(alloc)?;
+        let mm = Mm::new();
+        // Linux: __split_vma calls hugetlb_split for VM_HUGETLB VMAs.
+        mm.write_lock().set_hooks(crate::vma::MmHooks {
+            hugetlb_split: Some(crate::hugetlb::share::hugetlb_split),
+        });
         Ok(AddressSpace {
-            mm: Mm::new(),
-            pt: crate::sync::Mutex::new(crate::sync::lockdep::LockClass::PageTable, pt),
+            mm,
+            pt: Arc::try_new(crate::sync::Mutex::new(
+                crate::sync::lockdep::LockClass::PageTable,
+                pt,
+            ))
+            .map_err(|_| Errno::ENOMEM)?,
             alloc,
             zero,
             layout,
@@ -338,12 +350,50 @@ impl AddressSpace {
     }
 
     /// Would the page tables accept a zap or protect of `[start, end)`? Checked before
-    /// any VMA changes, so that the page-table step after them cannot fail.
+    /// any VMA changes, so that the page-table step after them cannot fail. Shared PD
+    /// tables pass: the hugetlb paths unshare them first.
     fn check_pt_range(&self, start: usize, end: usize) -> Result<(), Errno> {
         self.pt
             .lock()
-            .check_modify_range(va(start)..va(end))
+            .check_modify_range_unsharing(va(start)..va(end))
             .map_err(Errno::from)
+    }
+
+    /// Unmaps the hugetlb VMAs inside `[start, end)` (each clipped to it) through
+    /// [`crate::hugetlb::share::unmap_vma_range`]: hugetlb lock and i_mmap write
+    /// held, shared tables unshared. `vmas` are the VMAs (attached or just detached)
+    /// covering the range.
+    fn zap_hugetlb_list(&self, vmas: impl Iterator<Item = (VmaRef, Option<Arc<crate::file::File>>)>, start: usize, end: usize) {
+        for (v, f) in vmas {
+            if !v.flags().contains(VmFlags::HUGETLB) {
+                continue;
+            }
+            let (s, e) = (v.start().max(start), v.end().min(end));
+            if let Some(f) = f
+                && s < e
+            {
+                crate::hugetlb::share::unmap_vma_range(&self.pt, v, &f, s, e);
+            }
+        }
+    }
+
+    /// [`zap_hugetlb_list`](Self::zap_hugetlb_list) over the attached VMAs of
+    /// `[start, end)` (exit, MADV_DONTNEED).
+    fn zap_hugetlb_vmas(&self, start: usize, end: usize) {
+        let g = self.mm.write_lock();
+        let mut list = alloc::vec::Vec::new();
+        let mut it = crate::vma::VmaIterator::new(start);
+        let view = g.view();
+        while let Some(v) = it.next(&view) {
+            if v.start() >= end {
+                break;
+            }
+            if v.flags().contains(VmFlags::HUGETLB) && list.try_reserve(1).is_ok() {
+                list.push((v, v.file(&g).and_then(|f| crate::file::lookup(&f))));
+            }
+        }
+        self.zap_hugetlb_list(list.into_iter(), start, end);
+        drop(g);
     }
 }
 
@@ -355,7 +405,12 @@ impl Drop for AddressSpace {
     /// address space, so nothing needs detaching first.
     fn drop(&mut self) {
         let ts = self.layout.task_size;
-        if let Err(e) = zap_locked(self.pt.get_mut(), 0, ts) {
+        // hugetlb VMAs first, each under its file's i_mmap write lock: their shared
+        // PD tables are unshared, not freed, and no other space may be sharing a
+        // table of ours while it goes (Linux: unmap_vmas → __unmap_hugepage_range_final).
+        self.zap_hugetlb_vmas(0, ts);
+        crate::hugetlb::unregister_mm(self.mm.id());
+        if let Err(e) = zap_locked(&mut self.pt.lock(), 0, ts) {
             log::error!("exit_mmap: zap failed: {e}");
         }
     }

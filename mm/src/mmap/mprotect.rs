@@ -148,8 +148,22 @@ impl AddressSpace {
         // Linux: change_protection(). The VMA is write-locked, so no fault can install
         // a PTE with the old protection while the page-table lock is dropped.
         let pte = pte_prot(newflags, newflags.contains(VmFlags::SHARED));
+        // Linux: hugetlb_change_protection() — under the hugetlb lock and i_mmap (both
+        // write), a shared PD table is unshared (only this space changes; its pages
+        // refault with the new protection), then the rest is changed.
+        let file = newflags
+            .contains(VmFlags::HUGETLB)
+            .then(|| v.file(&*g).and_then(|f| crate::file::lookup(&f)))
+            .flatten();
+        let _vl = file.as_ref().map(|_| v.hugetlb_vma_lock().write());
+        let _im = file
+            .as_ref()
+            .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
         let mut pt = self.pt.lock();
         let mut gather = MmuGather::new(&pt);
+        if file.is_some() {
+            crate::hugetlb::share::unshare_range(&mut pt, start, end, &mut gather);
+        }
         let r = pt.protect(va(start)..va(end), pte, &mut gather);
         gather.finish();
         r.map_err(Errno::from)?;

@@ -5,7 +5,7 @@
 
 use super::{AddressSpace, page_align};
 use crate::errno::Errno;
-use crate::vma::{MmWriteGuard, PAGE_SIZE};
+use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags};
 
 impl AddressSpace {
     /// `munmap(2)`. EINVAL for an unaligned start, a range beyond TASK_SIZE or an empty
@@ -46,6 +46,16 @@ impl AddressSpace {
         let d = g.detach_range(start, end)?;
         if d.is_empty() {
             return Ok(());
+        }
+        // hugetlb VMAs: unshare and zap under their locks first (Linux:
+        // __unmap_hugepage_range_final); the zap below then finds only private tables.
+        if d.iter().any(|v| v.flags().contains(VmFlags::HUGETLB)) {
+            let list: alloc::vec::Vec<_> = d
+                .iter()
+                .filter(|v| v.flags().contains(VmFlags::HUGETLB))
+                .map(|v| (v, v.file(&*g).and_then(|f| crate::file::lookup(&f))))
+                .collect();
+            self.zap_hugetlb_list(list.into_iter(), start, end);
         }
         let zapped = self.zap(start, end);
         g.remove_vmas(d);

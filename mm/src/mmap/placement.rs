@@ -26,10 +26,11 @@ impl AddressSpace {
         len: usize,
         low: usize,
         high: usize,
+        align: usize,
     ) -> Option<usize> {
         let mut hi = high;
         loop {
-            let a = g.view().gap_top_down(len, low, hi, PAGE_SIZE)?;
+            let a = g.view().gap_top_down(len, low, hi, align)?;
             match g.vma_next_from(a + len) {
                 Some(n) if a + len > vm_start_gap(n, self.layout.stack_guard_gap) => {
                     hi = hi.min(vm_start_gap(n, self.layout.stack_guard_gap));
@@ -45,10 +46,11 @@ impl AddressSpace {
         len: usize,
         low: usize,
         high: usize,
+        align: usize,
     ) -> Option<usize> {
         let mut lo = low;
         loop {
-            let a = g.view().gap_bottom_up(len, lo, high, PAGE_SIZE)?;
+            let a = g.view().gap_bottom_up(len, lo, high, align)?;
             match g.vma_next_from(a + len) {
                 Some(n) if a + len > vm_start_gap(n, self.layout.stack_guard_gap) => {
                     lo = n.end();
@@ -67,6 +69,24 @@ impl AddressSpace {
         len: usize,
         fixed: bool,
     ) -> Result<usize, Errno> {
+        self.get_unmapped_area_aligned(g, addr, len, fixed, PAGE_SIZE)
+    }
+
+    /// [`get_unmapped_area`](Self::get_unmapped_area) for mappings whose start must be
+    /// a multiple of `align` (a power of two): hugetlb's `hugetlb_get_unmapped_area`,
+    /// which refuses an unaligned MAP_FIXED address or length (EINVAL), aligns a hint
+    /// down, and searches for an aligned gap.
+    pub(super) fn get_unmapped_area_aligned(
+        &self,
+        g: &MmWriteGuard<'_>,
+        addr: usize,
+        len: usize,
+        fixed: bool,
+        align: usize,
+    ) -> Result<usize, Errno> {
+        if align > PAGE_SIZE && (!len.is_multiple_of(align) || (fixed && !addr.is_multiple_of(align))) {
+            return Err(Errno::EINVAL);
+        }
         let l = &self.layout;
         if len > l.task_size {
             return Err(Errno::ENOMEM);
@@ -79,17 +99,17 @@ impl AddressSpace {
         } else {
             let mut found = None;
             if addr != 0
-                && let Some(a) = page_align(addr)
+                && let Some(a) = page_align(addr).map(|a| if align > PAGE_SIZE { addr & !(align - 1) } else { a })
                 && self.range_fits(g, a, len)
             {
                 found = Some(a);
             }
             if found.is_none() {
                 let low = PAGE_SIZE.max(l.mmap_min_addr);
-                found = self.search_top_down(g, len, low, l.mmap_base);
+                found = self.search_top_down(g, len, low, l.mmap_base, align);
             }
             if found.is_none() {
-                found = self.search_bottom_up(g, len, l.unmapped_base, l.task_size);
+                found = self.search_bottom_up(g, len, l.unmapped_base, l.task_size, align);
             }
             found.ok_or(Errno::ENOMEM)?
         };

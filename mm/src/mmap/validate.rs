@@ -14,7 +14,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::AddressSpace;
-use crate::file::{self, Inode};
+use crate::file::{self, Inode, hugetlbfs};
+use crate::hugetlb::share::PUD_SIZE;
+use crate::paging::PageTableRoot;
 use crate::frame::FrameFlags;
 use crate::paging::{Leaf, PageTableFlags as F};
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef};
@@ -69,6 +71,7 @@ impl AddressSpace {
             })
             .collect();
         let pt = self.pt.lock();
+        check_hugetlb(&vmas, &pt)?;
         if let Some((level, va)) = pt.first_empty_table() {
             return Err(format!(
                 "page tables: empty {level:?} table linked at {va:#x}"
@@ -135,6 +138,13 @@ impl AddressSpace {
         };
         if !fl.contains(F::USER_ACCESSIBLE) {
             return bad("not user-accessible");
+        }
+        match hugetlbfs::vma_huge_size(v) {
+            Some(h) if h.page_size() != leaf.size => return bad("hugetlb VMA maps a leaf of another size"),
+            None if leaf.size != crate::paging::PageSize::Size4K && !f.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP) => {
+                return bad("huge leaf outside a hugetlb or PFN mapping");
+            }
+            _ => {}
         }
         let access = f.intersects(VmFlags::ACCESS);
         if fl.contains(F::PRESENT) != access {
@@ -206,7 +216,11 @@ impl AddressSpace {
                 let Some(inode) = inode else {
                     return bad("file VMA whose file is not a VFS file");
                 };
-                let idx = v.pgoff() + (va - v.start()) / PAGE_SIZE;
+                let idx = match hugetlbfs::vma_huge_size(v) {
+                    // hugetlbfs caches by huge page.
+                    Some(h) => v.pgoff() / (h.bytes() / PAGE_SIZE) + (va - v.start()) / h.bytes(),
+                    None => v.pgoff() + (va - v.start()) / PAGE_SIZE,
+                };
                 if inode.find_page(idx) != Some(frame) {
                     return bad(&format!(
                         "not the page-cache page of file index {idx:#x} ({:?})",
@@ -217,6 +231,42 @@ impl AddressSpace {
         }
         Ok(())
     }
+}
+
+/// The hugetlb invariants (Linux: what `want_pmd_share` and the CVE-2025-38084 fix
+/// guarantee): every hugetlb VMA is aligned to its page size, and a PD table shared
+/// with another space sits only under a `VM_MAYSHARE` 2 MiB hugetlb VMA that covers
+/// the whole 1 GiB interval.
+fn check_hugetlb(vmas: &[VmaRef], pt: &PageTableRoot) -> Result<(), String> {
+    for v in vmas {
+        if let Some(h) = hugetlbfs::vma_huge_size(v) {
+            if !v.start().is_multiple_of(h.bytes()) || !v.end().is_multiple_of(h.bytes()) {
+                return Err(format!(
+                    "hugetlb VMA {:#x}..{:#x} not aligned to {:?}",
+                    v.start(),
+                    v.end(),
+                    h
+                ));
+            }
+        }
+        // Any 1 GiB interval this VMA touches whose table is shared must be inside it.
+        let mut b = v.start() & !(PUD_SIZE - 1);
+        while b < v.end() {
+            if pt.is_pmd_shared(x86_64::VirtAddr::new_truncate(b as u64))
+                && !crate::hugetlb::share::want_pmd_share(v, b)
+            {
+                return Err(format!(
+                    "VMA {:#x}..{:#x} {:?} maps the 1 GiB at {b:#x} through a shared PD table \
+                     without covering it as a shareable hugetlb VMA",
+                    v.start(),
+                    v.end(),
+                    v.flags()
+                ));
+            }
+            b += PUD_SIZE;
+        }
+    }
+    Ok(())
 }
 
 /// Check that `inode`'s `i_mmap` holds exactly the VMAs of `spaces` that map it

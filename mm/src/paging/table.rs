@@ -479,15 +479,17 @@ impl PageTableRoot {
         self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash)
     }
 
-    /// Replaces the 4 KiB leaf at `va` by one mapping the allocated frame `pa`, in
-    /// place (Linux: `wp_page_copy`: `ptep_clear_flush` + `set_pte_at` on the same PTE
-    /// slot). Takes over one reference the caller holds on `pa` and adds one map count;
+    /// Replaces the leaf at `va` (of any size; `va` aligned to it, `pa` a block of the
+    /// same size) by one mapping the allocated frame `pa`, in place (Linux:
+    /// `wp_page_copy`: `ptep_clear_flush` + `set_pte_at` on the same PTE slot; for huge
+    /// leaves `hugetlb_wp`'s `huge_ptep_clear_flush` + `set_huge_pte_at`). Takes over one reference the caller holds on `pa` and adds one map count;
     /// the old leaf's map count drops now and its reference is put by `g` after the TLB
     /// flush, as for an unmap. Needs no allocation: the leaf's table stays, so a
     /// copy-on-write can never lose the old page for want of a table page.
     ///
-    /// Errors, with nothing changed: `NotMapped` (no leaf at `va`), `PartialHugePage`
-    /// (the leaf is huge), `Misaligned`, `OutOfRange`, `InvalidFlags`, `NotAllocated`.
+    /// Errors, with nothing changed: `NotMapped` (no leaf at `va`), `Misaligned` (`va`
+    /// or `pa` not aligned to the leaf's size), `OutOfRange`, `InvalidFlags`,
+    /// `NotAllocated` (not an allocated block head of the leaf's size).
     pub fn replace_frame(
         &mut self,
         va: VirtAddr,
@@ -495,18 +497,18 @@ impl PageTableRoot {
         flags: F,
         g: &mut MmuGather,
     ) -> Result<(), MapError> {
-        let page = PageSize::Size4K.bytes();
-        let end = va.as_u64().checked_add(page).ok_or(MapError::OutOfRange)?;
-        let (start, _) = user_range(&(va..VirtAddr::new_truncate(end)), page)?;
+        let (table, i, size) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        let bytes = size.bytes();
+        let end = va.as_u64().checked_add(bytes).ok_or(MapError::OutOfRange)?;
+        let (start, _) = user_range(&(va..VirtAddr::new_truncate(end)), bytes)?;
         check_flags(flags)?;
+        if !pa.as_u64().is_multiple_of(bytes) {
+            return Err(MapError::Misaligned);
+        }
         let alloc = self.allocator();
         let m = alloc.meta(pa).ok_or(MapError::NotAllocated)?;
-        if !m.flags().contains(FrameFlags::HEAD) || m.refcount() == 0 || m.order() != 0 {
+        if !m.flags().contains(FrameFlags::HEAD) || m.refcount() == 0 || m.order() != size.order() {
             return Err(MapError::NotAllocated);
-        }
-        let (table, i, size) = self.find_leaf(start).ok_or(MapError::NotMapped)?;
-        if size != PageSize::Size4K {
-            return Err(MapError::PartialHugePage);
         }
         m.inc_mapcount();
         g.add_cpus(self.active_cpus());
@@ -517,14 +519,14 @@ impl PageTableRoot {
     }
 
     /// Checks that an unmap/protect of `start..end` under `table` splits no huge page and
-    /// touches no shared PD table.
+    /// touches no shared PD table (unless `shared_ok`: the caller unshares first).
     fn check_modify(
         &self,
         table: Table,
         level: Level,
         base: u64,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        shared_ok: bool,
     ) -> Result<(), MapError> {
         let span = level.entry_span();
         let lo = start.max(base);
@@ -546,9 +548,12 @@ impl PageTableRoot {
                     let child = unsafe { table.child(pa) };
                     let lower = level.lower().ok_or(MapError::InvalidRange)?;
                     if lower == Level::Pd && child.share_count() > 0 {
+                        if shared_ok {
+                            continue;
+                        }
                         return Err(MapError::SharedTable);
                     }
-                    self.check_modify(child, lower, va, start, end)?;
+                    self.check_modify(child, lower, va, (start, end), shared_ok)?;
                 }
             }
         }
@@ -598,7 +603,14 @@ impl PageTableRoot {
     /// page-table step after them cannot fail (validate, then mutate).
     pub fn check_modify_range(&self, range: Range<VirtAddr>) -> Result<(), MapError> {
         let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
-        self.check_modify(self.root_table(), Level::Pml4, 0, start, end)
+        self.check_modify(self.root_table(), Level::Pml4, 0, (start, end), false)
+    }
+
+    /// [`check_modify_range`](Self::check_modify_range) for a caller that unshares the
+    /// shared PD tables in the range first (hugetlb's unmap and protect): those pass.
+    pub fn check_modify_range_unsharing(&self, range: Range<VirtAddr>) -> Result<(), MapError> {
+        let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
+        self.check_modify(self.root_table(), Level::Pml4, 0, (start, end), true)
     }
 
     /// ORs the CPU mask into `g` again after entries changed (Linux reads
@@ -626,7 +638,7 @@ impl PageTableRoot {
             return Err(MapError::WrongAllocator);
         }
         let root = self.root_table();
-        self.check_modify(root, Level::Pml4, 0, start, end)?;
+        self.check_modify(root, Level::Pml4, 0, (start, end), false)?;
         g.add_cpus(self.active_cpus());
         self.zap_level(root, Level::Pml4, 0, start, end, g);
         self.add_cpus_after_clear(g);
@@ -688,7 +700,7 @@ impl PageTableRoot {
             return Err(MapError::WrongAllocator);
         }
         let root = self.root_table();
-        self.check_modify(root, Level::Pml4, 0, start, end)?;
+        self.check_modify(root, Level::Pml4, 0, (start, end), false)?;
         let mut prot = flags - F::ACCESSED - F::DIRTY;
         if !prot.contains(F::PRESENT) {
             prot |= PTE_PROTNONE;

@@ -681,9 +681,14 @@ fn replace_frame_swaps_in_place_without_table_memory() {
         s.replace_frame(va(0x40_1000), other, RW, &mut g),
         Err(MapError::NotMapped)
     );
+    // A 2 MiB leaf takes only a 2 MiB block (hugetlb_wp), at its own address.
     assert_eq!(
         s.replace_frame(va(4 * M2), other, RW, &mut g),
-        Err(MapError::PartialHugePage)
+        Err(MapError::NotAllocated)
+    );
+    assert_eq!(
+        s.replace_frame(va(4 * M2 + 4096), other, RW, &mut g),
+        Err(MapError::Misaligned)
     );
     assert_eq!(
         s.replace_frame(va(0x40_0000), PhysAddr::new(MMIO), RW, &mut g),

@@ -374,6 +374,11 @@ pub(super) struct ColdLine {
     /// Free-list link while the slot is free (Linux: `vm_freeptr`). Kept away from
     /// the refcount and `vm_mm` so a freed VMA still reads as detached.
     pub(super) free_next: AtomicPtr<Vma>,
+    /// The hugetlb vma lock (Linux: `struct hugetlb_vma_lock`'s `rw_sema`, which Linux
+    /// allocates for each shareable hugetlb VMA and hangs off `vm_private_data`; here it
+    /// is embedded, so it exists for every VMA and cannot fail to be allocated). Rank 3
+    /// of [`crate::sync`]'s order: read in the hugetlb fault, write to unshare.
+    pub(super) hugetlb_lock: spin::RwLock<()>,
 }
 
 /// A virtual memory area: one contiguous range of an address space with uniform
@@ -448,6 +453,7 @@ impl Vma {
                 anon_name: UnsafeCell::new(None),
                 uffd_ctx: AtomicUsize::new(0),
                 free_next: AtomicPtr::new(core::ptr::null_mut()),
+                hugetlb_lock: spin::RwLock::new(()),
             },
         }
     }
@@ -486,6 +492,11 @@ impl Vma {
     #[inline]
     pub fn mm_id(&self) -> u64 {
         self.vm_mm.load(Ordering::Relaxed)
+    }
+    /// The hugetlb vma lock (Linux: `hugetlb_vma_lock_read` / `_write` on
+    /// `vma->vm_private_data`); see [`crate::sync`] for its rank.
+    pub fn hugetlb_vma_lock(&self) -> &spin::RwLock<()> {
+        &self.cold.hugetlb_lock
     }
     /// Linux: `vm_private_data`.
     #[inline]

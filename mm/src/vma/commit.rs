@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::area::{PAGE_SHIFT, VmFlags, VmaRef};
+use super::i_mmap::IMmapWriter;
 use super::lock;
 use super::pool as valloc;
 use super::space::{MmWriteGuard, VmaIterator};
@@ -119,6 +120,19 @@ impl MmWriteGuard<'_> {
         removes: &[VmaRef],
         insert: Option<VmaRef>,
     ) -> Result<(), Errno> {
+        self.commit_with(updates, removes, insert, None)
+    }
+
+    /// [`commit`](Self::commit) with the file's `i_mmap` write lock already taken by
+    /// the caller (`__split_vma`, which must hold it across `hugetlb_split`); it is
+    /// dropped at the end, as `vma_complete` does.
+    pub(super) fn commit_with(
+        &mut self,
+        updates: &[(VmaRef, usize, usize, usize)],
+        removes: &[VmaRef],
+        insert: Option<VmaRef>,
+        held: Option<IMmapWriter<'_>>,
+    ) -> Result<(), Errno> {
         let nops = 2 * updates.len() + removes.len() + insert.is_some() as usize;
         self.inner().tw.prealloc(nops)?;
         for &(v, ..) in updates {
@@ -136,13 +150,17 @@ impl MmWriteGuard<'_> {
             .chain(removes.iter().copied())
             .chain(insert)
             .find_map(|v| v.file(&*self).filter(|f| f.i_mmap().is_some()));
-        let mut i_mmap = match file.as_ref().and_then(|f| f.i_mmap()) {
-            Some(im) => {
+        let mut i_mmap = match (held, file.as_ref().and_then(|f| f.i_mmap())) {
+            (Some(mut w), _) => {
+                w.reserve(updates.len() + insert.is_some() as usize)?;
+                Some(w)
+            }
+            (None, Some(im)) => {
                 let mut w = im.write();
                 w.reserve(updates.len() + insert.is_some() as usize)?;
                 Some(w)
             }
-            None => None,
+            (None, None) => None,
         };
         // Is `v` in the `i_mmap` taken above? (Its file is read under our write lock.)
         let indexed = |g: &Self, v: VmaRef| match (&file, v.file(g)) {

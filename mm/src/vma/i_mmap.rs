@@ -78,10 +78,66 @@ impl IMmap {
         Ok(out)
     }
 
+    /// Takes the read side for a walk (Linux: `i_mmap_lock_read`), as hugetlb's
+    /// `huge_pmd_share` does.
+    pub fn lock_read(&self) -> IMmapRead<'_> {
+        IMmapRead {
+            tree: self.tree.read(),
+        }
+    }
+
+    /// Takes the write side without changing the index (Linux: `i_mmap_lock_write`
+    /// around hugetlb's unmap, unshare and truncate, which free page tables other
+    /// address spaces may be about to share).
+    pub fn lock_write(&self) -> IMmapHold<'_> {
+        IMmapHold {
+            tree: self.tree.write(),
+        }
+    }
+
+    /// Tries [`lock_write`](Self::lock_write) once.
+    pub fn try_lock_write(&self) -> Option<IMmapHold<'_>> {
+        self.tree.try_write().map(|tree| IMmapHold { tree })
+    }
+
     /// Takes the write side (Linux: `i_mmap_lock_write`). Engine only.
     pub(super) fn write(&self) -> IMmapWriter<'_> {
         IMmapWriter {
             tree: self.tree.write(),
+        }
+    }
+}
+
+/// The read side of an [`IMmap`] (Linux: `i_mmap_lock_read` held).
+pub struct IMmapRead<'a> {
+    tree: spin::RwLockReadGuard<'a, IntervalTree<VmaRef>>,
+}
+
+impl IMmapRead<'_> {
+    /// Calls `f` on each VMA mapping any of file pages `[first, last]` (Linux:
+    /// `vma_interval_tree_foreach`); stops early when `f` returns false.
+    pub fn for_each(&self, first: usize, last: usize, mut f: impl FnMut(VmaRef) -> bool) {
+        for (_, _, v) in self.tree.overlapping(first, last) {
+            if !f(v) {
+                break;
+            }
+        }
+    }
+}
+
+/// The write side of an [`IMmap`] held by a path that does not change the index
+/// (hugetlb's unmap, unshare and truncate).
+pub struct IMmapHold<'a> {
+    tree: spin::RwLockWriteGuard<'a, IntervalTree<VmaRef>>,
+}
+
+impl IMmapHold<'_> {
+    /// As [`IMmapRead::for_each`].
+    pub fn for_each(&self, first: usize, last: usize, mut f: impl FnMut(VmaRef) -> bool) {
+        for (_, _, v) in self.tree.overlapping(first, last) {
+            if !f(v) {
+                break;
+            }
         }
     }
 }

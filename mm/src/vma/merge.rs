@@ -793,6 +793,16 @@ impl MmWriteGuard<'_> {
             self.vm_area_free(new);
             return Err(e);
         }
+        // Room in the file's i_mmap for the commit, before anything observable, so
+        // that taking the lock for real below cannot fail.
+        if let Some(f) = vma.file(&*self)
+            && let Some(im) = f.i_mmap()
+            && let Err(e) = im.write().reserve(2)
+        {
+            drop(new.replace_anon_vma(None));
+            self.vm_area_free(new);
+            return Err(e);
+        }
         let fail = self.fail_anon_clone();
         // SAFETY: `anon_vma_clone`'s contract: `new` was made by `vm_area_dup` just above
         // and is detached and known to no one else, so exclusively ours; `vma` is
@@ -805,19 +815,60 @@ impl MmWriteGuard<'_> {
         if let Some(open) = vma.ops().and_then(|o| o.open) {
             open(new);
         }
+        let hugetlb_hook = self
+            .inner_ref()
+            .hooks
+            .hugetlb_split
+            .filter(|_| vma.flags().contains(VmFlags::HUGETLB));
+        #[cfg(feature = "fault-inject")]
+        let old_order = OLD_SPLIT_ORDER.load(core::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "fault-inject")]
+        if old_order && let Some(hook) = hugetlb_hook {
+            // Test-only: the pre-6.16 order, where the unshare ran from `may_split`,
+            // before the VMAs were write-locked and before i_mmap was taken.
+            hook(vma, addr);
+            if let Some(h) = *SPLIT_WINDOW_HOOK.lock() {
+                h(vma, addr);
+            }
+        }
         self.vma_start_write(vma);
         self.vma_start_write(new);
-        if vma.flags().contains(VmFlags::HUGETLB)
-            && let Some(hook) = self.inner_ref().hooks.hugetlb_split
-        {
+        // Linux: vma_prepare() takes the file's i_mmap write lock here, and only then
+        // (6.16, the CVE-2025-38084 fix) hugetlb_split() unshares the PD tables the
+        // split cuts: with both VMAs write-locked and i_mmap held, no fault can re-share
+        // a table between the unshare and the range change. The lock is held on
+        // through the commit.
+        let file = vma.file(&*self).filter(|f| f.i_mmap().is_some());
+        let held = match file.as_ref().and_then(|f| f.i_mmap()) {
+            Some(im) => {
+                let mut w = im.write();
+                if let Err(e) = w.reserve(2) {
+                    drop(w);
+                    if let Some(close) = new.ops().and_then(|o| o.close) {
+                        close(new);
+                    }
+                    self.vm_area_free(new);
+                    return Err(e);
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        #[cfg(feature = "fault-inject")]
+        let hugetlb_hook = hugetlb_hook.filter(|_| !old_order);
+        if let Some(hook) = hugetlb_hook {
             hook(vma, addr);
+            #[cfg(feature = "fault-inject")]
+            if let Some(h) = *SPLIT_WINDOW_HOOK.lock() {
+                h(vma, addr);
+            }
         }
         let upd = if new_below {
             (vma, addr, ve, vp + pages(addr - vs))
         } else {
             (vma, vs, addr, vp)
         };
-        if let Err(e) = self.commit(&[upd], &[], Some(new)) {
+        if let Err(e) = self.commit_with(&[upd], &[], Some(new), held) {
             // Unreachable after the preallocation above; undo anyway.
             if let Some(close) = new.ops().and_then(|o| o.close) {
                 close(new);
@@ -1046,3 +1097,14 @@ impl MmWriteGuard<'_> {
         Ok(addr)
     }
 }
+
+/// Test-only: run `__split_vma`'s hugetlb unshare in the pre-6.16 order (before the
+/// i_mmap lock), the order CVE-2025-38084 was about.
+#[cfg(feature = "fault-inject")]
+pub static OLD_SPLIT_ORDER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Test-only: called by `__split_vma` right after `hugetlb_split` (in the old order
+/// before the VMA and i_mmap locks, in the current one under them), to run a fault in
+/// the window between the unshare and the range change.
+#[cfg(feature = "fault-inject")]
+pub static SPLIT_WINDOW_HOOK: spin::Mutex<Option<fn(VmaRef, usize)>> = spin::Mutex::new(None);
