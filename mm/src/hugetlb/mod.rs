@@ -21,9 +21,9 @@
 //! `hugepage_freelists`). Counting free pages is a scan of the pool, which is at most
 //! a few thousand pages.
 
-pub(crate) mod fault;
+pub mod fault;
 mod reserve;
-pub(crate) mod share;
+pub mod share;
 
 use alloc::boxed::Box;
 use alloc::sync::{Arc, Weak};

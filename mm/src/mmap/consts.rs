@@ -75,6 +75,13 @@ pub const LEGACY_MAP_MASK: u32 = MAP_SHARED
     | MAP_HUGETLB
     | MAP_32BIT
     | MAP_HUGE_MASK;
+/// Shift of the huge page size in mmap's flags (Linux: `MAP_HUGE_SHIFT`): bits 26–31
+/// hold its log2.
+pub const MAP_HUGE_SHIFT: u32 = 26;
+/// 2 MiB huge pages (Linux: `MAP_HUGE_2MB`).
+pub const MAP_HUGE_2MB: u32 = 21 << MAP_HUGE_SHIFT;
+/// 1 GiB huge pages (Linux: `MAP_HUGE_1GB`).
+pub const MAP_HUGE_1GB: u32 = 30 << MAP_HUGE_SHIFT;
 /// Huge page size encoding bits (Linux: `MAP_HUGE_MASK << MAP_HUGE_SHIFT`).
 pub const MAP_HUGE_MASK: u32 = 0x3f << 26;
 

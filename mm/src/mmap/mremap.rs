@@ -11,7 +11,7 @@
 use super::{AddressSpace, page_align, va, zap_locked};
 use crate::errno::Errno;
 use crate::mmap::consts::*;
-use crate::paging::{PageSize, PageTableRoot};
+use crate::paging::PageTableRoot;
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef};
 
 /// One mremap request, narrowed to one VMA's part while a multi-VMA move walks the
@@ -120,6 +120,28 @@ impl AddressSpace {
         if g.map_count() + 4 > g.max_map_count() {
             return Err(Errno::ENOMEM);
         }
+        // Linux (check_prep_vma / the hugetlb part of mremap): a hugetlb VMA's lengths
+        // are rounded up to its page size, both addresses must be aligned to it, and it
+        // cannot grow (EINVAL).
+        let r = match g.vma_lookup(addr).and_then(crate::file::hugetlbfs::vma_huge_size) {
+            Some(h) => {
+                let hb = h.bytes();
+                let old_len = old_len.checked_next_multiple_of(hb).ok_or(Errno::EINVAL)?;
+                let new_len = new_len.checked_next_multiple_of(hb).ok_or(Errno::EINVAL)?;
+                if !addr.is_multiple_of(hb)
+                    || (r.implies_new_addr() && !new_addr.is_multiple_of(hb))
+                    || new_len > old_len
+                {
+                    return Err(Errno::EINVAL);
+                }
+                Remap {
+                    old_len,
+                    new_len,
+                    ..r
+                }
+            }
+            None => r,
+        };
         if r.move_only() {
             return self.remap_move(&mut g, r);
         }
@@ -351,7 +373,27 @@ impl AddressSpace {
         let moved = r.old_len.min(r.new_len);
         // Both VMAs are write-locked (the copy is new, or a neighbour the merge locked):
         // the page-table lock, innermost, is taken only now.
-        let pt_moved = move_page_tables(&mut self.pt.lock(), r.addr, new_addr, moved);
+        // hugetlb (Linux: move_hugetlb_page_tables): under the hugetlb lock and
+        // i_mmap (write), shared PD tables of the source are unshared, not moved (the
+        // pages refault at the new place from the page cache).
+        let hfile = vma
+            .flags()
+            .contains(VmFlags::HUGETLB)
+            .then(|| vma.file(&*g).and_then(|f| crate::file::lookup(&f)))
+            .flatten();
+        let pt_moved = {
+            let _vl = hfile.as_ref().map(|_| vma.hugetlb_vma_lock().write());
+            let _im = hfile
+                .as_ref()
+                .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
+            let mut pt = self.pt.lock();
+            if hfile.is_some() {
+                let mut gather = crate::paging::MmuGather::new(&pt);
+                crate::hugetlb::share::unshare_range(&mut pt, r.addr, r.addr + moved, &mut gather);
+                gather.finish();
+            }
+            move_page_tables(&mut pt, r.addr, new_addr, moved)
+        };
         if let Err(e) = pt_moved {
             // Nothing of the source changed: drop the copy and keep the original.
             self.do_munmap(g, new_addr, r.new_len)?;
@@ -395,18 +437,20 @@ fn move_page_tables(
             off = ((old + off) / span + 1) * span - old;
             continue;
         };
-        if t.size != PageSize::Size4K {
-            // Huge leaves belong to hugetlb VMAs, which move by whole huge pages.
+        // Huge leaves belong to hugetlb VMAs, which move by whole huge pages (Linux:
+        // move_hugetlb_page_tables); both addresses are aligned to them.
+        let size = t.size.bytes() as usize;
+        if !(old + off).is_multiple_of(size) || !(new + off).is_multiple_of(size) || off + size > len {
             zap_locked(pt, new, new + off)?;
             return Err(Errno::EINVAL);
         }
         let flags = t.flags & crate::paging::LEAF_FLAGS;
         let at = va(new + off);
-        if let Err(e) = pt.map(at..at + PAGE_SIZE as u64, t.frame, PageSize::Size4K, flags) {
+        if let Err(e) = pt.map(at..at + size as u64, t.frame, t.size, flags) {
             zap_locked(pt, new, new + off.min(len))?;
             return Err(Errno::from(e));
         }
-        off += PAGE_SIZE;
+        off += size;
     }
     zap_locked(pt, old, old + len)
 }

@@ -51,8 +51,12 @@ pub struct VmaQuery {
     pub pgoff: usize,
     /// `vma_offset` (file offset in bytes, 0 for anonymous).
     pub offset: u64,
-    /// `vma_page_size`.
+    /// `vma_page_size` (Linux: `vma_kernel_pagesize`: the huge page size of a
+    /// hugetlb VMA, else 4096; smaps' `KernelPageSize`).
     pub page_size: u64,
+    /// smaps' `MMUPageSize` (Linux: `vma_mmu_pagesize`, equal to the kernel page size
+    /// on x86).
+    pub mmu_page_size: u64,
     /// `inode` (0 for anonymous).
     pub inode: u64,
     /// `dev_major`, `dev_minor`.
@@ -65,7 +69,34 @@ pub struct VmaQuery {
     pub anon_vma_id: Option<u64>,
 }
 
+/// Linux: `vma_kernel_pagesize` — the huge page size of a hugetlb VMA, else 4 KiB.
+fn vma_kernel_pagesize(v: VmaRef) -> u64 {
+    crate::file::hugetlbfs::vma_huge_size(v).map_or(4096, |h| h.bytes() as u64)
+}
+
 impl AddressSpace {
+    /// `/proc/PID/smaps`, reduced to what this model tracks: each VMA's maps line
+    /// followed by `Size`, `KernelPageSize` and `MMUPageSize` (Linux:
+    /// `show_smap` → `__show_smap`'s first lines). ENOMEM if it cannot be allocated.
+    pub fn try_smaps(&self) -> Result<String, Errno> {
+        let maps = self.try_maps()?;
+        let g = self.mm.read_lock();
+        let view = g.view();
+        let mut it = VmaIterator::new(0);
+        let mut out = String::new();
+        for line in maps.lines() {
+            let Some(v) = it.next(&view) else { break };
+            let ps = vma_kernel_pagesize(v) >> 10;
+            let s = try_format(format_args!(
+                "{line}\nSize:           {:>8} kB\nKernelPageSize: {ps:>8} kB\nMMUPageSize:    {ps:>8} kB\n",
+                (v.end() - v.start()) >> 10
+            ))?;
+            out.try_reserve(s.len()).map_err(|_| Errno::ENOMEM)?;
+            out.push_str(&s);
+        }
+        Ok(out)
+    }
+
     /// The name maps shows for `v` (Linux: `get_vma_name`); ENOMEM if it cannot be
     /// allocated.
     fn vma_name(&self, g: &MmReadGuard<'_>, v: VmaRef) -> Result<Option<String>, Errno> {
@@ -205,7 +236,8 @@ impl AddressSpace {
             } else {
                 0
             },
-            page_size: 4096,
+            page_size: vma_kernel_pagesize(v),
+            mmu_page_size: vma_kernel_pagesize(v),
             inode: file.as_ref().map_or(0, |f| f.inode().ino()),
             dev: file.as_ref().map_or((0, 0), |f| f.inode().dev()),
             file_id: vf
