@@ -207,6 +207,10 @@ const DST2: usize = 0x6900_0000;
 const LONE: usize = 0x5300_0000;
 /// secretmem mapping.
 const SM: usize = 0x5200_0000;
+/// hugetlb mapping (2 MiB aligned).
+const HG: usize = 0x7800_0000;
+/// 2 MiB.
+const M2: usize = 2 << 20;
 /// Hint of the non-fixed mmap.
 const HINT: usize = 0x7000_0000;
 
@@ -675,6 +679,21 @@ static SCRIPT: &[Step] = &[
         }),
         Partial::Splits,
     ),
+    step("mmap MAP_HUGETLB shared anon (reserves 2 pages)", |e| {
+        mmap(e, HG, 2 * M2, RW, SA | MAP_HUGETLB | FIX)
+    }),
+    with_after(
+        step("write fault: hugetlb page", |e| {
+            fault(e, HG + M2, Access::Write)
+        }),
+        |e| write(e, HG + M2, 0x68),
+    ),
+    with_partial(
+        step("munmap: one page of a hugetlb VMA", |e| {
+            errno(e.asp().munmap(HG, M2))
+        }),
+        Partial::Splits,
+    ),
     step("read /proc/self/maps", |e| {
         e.asp().try_maps().map(|m| m.len()).map_err(Fail::Errno)
     }),
@@ -744,7 +763,7 @@ struct Snap {
     maps: String,
     vmas: Vec<VmaQuery>,
     pages: Vec<PageState>,
-    /// Leaves and table pages in the user half of the page tables.
+    /// Leaves (in 4 KiB pages) and table pages in the user half of the page tables.
     leaves: u64,
     tables: u64,
     frames: u64,
@@ -775,10 +794,11 @@ fn snapshot(e: &Env) -> Snap {
         for (i, addr) in (q.start..q.end).step_by(P).enumerate() {
             let pte = asp.translate(addr).map(|t| {
                 let hash = a.meta(t.frame).map(|_| {
-                    // SAFETY: `t.frame` is a simulated frame (the allocator describes
-                    // it) mapped by this address space, so it is allocated and stays so
-                    // while we read: nothing else runs. The direct map reaches it.
-                    let bytes = unsafe { std::slice::from_raw_parts(a.phys_to_virt(t.frame), P) };
+                    // SAFETY: `t.phys` is this address's 4 KiB page inside a simulated
+                    // frame (the allocator describes it) mapped by this address space,
+                    // so it is allocated and stays so while we read: nothing else runs.
+                    // The direct map reaches it.
+                    let bytes = unsafe { std::slice::from_raw_parts(a.phys_to_virt(t.phys), P) };
                     fnv(bytes)
                 });
                 Pte {
@@ -799,7 +819,12 @@ fn snapshot(e: &Env) -> Snap {
         }
         vmas.push(q);
     }
-    let (leaves, tables) = asp.with_page_tables(|pt| pt.count_user());
+    // Leaves counted in 4 KiB pages, as `pages` counts them (a 2 MiB hugetlb leaf is
+    // 512 of them).
+    let (leaves, tables) = asp.with_page_tables(|pt| {
+        let pages = pt.leaves().map(|l| l.size.bytes() / P as u64).sum();
+        (pages, pt.count_user().1)
+    });
     Snap {
         maps: asp.maps(),
         vmas,
@@ -1475,6 +1500,10 @@ fn same_as_clean(
 fn sweep(inject: Inject) -> (u64, Sweep) {
     let alloc = simulated(32 << 20);
     zero_page(alloc).unwrap();
+    // The hugetlb steps' pool (Linux: nr_hugepages), filled before any sweep point.
+    mm::hugetlb::hstate(alloc, mm::hugetlb::HugeSize::Size2M)
+        .unwrap()
+        .set_nr_hugepages(2);
     let mut reference = Vec::new();
     let mut e = Env::new(alloc);
     for s in SCRIPT {

@@ -423,11 +423,18 @@ impl Rng {
 }
 
 /// The files of one seed: several opens of one ramfs inode, a second inode, a
-/// stacking file and a secretmem file.
+/// stacking file, a secretmem file, and a hugetlbfs file (indices
+/// [`HUGETLBFS_FILES`]) with a pool of [`FUZZ_HUGEPAGES`] 2 MiB pages for the seed.
 struct Files {
     files: Vec<Arc<File>>,
     inodes: Vec<Arc<Inode>>,
+    pool: Option<&'static crate::hugetlb::Hstate>,
 }
+
+/// The indices of the hugetlbfs files in a seed's file list.
+const HUGETLBFS_FILES: Range<usize> = 7..9;
+/// The 2 MiB pool each seed runs with (small: reservations and SIGBUS get exercised).
+const FUZZ_HUGEPAGES: usize = 3;
 
 impl Files {
     fn new(h: &dyn Harness) -> Self {
@@ -435,6 +442,18 @@ impl Files {
         let rw = file::ramfs_file(a, "/fuzz/a", 16 * P, OpenMode::RDWR);
         let other = file::ramfs_file(a, "/fuzz/b", 4 * P + 100, OpenMode::RDONLY);
         let secret = file::secretmem_file(a, 8 * P);
+        let huge = file::hugetlbfs::hugetlbfs_file(
+            a,
+            crate::hugetlb::HugeSize::Size2M,
+            8 << 20,
+            "/fuzz/huge",
+            OpenMode::RDWR,
+        )
+        .expect("hugetlbfs fixture: out of memory");
+        let pool = crate::hugetlb::hstate(a, crate::hugetlb::HugeSize::Size2M).ok();
+        if let Some(p) = pool {
+            p.set_nr_hugepages(FUZZ_HUGEPAGES);
+        }
         let files = vec![
             rw.clone(),
             rw.reopen(OpenMode::RDONLY, false),
@@ -443,13 +462,31 @@ impl Files {
             other.clone(),
             file::stacking_file(&rw, "/fuzz/overlay/a"),
             secret.clone(),
+            huge.clone(),
+            huge.reopen(OpenMode::RDONLY, false),
         ];
         let inodes = vec![
             rw.inode().clone(),
             other.inode().clone(),
             secret.inode().clone(),
+            huge.inode().clone(),
         ];
-        Files { files, inodes }
+        Files {
+            files,
+            inodes,
+            pool,
+        }
+    }
+}
+
+impl Drop for Files {
+    /// The files go first (their page caches give the huge pages back), then the pool.
+    fn drop(&mut self) {
+        self.files.clear();
+        self.inodes.clear();
+        if let Some(p) = self.pool {
+            p.set_nr_hugepages(0);
+        }
     }
 }
 
@@ -504,7 +541,10 @@ pub fn linux_argument_result(op: &Op, task_size: usize) -> Option<Result<(), Err
                 return einval;
             }
             if flags & MAP_ANONYMOUS == 0 {
-                file?;
+                // A hugetlbfs file: its page size rounds the length (the model decides).
+                if HUGETLBFS_FILES.contains(&file?) {
+                    return None;
+                }
                 // ksys_mmap_pgoff: MAP_HUGETLB needs a hugetlbfs file.
                 if flags & MAP_HUGETLB != 0 {
                     return einval;

@@ -70,6 +70,12 @@ pub fn hugetlb_fault(
     }
 }
 
+/// A page [`Ctx::alloc_private`] took, and whether it consumed a reservation.
+struct Private {
+    pa: PhysAddr,
+    used_resv: bool,
+}
+
 struct Ctx<'a> {
     alloc: &'static FrameAllocator,
     hs: &'static Hstate,
@@ -85,7 +91,7 @@ impl Ctx<'_> {
     /// A page for this private mapping: with the VMA's reservation for the index if it
     /// has one not yet consumed (Linux: `alloc_hugetlb_folio` →
     /// `vma_needs_reservation` / `vma_commit_reservation`).
-    fn alloc_private(&self) -> Result<PhysAddr, FaultError> {
+    fn alloc_private(&self) -> Result<Private, FaultError> {
         let resv = vma_private_resv(self.vma).filter(|r| !r.map().contains(self.idx));
         // Record the consumption first, so that nothing is left to undo but that.
         if let Some(r) = resv {
@@ -103,7 +109,22 @@ impl Ctx<'_> {
         if let Some(m) = self.alloc.meta(pa) {
             m.set_flags(FrameFlags::ANON);
         }
-        Ok(pa)
+        Ok(Private {
+            pa,
+            used_resv: resv.is_some(),
+        })
+    }
+
+    /// A private page that could not be mapped goes back to the pool with its
+    /// reservation (Linux: `restore_reserve_on_error` + `folio_put`).
+    fn undo_private(&self, p: Private) {
+        let _ = self.alloc.put_frame(p.pa);
+        if p.used_resv {
+            if let Some(r) = vma_private_resv(self.vma) {
+                let _ = r.map().region_del(self.idx, self.idx + 1);
+            }
+            self.hs.restore_reserve();
+        }
     }
 
     fn prot(&self, writable: bool) -> PageTableFlags {
@@ -127,13 +148,30 @@ impl Ctx<'_> {
                     let h = self.inode.hugetlb().ok_or(FaultError::Bus)?;
                     let resv = h.resv_map().contains(self.idx);
                     // Linux: no page → -ENOSPC → VM_FAULT_SIGBUS.
-                    let pa = self.hs.alloc_page(resv).ok_or(FaultError::Bus)?;
-                    if !resv && h.resv_map().region_add(self.idx, self.idx + 1).is_err() {
-                        let _ = self.alloc.put_frame(pa);
-                        return Err(FaultError::Oom);
+                    // Every cached page has a region (Linux: vma_commit_reservation
+                    // adds one for a page taken without a reservation too), so that
+                    // truncation's count stays right; added before the page is taken.
+                    if !resv {
+                        h.resv_map()
+                            .region_add(self.idx, self.idx + 1)
+                            .map_err(|_| FaultError::Oom)?;
                     }
+                    let undo_region = || {
+                        if !resv {
+                            let _ = h.resv_map().region_del(self.idx, self.idx + 1);
+                        }
+                    };
+                    let Some(pa) = self.hs.alloc_page(resv) else {
+                        undo_region();
+                        // Linux: no page → -ENOSPC → VM_FAULT_SIGBUS.
+                        return Err(FaultError::Bus);
+                    };
                     if self.inode.add_page(self.idx, pa).is_err() {
                         let _ = self.alloc.put_frame(pa);
+                        undo_region();
+                        if resv {
+                            self.hs.restore_reserve();
+                        }
                         return Err(FaultError::Oom);
                     }
                     pa
@@ -155,12 +193,12 @@ impl Ctx<'_> {
             src => {
                 let new = self.alloc_private()?;
                 if let Some(s) = src {
-                    copy_huge(self.alloc, s, new, hb);
+                    copy_huge(self.alloc, s, new.pa, hb);
                 }
                 let writable = self.write && flags.contains(VmFlags::WRITE);
-                p.map_frame(va(self.haddr), new, ps, self.prot(writable))
+                p.map_frame(va(self.haddr), new.pa, ps, self.prot(writable))
                     .map_err(|_| {
-                        let _ = self.alloc.put_frame(new);
+                        self.undo_private(new);
                         FaultError::Oom
                     })
             }
@@ -190,11 +228,11 @@ impl Ctx<'_> {
             return r.map_err(|_| FaultError::Oom);
         }
         let new = self.alloc_private()?;
-        copy_huge(self.alloc, t.frame, new, hb);
-        let r = p.replace_frame(va(self.haddr), new, self.prot(true), &mut g);
+        copy_huge(self.alloc, t.frame, new.pa, hb);
+        let r = p.replace_frame(va(self.haddr), new.pa, self.prot(true), &mut g);
         g.finish();
         r.map_err(|_| {
-            let _ = self.alloc.put_frame(new);
+            self.undo_private(new);
             FaultError::Oom
         })
     }

@@ -224,6 +224,12 @@ impl Hstate {
         self.shrink_surplus(&mut p);
     }
 
+    /// Gives back a reservation a failed fault consumed (Linux:
+    /// `restore_reserve_on_error`): the page went back to the pool unused.
+    pub fn restore_reserve(&self) {
+        self.pool.lock().resv += 1;
+    }
+
     /// A free page of the pool with one reference for the caller, zeroed (Linux:
     /// `alloc_hugetlb_folio` + `folio_zero_user`). With `use_resv` it consumes one
     /// reservation (the caller had one); without, it may only take a page no

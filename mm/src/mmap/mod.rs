@@ -378,22 +378,20 @@ impl AddressSpace {
     }
 
     /// [`zap_hugetlb_list`](Self::zap_hugetlb_list) over the attached VMAs of
-    /// `[start, end)` (exit, MADV_DONTNEED).
+    /// `[start, end)` (exit). Allocates nothing: exit cannot fail.
     fn zap_hugetlb_vmas(&self, start: usize, end: usize) {
         let g = self.mm.write_lock();
-        let mut list = alloc::vec::Vec::new();
-        let mut it = crate::vma::VmaIterator::new(start);
         let view = g.view();
+        let mut it = crate::vma::VmaIterator::new(start);
         while let Some(v) = it.next(&view) {
             if v.start() >= end {
                 break;
             }
-            if v.flags().contains(VmFlags::HUGETLB) && list.try_reserve(1).is_ok() {
-                list.push((v, v.file(&g).and_then(|f| crate::file::lookup(&f))));
+            if v.flags().contains(VmFlags::HUGETLB) {
+                let f = v.file(&g).and_then(|f| crate::file::lookup(&f));
+                self.zap_hugetlb_list(core::iter::once((v, f)), start, end);
             }
         }
-        self.zap_hugetlb_list(list.into_iter(), start, end);
-        drop(g);
     }
 }
 

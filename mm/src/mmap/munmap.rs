@@ -49,14 +49,15 @@ impl AddressSpace {
         }
         // hugetlb VMAs: unshare and zap under their locks first (Linux:
         // __unmap_hugepage_range_final); the zap below then finds only private tables.
-        if d.iter().any(|v| v.flags().contains(VmFlags::HUGETLB)) {
-            let list: alloc::vec::Vec<_> = d
-                .iter()
+        // (Nothing is allocated here: the VMAs are already detached.)
+        let stable: &MmWriteGuard<'_> = g;
+        self.zap_hugetlb_list(
+            d.iter()
                 .filter(|v| v.flags().contains(VmFlags::HUGETLB))
-                .map(|v| (v, v.file(&*g).and_then(|f| crate::file::lookup(&f))))
-                .collect();
-            self.zap_hugetlb_list(list.into_iter(), start, end);
-        }
+                .map(|v| (v, v.file(stable).and_then(|f| crate::file::lookup(&f)))),
+            start,
+            end,
+        );
         let zapped = self.zap(start, end);
         g.remove_vmas(d);
         zapped

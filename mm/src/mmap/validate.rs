@@ -139,12 +139,10 @@ impl AddressSpace {
         if !fl.contains(F::USER_ACCESSIBLE) {
             return bad("not user-accessible");
         }
-        match hugetlbfs::vma_huge_size(v) {
-            Some(h) if h.page_size() != leaf.size => return bad("hugetlb VMA maps a leaf of another size"),
-            None if leaf.size != crate::paging::PageSize::Size4K && !f.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP) => {
-                return bad("huge leaf outside a hugetlb or PFN mapping");
-            }
-            _ => {}
+        if let Some(h) = hugetlbfs::vma_huge_size(v)
+            && h.page_size() != leaf.size
+        {
+            return bad("hugetlb VMA maps a leaf of another size");
         }
         let access = f.intersects(VmFlags::ACCESS);
         if fl.contains(F::PRESENT) != access {
