@@ -531,8 +531,9 @@ fn cve_2025_38084_split_order() {
             let e = sb.validate_mm().unwrap_err();
             assert!(e.contains("shared PD table"), "{e}");
         } else {
-            assert_eq!(got_in, Some(false), "new order: the fault cannot get in");
+            // The invariant first: this is what a wrong order breaks.
             sb.validate_mm().unwrap();
+            assert_eq!(got_in, Some(false), "new order: the fault cannot get in");
         }
         sa.validate_mm().unwrap();
         drop(sa);
@@ -541,4 +542,66 @@ fn cve_2025_38084_split_order() {
     }
     *mm::vma::SPLIT_WINDOW_HOOK.lock() = None;
     assert_eq!(counters(a), c(8, 8, 0));
+}
+
+/// Test 4, racing: threads fault in both address spaces while another splits B's VMA
+/// (MADV_DONTFORK, which touches no page table: only the split unshares) and maps the
+/// whole interval again (hugetlb VMAs never re-merge: `VM_DONTEXPAND`), checking the
+/// invariant after every split and every re-map.
+#[test]
+fn racing_faults_and_splits_keep_the_invariant() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (a, base) = machine(64);
+    h2(a).set_nr_hugepages(8);
+    {
+        let (sa, sb, f) = two_sharing(a);
+        let stop = AtomicBool::new(false);
+        let faults = AtomicUsize::new(0);
+        let mut shared_again = 0;
+        /// Stops the faulting threads however the splitter ends (a failed check
+        /// panics; the scope would otherwise wait for them forever).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            for asp in [&sa, &sb] {
+                let (stop, faults) = (&stop, &faults);
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..8 {
+                            if asp.handle_fault(BASE + i * M2, Access::Read).is_ok() {
+                                faults.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            let _stop = StopOnDrop(&stop);
+            for _ in 0..100 {
+                assert_eq!(sb.madvise(BASE + 4 * M2, M2, MADV_DONTFORK), Ok(()));
+                sb.validate_mm().unwrap();
+                let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
+                assert_eq!(sb.mmap(BASE, G1, RW, fl, Some(&f), 0), Ok(BASE));
+                // Let a fault re-share before the next split.
+                let t0 = std::time::Instant::now();
+                while pd_table(&sb, BASE).is_none() && t0.elapsed().as_millis() < 100 {
+                    std::thread::yield_now();
+                }
+                if pd_table(&sb, BASE) == pd_table(&sa, BASE) {
+                    shared_again += 1;
+                }
+                sb.validate_mm().unwrap();
+            }
+        });
+        sa.validate_mm().unwrap();
+        assert!(shared_again > 0, "the faults re-shared the table between splits");
+        assert!(faults.load(Ordering::Relaxed) > 0);
+        assert_eq!(read(&sb, BASE + 5 * M2 + 7, 6), b"from A");
+    }
+    assert_eq!(counters(a), c(8, 8, 0));
+    h2(a).set_nr_hugepages(0);
+    assert_eq!(a.allocated_frames(), base);
 }
