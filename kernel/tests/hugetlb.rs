@@ -157,7 +157,12 @@ fn munmap_of_one_page_unshares_and_flushes() {
     {
         let (a, b) = two_sharing();
         let ta = pd_table(&a, BASE).unwrap();
+        // Another mapping under the same PDPT page keeps it alive after the unshare,
+        // so the only flush of the interval is the unshare's own.
+        let anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+        assert_eq!(b.mmap(BASE + G1, 4096, RW, anon, None, 0), Ok(BASE + G1));
         on(&b, || {
+            probe_write(at(BASE + G1), 1).unwrap();
             assert_eq!(probe_read(at(BASE + 5 * M2)), Ok(0));
             assert_eq!(b.munmap(BASE + 5 * M2, M2), Ok(()));
             // A stale TLB entry would let this read through.
