@@ -39,6 +39,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     mmap_benches();
     fork_benches();
     smp_benches();
+    hugetlb_benches();
 
     kernel::serial_println!("bench: done");
     qemu::exit(ExitCode::Success)
@@ -401,6 +402,106 @@ fn typical_layout() -> (
     )
     .expect("bench: stack");
     (mm, files)
+
+/// hugetlb: the first touch of a 2 MiB page (zeroing included), a fault that shares an
+/// existing PD table, and the page-table pages 16 address spaces use for one 1 GiB
+/// file with and without PMD sharing (those two print a page count, not ns, in the
+/// `ns_per_op` column).
+fn hugetlb_benches() {
+    use kernel::address_space;
+    use kernel::arch::extable::probe_write;
+    use mm::file::OpenMode;
+    use mm::file::hugetlbfs::hugetlbfs_file;
+    use mm::hugetlb::{self, HugeSize};
+    use mm::mmap::*;
+    const M2: usize = 2 << 20;
+    const G1: usize = 1 << 30;
+    const HBASE: usize = 1 << 40;
+    const RW: u32 = PROT_READ | PROT_WRITE;
+
+    let h = hugetlb::hstate(frames(), HugeSize::Size2M).expect("bench: hstate");
+    const NPAGES: usize = 512;
+    assert_eq!(h.set_nr_hugepages(NPAGES), NPAGES, "bench: 1 GiB of 2 MiB pages");
+
+    // First touch of a 2 MiB page: hugetlb_fault → hugetlb_no_page (zeroing 2 MiB).
+    let mm = address_space::new_user_space(MmLayout::default()).expect("bench: address space");
+    address_space::activate(&mm);
+    const FAULTS: usize = 64;
+    let (mut total, rounds) = (0u64, 4u64);
+    for _ in 0..rounds {
+        let fl = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB;
+        let a = mm.mmap(0, FAULTS * M2, RW, fl, None, 0).unwrap();
+        let start = tsc::rdtsc();
+        for i in 0..FAULTS {
+            probe_write(VirtAddr::new((a + i * M2) as u64), 1).expect("bench: fault");
+        }
+        total += tsc::rdtsc() - start;
+        mm.munmap(a, FAULTS * M2).unwrap();
+    }
+    let ops = rounds * FAULTS as u64;
+    bench::report("hugetlb_fault_2m", tsc::cycles_to_ns(total) / ops, ops);
+    address_space::deactivate_current();
+    drop(mm);
+
+    // A fault that shares an existing PD table (the page is in the page cache).
+    let f = hugetlbfs_file(frames(), HugeSize::Size2M, G1, "/bench/huge", OpenMode::RDWR)
+        .expect("bench: file");
+    let fl = MAP_SHARED | MAP_FIXED;
+    let owner = address_space::new_user_space(MmLayout::default()).unwrap();
+    owner.mmap(HBASE, G1, RW, fl, Some(&f), 0).unwrap();
+    owner.handle_fault(HBASE, Access::Read).unwrap();
+    let (mut total, rounds) = (0u64, 200u64);
+    for _ in 0..rounds {
+        let b = address_space::new_user_space(MmLayout::default()).unwrap();
+        b.mmap(HBASE, G1, RW, fl, Some(&f), 0).unwrap();
+        let start = tsc::rdtsc();
+        b.handle_fault(HBASE, Access::Read).unwrap();
+        total += tsc::rdtsc() - start;
+        assert!(b.with_page_tables(|p| p.is_pmd_shared(VirtAddr::new(HBASE as u64))));
+    }
+    bench::report("hugetlb_share_fault_2m", tsc::cycles_to_ns(total) / rounds, rounds);
+    drop(owner);
+
+    // Page-table pages of 16 spaces mapping the whole file: MAP_SHARED shares one PD
+    // table; MAP_PRIVATE (read faults map the cache pages; MAP_NORESERVE, as the pool
+    // is all in the page cache by then) never shares.
+    for (name, flags) in [
+        ("pt_pages_16x1g_shared", MAP_SHARED | MAP_FIXED),
+        ("pt_pages_16x1g_private", MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE),
+    ] {
+        // Fill the page cache first, so only page-table pages are counted.
+        let warm = address_space::new_user_space(MmLayout::default()).unwrap();
+        warm.mmap(HBASE, G1, RW, MAP_SHARED | MAP_FIXED, Some(&f), 0).unwrap();
+        for i in 0..G1 / M2 {
+            warm.handle_fault(HBASE + i * M2, Access::Read).unwrap();
+        }
+        drop(warm);
+        let mut spaces = alloc::vec::Vec::new();
+        for _ in 0..16 {
+            let s = address_space::new_user_space(MmLayout::default()).unwrap();
+            s.mmap(HBASE, G1, PROT_READ, flags, Some(&f), 0).unwrap();
+            for i in 0..G1 / M2 {
+                s.handle_fault(HBASE + i * M2, Access::Read).unwrap();
+            }
+            spaces.push(s);
+        }
+        // User-half table pages (each space's PML4 is there either way), a shared PD
+        // table counted once.
+        let mut pds: alloc::vec::Vec<u64> = spaces
+            .iter()
+            .filter_map(|s| s.with_page_tables(|p| p.pmd_table_at(VirtAddr::new(HBASE as u64))))
+            .map(|pa| pa.as_u64())
+            .collect();
+        let per_space: u64 = spaces.iter().map(|s| s.with_page_tables(|p| p.count_user().1)).sum();
+        let listed = pds.len() as u64;
+        pds.sort_unstable();
+        pds.dedup();
+        let tables = per_space - (listed - pds.len() as u64);
+        bench::report(name, tables, 16);
+        drop(spaces);
+    }
+    drop(f);
+    h.set_nr_hugepages(0);
 }
 
 /// Issue 11's figures (`./run-qemu.sh --bench --smp 4`): a cross-call to one other CPU
