@@ -43,6 +43,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         h.used
     );
     demo_address_space();
+    demo_hugetlb_sharing();
     serial_println!("kernel: boot complete");
     qemu::exit(ExitCode::Success)
 }
@@ -156,6 +157,72 @@ fn demo_address_space() {
         used.vmas,
         after.vmas
     );
+}
+
+/// Two address spaces map one hugetlbfs file and share a PD table; one of them splits
+/// its VMA and the table is unshared for it (Linux: `huge_pmd_share`,
+/// `hugetlb_split`).
+fn demo_hugetlb_sharing() {
+    use kernel::address_space;
+    use kernel::arch::extable::{probe_read, probe_write};
+    use mm::file::OpenMode;
+    use mm::file::hugetlbfs::hugetlbfs_file;
+    use mm::hugetlb::{self, HugeSize};
+    use mm::mmap::*;
+    use x86_64::VirtAddr;
+
+    const M2: usize = 2 << 20;
+    const G1: usize = 1 << 30;
+    const BASE: usize = 1 << 40;
+    let frames = memory::frames();
+    let h = hugetlb::hstate(frames, HugeSize::Size2M).expect("demo: hstate");
+    h.set_nr_hugepages(4);
+    serial_println!("\n== hugetlb: nr_hugepages = 4\n{}", hugetlb::meminfo(frames).unwrap_or_default());
+    let f = hugetlbfs_file(frames, HugeSize::Size2M, G1, "/dev/hugepages/shared", OpenMode::RDWR)
+        .expect("demo: hugetlbfs file");
+    let (a, b) = (
+        address_space::new_user_space(MmLayout::default()).expect("demo: space A"),
+        address_space::new_user_space(MmLayout::default()).expect("demo: space B"),
+    );
+    let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
+    for s in [&a, &b] {
+        s.mmap(BASE, G1, PROT_READ | PROT_WRITE, fl, Some(&f), 0)
+            .expect("demo: mmap");
+    }
+    let at = |x: usize| VirtAddr::new(x as u64);
+    let pd = |s: &AddressSpace| s.with_page_tables(|p| p.pmd_table_at(at(BASE)));
+    let count = |s: &AddressSpace| {
+        pd(s)
+            .and_then(|t| frames.meta(t))
+            .map_or(0, |m| m.pt_share_count())
+    };
+    let pd = |s: &AddressSpace| pd(s).map_or(0, |p| p.as_u64());
+    address_space::activate(&a);
+    probe_write(at(BASE + 3 * M2), b'A').expect("demo: write in A");
+    address_space::activate(&b);
+    let seen = probe_read(at(BASE + 3 * M2)).expect("demo: read in B");
+    serial_println!(
+        "A wrote {:?}, B reads {:?}; PD table of A {:#x}, of B {:#x}, share count {}",
+        'A',
+        seen as char,
+        pd(&a),
+        pd(&b),
+        count(&a)
+    );
+    serial_println!("B's maps:\n{}", b.maps());
+    b.mprotect(BASE + 2 * M2, M2, PROT_READ).expect("demo: mprotect");
+    let seen = probe_read(at(BASE + 3 * M2)).expect("demo: read in B");
+    serial_println!(
+        "B split its VMA (mprotect of one 2 MiB page): PD table of A {:#x}, of B {:#x}, share count {}; B still reads {:?}",
+        pd(&a),
+        pd(&b),
+        count(&a),
+        seen as char
+    );
+    serial_println!("B's maps:\n{}", b.maps());
+    address_space::deactivate_current();
+    drop((a, b, f));
+    h.set_nr_hugepages(0);
 }
 
 #[panic_handler]
