@@ -177,9 +177,18 @@ fn demo_hugetlb_sharing() {
     let frames = memory::frames();
     let h = hugetlb::hstate(frames, HugeSize::Size2M).expect("demo: hstate");
     h.set_nr_hugepages(4);
-    serial_println!("\n== hugetlb: nr_hugepages = 4\n{}", hugetlb::meminfo(frames).unwrap_or_default());
-    let f = hugetlbfs_file(frames, HugeSize::Size2M, G1, "/dev/hugepages/shared", OpenMode::RDWR)
-        .expect("demo: hugetlbfs file");
+    serial_println!(
+        "\n== hugetlb: nr_hugepages = 4\n{}",
+        hugetlb::meminfo(frames).unwrap_or_default()
+    );
+    let f = hugetlbfs_file(
+        frames,
+        HugeSize::Size2M,
+        G1,
+        "/dev/hugepages/shared",
+        OpenMode::RDWR,
+    )
+    .expect("demo: hugetlbfs file");
     let (a, b) = (
         address_space::new_user_space(MmLayout::default()).expect("demo: space A"),
         address_space::new_user_space(MmLayout::default()).expect("demo: space B"),
@@ -210,7 +219,8 @@ fn demo_hugetlb_sharing() {
         count(&a)
     );
     serial_println!("B's maps:\n{}", b.maps());
-    b.mprotect(BASE + 2 * M2, M2, PROT_READ).expect("demo: mprotect");
+    b.mprotect(BASE + 2 * M2, M2, PROT_READ)
+        .expect("demo: mprotect");
     let seen = probe_read(at(BASE + 3 * M2)).expect("demo: read in B");
     serial_println!(
         "B split its VMA (mprotect of one 2 MiB page): PD table of A {:#x}, of B {:#x}, share count {}; B still reads {:?}",

@@ -69,8 +69,14 @@ fn pool(n: usize) {
 /// Two spaces mapping one 1 GiB hugetlbfs file MAP_SHARED at `BASE`; A writes through
 /// the MMU first, then B reads through it (sharing A's PD table).
 fn two_sharing() -> (Arc<AddressSpace>, Arc<AddressSpace>) {
-    let f = hugetlbfs_file(frames(), HugeSize::Size2M, G1, "/hugetlbfs/k", OpenMode::RDWR)
-        .unwrap();
+    let f = hugetlbfs_file(
+        frames(),
+        HugeSize::Size2M,
+        G1,
+        "/hugetlbfs/k",
+        OpenMode::RDWR,
+    )
+    .unwrap();
     let (a, b) = (space(), space());
     let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
     assert_eq!(a.mmap(BASE, G1, RW, fl, Some(&f), 0), Ok(BASE));
@@ -88,7 +94,11 @@ fn two_mib_leaf_in_the_pd_and_shared_pd_table() {
         let t = a.translate(BASE + 5 * M2).unwrap();
         assert_eq!(t.size, PageSize::Size2M, "a 2 MiB leaf in the PD table");
         let ta = pd_table(&a, BASE).unwrap();
-        assert_eq!(pd_table(&b, BASE), Some(ta), "B's PUD entry points at A's PD table");
+        assert_eq!(
+            pd_table(&b, BASE),
+            Some(ta),
+            "B's PUD entry points at A's PD table"
+        );
         assert_eq!(share_count(ta), 1);
         // B's write through the shared table is visible to A through the MMU.
         on(&b, || probe_write(at(BASE + 9 * M2), 0x5a).unwrap());
@@ -144,7 +154,9 @@ fn madvise_split_unshares_through_hugetlb_split() {
             assert_eq!(share_count(ta), 0);
             assert_eq!(probe_read(at(BASE + 5 * M2 + 7)), Ok(0xa5));
         });
-        on(&a, || assert_eq!(probe_read(at(BASE + 5 * M2 + 7)), Ok(0xa5)));
+        on(&a, || {
+            assert_eq!(probe_read(at(BASE + 5 * M2 + 7)), Ok(0xa5))
+        });
         a.validate_mm().unwrap();
         b.validate_mm().unwrap();
     }
@@ -180,8 +192,14 @@ fn munmap_of_one_page_unshares_and_flushes() {
 fn split_at_the_1g_boundary_needs_no_unshare() {
     pool(8);
     {
-        let f = hugetlbfs_file(frames(), HugeSize::Size2M, 2 * G1, "/hugetlbfs/k2", OpenMode::RDWR)
-            .unwrap();
+        let f = hugetlbfs_file(
+            frames(),
+            HugeSize::Size2M,
+            2 * G1,
+            "/hugetlbfs/k2",
+            OpenMode::RDWR,
+        )
+        .unwrap();
         let (a, b) = (space(), space());
         let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
         a.mmap(BASE, 2 * G1, RW, fl, Some(&f), 0).unwrap();

@@ -15,7 +15,7 @@ use mm::file::OpenMode;
 use mm::file::hugetlbfs::{self, hugetlbfs_file};
 use mm::frame::FrameAllocator;
 use mm::frame::sim::simulated;
-use mm::hugetlb::{self, HugeCounters, HugeSize, Hstate};
+use mm::hugetlb::{self, Hstate, HugeCounters, HugeSize};
 use mm::mmap::*;
 use mm::vma::PAGE_SIZE;
 
@@ -55,7 +55,9 @@ fn pd_table(asp: &AddressSpace, addr: usize) -> Option<u64> {
 }
 
 fn share_count(a: &'static FrameAllocator, table: u64) -> u32 {
-    a.meta(x86_64::PhysAddr::new(table)).unwrap().pt_share_count()
+    a.meta(x86_64::PhysAddr::new(table))
+        .unwrap()
+        .pt_share_count()
 }
 
 fn write(asp: &AddressSpace, addr: usize, b: &[u8]) {
@@ -88,7 +90,9 @@ fn pool_counters_and_meminfo() {
 
 /// Test 1 of the issue on the host: two spaces map one file MAP_SHARED at the same
 /// 1 GiB-aligned range; B's fault shares A's PD table; A's writes are visible in B.
-fn two_sharing(a: &'static FrameAllocator) -> (AddressSpace, AddressSpace, std::sync::Arc<mm::file::File>) {
+fn two_sharing(
+    a: &'static FrameAllocator,
+) -> (AddressSpace, AddressSpace, std::sync::Arc<mm::file::File>) {
     let f = hugetlbfs_file(a, HugeSize::Size2M, G1, "/hugetlbfs/shared", OpenMode::RDWR).unwrap();
     let sa = AddressSpace::new(a).unwrap();
     let sb = AddressSpace::new(a).unwrap();
@@ -134,7 +138,11 @@ fn mprotect_split_unshares_only_b() {
         let (sa, sb, _f) = two_sharing(a);
         let ta = pd_table(&sa, BASE).unwrap();
         assert_eq!(sb.mprotect(BASE + 4 * M2, M2, PROT_READ), Ok(()));
-        assert_ne!(pd_table(&sb, BASE), Some(ta), "B no longer maps through A's table");
+        assert_ne!(
+            pd_table(&sb, BASE),
+            Some(ta),
+            "B no longer maps through A's table"
+        );
         assert_eq!(share_count(a, ta), 0);
         assert_eq!(pd_table(&sa, BASE), Some(ta));
         assert_eq!(read(&sa, BASE + 5 * M2 + 7, 6), b"from A");
@@ -143,7 +151,10 @@ fn mprotect_split_unshares_only_b() {
         let tb = pd_table(&sb, BASE).unwrap();
         assert_ne!(tb, ta);
         assert_eq!(share_count(a, tb), 0);
-        assert_eq!(sb.copy_to_user(BASE + 4 * M2, b"x"), Err(FaultError::AccErr));
+        assert_eq!(
+            sb.copy_to_user(BASE + 4 * M2, b"x"),
+            Err(FaultError::AccErr)
+        );
         sa.validate_mm().unwrap();
         sb.validate_mm().unwrap();
     }
@@ -162,7 +173,11 @@ fn munmap_one_page_unshares() {
         let ta = pd_table(&sa, BASE).unwrap();
         assert_eq!(sb.munmap(BASE + 5 * M2, M2), Ok(()));
         assert_eq!(share_count(a, ta), 0);
-        assert_eq!(read(&sa, BASE + 5 * M2 + 7, 6), b"from A", "A's page survives");
+        assert_eq!(
+            read(&sa, BASE + 5 * M2 + 7, 6),
+            b"from A",
+            "A's page survives"
+        );
         assert_eq!(sb.translate(BASE + 5 * M2), None);
         assert_eq!(
             sb.copy_from_user(BASE + 5 * M2, &mut [0]),
@@ -182,8 +197,14 @@ fn split_at_1g_boundary_keeps_sharing() {
     let (a, base) = machine(64);
     h2(a).set_nr_hugepages(8);
     {
-        let f = hugetlbfs_file(a, HugeSize::Size2M, 2 * G1, "/hugetlbfs/two", OpenMode::RDWR)
-            .unwrap();
+        let f = hugetlbfs_file(
+            a,
+            HugeSize::Size2M,
+            2 * G1,
+            "/hugetlbfs/two",
+            OpenMode::RDWR,
+        )
+        .unwrap();
         let sa = AddressSpace::new(a).unwrap();
         let sb = AddressSpace::new(a).unwrap();
         let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
@@ -193,11 +214,18 @@ fn split_at_1g_boundary_keeps_sharing() {
         write(&sa, BASE + G1, b"hi");
         assert_eq!(read(&sb, BASE, 2), b"lo");
         assert_eq!(read(&sb, BASE + G1, 2), b"hi");
-        let (lo, hi) = (pd_table(&sa, BASE).unwrap(), pd_table(&sa, BASE + G1).unwrap());
+        let (lo, hi) = (
+            pd_table(&sa, BASE).unwrap(),
+            pd_table(&sa, BASE + G1).unwrap(),
+        );
         assert_eq!(share_count(a, lo), 1);
         assert_eq!(share_count(a, hi), 1);
         assert_eq!(sb.mprotect(BASE + G1, G1, PROT_READ), Ok(()));
-        assert_eq!(pd_table(&sb, BASE), Some(lo), "no unshare at a 1 GiB boundary");
+        assert_eq!(
+            pd_table(&sb, BASE),
+            Some(lo),
+            "no unshare at a 1 GiB boundary"
+        );
         assert_eq!(share_count(a, lo), 1);
         // mprotect of the upper VMA itself unshares that interval only (Linux:
         // hugetlb_change_protection).
@@ -246,26 +274,56 @@ fn unaligned_operations_are_einval() {
     {
         let asp = AddressSpace::new(a).unwrap();
         let p = asp
-            .mmap(0, 4 * M2, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, None, 0)
+            .mmap(
+                0,
+                4 * M2,
+                RW,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
+                None,
+                0,
+            )
             .unwrap();
         assert_eq!(p % M2, 0);
         write(&asp, p + M2, b"data");
         let maps = asp.maps();
         assert_eq!(asp.munmap(p + PAGE_SIZE, M2), Err(Errno::EINVAL));
         assert_eq!(asp.munmap(p, PAGE_SIZE), Err(Errno::EINVAL));
-        assert_eq!(asp.mprotect(p + PAGE_SIZE, M2, PROT_READ), Err(Errno::EINVAL));
-        assert_eq!(asp.madvise(p + PAGE_SIZE, M2, MADV_DONTNEED), Err(Errno::EINVAL));
-        assert_eq!(asp.madvise(p + PAGE_SIZE, M2, MADV_DONTFORK), Err(Errno::EINVAL));
+        assert_eq!(
+            asp.mprotect(p + PAGE_SIZE, M2, PROT_READ),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            asp.madvise(p + PAGE_SIZE, M2, MADV_DONTNEED),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            asp.madvise(p + PAGE_SIZE, M2, MADV_DONTFORK),
+            Err(Errno::EINVAL)
+        );
         assert_eq!(asp.maps(), maps);
         assert_eq!(read(&asp, p + M2, 4), b"data");
         // MAP_FIXED at an unaligned address.
         assert_eq!(
-            asp.mmap(BASE + PAGE_SIZE, M2, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED, None, 0),
+            asp.mmap(
+                BASE + PAGE_SIZE,
+                M2,
+                RW,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED,
+                None,
+                0
+            ),
             Err(Errno::EINVAL)
         );
         // An unsupported size.
         assert_eq!(
-            asp.mmap(0, M2, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (20 << MAP_HUGE_SHIFT), None, 0),
+            asp.mmap(
+                0,
+                M2,
+                RW,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (20 << MAP_HUGE_SHIFT),
+                None,
+                0
+            ),
             Err(Errno::EINVAL)
         );
         asp.validate_mm().unwrap();
@@ -283,12 +341,26 @@ fn map_hugetlb_anonymous() {
     {
         let asp = AddressSpace::new(a).unwrap();
         let p = asp
-            .mmap(0, M2 + 1, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, None, 0)
+            .mmap(
+                0,
+                M2 + 1,
+                RW,
+                MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB,
+                None,
+                0,
+            )
             .unwrap();
-        assert_eq!(counters(a).rsvd, 2, "length rounded to 2 pages, both reserved");
+        assert_eq!(
+            counters(a).rsvd,
+            2,
+            "length rounded to 2 pages, both reserved"
+        );
         let maps = asp.maps();
         assert!(maps.contains("/anon_hugepage (deleted)"), "{maps}");
-        assert!(maps.contains(&format!("{:08x}-{:08x} rw-s", p, p + 2 * M2)), "{maps}");
+        assert!(
+            maps.contains(&format!("{:08x}-{:08x} rw-s", p, p + 2 * M2)),
+            "{maps}"
+        );
         let sm = asp.try_smaps().unwrap();
         assert!(sm.contains("KernelPageSize:     2048 kB"), "{sm}");
         assert!(sm.contains("MMUPageSize:        2048 kB"), "{sm}");
@@ -301,7 +373,10 @@ fn map_hugetlb_anonymous() {
         asp.validate_mm().unwrap();
         // The selftest's MADV_DONTNEED: start aligned, end aligned down.
         assert_eq!(asp.madvise(p, 2 * M2 - PAGE_SIZE, MADV_DONTNEED), Ok(()));
-        assert!(asp.translate(p + M2).is_some(), "the last page stays (end aligned down)");
+        assert!(
+            asp.translate(p + M2).is_some(),
+            "the last page stays (end aligned down)"
+        );
         assert_eq!(asp.madvise(p, 2 * M2, MADV_DONTNEED), Ok(()));
         assert!(asp.translate(p + M2).is_none());
         // Shared: the page stays in the file; a refault finds the data.
@@ -359,20 +434,40 @@ fn private_mapping_copies_on_write() {
     let (a, base) = machine(64);
     h2(a).set_nr_hugepages(4);
     {
-        let f = hugetlbfs_file(a, HugeSize::Size2M, 2 * M2, "/hugetlbfs/cow", OpenMode::RDWR).unwrap();
+        let f = hugetlbfs_file(
+            a,
+            HugeSize::Size2M,
+            2 * M2,
+            "/hugetlbfs/cow",
+            OpenMode::RDWR,
+        )
+        .unwrap();
         let asp = AddressSpace::new(a).unwrap();
         let s = asp.mmap(0, 2 * M2, RW, MAP_SHARED, Some(&f), 0).unwrap();
         write(&asp, s + 100, b"file");
         let p = asp.mmap(0, 2 * M2, RW, MAP_PRIVATE, Some(&f), 0).unwrap();
         assert_eq!(read(&asp, p + 100, 4), b"file");
-        assert_eq!(asp.translate(p).unwrap().frame, asp.translate(s).unwrap().frame);
+        assert_eq!(
+            asp.translate(p).unwrap().frame,
+            asp.translate(s).unwrap().frame
+        );
         write(&asp, p + 100, b"priv");
-        assert_ne!(asp.translate(p).unwrap().frame, asp.translate(s).unwrap().frame);
+        assert_ne!(
+            asp.translate(p).unwrap().frame,
+            asp.translate(s).unwrap().frame
+        );
         assert_eq!(read(&asp, p + 100, 4), b"priv");
-        assert_eq!(read(&asp, s + 100, 4), b"file", "the file's page is untouched");
+        assert_eq!(
+            read(&asp, s + 100, 4),
+            b"file",
+            "the file's page is untouched"
+        );
         // A private page where the file has none is a zeroed private page.
         write(&asp, p + M2, b"z");
-        assert!(f.inode().find_page(1).is_none(), "private faults never fill the cache");
+        assert!(
+            f.inode().find_page(1).is_none(),
+            "private faults never fill the cache"
+        );
         asp.validate_mm().unwrap();
     }
     assert_eq!(counters(a), c(4, 4, 0));
@@ -393,9 +488,16 @@ fn truncate_and_punch_hole_unmap_everywhere() {
         assert_eq!(counters(a).free, 7);
         assert!(sa.translate(BASE + 5 * M2).is_none());
         assert!(sb.translate(BASE + 5 * M2).is_none());
-        assert_eq!(read(&sb, BASE + 5 * M2 + 7, 6), [0; 6], "a hole reads as zeros");
+        assert_eq!(
+            read(&sb, BASE + 5 * M2 + 7, 6),
+            [0; 6],
+            "a hole reads as zeros"
+        );
         assert_eq!(read(&sa, BASE + 6 * M2, 3), b"six");
-        assert_eq!(hugetlbfs::hugetlbfs_truncate(&f, PAGE_SIZE), Err(Errno::EINVAL));
+        assert_eq!(
+            hugetlbfs::hugetlbfs_truncate(&f, PAGE_SIZE),
+            Err(Errno::EINVAL)
+        );
         hugetlbfs::hugetlbfs_truncate(&f, 0).unwrap();
         assert_eq!(counters(a).free, 8);
         assert!(sa.translate(BASE + 6 * M2).is_none());
@@ -423,14 +525,29 @@ fn mremap_moves_aligned() {
         write(&asp, p + M2 + 3, b"too");
         let dst = BASE;
         assert_eq!(
-            asp.mremap(p, 2 * M2, 2 * M2, MREMAP_MAYMOVE | MREMAP_FIXED, dst + PAGE_SIZE),
+            asp.mremap(
+                p,
+                2 * M2,
+                2 * M2,
+                MREMAP_MAYMOVE | MREMAP_FIXED,
+                dst + PAGE_SIZE
+            ),
             Err(Errno::EINVAL)
         );
         assert_eq!(
-            asp.mremap(p, 2 * M2, 2 * M2 + PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst),
+            asp.mremap(
+                p,
+                2 * M2,
+                2 * M2 + PAGE_SIZE,
+                MREMAP_MAYMOVE | MREMAP_FIXED,
+                dst
+            ),
             Err(Errno::EINVAL)
         );
-        assert_eq!(asp.mremap(p, 2 * M2, 2 * M2, MREMAP_MAYMOVE | MREMAP_FIXED, dst), Ok(dst));
+        assert_eq!(
+            asp.mremap(p, 2 * M2, 2 * M2, MREMAP_MAYMOVE | MREMAP_FIXED, dst),
+            Ok(dst)
+        );
         assert_eq!(read(&asp, dst + 3, 4), b"move");
         assert_eq!(read(&asp, dst + M2 + 3, 3), b"too");
         assert!(asp.translate(p).is_none());
@@ -457,7 +574,10 @@ fn fault_mutex_one_page_per_index() {
             s.spawn(|| sb.handle_fault(pb, Access::Write).unwrap());
         });
         assert_eq!(counters(a).free, 3);
-        assert_eq!(sa.translate(pa).unwrap().frame, sb.translate(pb).unwrap().frame);
+        assert_eq!(
+            sa.translate(pa).unwrap().frame,
+            sb.translate(pb).unwrap().frame
+        );
     }
     h2(a).set_nr_hugepages(0);
     assert_eq!(a.allocated_frames(), base);
@@ -472,7 +592,14 @@ fn one_gib_page() {
     {
         let asp = AddressSpace::new(a).unwrap();
         let p = asp
-            .mmap(0, G1, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB, None, 0)
+            .mmap(
+                0,
+                G1,
+                RW,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB,
+                None,
+                0,
+            )
             .unwrap();
         assert_eq!(p % G1, 0);
         assert_eq!(h.counters().rsvd, 1);
@@ -597,7 +724,10 @@ fn racing_faults_and_splits_keep_the_invariant() {
             }
         });
         sa.validate_mm().unwrap();
-        assert!(shared_again > 0, "the faults re-shared the table between splits");
+        assert!(
+            shared_again > 0,
+            "the faults re-shared the table between splits"
+        );
         assert!(faults.load(Ordering::Relaxed) > 0);
         assert_eq!(read(&sb, BASE + 5 * M2 + 7, 6), b"from A");
     }

@@ -421,7 +421,11 @@ fn hugetlb_benches() {
 
     let h = hugetlb::hstate(frames(), HugeSize::Size2M).expect("bench: hstate");
     const NPAGES: usize = 512;
-    assert_eq!(h.set_nr_hugepages(NPAGES), NPAGES, "bench: 1 GiB of 2 MiB pages");
+    assert_eq!(
+        h.set_nr_hugepages(NPAGES),
+        NPAGES,
+        "bench: 1 GiB of 2 MiB pages"
+    );
 
     // First touch of a 2 MiB page: hugetlb_fault → hugetlb_no_page (zeroing 2 MiB).
     let mm = address_space::new_user_space(MmLayout::default()).expect("bench: address space");
@@ -444,8 +448,14 @@ fn hugetlb_benches() {
     drop(mm);
 
     // A fault that shares an existing PD table (the page is in the page cache).
-    let f = hugetlbfs_file(frames(), HugeSize::Size2M, G1, "/bench/huge", OpenMode::RDWR)
-        .expect("bench: file");
+    let f = hugetlbfs_file(
+        frames(),
+        HugeSize::Size2M,
+        G1,
+        "/bench/huge",
+        OpenMode::RDWR,
+    )
+    .expect("bench: file");
     let fl = MAP_SHARED | MAP_FIXED;
     let owner = address_space::new_user_space(MmLayout::default()).unwrap();
     owner.mmap(HBASE, G1, RW, fl, Some(&f), 0).unwrap();
@@ -459,7 +469,11 @@ fn hugetlb_benches() {
         total += tsc::rdtsc() - start;
         assert!(b.with_page_tables(|p| p.is_pmd_shared(VirtAddr::new(HBASE as u64))));
     }
-    bench::report("hugetlb_share_fault_2m", tsc::cycles_to_ns(total) / rounds, rounds);
+    bench::report(
+        "hugetlb_share_fault_2m",
+        tsc::cycles_to_ns(total) / rounds,
+        rounds,
+    );
     drop(owner);
 
     // Page-table pages of 16 spaces mapping the whole file: MAP_SHARED shares one PD
@@ -467,11 +481,15 @@ fn hugetlb_benches() {
     // is all in the page cache by then) never shares.
     for (name, flags) in [
         ("pt_pages_16x1g_shared", MAP_SHARED | MAP_FIXED),
-        ("pt_pages_16x1g_private", MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE),
+        (
+            "pt_pages_16x1g_private",
+            MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+        ),
     ] {
         // Fill the page cache first, so only page-table pages are counted.
         let warm = address_space::new_user_space(MmLayout::default()).unwrap();
-        warm.mmap(HBASE, G1, RW, MAP_SHARED | MAP_FIXED, Some(&f), 0).unwrap();
+        warm.mmap(HBASE, G1, RW, MAP_SHARED | MAP_FIXED, Some(&f), 0)
+            .unwrap();
         for i in 0..G1 / M2 {
             warm.handle_fault(HBASE + i * M2, Access::Read).unwrap();
         }
@@ -492,7 +510,10 @@ fn hugetlb_benches() {
             .filter_map(|s| s.with_page_tables(|p| p.pmd_table_at(VirtAddr::new(HBASE as u64))))
             .map(|pa| pa.as_u64())
             .collect();
-        let per_space: u64 = spaces.iter().map(|s| s.with_page_tables(|p| p.count_user().1)).sum();
+        let per_space: u64 = spaces
+            .iter()
+            .map(|s| s.with_page_tables(|p| p.count_user().1))
+            .sum();
         let listed = pds.len() as u64;
         pds.sort_unstable();
         pds.dedup();

@@ -13,7 +13,7 @@ use alloc::sync::Arc;
 use super::{File, FileOperations, Inode, OpenMode, VmAreaDesc};
 use crate::errno::Errno;
 use crate::frame::FrameAllocator;
-use crate::hugetlb::{self, HugeSize, Hstate, ResvMap};
+use crate::hugetlb::{self, Hstate, HugeSize, ResvMap};
 use crate::vma::{IMmap, PAGE_SIZE, VmFlags, VmOperations, VmaRef};
 
 /// The name anonymous `MAP_HUGETLB` mappings show in maps (Linux: the dentry name
@@ -204,7 +204,12 @@ pub fn hugetlb_file_setup(
 /// Linux: `hugetlb_reserve_pages` — reserve the pages `[from, to)` of the mapping
 /// `desc` describes: nothing for `VM_NORESERVE`; for a shared mapping the indices the
 /// inode's map lacks; for a private one all of them, in a new map the VMA owns.
-fn hugetlb_reserve_pages(h: &HugeInode, from: usize, to: usize, desc: &mut VmAreaDesc) -> Result<(), Errno> {
+fn hugetlb_reserve_pages(
+    h: &HugeInode,
+    from: usize,
+    to: usize,
+    desc: &mut VmAreaDesc,
+) -> Result<(), Errno> {
     if desc.vm_flags.contains(VmFlags::NORESERVE) {
         return Ok(());
     }
@@ -246,7 +251,9 @@ fn hugetlbfs_mmap_prepare(f: &Arc<File>, desc: &mut VmAreaDesc) -> Result<(), Er
         HugeSize::Size2M => &HUGETLB_VM_OPS_2M,
         HugeSize::Size1G => &HUGETLB_VM_OPS_1G,
     });
-    let end = (desc.pgoff * PAGE_SIZE).checked_add(len).ok_or(Errno::EOVERFLOW)?;
+    let end = (desc.pgoff * PAGE_SIZE)
+        .checked_add(len)
+        .ok_or(Errno::EOVERFLOW)?;
     let from = desc.pgoff / pph;
     hugetlb_reserve_pages(h, from, from + len / size.bytes(), desc)?;
     if desc.vm_flags.contains(VmFlags::WRITE) && f.inode().size() < end {
@@ -318,11 +325,7 @@ fn zero_partial(inode: &Inode, h: &HugeInode, start: usize, end: usize) {
         // SAFETY: a cached pool page the cache holds a reference on; `start % hb ..
         // start % hb + (end - start)` lies inside its block (both in one page).
         unsafe {
-            core::ptr::write_bytes(
-                inode.alloc.phys_to_virt(pa).add(start % hb),
-                0,
-                end - start,
-            )
+            core::ptr::write_bytes(inode.alloc.phys_to_virt(pa).add(start % hb), 0, end - start)
         };
     }
 }

@@ -12,7 +12,7 @@
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::share::{huge_pmd_share, want_pmd_share};
-use super::{HugeSize, Hstate};
+use super::{Hstate, HugeSize};
 use crate::file::hugetlbfs::{self, vma_huge_size, vma_private_resv};
 use crate::file::{self, Inode};
 use crate::frame::{FrameAllocator, FrameFlags};
@@ -134,7 +134,11 @@ impl Ctx<'_> {
     /// Linux: `hugetlb_no_page`.
     fn no_page(&self, p: &mut PageTableRoot) -> Result<(), FaultError> {
         let hb = self.size.bytes();
-        if self.idx.checked_mul(hb).is_none_or(|o| o >= self.inode.size()) {
+        if self
+            .idx
+            .checked_mul(hb)
+            .is_none_or(|o| o >= self.inode.size())
+        {
             return Err(FaultError::Bus);
         }
         let flags = self.vma.flags();
@@ -178,8 +182,13 @@ impl Ctx<'_> {
                 }
             };
             let writable = flags.contains(VmFlags::SHARED);
-            p.map(va(self.haddr)..va(self.haddr + hb), pa, ps, self.prot(writable))
-                .map_err(|_| FaultError::Oom)?;
+            p.map(
+                va(self.haddr)..va(self.haddr + hb),
+                pa,
+                ps,
+                self.prot(writable),
+            )
+            .map_err(|_| FaultError::Oom)?;
             if self.write {
                 file::mark_dirty(self.alloc, pa);
             }
@@ -188,7 +197,12 @@ impl Ctx<'_> {
         match cached {
             // A read maps the file's page read-only; a write copies it (hugetlb_wp).
             Some(pa) if !self.write => p
-                .map(va(self.haddr)..va(self.haddr + hb), pa, ps, self.prot(false))
+                .map(
+                    va(self.haddr)..va(self.haddr + hb),
+                    pa,
+                    ps,
+                    self.prot(false),
+                )
                 .map_err(|_| FaultError::Oom),
             src => {
                 let new = self.alloc_private()?;
@@ -220,7 +234,8 @@ impl Ctx<'_> {
             return r.map_err(|_| FaultError::Oom);
         }
         let m = self.alloc.meta(t.frame);
-        let exclusive = m.is_some_and(|m| m.flags().contains(FrameFlags::ANON) && m.mapcount() == 1)
+        let exclusive = m
+            .is_some_and(|m| m.flags().contains(FrameFlags::ANON) && m.mapcount() == 1)
             && self.inode.find_page(self.idx) != Some(t.frame);
         if exclusive {
             let r = p.protect(va(self.haddr)..va(self.haddr + hb), self.prot(true), &mut g);

@@ -322,12 +322,14 @@ const FAULT_MUTEXES: usize = 64;
 
 /// Linux: `hugetlb_fault_mutex_table` — serialises faults (and truncation) of one
 /// (file, index), so two CPUs faulting the same index allocate one page.
-static FAULT_MUTEX: [spin::Mutex<()>; FAULT_MUTEXES] = [const { spin::Mutex::new(()) }; FAULT_MUTEXES];
+static FAULT_MUTEX: [spin::Mutex<()>; FAULT_MUTEXES] =
+    [const { spin::Mutex::new(()) }; FAULT_MUTEXES];
 
 /// The fault mutex of page `idx` of the file whose mapping is at `mapping` (Linux:
 /// `hugetlb_fault_mutex_hash`).
 pub fn fault_mutex(mapping: usize, idx: usize) -> &'static spin::Mutex<()> {
-    let h = (mapping >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ idx.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let h = (mapping >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ idx.wrapping_mul(0xff51_afd7_ed55_8ccd);
     &FAULT_MUTEX[(h >> 32) % FAULT_MUTEXES]
 }
 

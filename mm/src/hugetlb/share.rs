@@ -68,7 +68,12 @@ pub static SHARE_HOOK: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
 /// under our page-table lock, install that table and count the share. Returns whether
 /// it shared. The caller holds the VMA's hugetlb lock (read) and the fault mutex, and
 /// not the page-table lock (rank 6, taken here after i_mmap).
-pub fn huge_pmd_share(pt: &spin::Mutex<PageTableRoot>, vma: VmaRef, inode: &Inode, addr: usize) -> bool {
+pub fn huge_pmd_share(
+    pt: &spin::Mutex<PageTableRoot>,
+    vma: VmaRef,
+    inode: &Inode,
+    addr: usize,
+) -> bool {
     let base = addr & !(PUD_SIZE - 1);
     if pt.lock().pmd_table_at(va(base)).is_some() {
         return false;
@@ -180,7 +185,8 @@ pub fn hugetlb_split(vma: VmaRef, addr: usize) {
 /// Test-only: make [`hugetlb_split`] skip the unshare (the broken implementation the
 /// split tests must catch).
 #[cfg(feature = "fault-inject")]
-pub static SKIP_SPLIT_UNSHARE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static SKIP_SPLIT_UNSHARE: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Linux: `hugetlb_vmdelete_list` (+ `unmap_hugepage_range` per VMA) — unmaps file
 /// pages `[first, last]` (huge-page indices) from every VMA of every address space,
@@ -194,7 +200,10 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
     let hb = h.hstate().size().bytes();
     let pph = hb / PAGE_SIZE;
     let im: &IMmap = hugetlbfs::i_mmap_of(inode);
-    let (f4, l4) = (first.saturating_mul(pph), last.saturating_mul(pph).saturating_add(pph - 1));
+    let (f4, l4) = (
+        first.saturating_mul(pph),
+        last.saturating_mul(pph).saturating_add(pph - 1),
+    );
     loop {
         let w = im.lock_write();
         let mut busy = false;
@@ -231,7 +240,13 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
 /// VMA's hugetlb lock and its file's i_mmap lock (both write), shared tables are
 /// unshared and the rest zapped, and the flush is done before i_mmap is dropped
 /// (Linux: `__unmap_hugepage_range_final`).
-pub fn unmap_vma_range(pt: &spin::Mutex<PageTableRoot>, vma: VmaRef, file: &File, start: usize, end: usize) {
+pub fn unmap_vma_range(
+    pt: &spin::Mutex<PageTableRoot>,
+    vma: VmaRef,
+    file: &File,
+    start: usize,
+    end: usize,
+) {
     let _vl = vma.hugetlb_vma_lock().write();
     let _w = hugetlbfs::i_mmap_of(file.inode()).lock_write();
     let mut p = pt.lock();

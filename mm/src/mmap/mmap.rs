@@ -56,7 +56,9 @@ impl AddressSpace {
                 if len == 0 {
                     return Err(Errno::EINVAL);
                 }
-                len = len.checked_next_multiple_of(hs.bytes()).ok_or(Errno::ENOMEM)?;
+                len = len
+                    .checked_next_multiple_of(hs.bytes())
+                    .ok_or(Errno::ENOMEM)?;
                 Some(hugetlbfs::hugetlb_file_setup(self.alloc, hs, len)?)
             } else {
                 None

@@ -363,7 +363,12 @@ impl AddressSpace {
     /// [`crate::hugetlb::share::unmap_vma_range`]: hugetlb lock and i_mmap write
     /// held, shared tables unshared. `vmas` are the VMAs (attached or just detached)
     /// covering the range.
-    fn zap_hugetlb_list(&self, vmas: impl Iterator<Item = (VmaRef, Option<Arc<crate::file::File>>)>, start: usize, end: usize) {
+    fn zap_hugetlb_list(
+        &self,
+        vmas: impl Iterator<Item = (VmaRef, Option<Arc<crate::file::File>>)>,
+        start: usize,
+        end: usize,
+    ) {
         for (v, f) in vmas {
             if !v.flags().contains(VmFlags::HUGETLB) {
                 continue;

@@ -123,7 +123,10 @@ impl AddressSpace {
         // Linux (check_prep_vma / the hugetlb part of mremap): a hugetlb VMA's lengths
         // are rounded up to its page size, both addresses must be aligned to it, and it
         // cannot grow (EINVAL).
-        let r = match g.vma_lookup(addr).and_then(crate::file::hugetlbfs::vma_huge_size) {
+        let r = match g
+            .vma_lookup(addr)
+            .and_then(crate::file::hugetlbfs::vma_huge_size)
+        {
             Some(h) => {
                 let hb = h.bytes();
                 let old_len = old_len.checked_next_multiple_of(hb).ok_or(Errno::EINVAL)?;
@@ -440,7 +443,10 @@ fn move_page_tables(
         // Huge leaves belong to hugetlb VMAs, which move by whole huge pages (Linux:
         // move_hugetlb_page_tables); both addresses are aligned to them.
         let size = t.size.bytes() as usize;
-        if !(old + off).is_multiple_of(size) || !(new + off).is_multiple_of(size) || off + size > len {
+        if !(old + off).is_multiple_of(size)
+            || !(new + off).is_multiple_of(size)
+            || off + size > len
+        {
             zap_locked(pt, new, new + off)?;
             return Err(Errno::EINVAL);
         }

@@ -84,7 +84,9 @@ impl AddressSpace {
         fixed: bool,
         align: usize,
     ) -> Result<usize, Errno> {
-        if align > PAGE_SIZE && (!len.is_multiple_of(align) || (fixed && !addr.is_multiple_of(align))) {
+        if align > PAGE_SIZE
+            && (!len.is_multiple_of(align) || (fixed && !addr.is_multiple_of(align)))
+        {
             return Err(Errno::EINVAL);
         }
         let l = &self.layout;
@@ -99,7 +101,13 @@ impl AddressSpace {
         } else {
             let mut found = None;
             if addr != 0
-                && let Some(a) = page_align(addr).map(|a| if align > PAGE_SIZE { addr & !(align - 1) } else { a })
+                && let Some(a) = page_align(addr).map(|a| {
+                    if align > PAGE_SIZE {
+                        addr & !(align - 1)
+                    } else {
+                        a
+                    }
+                })
                 && self.range_fits(g, a, len)
             {
                 found = Some(a);

@@ -15,9 +15,9 @@ use alloc::vec::Vec;
 
 use super::AddressSpace;
 use crate::file::{self, Inode, hugetlbfs};
+use crate::frame::FrameFlags;
 use crate::hugetlb::share::PUD_SIZE;
 use crate::paging::PageTableRoot;
-use crate::frame::FrameFlags;
 use crate::paging::{Leaf, PageTableFlags as F};
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef};
 
@@ -237,15 +237,15 @@ impl AddressSpace {
 /// the whole 1 GiB interval.
 fn check_hugetlb(vmas: &[VmaRef], pt: &PageTableRoot) -> Result<(), String> {
     for v in vmas {
-        if let Some(h) = hugetlbfs::vma_huge_size(v) {
-            if !v.start().is_multiple_of(h.bytes()) || !v.end().is_multiple_of(h.bytes()) {
-                return Err(format!(
-                    "hugetlb VMA {:#x}..{:#x} not aligned to {:?}",
-                    v.start(),
-                    v.end(),
-                    h
-                ));
-            }
+        if let Some(h) = hugetlbfs::vma_huge_size(v)
+            && (!v.start().is_multiple_of(h.bytes()) || !v.end().is_multiple_of(h.bytes()))
+        {
+            return Err(format!(
+                "hugetlb VMA {:#x}..{:#x} not aligned to {:?}",
+                v.start(),
+                v.end(),
+                h
+            ));
         }
         // Any 1 GiB interval this VMA touches whose table is shared must be inside it.
         let mut b = v.start() & !(PUD_SIZE - 1);

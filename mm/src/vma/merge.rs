@@ -1101,10 +1101,15 @@ impl MmWriteGuard<'_> {
 /// Test-only: run `__split_vma`'s hugetlb unshare in the pre-6.16 order (before the
 /// i_mmap lock), the order CVE-2025-38084 was about.
 #[cfg(feature = "fault-inject")]
-pub static OLD_SPLIT_ORDER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static OLD_SPLIT_ORDER: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Test-only: called by `__split_vma` right after `hugetlb_split` (in the old order
 /// before the VMA and i_mmap locks, in the current one under them), to run a fault in
 /// the window between the unshare and the range change.
 #[cfg(feature = "fault-inject")]
-pub static SPLIT_WINDOW_HOOK: spin::Mutex<Option<fn(VmaRef, usize)>> = spin::Mutex::new(None);
+pub static SPLIT_WINDOW_HOOK: spin::Mutex<Option<SplitWindowHook>> = spin::Mutex::new(None);
+
+/// The type of [`SPLIT_WINDOW_HOOK`]: the splitting VMA and the split address.
+#[cfg(feature = "fault-inject")]
+pub type SplitWindowHook = fn(VmaRef, usize);

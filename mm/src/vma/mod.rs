@@ -62,9 +62,9 @@ pub use area::{FileRef, PAGE_SIZE, VmFile, VmFlags, VmOperations, Vma, VmaRef, V
 pub use commit::DetachedVmas;
 pub use i_mmap::IMmap;
 pub use lock::{VM_REFCNT_EXCLUDE_READERS_FLAG, VM_REFCNT_LIMIT, VmaReadError, VmaReadGuard};
-pub use merge::{VmaMergeState, VmaMergeStruct};
 #[cfg(feature = "fault-inject")]
 pub use merge::{OLD_SPLIT_ORDER, SPLIT_WINDOW_HOOK};
+pub use merge::{VmaMergeState, VmaMergeStruct};
 pub use space::{
     DEFAULT_MAX_MAP_COUNT, Mm, MmHooks, MmReadGuard, MmWriteGuard, VmaInit, VmaIterator,
 };
