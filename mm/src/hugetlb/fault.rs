@@ -28,7 +28,7 @@ fn va(x: usize) -> VirtAddr {
 /// `stable` keeps stable (a VMA read lock or the mmap lock). `access_error` was
 /// checked by the caller. The caller holds no page-table lock.
 pub fn hugetlb_fault(
-    pt: &spin::Mutex<PageTableRoot>,
+    pt: &crate::sync::Mutex<PageTableRoot>,
     stable: &dyn VmaStable,
     vma: VmaRef,
     addr: usize,
@@ -107,7 +107,8 @@ impl Ctx<'_> {
             return Err(FaultError::Bus);
         };
         if let Some(m) = self.alloc.meta(pa) {
-            m.set_flags(FrameFlags::ANON);
+            // Linux: hugetlb_add_new_anon_rmap → the folio is anon and exclusive.
+            m.set_flags(FrameFlags::ANON | FrameFlags::ANON_EXCLUSIVE);
         }
         Ok(Private {
             pa,
@@ -233,10 +234,17 @@ impl Ctx<'_> {
             g.finish();
             return r.map_err(|_| FaultError::Oom);
         }
+        // Linux: hugetlb_wp reuses an anon folio mapped once (fork cleared its
+        // exclusive mark if it shared it), marking it exclusive again.
         let m = self.alloc.meta(t.frame);
-        let exclusive = m
-            .is_some_and(|m| m.flags().contains(FrameFlags::ANON) && m.mapcount() == 1)
-            && self.inode.find_page(self.idx) != Some(t.frame);
+        let exclusive = m.is_some_and(|m| {
+            let f = m.flags();
+            f.contains(FrameFlags::ANON)
+                && (f.contains(FrameFlags::ANON_EXCLUSIVE) || m.mapcount() == 1)
+        }) && self.inode.find_page(self.idx) != Some(t.frame);
+        if exclusive && let Some(m) = m {
+            m.set_flags(FrameFlags::ANON_EXCLUSIVE);
+        }
         if exclusive {
             let r = p.protect(va(self.haddr)..va(self.haddr + hb), self.prot(true), &mut g);
             g.finish();

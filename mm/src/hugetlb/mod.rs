@@ -243,7 +243,7 @@ impl Hstate {
         let pa = *p.pages.iter().find(|&&q| self.is_free(q))?;
         let m = self.alloc.meta(pa)?;
         m.get();
-        m.clear_flags(FrameFlags::ANON);
+        m.clear_flags(FrameFlags::ANON | FrameFlags::ANON_EXCLUSIVE);
         if use_resv {
             p.resv = p.resv.saturating_sub(1);
         }
@@ -336,11 +336,11 @@ pub fn fault_mutex(mapping: usize, idx: usize) -> &'static spin::Mutex<()> {
 // ---- address space registry ----------------------------------------------------------
 
 /// Page tables of an address space, shared with the registry below.
-pub type PtHandle = Arc<spin::Mutex<PageTableRoot>>;
+pub type PtHandle = Arc<crate::sync::Mutex<PageTableRoot>>;
 
 /// The page tables of every address space with a hugetlb VMA, by mm id: what
 /// `svma->vm_mm` gives Linux's `huge_pmd_share`, truncation and `hugetlb_split`.
-static MMS: spin::Mutex<Vec<(u64, Weak<spin::Mutex<PageTableRoot>>)>> =
+static MMS: spin::Mutex<Vec<(u64, Weak<crate::sync::Mutex<PageTableRoot>>)>> =
     spin::Mutex::new(Vec::new());
 
 /// Records `pt` as the page tables of mm `id` (idempotent). ENOMEM if the registry

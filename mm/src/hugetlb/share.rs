@@ -69,7 +69,7 @@ pub static SHARE_HOOK: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
 /// it shared. The caller holds the VMA's hugetlb lock (read) and the fault mutex, and
 /// not the page-table lock (rank 6, taken here after i_mmap).
 pub fn huge_pmd_share(
-    pt: &spin::Mutex<PageTableRoot>,
+    pt: &crate::sync::Mutex<PageTableRoot>,
     vma: VmaRef,
     inode: &Inode,
     addr: usize,
@@ -241,7 +241,7 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
 /// unshared and the rest zapped, and the flush is done before i_mmap is dropped
 /// (Linux: `__unmap_hugepage_range_final`).
 pub fn unmap_vma_range(
-    pt: &spin::Mutex<PageTableRoot>,
+    pt: &crate::sync::Mutex<PageTableRoot>,
     vma: VmaRef,
     file: &File,
     start: usize,

@@ -97,6 +97,11 @@ impl AddressSpace {
             if mpnt.flags().contains(VmFlags::ACCOUNT) {
                 self.vm_enough_memory(mpnt.pages())?;
             }
+            // The hugetlb layer finds the child's page tables by its mm id (PMD
+            // sharing, truncation, the split's unshare).
+            if mpnt.flags().contains(VmFlags::HUGETLB) {
+                crate::hugetlb::register_mm(child.mm.id(), &child.pt)?;
+            }
             let tmp = cg.dup_vma_for_fork(mpnt, &pg)?;
             if !tmp.flags().contains(VmFlags::WIPEONFORK) {
                 self.copy_page_range(child, tmp, mpnt)?;

@@ -227,8 +227,11 @@ impl AddressSpace {
         if !self.may_expand_vm(g, vm_flags, pglen - nr_pages) {
             return Err(Errno::ENOMEM);
         }
-        // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory.
+        // Linux: accountable_mapping() → VM_ACCOUNT for private writable memory, never
+        // for hugetlbfs (`is_file_hugepages`: its pool is accounted by reservations).
+        let hugetlbfs = file.as_ref().is_some_and(|f| f.inode().hugetlb().is_some());
         if vm_flags.contains(VmFlags::WRITE)
+            && !hugetlbfs
             && !vm_flags.intersects(VmFlags::SHARED | VmFlags::NORESERVE | VmFlags::HUGETLB)
         {
             self.vm_enough_memory(pglen - nr_accounted)?;

@@ -278,9 +278,12 @@ impl AddressSpace {
         let zero = zero_page(alloc)?;
         let mm = Mm::new();
         // Linux: __split_vma calls hugetlb_split for VM_HUGETLB VMAs.
-        mm.write_lock().set_hooks(crate::vma::MmHooks {
-            hugetlb_split: Some(crate::hugetlb::share::hugetlb_split),
-        });
+        {
+            let mut g = mm.write_lock();
+            let mut hooks = g.hooks();
+            hooks.hugetlb_split = Some(crate::hugetlb::share::hugetlb_split);
+            g.set_hooks(hooks);
+        }
         Ok(AddressSpace {
             mm,
             pt: Arc::try_new(crate::sync::Mutex::new(

@@ -378,7 +378,7 @@ pub(super) struct ColdLine {
     /// allocates for each shareable hugetlb VMA and hangs off `vm_private_data`; here it
     /// is embedded, so it exists for every VMA and cannot fail to be allocated). Rank 3
     /// of [`crate::sync`]'s order: read in the hugetlb fault, write to unshare.
-    pub(super) hugetlb_lock: spin::RwLock<()>,
+    pub(super) hugetlb_lock: crate::sync::RwSem<()>,
 }
 
 /// A virtual memory area: one contiguous range of an address space with uniform
@@ -453,7 +453,7 @@ impl Vma {
                 anon_name: UnsafeCell::new(None),
                 uffd_ctx: AtomicUsize::new(0),
                 free_next: AtomicPtr::new(core::ptr::null_mut()),
-                hugetlb_lock: spin::RwLock::new(()),
+                hugetlb_lock: crate::sync::RwSem::new(crate::sync::lockdep::LockClass::HugetlbVmaLock, ()),
             },
         }
     }
@@ -495,7 +495,7 @@ impl Vma {
     }
     /// The hugetlb vma lock (Linux: `hugetlb_vma_lock_read` / `_write` on
     /// `vma->vm_private_data`); see [`crate::sync`] for its rank.
-    pub fn hugetlb_vma_lock(&self) -> &spin::RwLock<()> {
+    pub fn hugetlb_vma_lock(&self) -> &crate::sync::RwSem<()> {
         &self.cold.hugetlb_lock
     }
     /// Linux: `vm_private_data`.

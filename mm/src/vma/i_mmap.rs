@@ -110,7 +110,7 @@ impl IMmap {
 
 /// The read side of an [`IMmap`] (Linux: `i_mmap_lock_read` held).
 pub struct IMmapRead<'a> {
-    tree: spin::RwLockReadGuard<'a, IntervalTree<VmaRef>>,
+    tree: crate::sync::RwSemReadGuard<'a, IntervalTree<VmaRef>>,
 }
 
 impl IMmapRead<'_> {
@@ -128,7 +128,7 @@ impl IMmapRead<'_> {
 /// The write side of an [`IMmap`] held by a path that does not change the index
 /// (hugetlb's unmap, unshare and truncate).
 pub struct IMmapHold<'a> {
-    tree: spin::RwLockWriteGuard<'a, IntervalTree<VmaRef>>,
+    tree: crate::sync::RwSemWriteGuard<'a, IntervalTree<VmaRef>>,
 }
 
 impl IMmapHold<'_> {
