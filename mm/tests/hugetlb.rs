@@ -735,3 +735,44 @@ fn racing_faults_and_splits_keep_the_invariant() {
     h2(a).set_nr_hugepages(0);
     assert_eq!(a.allocated_frames(), base);
 }
+
+/// fork: a shared hugetlb mapping is not copied (faults refill it), so the child's
+/// first fault shares the parent's PD table; a split in the child unshares only the
+/// child. A private one is copied write-protected: the child's write copies the page
+/// (without a reservation: Linux gives the child none), the parent's data stays.
+#[test]
+fn fork_shares_and_copies() {
+    let (a, base) = machine(64);
+    h2(a).set_nr_hugepages(8);
+    {
+        let (sa, sb, _f) = two_sharing(a);
+        drop(sb);
+        let p = sa
+            .mmap(0, 2 * M2, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, None, 0)
+            .unwrap();
+        write(&sa, p + 1, b"parent");
+        let child = sa.fork().unwrap();
+        let ta = pd_table(&sa, BASE).unwrap();
+        assert_eq!(read(&child, BASE + 5 * M2 + 7, 6), b"from A");
+        assert_eq!(pd_table(&child, BASE), Some(ta), "the child shares the parent's table");
+        assert_eq!(share_count(a, ta), 1);
+        child.validate_mm().unwrap();
+        assert_eq!(child.madvise(BASE + 4 * M2, M2, MADV_DONTFORK), Ok(()));
+        assert_ne!(pd_table(&child, BASE), Some(ta));
+        assert_eq!(share_count(a, ta), 0);
+        // Private: the child sees the parent's page until it writes.
+        assert_eq!(read(&child, p + 1, 6), b"parent");
+        write(&child, p + 1, b"child!");
+        assert_eq!(read(&sa, p + 1, 6), b"parent");
+        assert_eq!(read(&child, p + 1, 6), b"child!");
+        assert_ne!(sa.translate(p).unwrap().frame, child.translate(p).unwrap().frame);
+        child.validate_mm().unwrap();
+        sa.validate_mm().unwrap();
+        drop(child);
+        assert_eq!(read(&sa, p + 1, 6), b"parent");
+        sa.validate_mm().unwrap();
+    }
+    assert_eq!(counters(a), c(8, 8, 0));
+    h2(a).set_nr_hugepages(0);
+    assert_eq!(a.allocated_frames(), base);
+}

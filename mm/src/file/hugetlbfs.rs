@@ -120,6 +120,23 @@ pub fn vma_huge_range(vma: VmaRef, size: HugeSize) -> (usize, usize) {
     (from, from + (vma.end() - vma.start()) / size.bytes())
 }
 
+/// Linux: `clear_vma_resv_huge_pages` (from mremap's `move_vma`): the reservation
+/// map stays with the moved copy; the source VMA, about to be unmapped, drops its count
+/// on it and gives nothing back when it closes.
+pub(crate) fn clear_vma_resv_huge_pages(
+    g: &mut crate::vma::MmWriteGuard<'_>,
+    vma: VmaRef,
+) -> Result<(), Errno> {
+    if vma_private_resv(vma).is_none() {
+        return Ok(());
+    }
+    let p = vma.private_data() as *const PrivateResv;
+    g.vma_set_private_data(vma, 0)?;
+    // SAFETY: the VMA's own count (see `vma_private_resv`), which it no longer holds.
+    drop(unsafe { Arc::from_raw(p) });
+    Ok(())
+}
+
 /// Linux: `hugetlb_vm_op_open` — a new VMA copied from another (split): it holds its
 /// own count on the private reservation map.
 fn hugetlb_vm_op_open(vma: VmaRef) {

@@ -402,6 +402,11 @@ impl AddressSpace {
             self.do_munmap(g, new_addr, r.new_len)?;
             return Err(e);
         }
+        // Linux: move_vma → clear_vma_resv_huge_pages(vma): the private reservation
+        // went with the copy.
+        if !core::ptr::eq(vma, new_vma) {
+            crate::file::hugetlbfs::clear_vma_resv_huge_pages(g, vma)?;
+        }
         if r.flags & MREMAP_DONTUNMAP != 0 {
             if let Some(old) = g.vma_lookup(r.addr) {
                 g.vma_start_write(old);
