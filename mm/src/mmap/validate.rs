@@ -247,22 +247,32 @@ fn check_hugetlb(vmas: &[VmaRef], pt: &PageTableRoot) -> Result<(), String> {
                 h
             ));
         }
-        // Any 1 GiB interval this VMA touches whose table is shared must be inside it.
-        let mut b = v.start() & !(PUD_SIZE - 1);
-        while b < v.end() {
-            if pt.is_pmd_shared(x86_64::VirtAddr::new_truncate(b as u64))
-                && !crate::hugetlb::share::want_pmd_share(v, b)
-            {
-                return Err(format!(
+    }
+    // Every shared PD table sits under one VMA that covers its whole interval and may
+    // share it.
+    let mut bad = None;
+    pt.for_each_shared_pmd(|b| {
+        let b = b.as_u64() as usize;
+        let end = b + PUD_SIZE;
+        let first = vmas.partition_point(|v| v.end() <= b);
+        let ok = vmas
+            .get(first)
+            .is_some_and(|v| crate::hugetlb::share::want_pmd_share(v, b));
+        if !ok && bad.is_none() {
+            bad = Some(match vmas.get(first).filter(|v| v.start() < end) {
+                Some(v) => format!(
                     "VMA {:#x}..{:#x} {:?} maps the 1 GiB at {b:#x} through a shared PD table \
                      without covering it as a shareable hugetlb VMA",
                     v.start(),
                     v.end(),
                     v.flags()
-                ));
-            }
-            b += PUD_SIZE;
+                ),
+                None => format!("a shared PD table at {b:#x} under no VMA"),
+            });
         }
+    });
+    if let Some(e) = bad {
+        return Err(e);
     }
     Ok(())
 }

@@ -45,6 +45,29 @@ impl PageTableRoot {
         }
     }
 
+    /// Calls `f` with the 1 GiB-aligned address of every PD table of the user half that
+    /// is shared with another space (validation: a walk of the PML4 and PDPT levels
+    /// only).
+    pub fn for_each_shared_pmd(&self, mut f: impl FnMut(VirtAddr)) {
+        let root = self.root_table();
+        for i4 in 0..256 {
+            let Kind::Table(pdpt) = root.load(i4).kind(Level::Pml4) else {
+                continue;
+            };
+            // SAFETY: read from a present non-leaf PML4 entry of this space, linked
+            // while `&self` is held.
+            let t = unsafe { root.child(pdpt) };
+            for i3 in 0..512 {
+                if let Kind::Table(pd) = t.load(i3).kind(Level::Pdpt)
+                    && self.allocator().meta(pd).is_some_and(|m| m.pt_share_count() > 0)
+                {
+                    let va = (i4 as u64) * Level::Pml4.entry_span() + (i3 as u64) * GIB;
+                    f(VirtAddr::new(va));
+                }
+            }
+        }
+    }
+
     /// True when the PD table covering `va` is shared with another space.
     pub fn is_pmd_shared(&self, va: VirtAddr) -> bool {
         self.pmd_table_at(va)
