@@ -748,13 +748,24 @@ fn fork_shares_and_copies() {
         let (sa, sb, _f) = two_sharing(a);
         drop(sb);
         let p = sa
-            .mmap(0, 2 * M2, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, None, 0)
+            .mmap(
+                0,
+                2 * M2,
+                RW,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
+                None,
+                0,
+            )
             .unwrap();
         write(&sa, p + 1, b"parent");
         let child = sa.fork().unwrap();
         let ta = pd_table(&sa, BASE).unwrap();
         assert_eq!(read(&child, BASE + 5 * M2 + 7, 6), b"from A");
-        assert_eq!(pd_table(&child, BASE), Some(ta), "the child shares the parent's table");
+        assert_eq!(
+            pd_table(&child, BASE),
+            Some(ta),
+            "the child shares the parent's table"
+        );
         assert_eq!(share_count(a, ta), 1);
         child.validate_mm().unwrap();
         assert_eq!(child.madvise(BASE + 4 * M2, M2, MADV_DONTFORK), Ok(()));
@@ -765,7 +776,10 @@ fn fork_shares_and_copies() {
         write(&child, p + 1, b"child!");
         assert_eq!(read(&sa, p + 1, 6), b"parent");
         assert_eq!(read(&child, p + 1, 6), b"child!");
-        assert_ne!(sa.translate(p).unwrap().frame, child.translate(p).unwrap().frame);
+        assert_ne!(
+            sa.translate(p).unwrap().frame,
+            child.translate(p).unwrap().frame
+        );
         child.validate_mm().unwrap();
         sa.validate_mm().unwrap();
         drop(child);

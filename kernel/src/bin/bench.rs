@@ -402,6 +402,7 @@ fn typical_layout() -> (
     )
     .expect("bench: stack");
     (mm, files)
+}
 
 /// hugetlb: the first touch of a 2 MiB page (zeroing included), a fault that shares an
 /// existing PD table, and the page-table pages 16 address spaces use for one 1 GiB

@@ -59,7 +59,10 @@ impl PageTableRoot {
             let t = unsafe { root.child(pdpt) };
             for i3 in 0..512 {
                 if let Kind::Table(pd) = t.load(i3).kind(Level::Pdpt)
-                    && self.allocator().meta(pd).is_some_and(|m| m.pt_share_count() > 0)
+                    && self
+                        .allocator()
+                        .meta(pd)
+                        .is_some_and(|m| m.pt_share_count() > 0)
                 {
                     let va = (i4 as u64) * Level::Pml4.entry_span() + (i3 as u64) * GIB;
                     f(VirtAddr::new(va));

@@ -453,7 +453,10 @@ impl Vma {
                 anon_name: UnsafeCell::new(None),
                 uffd_ctx: AtomicUsize::new(0),
                 free_next: AtomicPtr::new(core::ptr::null_mut()),
-                hugetlb_lock: crate::sync::RwSem::new(crate::sync::lockdep::LockClass::HugetlbVmaLock, ()),
+                hugetlb_lock: crate::sync::RwSem::new(
+                    crate::sync::lockdep::LockClass::HugetlbVmaLock,
+                    (),
+                ),
             },
         }
     }
