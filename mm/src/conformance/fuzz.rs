@@ -434,7 +434,7 @@ struct Files {
 /// The indices of the hugetlbfs files in a seed's file list.
 const HUGETLBFS_FILES: Range<usize> = 7..9;
 /// The 2 MiB pool each seed runs with (small: reservations and SIGBUS get exercised).
-const FUZZ_HUGEPAGES: usize = 3;
+const FUZZ_HUGEPAGES: usize = 2;
 
 impl Files {
     fn new(h: &dyn Harness) -> Self {

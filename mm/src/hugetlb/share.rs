@@ -57,11 +57,6 @@ fn page_table_shareable(svma: VmaRef, vma: VmaRef, addr: usize, idx: usize) -> O
     Some(saddr)
 }
 
-/// Test hook: runs between finding a table to share and installing it, with the
-/// i_mmap read lock held (the window the CVE-2025-38084 test aims at).
-#[cfg(feature = "fault-inject")]
-pub static SHARE_HOOK: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
-
 /// Linux: `huge_pmd_share` — for a fault at `addr` in `vma` (a [`want_pmd_share`]
 /// VMA of file `inode`), under the file's i_mmap read lock: find another VMA mapping
 /// the same file page with a shareable PD table and, if our PDPT entry is still empty
@@ -105,10 +100,6 @@ pub fn huge_pmd_share(
     let Some(table) = found else {
         return false;
     };
-    #[cfg(feature = "fault-inject")]
-    if let Some(h) = *SHARE_HOOK.lock() {
-        h();
-    }
     let mut p = pt.lock();
     // Linux: re-check pud_none under the page-table lock.
     if p.pmd_table_at(va(base)).is_some() {
