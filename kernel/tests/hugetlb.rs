@@ -240,3 +240,66 @@ fn one_gib_page_in_the_pdpt() {
     }
     h.set_nr_hugepages(0);
 }
+
+/// Test 4 of the issue, racing, on several CPUs (`KERNEL_SMP=2 cargo ktest --test
+/// hugetlb`; with one CPU it degenerates to the split loop): the other CPUs fault
+/// through both address spaces while CPU 0 splits B's VMA (MADV_DONTFORK: only the
+/// split's `hugetlb_split` unshares) and maps the interval again, checking after every
+/// split that no VMA maps an interval through a shared table it does not cover.
+#[test_case]
+fn racing_faults_on_other_cpus_and_splits() {
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use kernel::percpu::this_cpu;
+    use kernel::smp::{online_mask, run_on};
+    pool(8);
+    {
+        let f = hugetlbfs_file(frames(), HugeSize::Size2M, G1, "/hugetlbfs/race", OpenMode::RDWR)
+            .unwrap();
+        let (a, b) = (space(), space());
+        let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
+        a.mmap(BASE, G1, RW, fl, Some(&f), 0).unwrap();
+        b.mmap(BASE, G1, RW, fl, Some(&f), 0).unwrap();
+        a.handle_fault(BASE, Access::Write).unwrap();
+        let stop = AtomicBool::new(false);
+        let faults = AtomicUsize::new(0);
+        let splits = AtomicUsize::new(0);
+        run_on(online_mask(), &|| {
+            if this_cpu() == 0 {
+                /// Stops the other CPUs however the loop ends (a failed check panics).
+                struct StopOnDrop<'a>(&'a AtomicBool);
+                impl Drop for StopOnDrop<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+                let _stop = StopOnDrop(&stop);
+                for _ in 0..40 {
+                    assert_eq!(b.madvise(BASE + 4 * M2, M2, MADV_DONTFORK), Ok(()));
+                    b.validate_mm().unwrap();
+                    assert_eq!(b.mmap(BASE, G1, RW, fl, Some(&f), 0), Ok(BASE));
+                    b.handle_fault(BASE, Access::Read).unwrap();
+                    b.validate_mm().unwrap();
+                    splits.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                while !stop.load(Ordering::Acquire) {
+                    for i in 0..8 {
+                        let s = if i % 2 == 0 { &a } else { &b };
+                        if s.handle_fault(BASE + i * M2, Access::Read).is_ok() {
+                            faults.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        assert_eq!(splits.load(Ordering::Relaxed), 40);
+        a.validate_mm().unwrap();
+        b.validate_mm().unwrap();
+        kernel::serial_println!(
+            "hugetlb race: {} CPUs, 40 splits, {} faults on the other CPUs",
+            online_mask().count_ones(),
+            faults.load(Ordering::Relaxed)
+        );
+    }
+    pool(0);
+}
