@@ -253,8 +253,14 @@ fn racing_faults_on_other_cpus_and_splits() {
     use kernel::smp::{online_mask, run_on};
     pool(8);
     {
-        let f = hugetlbfs_file(frames(), HugeSize::Size2M, G1, "/hugetlbfs/race", OpenMode::RDWR)
-            .unwrap();
+        let f = hugetlbfs_file(
+            frames(),
+            HugeSize::Size2M,
+            G1,
+            "/hugetlbfs/race",
+            OpenMode::RDWR,
+        )
+        .unwrap();
         let (a, b) = (space(), space());
         let fl = MAP_SHARED | MAP_FIXED | MAP_NORESERVE;
         a.mmap(BASE, G1, RW, fl, Some(&f), 0).unwrap();
