@@ -2,6 +2,7 @@
 //! `pgd`, its CPU mask, and its teardown (Linux: `mm_alloc`/`pgd_alloc`, `mm_cpumask`,
 //! `exit_mmap`, `free_pgtables`, `pgd_free`).
 
+use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::{PhysAddr, VirtAddr};
@@ -31,7 +32,8 @@ pub struct PageTableRoot {
     /// The PML4 whose kernel half was copied at creation, if any.
     kernel_pml4: Option<PhysAddr>,
     /// Bit `n` set while CPU `n` may have this space loaded (Linux: `mm_cpumask`).
-    cpus: AtomicU64,
+    /// Shared with the space's gathers, which read it again at every flush.
+    cpus: Arc<AtomicU64>,
     tlb: ArchTlb,
 }
 
@@ -51,6 +53,7 @@ impl PageTableRoot {
         kernel_pml4: Option<PhysAddr>,
     ) -> Result<Self, MapError> {
         let tlb = ArchTlb::try_new().ok_or(MapError::OutOfMemory)?;
+        let cpus = Arc::try_new(AtomicU64::new(0)).map_err(|_| MapError::OutOfMemory)?;
         let root = Table::alloc(alloc)?;
         let kernel_pml4 = kernel_pml4.map(|kpa| kpa.align_down(4096u64));
         if let Some(kpa) = kernel_pml4 {
@@ -64,7 +67,7 @@ impl PageTableRoot {
             alloc,
             pml4: root.pa(),
             kernel_pml4,
-            cpus: AtomicU64::new(0),
+            cpus,
             tlb,
         })
     }
@@ -105,6 +108,11 @@ impl PageTableRoot {
     /// CPUs that may have this space loaded (Linux: `mm_cpumask`).
     pub fn active_cpus(&self) -> u64 {
         self.cpus.load(Ordering::Acquire)
+    }
+
+    /// The live CPU mask itself, for a gather to read again at each flush.
+    pub(super) fn cpu_mask(&self) -> Arc<AtomicU64> {
+        self.cpus.clone()
     }
 
     fn cpu_bit(cpu: usize) -> u64 {
@@ -206,7 +214,7 @@ impl Drop for PageTableRoot {
             return;
         }
         let root = self.root_table();
-        let mut g = MmuGather::with(self.alloc, self.tlb.clone(), 0, true);
+        let mut g = MmuGather::with(self.alloc, self.tlb.clone(), None, true);
         for i in 0..KERNEL_PML4_START {
             let va = i as u64 * Level::Pml4.entry_span();
             if let Kind::Table(pa) = root.load(i).kind(Level::Pml4) {

@@ -1318,3 +1318,34 @@ mod model {
         }
     }
 }
+
+/// A gather reads the space's CPU mask again at each flush (Linux: `mm_cpumask` read
+/// in `flush_tlb_mm_range` at every `tlb_flush_mmu`), not only the mask of when it
+/// was made: a CPU that loads the space between the gather's creation and an early
+/// flush is flushed too.
+#[test]
+fn a_gathers_flush_reads_the_cpu_mask_again() {
+    let a = mem(8);
+    let s = space(a);
+    // SAFETY: host: loading a root is only recorded.
+    unsafe { s.activate(0) };
+    let mut g = MmuGather::new(&s);
+    assert_eq!(g.cpus(), 1);
+    // SAFETY: as above.
+    unsafe { s.activate(2) };
+    g.add_range(0x40_0000, PageSize::Size4K);
+    g.flush();
+    let cpus: Vec<u64> = s
+        .tlb()
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            TlbEvent::Flush { cpus, .. } => Some(cpus),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cpus, [0b101], "the flush reached the CPU that came in meanwhile");
+    g.finish();
+    s.deactivate(0);
+    s.deactivate(2);
+}

@@ -6,6 +6,8 @@
 //! and CR3 reloads; on the host (`RecordingTlb`) every flush, CR3 load and deferred free
 //! is appended to a log that tests read, and no privileged instruction is ever executed.
 
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{Pte, free_table_page};
@@ -289,14 +291,20 @@ pub struct GatherStats {
 /// never allocates.
 ///
 /// The CPU mask of every space it is used with is OR-ed in before and again after
-/// entries are cleared (with a full fence between the clear and the second read): a CPU
-/// that activates the space after that read loads CR3 after the clear and (without PCID)
-/// cannot hold the old entry, so the flush's IPIs reach every CPU that may (Linux reads
-/// `mm_cpumask` in `flush_tlb_mm_range`, after the PTE changes).
+/// entries are cleared (with a full fence between the clear and the second read), and
+/// the mask of the space it was made for is read again at every flush, the early ones a
+/// full batch forces in the middle of a walk included (Linux reads `mm_cpumask` in
+/// `flush_tlb_mm_range`, at each `tlb_flush_mmu`, after the PTE changes): a CPU that
+/// activates the space after that read loads CR3 after the clear and (without PCID)
+/// cannot hold the old entry, so the flush's IPIs reach every CPU that may.
 pub struct MmuGather {
     alloc: &'static FrameAllocator,
     tlb: ArchTlb,
+    /// CPUs gathered so far (the masks OR-ed in by the walks).
     cpus: u64,
+    /// The live `mm_cpumask` of the space the gather was made for, read again at every
+    /// flush (`None`: a teardown gather, made when the space is active nowhere).
+    mask: Option<Arc<AtomicU64>>,
     /// Pending flush range `start..end`; empty when `start >= end`.
     start: u64,
     end: u64,
@@ -316,24 +324,24 @@ pub struct MmuGather {
 impl MmuGather {
     /// A gather for operations on `space` (Linux: `tlb_gather_mmu`).
     pub fn new(space: &PageTableRoot) -> Self {
-        Self::with(
-            space.allocator(),
-            space.tlb().clone(),
-            space.active_cpus(),
-            false,
-        )
+        let mask = space.cpu_mask();
+        let cpus = mask.load(Ordering::Acquire);
+        let mut g = Self::with(space.allocator(), space.tlb().clone(), Some(mask), false);
+        g.cpus = cpus;
+        g
     }
 
     pub(super) fn with(
         alloc: &'static FrameAllocator,
         tlb: ArchTlb,
-        cpus: u64,
+        mask: Option<Arc<AtomicU64>>,
         fullmm: bool,
     ) -> Self {
         Self {
             alloc,
             tlb,
-            cpus,
+            cpus: 0,
+            mask,
             start: u64::MAX,
             end: 0,
             stride: PageSize::Size1G,
@@ -431,6 +439,12 @@ impl MmuGather {
     /// `tlb_flush_mmu` = `tlb_flush_mmu_tlbonly` + `tlb_flush_mmu_free`).
     pub fn flush(&mut self) {
         if self.needs_flush() {
+            if let Some(mask) = &self.mask {
+                // Our PTE stores before the mask read, against `activate`'s mask
+                // update before its CR3 load (see the type's doc).
+                fence(Ordering::SeqCst);
+                self.cpus |= mask.load(Ordering::Acquire);
+            }
             let skip = self.fullmm && self.cpus == 0 && !self.global;
             if !skip {
                 let kind = flush_kind(self.start, self.end, self.stride, self.global);
