@@ -34,6 +34,9 @@ pub enum Segv {
 
 /// Resolves a fault on a user address of the current address space.
 pub fn handle_user_fault(fault: &PageFault) -> Result<(), Segv> {
+    crate::percpu::this_block()
+        .user_faults
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let mm = address_space::current().ok_or(Segv::MapErr)?;
     let access = if fault.code.contains(Code::INSTRUCTION_FETCH) {
         Access::Exec

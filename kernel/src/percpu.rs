@@ -43,6 +43,9 @@ pub struct CpuBlock {
     pub in_call: AtomicU32,
     /// TLB shootdowns this CPU answered (Linux: `NR_TLB_REMOTE_FLUSH_RECEIVED`).
     pub tlb_remote_flushes: AtomicU64,
+    /// Page faults on user addresses this CPU handed to the memory manager (Linux: the
+    /// per-CPU `PGFAULT` vm event).
+    pub user_faults: AtomicU64,
     /// Room for RCU's per-CPU state (the next issue): the last grace period this CPU
     /// reported a quiescent state for.
     pub rcu_qs_gp: AtomicU64,
@@ -60,6 +63,7 @@ impl CpuBlock {
             ticks: AtomicU64::new(0),
             in_call: AtomicU32::new(0),
             tlb_remote_flushes: AtomicU64::new(0),
+            user_faults: AtomicU64::new(0),
             rcu_qs_gp: AtomicU64::new(0),
         }
     }

@@ -15,7 +15,8 @@ use x86_64::VirtAddr;
 
 use crate::percpu::this_block;
 
-// Each probe: one access instruction that may fault, then `edx = 0; ret`.
+// Each probe (one byte, or an aligned 8-byte word: a single access, so another CPU's
+// zap or copy sees it whole or not at all): one access instruction that may fault, then `edx = 0; ret`.
 // The fix-up stub returns `eax = 0, edx = 1`. The pair (rax, rdx) is the
 // SysV return of a 16-byte `#[repr(C)]` struct, read as `ProbeRet` below.
 global_asm!(
@@ -41,6 +42,27 @@ global_asm!(
     "    xor eax, eax",
     "    mov edx, 1",
     "    ret",
+    ".global mm_probe_read_u64, mm_probe_read_u64_insn, mm_probe_read_u64_fixup",
+    "mm_probe_read_u64:",
+    "mm_probe_read_u64_insn:",
+    "    mov rax, qword ptr [rdi]",
+    "    xor edx, edx",
+    "    ret",
+    "mm_probe_read_u64_fixup:",
+    "    xor eax, eax",
+    "    mov edx, 1",
+    "    ret",
+    ".global mm_probe_write_u64, mm_probe_write_u64_insn, mm_probe_write_u64_fixup",
+    "mm_probe_write_u64:",
+    "mm_probe_write_u64_insn:",
+    "    mov qword ptr [rdi], rsi",
+    "    xor eax, eax",
+    "    xor edx, edx",
+    "    ret",
+    "mm_probe_write_u64_fixup:",
+    "    xor eax, eax",
+    "    mov edx, 1",
+    "    ret",
     ".popsection",
 );
 
@@ -57,6 +79,12 @@ unsafe extern "C" {
     fn mm_probe_write_u8(addr: u64, value: u64) -> ProbeRet;
     fn mm_probe_write_u8_insn();
     fn mm_probe_write_u8_fixup();
+    fn mm_probe_read_u64(addr: u64) -> ProbeRet;
+    fn mm_probe_read_u64_insn();
+    fn mm_probe_read_u64_fixup();
+    fn mm_probe_write_u64(addr: u64, value: u64) -> ProbeRet;
+    fn mm_probe_write_u64_insn();
+    fn mm_probe_write_u64_fixup();
 }
 
 /// What the page-fault handler recorded when it redirected a probe.
@@ -76,7 +104,7 @@ pub struct ProbeFault {
 /// Called by the page-fault handler with the saved instruction pointer.
 pub fn fixup_for(rip: VirtAddr, addr: VirtAddr, error_code: u64) -> Option<VirtAddr> {
     let rip = rip.as_u64();
-    let table: [(u64, u64); 2] = [
+    let table: [(u64, u64); 4] = [
         (
             mm_probe_read_u8_insn as *const () as u64,
             mm_probe_read_u8_fixup as *const () as u64,
@@ -84,6 +112,14 @@ pub fn fixup_for(rip: VirtAddr, addr: VirtAddr, error_code: u64) -> Option<VirtA
         (
             mm_probe_write_u8_insn as *const () as u64,
             mm_probe_write_u8_fixup as *const () as u64,
+        ),
+        (
+            mm_probe_read_u64_insn as *const () as u64,
+            mm_probe_read_u64_fixup as *const () as u64,
+        ),
+        (
+            mm_probe_write_u64_insn as *const () as u64,
+            mm_probe_write_u64_fixup as *const () as u64,
         ),
     ];
     let (_, fixup) = table.iter().find(|(insn, _)| *insn == rip)?;
@@ -128,6 +164,39 @@ pub fn probe_write(addr: VirtAddr, value: u8) -> Result<(), ProbeFault> {
     }
     // SAFETY: `addr` is a lower-half (user) address, where no kernel object lives; a fault resumes at the fix-up stub as in `probe_read`.
     let ret = unsafe { mm_probe_write_u8(addr.as_u64(), value as u64) };
+    if ret.faulted == 0 {
+        Ok(())
+    } else {
+        Err(last_fault())
+    }
+}
+
+/// Reads the 8-byte word at `addr` (8-aligned) with one instruction; a fault the
+/// memory manager cannot resolve comes back as `Err` (Linux: `get_user` of a `u64`).
+pub fn probe_read_u64(addr: VirtAddr) -> Result<u64, ProbeFault> {
+    debug_assert!(addr.is_aligned(8u64), "probe_read_u64 of an unaligned word");
+    // SAFETY: as in `probe_read`: the probe only reads `addr`, and a fault resumes at the fix-up stub.
+    let ret = unsafe { mm_probe_read_u64(addr.as_u64()) };
+    if ret.faulted == 0 {
+        Ok(ret.value)
+    } else {
+        Err(last_fault())
+    }
+}
+
+/// Writes the 8-byte word `value` at `addr` (8-aligned, lower half) with one
+/// instruction; an unresolvable fault comes back as `Err` (Linux: `put_user` of a
+/// `u64`). The same caveat as [`probe_write`]: user addresses only.
+pub fn probe_write_u64(addr: VirtAddr, value: u64) -> Result<(), ProbeFault> {
+    debug_assert!(addr.is_aligned(8u64), "probe_write_u64 of an unaligned word");
+    if addr.as_u64() >= 0x8000_0000_0000 {
+        return Err(ProbeFault {
+            addr,
+            error_code: u64::MAX,
+        });
+    }
+    // SAFETY: a lower-half (user) address, where no kernel object lives; a fault resumes at the fix-up stub as in `probe_read`.
+    let ret = unsafe { mm_probe_write_u64(addr.as_u64(), value) };
     if ret.faulted == 0 {
         Ok(())
     } else {

@@ -39,6 +39,7 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     mmap_benches();
     fork_benches();
     smp_benches();
+    smp_fault_benches();
     hugetlb_benches();
 
     kernel::serial_println!("bench: done");
@@ -566,5 +567,163 @@ fn smp_benches() {
         });
     });
     mm.munmap(va, 4096).expect("bench: munmap");
+    run_on(u64::MAX, &address_space::deactivate_current);
+}
+
+/// Issue 12's figures (`./run-qemu.sh --bench --smp N`): first-touch write faults on
+/// several CPUs at once, each CPU faulting its own VMA of one address space.
+///
+/// - `anon_fault_4k_cpus<k>`: k CPUs (0..k) fault 2,048 fresh pages each; the figure
+///   is the wall time from the common start to the last CPU's end divided by the
+///   pages per CPU, i.e. the time per fault as each CPU sees it (equal to the 1-CPU
+///   figure if faults scale perfectly). The ops column is the total faults.
+/// - `fault_scaling_2cpus`: fault throughput with 2 CPUs divided by that with 1,
+///   ×1000 in the ns column (an integer column: 1850 means 1.85).
+/// - `..._with_writer`: the same with CPU 0 looping an mprotect split/re-merge pair on
+///   an unrelated VMA of the same space (the faulting CPUs are 1..=k; needs k + 1
+///   CPUs), as a process whose other thread mprotects.
+/// - `..._no_vma_lock`: the same with the per-VMA locks switched off
+///   ([`mm::mmap::AddressSpace::set_per_vma_lock`], Linux's `CONFIG_PER_VMA_LOCK=n`):
+///   every fault under the mmap read lock.
+/// - `fault_vma_lock_gain_<k>cpus_with_writer`: throughput with per-VMA locks divided
+///   by throughput without, ×1000, with the writer running.
+///
+/// With more guest CPUs than host cores the vCPUs share the host's cores: the figures
+/// then measure QEMU's scheduling as much as the kernel.
+fn smp_fault_benches() {
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use kernel::address_space;
+    use kernel::arch::extable::probe_write;
+    use kernel::percpu::this_cpu;
+    use kernel::smp::{self, run_on};
+    use mm::mmap::*;
+    const P: usize = 4096;
+    const PAGES: usize = 2048;
+    const ROUNDS: u64 = 3;
+    const RW: u32 = PROT_READ | PROT_WRITE;
+    const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+
+    static GO: AtomicBool = AtomicBool::new(false);
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static START: AtomicU64 = AtomicU64::new(0);
+    static END: AtomicU64 = AtomicU64::new(0);
+    static WRITER_OPS: AtomicU64 = AtomicU64::new(0);
+
+    let n = smp::online_cpus();
+    let mm = address_space::new_user_space(MmLayout::default()).expect("bench: mm");
+    run_on(u64::MAX, &|| address_space::activate(&mm));
+    // The writer's VMA, unrelated to the faulting ones.
+    let other = mm.mmap(0, 64 * P, RW, ANON, None, 0).expect("bench: mmap");
+
+    // Cycles for `faulters` (a CPU mask) to fault PAGES fresh pages each, summed over
+    // ROUNDS, with CPU 0 as the mprotect writer if `writer`.
+    let measure = |faulters: u64, writer: bool| -> u64 {
+        let mut total = 0;
+        for _ in 0..ROUNDS {
+            // One VMA per CPU, kept from merging with the next by a PROT_NONE page.
+            let mut vmas = [0usize; 64];
+            for cpu in kernel::smp::call::cpus(faulters) {
+                let a = mm.mmap(0, (PAGES + 1) * P, RW, ANON, None, 0).expect("bench: mmap");
+                mm.mprotect(a + PAGES * P, P, PROT_NONE).expect("bench: guard");
+                vmas[cpu] = a;
+            }
+            GO.store(false, SeqCst);
+            DONE.store(0, SeqCst);
+            END.store(0, SeqCst);
+            let nf = faulters.count_ones() as u64;
+            run_on(faulters | 1, &|| {
+                let me = this_cpu();
+                if me == 0 {
+                    START.store(tsc::rdtsc(), SeqCst);
+                    GO.store(true, SeqCst);
+                }
+                if faulters & (1 << me) != 0 {
+                    while !GO.load(SeqCst) {
+                        core::hint::spin_loop();
+                    }
+                    for i in 0..PAGES {
+                        probe_write(VirtAddr::new((vmas[me] + i * P) as u64), 1)
+                            .expect("bench: fault");
+                    }
+                    END.fetch_max(tsc::rdtsc(), SeqCst);
+                    DONE.fetch_add(1, SeqCst);
+                } else if writer {
+                    while DONE.load(SeqCst) < nf {
+                        mm.mprotect(other + 32 * P, P, PROT_READ)
+                            .expect("bench: mprotect");
+                        mm.mprotect(other + 32 * P, P, RW)
+                            .expect("bench: mprotect back");
+                        WRITER_OPS.fetch_add(1, SeqCst);
+                    }
+                }
+            });
+            total += END.load(SeqCst) - START.load(SeqCst);
+            for cpu in kernel::smp::call::cpus(faulters) {
+                mm.munmap(vmas[cpu], (PAGES + 1) * P).expect("bench: munmap");
+            }
+        }
+        total
+    };
+    let report = |name: &str, cycles: u64, cpus: u64| {
+        let ns = tsc::cycles_to_ns(cycles) / (ROUNDS * PAGES as u64);
+        bench::report(name, ns, ROUNDS * PAGES as u64 * cpus);
+    };
+    // Throughput ratio ×1000 of `k` CPUs taking `tk` against 1 CPU taking `t1`.
+    let ratio = |t1: u64, tk: u64, k: u64| (1000 * k * t1) / tk.max(1);
+
+    // Per-VMA-lock times (alone, with the writer) the gains divide by.
+    let mut base = (0u64, 0u64);
+    for vma_lock in [true, false] {
+        mm.set_per_vma_lock(vma_lock);
+        let tag = if vma_lock { "" } else { "_no_vma_lock" };
+        let mut alone = [0u64; 65];
+        for k in 1..=n {
+            let t = measure((1u64 << k) - 1, false);
+            alone[k] = t;
+            report(&alloc::format!("anon_fault_4k_cpus{k}{tag}"), t, k as u64);
+        }
+        if n >= 2 {
+            let r = ratio(alone[1], alone[2], 2);
+            bench::report(&alloc::format!("fault_scaling_2cpus{tag}"), r, 2);
+        }
+        let mut with = [0u64; 65];
+        WRITER_OPS.store(0, SeqCst);
+        for k in 1..n {
+            // Faulters 1..=k, the writer on CPU 0.
+            let t = measure(((1u64 << k) - 1) << 1, true);
+            with[k] = t;
+            report(&alloc::format!("anon_fault_4k_cpus{k}_with_writer{tag}"), t, k as u64);
+        }
+        if n >= 3 {
+            let r = ratio(with[1], with[2], 2);
+            bench::report(&alloc::format!("fault_scaling_2cpus_with_writer{tag}"), r, 2);
+        }
+        kernel::serial_println!(
+            "bench: the writer did {} mprotect split/merge pairs meanwhile{tag}",
+            WRITER_OPS.load(SeqCst)
+        );
+        if vma_lock {
+            // Kept for the gains below.
+            base = (alone[n.min(2)], with[n.saturating_sub(1).min(2)]);
+        } else {
+            let k = n.min(2);
+            bench::report(
+                &alloc::format!("fault_vma_lock_gain_{k}cpus"),
+                (1000 * alone[k]) / base.0.max(1),
+                k as u64,
+            );
+            if n >= 2 {
+                let k = (n - 1).min(2);
+                let lock = base.1;
+                bench::report(
+                    &alloc::format!("fault_vma_lock_gain_{k}cpus_with_writer"),
+                    (1000 * with[k]) / lock.max(1),
+                    k as u64,
+                );
+            }
+        }
+    }
+    mm.set_per_vma_lock(true);
+    mm.munmap(other, 64 * P).expect("bench: munmap");
     run_on(u64::MAX, &address_space::deactivate_current);
 }

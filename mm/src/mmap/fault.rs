@@ -5,7 +5,7 @@
 //! `do_shared_fault`, `do_wp_page`), `mm/mmap.c` (`expand_downwards`).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use x86_64::PhysAddr;
 
@@ -127,13 +127,16 @@ pub struct FaultStats {
     pub stack_expand: u64,
 }
 
-/// The atomic counters behind [`FaultStats`].
+/// The atomic counters behind [`FaultStats`], and the per-VMA lock switch.
 #[derive(Default)]
 pub(super) struct FaultCounters {
     success: AtomicU64,
     abort: AtomicU64,
     retry: AtomicU64,
     stack_expand: AtomicU64,
+    /// Per-VMA locks switched off ([`AddressSpace::set_per_vma_lock`]); off by
+    /// default, i.e. the lock-free path is used.
+    no_vma_lock: AtomicBool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -150,6 +153,21 @@ impl AddressSpace {
             vma_lock_retry: c.retry.load(Ordering::Relaxed),
             stack_expand: c.stack_expand.load(Ordering::Relaxed),
         }
+    }
+
+    /// Switches the fault path's per-VMA locks on (the default) or off (Linux: the
+    /// build option `CONFIG_PER_VMA_LOCK`; here a run-time switch per address space so
+    /// the benchmark kernel can measure both). Off, every fault takes the mmap read
+    /// lock and finds its VMA under it (`lock_mm_and_find_vma`), as Linux did before
+    /// 6.4 and still does without the option; the [`FaultStats`] VMA-lock counters then
+    /// stay still. Changing it while faults run is harmless: each fault reads it once.
+    pub fn set_per_vma_lock(&self, on: bool) {
+        self.fault_counters.no_vma_lock.store(!on, Ordering::Relaxed);
+    }
+
+    /// Are the fault path's per-VMA locks on ([`set_per_vma_lock`](Self::set_per_vma_lock))?
+    pub fn per_vma_lock(&self) -> bool {
+        !self.fault_counters.no_vma_lock.load(Ordering::Relaxed)
     }
 
     /// Resolve a user page fault at `addr` (Linux: `do_user_addr_fault` →
@@ -169,7 +187,9 @@ impl AddressSpace {
             return Err(FaultError::MapErr);
         }
         let c = &self.fault_counters;
-        if let Some(vg) = self.mm.lock_vma_under_rcu(addr) {
+        if c.no_vma_lock.load(Ordering::Relaxed) {
+            // Linux without CONFIG_PER_VMA_LOCK: straight to lock_mm_and_find_vma().
+        } else if let Some(vg) = self.mm.lock_vma_under_rcu(addr) {
             let vma = vg.vma();
             if access_error(vma, access) {
                 bump(&c.success);

@@ -14,6 +14,17 @@
 //! twice (Linux forbids recursive `down_read` for the same reason); lockdep-light
 //! ([`super::lockdep`]) reports it.
 //!
+//! Readers are not starved either: a writer that releases the lock and takes it again
+//! at once (a syscall loop) would otherwise always beat the readers spinning on another
+//! CPU, which see the lock free only for the instant between the two. A reader that
+//! has waited [`HANDOFF_SPINS`] rounds sets [`HANDOFF`] (Linux: `RWSEM_FLAG_HANDOFF`,
+//! set by a waiter that waited longer than `RWSEM_WAIT_TIMEOUT`, which stops the lock
+//! from being stolen): no writer takes the lock while it is set, and the reader that
+//! gets in next clears it. While it is set a starved reader also passes a merely
+//! waiting writer's [`WRITER_WAITING`], so the two flags cannot wait for each other;
+//! readers that are not starved, and readers arriving while readers hold the lock and
+//! a writer waits (no handoff then), still hold back: writers are not starved.
+//!
 //! Each lock carries its [`LockClass`] and reports its acquisitions and releases to
 //! lockdep-light.
 
@@ -27,8 +38,12 @@ use super::lockdep::{self, Acquire, LockClass};
 const WRITER: usize = 1;
 /// A writer is waiting: new readers hold back.
 const WRITER_WAITING: usize = 2;
+/// A reader has waited too long: writers must not take the lock before it got in.
+const HANDOFF: usize = 4;
 /// One reader.
-const READER: usize = 4;
+const READER: usize = 8;
+/// Failed attempts after which a waiting reader asks for the handoff.
+pub const HANDOFF_SPINS: u32 = 64;
 
 /// A writer-fair reader-writer spin lock with a lockdep class (Linux:
 /// `struct rw_semaphore`).
@@ -57,19 +72,45 @@ impl<T> RwSem<T> {
 }
 
 impl<T: ?Sized> RwSem<T> {
-    fn try_read_raw(&self) -> bool {
+    /// One attempt of a blocking reader; `starved`: it has waited [`HANDOFF_SPINS`]
+    /// rounds, so it asks for the handoff while a writer holds the lock, and once the
+    /// handoff is granted passes a writer that is only waiting.
+    fn try_read_raw(&self, starved: bool) -> bool {
         let s = self.state.load(Ordering::Relaxed);
-        if s & (WRITER | WRITER_WAITING) != 0 {
+        if s & WRITER != 0 {
+            if starved && s & HANDOFF == 0 {
+                self.state.fetch_or(HANDOFF, Ordering::Relaxed);
+            }
             return false;
         }
+        if s & WRITER_WAITING != 0 && !(starved && s & HANDOFF != 0) {
+            return false;
+        }
+        // Getting in ends the handoff: a writer has its turn again before the next
+        // starved reader's.
         self.state
-            .compare_exchange_weak(s, s + READER, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange_weak(
+                s,
+                (s + READER) & !HANDOFF,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_ok()
+    }
+
+    /// Spins until a read hold is ours, asking for the handoff once starved.
+    fn read_wait(&self) {
+        let mut spins = 0u32;
+        while !self.try_read_raw(spins >= HANDOFF_SPINS) {
+            spins = spins.saturating_add(1);
+            core::hint::spin_loop();
+        }
     }
 
     fn try_write_raw(&self) -> bool {
         let s = self.state.load(Ordering::Relaxed);
-        // Free, or free but for our (or another writer's) waiting flag.
+        // Free, or free but for our (or another writer's) waiting flag; never while a
+        // starved reader asked for the handoff.
         (s & !WRITER_WAITING) == 0
             && self
                 .state
@@ -81,9 +122,7 @@ impl<T: ?Sized> RwSem<T> {
     #[track_caller]
     pub fn read(&self) -> RwSemReadGuard<'_, T> {
         lockdep::acquire(self.class, Acquire::Wait);
-        while !self.try_read_raw() {
-            core::hint::spin_loop();
-        }
+        self.read_wait();
         RwSemReadGuard { lock: self }
     }
 
@@ -92,9 +131,7 @@ impl<T: ?Sized> RwSem<T> {
     #[track_caller]
     pub fn read_nested(&self) -> RwSemReadGuard<'_, T> {
         lockdep::acquire(self.class, Acquire::Nested);
-        while !self.try_read_raw() {
-            core::hint::spin_loop();
-        }
+        self.read_wait();
         RwSemReadGuard { lock: self }
     }
 
@@ -370,5 +407,43 @@ mod tests {
         drop(r);
         t.join().unwrap();
         assert_eq!(*l.read(), 1);
+    }
+
+    /// A writer that releases and retakes the lock in a loop does not starve a
+    /// blocking reader: the reader asks for the handoff and gets in.
+    #[test]
+    fn a_writer_looping_does_not_starve_a_waiting_reader() {
+        let l = Arc::new(RwSem::new(LockClass::IMmap, 0u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let w = {
+            let (l, stop) = (l.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let mut g = l.write();
+                    *g += 1;
+                    // Hold it a while, as a syscall does: the reader sees it held.
+                    for _ in 0..2_000 {
+                        std::hint::spin_loop();
+                    }
+                    drop(g);
+                    n += 1;
+                }
+                n
+            })
+        };
+        while *l.read() == 0 {}
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            drop(l.read());
+        }
+        stop.store(true, Ordering::SeqCst);
+        let writes = w.join().unwrap();
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "200 read locks took {:?} against a looping writer ({writes} writes)",
+            t.elapsed()
+        );
+        assert_eq!(l.state.load(Ordering::SeqCst), 0);
     }
 }
