@@ -234,3 +234,52 @@ fn concurrent_first_writes_publish_exactly_one_anon_vma() {
     drop(asp);
     assert_eq!(a.allocated_frames(), base);
 }
+
+/// With the per-VMA locks switched off (Linux: `CONFIG_PER_VMA_LOCK=n`), every fault
+/// takes the mmap read lock: a fault that would pass a held mmap write lock on the
+/// lock-free path waits for it, and the VMA-lock counters stay still.
+#[test]
+fn with_per_vma_locks_off_faults_take_the_mmap_lock() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_a, _base, asp) = setup();
+    let asp = Arc::new(asp);
+    assert!(asp.per_vma_lock(), "on by default");
+    asp.mmap(X, 4 * P, RW, PA | MAP_FIXED, None, 0).unwrap();
+    asp.handle_fault(X, Access::Write).unwrap();
+    asp.set_per_vma_lock(false);
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(Barrier::new(2));
+    let writer = {
+        let (asp, release, held) = (asp.clone(), release.clone(), held.clone());
+        std::thread::spawn(move || {
+            let g = asp.mm().write_lock();
+            held.wait();
+            while !release.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            drop(g);
+        })
+    };
+    held.wait();
+    let faulter = {
+        let asp = asp.clone();
+        std::thread::spawn(move || asp.handle_fault(X + P, Access::Read))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !faulter.is_finished(),
+        "a fault passed the held mmap write lock with per-VMA locks off"
+    );
+    release.store(true, SeqCst);
+    writer.join().unwrap();
+    faulter.join().unwrap().unwrap();
+    assert!(mapped(&asp, X + P));
+    let st = asp.fault_stats();
+    assert_eq!(
+        (st.vma_lock_success, st.vma_lock_abort, st.vma_lock_retry),
+        (1, 0, 0),
+        "only the first fault, before the switch, used a VMA lock: {st:?}"
+    );
+    asp.set_per_vma_lock(true);
+    asp.validate_mm().unwrap();
+}

@@ -699,8 +699,9 @@ fn smp_fault_benches() {
             bench::report(&alloc::format!("fault_scaling_2cpus_with_writer{tag}"), r, 2);
         }
         kernel::serial_println!(
-            "bench: the writer did {} mprotect split/merge pairs meanwhile{tag}",
-            WRITER_OPS.load(SeqCst)
+            "bench: the writer did {} mprotect split/merge pairs meanwhile ({})",
+            WRITER_OPS.load(SeqCst),
+            if vma_lock { "per-VMA locks" } else { "no per-VMA locks" }
         );
         if vma_lock {
             // Kept for the gains below.
