@@ -207,9 +207,7 @@ fn fault_storm_against_a_writer() {
     let mm = &s.mm;
     mm.mmap(O, OPAGES * P, RW, FIXED, None, 0).unwrap();
     mm.mmap(W, WPAGES / 2 * P, RW, FIXED, None, 0).unwrap();
-    let faults0: Vec<u64> = (0..4)
-        .map(|c| block(c).user_faults.load(SeqCst))
-        .collect();
+    let faults0: Vec<u64> = (0..4).map(|c| block(c).user_faults.load(SeqCst)).collect();
     let stats0 = mm.fault_stats();
     faults_pass_a_held_mmap_write_lock(mm, O);
     static WRITES: AtomicU64 = AtomicU64::new(0);
@@ -309,7 +307,10 @@ fn fault_storm_against_a_writer() {
     let mut a = O;
     while a < W {
         let q = mm.query_vma(a, 0).expect("an owner's page was unmapped");
-        assert!(q.vm_flags.contains(mm::vma::VmFlags::READ | mm::vma::VmFlags::WRITE));
+        assert!(
+            q.vm_flags
+                .contains(mm::vma::VmFlags::READ | mm::vma::VmFlags::WRITE)
+        );
         a = q.end;
     }
     let faults: Vec<u64> = (0..4)

@@ -188,7 +188,10 @@ pub fn probe_read_u64(addr: VirtAddr) -> Result<u64, ProbeFault> {
 /// instruction; an unresolvable fault comes back as `Err` (Linux: `put_user` of a
 /// `u64`). The same caveat as [`probe_write`]: user addresses only.
 pub fn probe_write_u64(addr: VirtAddr, value: u64) -> Result<(), ProbeFault> {
-    debug_assert!(addr.is_aligned(8u64), "probe_write_u64 of an unaligned word");
+    debug_assert!(
+        addr.is_aligned(8u64),
+        "probe_write_u64 of an unaligned word"
+    );
     if addr.as_u64() >= 0x8000_0000_0000 {
         return Err(ProbeFault {
             addr,

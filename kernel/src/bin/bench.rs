@@ -623,8 +623,11 @@ fn smp_fault_benches() {
             // One VMA per CPU, kept from merging with the next by a PROT_NONE page.
             let mut vmas = [0usize; 64];
             for cpu in kernel::smp::call::cpus(faulters) {
-                let a = mm.mmap(0, (PAGES + 1) * P, RW, ANON, None, 0).expect("bench: mmap");
-                mm.mprotect(a + PAGES * P, P, PROT_NONE).expect("bench: guard");
+                let a = mm
+                    .mmap(0, (PAGES + 1) * P, RW, ANON, None, 0)
+                    .expect("bench: mmap");
+                mm.mprotect(a + PAGES * P, P, PROT_NONE)
+                    .expect("bench: guard");
                 vmas[cpu] = a;
             }
             GO.store(false, SeqCst);
@@ -659,7 +662,8 @@ fn smp_fault_benches() {
             });
             total += END.load(SeqCst) - START.load(SeqCst);
             for cpu in kernel::smp::call::cpus(faulters) {
-                mm.munmap(vmas[cpu], (PAGES + 1) * P).expect("bench: munmap");
+                mm.munmap(vmas[cpu], (PAGES + 1) * P)
+                    .expect("bench: munmap");
             }
         }
         total
@@ -677,9 +681,9 @@ fn smp_fault_benches() {
         mm.set_per_vma_lock(vma_lock);
         let tag = if vma_lock { "" } else { "_no_vma_lock" };
         let mut alone = [0u64; 65];
-        for k in 1..=n {
+        for (k, slot) in alone.iter_mut().enumerate().take(n + 1).skip(1) {
             let t = measure((1u64 << k) - 1, false);
-            alone[k] = t;
+            *slot = t;
             report(&alloc::format!("anon_fault_4k_cpus{k}{tag}"), t, k as u64);
         }
         if n >= 2 {
@@ -688,20 +692,32 @@ fn smp_fault_benches() {
         }
         let mut with = [0u64; 65];
         WRITER_OPS.store(0, SeqCst);
-        for k in 1..n {
+        for (k, slot) in with.iter_mut().enumerate().take(n).skip(1) {
             // Faulters 1..=k, the writer on CPU 0.
             let t = measure(((1u64 << k) - 1) << 1, true);
-            with[k] = t;
-            report(&alloc::format!("anon_fault_4k_cpus{k}_with_writer{tag}"), t, k as u64);
+            *slot = t;
+            report(
+                &alloc::format!("anon_fault_4k_cpus{k}_with_writer{tag}"),
+                t,
+                k as u64,
+            );
         }
         if n >= 3 {
             let r = ratio(with[1], with[2], 2);
-            bench::report(&alloc::format!("fault_scaling_2cpus_with_writer{tag}"), r, 2);
+            bench::report(
+                &alloc::format!("fault_scaling_2cpus_with_writer{tag}"),
+                r,
+                2,
+            );
         }
         kernel::serial_println!(
             "bench: the writer did {} mprotect split/merge pairs meanwhile ({})",
             WRITER_OPS.load(SeqCst),
-            if vma_lock { "per-VMA locks" } else { "no per-VMA locks" }
+            if vma_lock {
+                "per-VMA locks"
+            } else {
+                "no per-VMA locks"
+            }
         );
         if vma_lock {
             // Kept for the gains below.

@@ -159,10 +159,13 @@ impl AddressSpace {
     /// build option `CONFIG_PER_VMA_LOCK`; here a run-time switch per address space so
     /// the benchmark kernel can measure both). Off, every fault takes the mmap read
     /// lock and finds its VMA under it (`lock_mm_and_find_vma`), as Linux did before
-    /// 6.4 and still does without the option; the [`FaultStats`] VMA-lock counters then
-    /// stay still. Changing it while faults run is harmless: each fault reads it once.
+    /// 6.4 and still does without the option; the VMA-lock counters of
+    /// [`fault_stats`](Self::fault_stats) then stay still. Changing it while faults
+    /// run is harmless: each fault reads it once.
     pub fn set_per_vma_lock(&self, on: bool) {
-        self.fault_counters.no_vma_lock.store(!on, Ordering::Relaxed);
+        self.fault_counters
+            .no_vma_lock
+            .store(!on, Ordering::Relaxed);
     }
 
     /// Are the fault path's per-VMA locks on ([`set_per_vma_lock`](Self::set_per_vma_lock))?

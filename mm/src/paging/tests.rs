@@ -1344,7 +1344,11 @@ fn a_gathers_flush_reads_the_cpu_mask_again() {
             _ => None,
         })
         .collect();
-    assert_eq!(cpus, [0b101], "the flush reached the CPU that came in meanwhile");
+    assert_eq!(
+        cpus,
+        [0b101],
+        "the flush reached the CPU that came in meanwhile"
+    );
     g.finish();
     s.deactivate(0);
     s.deactivate(2);
