@@ -881,7 +881,270 @@ fn user_copies_against_munmap_and_dontneed_never_touch_a_freed_frame() {
     assert!(COPIES.load(SeqCst) > 0 && REFUSED.load(SeqCst) > 0);
 }
 
-// ---- 6. lockdep-light on an AP ------------------------------------------------------
+// ---- 6. fork against faulting writers ----------------------------------------------
+
+/// Pages each writer CPU owns in the fork test.
+const FK: usize = 16;
+/// Words in a page.
+const WORDS: usize = P / 8;
+/// Marks a fork-test tag (so that poison, garbage or a record of another test is never
+/// taken for one).
+const FORK_MARK: u64 = 0xf0 << 56;
+
+/// The word CPU `cpu` fills a whole page with on its `ctr`-th write: never zero.
+fn fork_tag(cpu: usize, ctr: u64) -> u64 {
+    FORK_MARK | (cpu as u64) << 40 | (ctr & ((1 << 40) - 1))
+}
+
+/// Why a child's page is wrong (`check_child_page`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bad {
+    /// A word that is neither zero nor a tag its owner had begun to write.
+    Foreign { word: usize, value: u64 },
+    /// Neither whole nor a write in flight at the fork (one tag over an older value).
+    Torn { word: usize, first: u64, value: u64 },
+}
+
+/// The child's copy of a page owned by CPU `owner`, read word by word: whole (every
+/// word equal: zero or a tag `owner` had begun to write, per `issued`), or, when the
+/// owner's write of the page was in flight at the fork, the new tag in words `[0, k)`
+/// over the whole older value (zero or an older tag of the owner) in `[k, 512)`: x86
+/// stores are seen in program order (TSO), and the parent's stores reach the shared
+/// frame until the fork's flush of its write-protected entries, after which they
+/// fault and go to the parent's copy. Returns `k` (512: whole).
+fn check_child_page(w: &[u64], owner: usize, issued: &[AtomicU64]) -> Result<usize, Bad> {
+    let ctr_of = |i: usize| -> Result<u64, Bad> {
+        let v = w[i];
+        let ctr = v & ((1 << 40) - 1);
+        if v & (0xff << 56) != FORK_MARK
+            || (v >> 40 & 0xffff) as usize != owner
+            || ctr == 0
+            || ctr > issued[owner].load(SeqCst)
+        {
+            return Err(Bad::Foreign { word: i, value: v });
+        }
+        Ok(ctr)
+    };
+    let first = w[0];
+    let Some(k) = (1..WORDS).find(|&i| w[i] != first) else {
+        if first != 0 {
+            ctr_of(0)?;
+        }
+        return Ok(WORDS);
+    };
+    let new = ctr_of(0)?;
+    let old = w[k];
+    if let Some(j) = (k + 1..WORDS).find(|&j| w[j] != old) {
+        return Err(Bad::Torn {
+            word: j,
+            first,
+            value: w[j],
+        });
+    }
+    if old != 0 && ctr_of(k)? >= new {
+        return Err(Bad::Torn {
+            word: k,
+            first,
+            value: old,
+        });
+    }
+    Ok(k)
+}
+
+/// Issue 14 on four CPUs: CPUs 1 to 3, the parent's address space loaded on them, write
+/// whole pages of their own, each with one repeated tag (CPU id, counter) in 512 8-byte
+/// stores through the user address and the real #PF handler: first touches (every page
+/// starts untouched and each writer MADV_DONTNEEDs one of its pages now and then),
+/// and write faults on the pages the last fork write-protected (COW while a child
+/// lives, reuse after it exits). CPU 0 meanwhile forks the parent again and again
+/// (`dup_mmap`: every VMA write-locked, the parent's PTEs write-protected, its TLB
+/// flushed on CPUs 1 to 3), loads the child, reads every page through the child's page
+/// tables ([`check_child_page`]: whole, zero or a tag begun, or a write in flight at
+/// the fork as a prefix over the older whole value, never poison or a half-copied
+/// page), waits a moment while the writers go on, reads every page again (it must not
+/// have changed: the parent's writes never reach the child), and drops the child.
+#[test_case]
+fn fork_while_other_cpus_fault_never_shows_the_child_a_half_copied_page() {
+    let poison0 = need_cpus();
+    reset();
+    const WRITERS: usize = 3;
+    const X: usize = 0x7000_0000;
+    const PAGES: usize = WRITERS * FK;
+    /// How long CPU 0 forks.
+    const FORK_MS: u64 = 3 * RUN_MS;
+    let s = Space::on(0b1110);
+    let mm = &s.mm;
+    mm.mmap(X, PAGES * P, RW, FIXED, None, 0).unwrap();
+    // Indexed by CPU (1 to 3): the counter of the write each has begun, published
+    // before its first store.
+    static ISSUED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    static ZAPS: AtomicU64 = AtomicU64::new(0);
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static CHECKED: AtomicU64 = AtomicU64::new(0);
+    static ZERO: AtomicU64 = AtomicU64::new(0);
+    static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+    for c in ISSUED
+        .iter()
+        .chain([&WRITES, &ZAPS, &FORKS, &CHECKED, &ZERO, &IN_FLIGHT])
+    {
+        c.store(0, SeqCst);
+    }
+    // The first failure: what, where (fork, page) and the words involved.
+    static FAIL: spin::Mutex<Option<(&str, u64, usize, Option<Bad>)>> = spin::Mutex::new(None);
+    *FAIL.lock() = None;
+    let fail = |what: &'static str, fork: u64, page: usize, bad: Option<Bad>| {
+        FAIL.lock().get_or_insert((what, fork, page, bad));
+        STOP.store(true, SeqCst);
+    };
+    let faults0: Vec<u64> = (0..4).map(|c| block(c).user_faults.load(SeqCst)).collect();
+    let start = now_ms();
+    run_on(0b1111, &|| {
+        let me = this_cpu();
+        if me == 0 {
+            let mut first = vec![0u64; PAGES * WORDS];
+            let mut again = vec![0u64; WORDS];
+            while running() && now_ms() - start < FORK_MS {
+                let child = address_space::fork(mm).expect("fork");
+                let n = FORKS.fetch_add(1, SeqCst) + 1;
+                address_space::activate(&child);
+                'pages: for pass in 0..2 {
+                    for i in 0..PAGES {
+                        let page = X + i * P;
+                        let w = if pass == 0 {
+                            &mut first[i * WORDS..(i + 1) * WORDS]
+                        } else {
+                            &mut again[..]
+                        };
+                        for (j, v) in w.iter_mut().enumerate() {
+                            match probe_read_u64(va(page + j * 8)) {
+                                Ok(x) => *v = x,
+                                Err(_) => {
+                                    fail("a read of the child's page faulted", n, page, None);
+                                    break 'pages;
+                                }
+                            }
+                        }
+                        if pass == 1 {
+                            if again[..] != first[i * WORDS..(i + 1) * WORDS] {
+                                let j = (0..WORDS)
+                                    .find(|&j| again[j] != first[i * WORDS + j])
+                                    .unwrap_or(0);
+                                let bad = Bad::Torn {
+                                    word: j,
+                                    first: first[i * WORDS + j],
+                                    value: again[j],
+                                };
+                                fail(
+                                    "the child's page changed after the fork (a parent write reached it): word then, now",
+                                    n,
+                                    page,
+                                    Some(bad),
+                                );
+                                break 'pages;
+                            }
+                            continue;
+                        }
+                        match check_child_page(w, 1 + i / FK, &ISSUED) {
+                            Ok(k) => {
+                                CHECKED.fetch_add(1, SeqCst);
+                                if k < WORDS {
+                                    IN_FLIGHT.fetch_add(1, SeqCst);
+                                } else if w[0] == 0 {
+                                    ZERO.fetch_add(1, SeqCst);
+                                }
+                            }
+                            Err(bad) => {
+                                fail("the child saw a bad page", n, page, Some(bad));
+                                break 'pages;
+                            }
+                        }
+                    }
+                    // The writers go on in the parent (each rewrites one of its pages
+                    // every few microseconds) while the child's pages must stay put.
+                    let t = tsc::cycles_to_ns(tsc::rdtsc());
+                    while tsc::cycles_to_ns(tsc::rdtsc()) - t < 200_000 {
+                        core::hint::spin_loop();
+                    }
+                }
+                address_space::deactivate_current();
+                drop(child);
+                PROGRESS.fetch_add(1, SeqCst);
+            }
+            STOP.store(true, SeqCst);
+            return;
+        }
+        let mut rng = Rng::new(me as u64 + 60);
+        let mut ctr = 0u64;
+        'run: while running() {
+            let page = X + ((me - 1) * FK + rng.below(FK)) * P;
+            if rng.below(16) == 0 {
+                if mm.madvise(page, P, MADV_DONTNEED).is_err() {
+                    fail("MADV_DONTNEED failed", 0, page, None);
+                    break;
+                }
+                ZAPS.fetch_add(1, SeqCst);
+                continue;
+            }
+            ctr += 1;
+            let tag = fork_tag(me, ctr);
+            ISSUED[me].store(ctr, SeqCst);
+            for j in 0..WORDS {
+                if probe_write_u64(va(page + j * 8), tag).is_err() {
+                    fail("a writer's store faulted", 0, page, None);
+                    break 'run;
+                }
+            }
+            // The parent's page is whole again: the stores after a fork's
+            // write-protection went to the parent's copy.
+            for j in [0, WORDS / 2, WORDS - 1] {
+                if probe_read_u64(va(page + j * 8)) != Ok(tag) {
+                    fail("a writer did not read back its page", 0, page, None);
+                    break 'run;
+                }
+            }
+            WRITES.fetch_add(1, SeqCst);
+            PROGRESS.fetch_add(1, SeqCst);
+        }
+    });
+    let ms = now_ms() - start;
+    if let Some((what, fork, page, bad)) = *FAIL.lock() {
+        panic!("fork {fork}, page {page:#x}: {what}: {bad:x?}");
+    }
+    let faults: Vec<u64> = (0..4)
+        .map(|c| block(c).user_faults.load(SeqCst) - faults0[c])
+        .collect();
+    serial_println!(
+        "mm_smp fork: {ms} ms; {} forks, {} child pages checked ({} zero, {} with a write in flight at the fork), every one unchanged a moment later; {} page writes, {} DONTNEEDs; #PF per CPU {faults:?}",
+        FORKS.load(SeqCst),
+        CHECKED.load(SeqCst),
+        ZERO.load(SeqCst),
+        IN_FLIGHT.load(SeqCst),
+        WRITES.load(SeqCst),
+        ZAPS.load(SeqCst),
+    );
+    assert!(FORKS.load(SeqCst) > 0 && WRITES.load(SeqCst) > 0);
+    assert!(faults[1..].iter().all(|&f| f > 0), "every writer faulted");
+    // The parent ends with every page whole: zero or its owner's last tag.
+    let mut buf = vec![0u8; P];
+    for i in 0..PAGES {
+        mm.copy_from_user(X + i * P, &mut buf).unwrap();
+        let words: Vec<u64> = buf
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            check_child_page(&words, 1 + i / FK, &ISSUED),
+            Ok(WORDS),
+            "the parent's page {i} is not whole"
+        );
+    }
+    mm.munmap(X, PAGES * P).unwrap();
+    drop(s);
+    poison_ok(poison0);
+}
+
+// ---- 7. lockdep-light on an AP ------------------------------------------------------
 
 /// The documented order (mmap lock, then a page-table lock) passes on every CPU.
 #[test_case]
