@@ -679,6 +679,20 @@ static SCRIPT: &[Step] = &[
         }),
         Partial::Splits,
     ),
+    with_partial(
+        step("mlock2: MLOCK_ONFAULT splits", |e| {
+            let h = e.hinted;
+            errno(e.asp().mlock2(h + P, P, MLOCK_ONFAULT))
+        }),
+        Partial::Splits,
+    ),
+    with_partial(
+        step("munlock: merges back", |e| {
+            let h = e.hinted;
+            errno(e.asp().munlock(h + P, P))
+        }),
+        Partial::Splits,
+    ),
     step("mmap MAP_HUGETLB shared anon (reserves 2 pages)", |e| {
         mmap(e, HG, 2 * M2, RW, SA | MAP_HUGETLB | FIX)
     }),

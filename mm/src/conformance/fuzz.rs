@@ -146,6 +146,14 @@ pub enum Op {
         len: usize,
         advice: u32,
     },
+    /// `mlock2(addr, len, flags)`, or `munlock(addr, len)` when `unlock`.
+    Mlock {
+        space: usize,
+        addr: usize,
+        len: usize,
+        flags: u32,
+        unlock: bool,
+    },
     /// `handle_fault(addr, access)`.
     Fault {
         space: usize,
@@ -200,6 +208,7 @@ impl Op {
             | Op::Mprotect { space, .. }
             | Op::Mremap { space, .. }
             | Op::Madvise { space, .. }
+            | Op::Mlock { space, .. }
             | Op::Fault { space, .. }
             | Op::CopyTo { space, .. }
             | Op::CopyFrom { space, .. }
@@ -219,6 +228,8 @@ impl Op {
             Op::Mprotect { .. } => "mprotect",
             Op::Mremap { .. } => "mremap",
             Op::Madvise { .. } => "madvise",
+            Op::Mlock { unlock: false, .. } => "mlock2",
+            Op::Mlock { unlock: true, .. } => "munlock",
             Op::Fault { .. } => "fault",
             Op::CopyTo { .. } => "copy_to_user",
             Op::CopyFrom { .. } => "copy_from_user",
@@ -511,6 +522,8 @@ fn errno_allowed(op: &Op, e: Errno) -> bool {
         Op::Mprotect { .. } => &[EINVAL, ENOMEM, EACCES, EPERM],
         Op::Mremap { .. } => &[EINVAL, ENOMEM, EFAULT, EPERM, EAGAIN],
         Op::Madvise { .. } => &[EINVAL, ENOMEM, EPERM, EAGAIN],
+        // mlock2(2): EAGAIN is a population that ran out of memory.
+        Op::Mlock { .. } => &[EINVAL, ENOMEM, EAGAIN],
         // fork(2): ENOMEM (and EAGAIN/ENOSYS/ERESTARTNOINTR of the process layer,
         // which does not exist here).
         Op::Fork { .. } => &[ENOMEM],
@@ -583,6 +596,12 @@ pub fn linux_argument_result(op: &Op, task_size: usize) -> Option<Result<(), Err
                 return Some(Err(Errno::ENOMEM));
             }
             if prot & !grows & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
+                return einval;
+            }
+            None
+        }
+        Op::Mlock { flags, unlock, .. } => {
+            if !unlock && flags & !MLOCK_ONFAULT != 0 {
                 return einval;
             }
             None
@@ -974,6 +993,22 @@ impl Gen<'_> {
                     new_addr,
                 }
             }
+            58..66 if self.rng.chance(25) => {
+                let addr = self.addr();
+                let len = self.len(addr);
+                let flags = if self.sane || !self.rng.chance(10) {
+                    self.rng.pick(&[0, MLOCK_ONFAULT])
+                } else {
+                    self.rng.next_u64() as u32
+                };
+                Op::Mlock {
+                    space,
+                    addr,
+                    len,
+                    flags,
+                    unlock: self.rng.chance(40),
+                }
+            }
             58..66 => {
                 let addr = self.addr();
                 let len = self.len(addr);
@@ -1247,6 +1282,21 @@ impl<'h> Run<'h> {
                 advice,
             } => {
                 let r = self.asp(space).madvise(addr, len, advice);
+                self.result(op, r.map(|()| String::from("0")))
+            }
+            Op::Mlock {
+                space,
+                addr,
+                len,
+                flags,
+                unlock,
+            } => {
+                let asp = self.asp(space);
+                let r = if unlock {
+                    asp.munlock(addr, len)
+                } else {
+                    asp.mlock2(addr, len, flags)
+                };
                 self.result(op, r.map(|()| String::from("0")))
             }
             Op::Fault {

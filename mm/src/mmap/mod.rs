@@ -47,6 +47,7 @@ mod exec;
 mod fault;
 mod fork;
 mod madvise;
+mod mlock;
 #[allow(clippy::module_inception)]
 mod mmap;
 mod mprotect;
@@ -67,6 +68,7 @@ pub use exec::{
     VM_STACK_FLAGS, VM_STACK_INCOMPLETE_SETUP, auxv,
 };
 pub use fault::{Access, FaultError, zero_page};
+pub use mlock::MLOCK_ONFAULT;
 pub use query::VmaQuery;
 pub use validate::validate_i_mmap;
 

@@ -32,6 +32,9 @@ pub struct VmStat {
     /// Pages of `VM_ACCOUNT` mappings: the commit charge this mm holds (Linux: its
     /// part of `vm_committed_as`, `Committed_AS` in `/proc/meminfo`).
     pub committed: usize,
+    /// Pages of `VM_LOCKED` mappings (Linux: `locked_vm`, `VmLck`; limited by
+    /// `RLIMIT_MEMLOCK`).
+    pub locked_vm: usize,
 }
 
 /// Linux: `VM_STACK` on x86 (no `VM_GROWSUP`).
@@ -74,6 +77,9 @@ impl VmStat {
         }
         if f.contains(VmFlags::ACCOUNT) {
             upd(&mut self.committed);
+        }
+        if f.contains(VmFlags::LOCKED) {
+            upd(&mut self.locked_vm);
         }
     }
 
