@@ -78,10 +78,13 @@ pub fn map_mmio(pa: PhysAddr) -> x86_64::VirtAddr {
         |pa: u64| frames.phys_to_virt(PhysAddr::new(pa & 0x000f_ffff_ffff_f000)) as *mut u64;
     let pml4 = table(memory::kernel_pml4().as_u64());
     if NEXT.load(Ordering::Relaxed) == 0 {
-        // SAFETY: the kernel PML4 is live and reachable through the direct map; we read its upper half.
         let slot = (256..511)
             .rev()
-            .find(|&i| unsafe { pml4.add(i).read_volatile() } == 0)
+            .find(|&i| {
+                // SAFETY: the kernel PML4 is live and reachable through the direct map;
+                // `i < 512` keeps the read inside its page (the upper half's entries).
+                unsafe { pml4.add(i).read_volatile() == 0 }
+            })
             .expect("no free PML4 slot in the kernel half for MMIO");
         NEXT.store(
             0xffff_0000_0000_0000 | (slot as u64) << 39,
