@@ -38,8 +38,10 @@
 //! each VMA they change, and only then take the page-table lock (the `sync::Mutex`
 //! around [`PageTableRoot`]) for each zap or protect, never across a VMA lock. The
 //! fault fast path takes a VMA read lock ([`Mm::lock_vma_under_rcu`]) and then the
-//! page-table lock, and falls back to the mmap write lock when it must create an
-//! anon_vma or grow a stack.
+//! page-table lock; a first anonymous write prepares the anon_vma under a read
+//! trylock of the mmap lock, and a fault that cannot use the fast path retries under
+//! the mmap *read* lock. Only stack growth takes the mmap write lock (see
+//! `handle_fault`).
 
 mod account;
 pub mod consts;
