@@ -57,7 +57,7 @@ impl AddressSpace {
             let mut g = self.mm.write_lock();
             self.apply_vma_lock_flags(&mut g, start, len, flags)?;
         }
-        self.mm_populate_strict(start, len)
+        self.mm_populate(start, len, false)
     }
 
     /// Linux: `apply_vma_lock_flags()`: every VMA of `[start, start + len)` gets
@@ -132,54 +132,6 @@ impl AddressSpace {
         // `locked_vm` follows the flags (the engine's page counters).
         g.vma_set_flags(v, newflags)?;
         Ok(v)
-    }
-
-    /// Linux: `__mm_populate(start, len, ignore_errors = 0)` as `do_mlock` calls it:
-    /// fault in every page of every VMA of the range (not `VM_LOCKONFAULT`, `VM_IO` or
-    /// `VM_PFNMAP` ones, nor PROT_NONE ones); the first failure is the result (`EFAULT`
-    /// for a hole or a refused access reported as ENOMEM, ENOMEM as EAGAIN:
-    /// `__mlock_posix_error_return`).
-    fn mm_populate_strict(&self, start: usize, len: usize) -> Result<(), Errno> {
-        let end = start + len;
-        let mut a = start;
-        while a < end {
-            let (vstart, vend, flags, huge) = {
-                let g = self.mm.read_lock();
-                match g.find_vma(a) {
-                    Some(v) if v.start() < end => (
-                        v.start(),
-                        v.end(),
-                        v.flags(),
-                        crate::file::hugetlbfs::vma_huge_size(v).map_or(0, |h| h.bytes()),
-                    ),
-                    _ => return Err(Errno::ENOMEM),
-                }
-            };
-            if vstart > a {
-                return Err(Errno::ENOMEM);
-            }
-            let stop = vend.min(end);
-            let skip = flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::LOCKONFAULT)
-                || !flags.intersects(VmFlags::ACCESS);
-            if !skip {
-                let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-                let access = if write {
-                    super::Access::Write
-                } else {
-                    super::Access::Read
-                };
-                let step = huge.max(PAGE_SIZE);
-                while a < stop {
-                    self.handle_fault(a, access).map_err(|e| match e {
-                        super::FaultError::Oom => Errno::EAGAIN,
-                        _ => Errno::ENOMEM,
-                    })?;
-                    a = (a - a % step).saturating_add(step);
-                }
-            }
-            a = stop;
-        }
-        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@
 use alloc::sync::Arc;
 
 use super::consts::*;
-use super::fault::Access;
+use super::fault::{Access, FaultError};
 use super::{
     AddressSpace, FILE_VM_OPS, MAX_LFS_FILESIZE, calc_vm_flag_bits, calc_vm_prot_bits, page_align,
     vm_get_page_prot,
@@ -79,7 +79,8 @@ impl AddressSpace {
         let pgoff = (off >> PAGE_SHIFT) as usize;
         let (a, populate) = self.do_mmap(file, addr, len, prot, flags, pgoff)?;
         if populate {
-            self.populate(a, page_align(len).unwrap_or(0));
+            // Linux: mm_populate() ignores errors: the mapping stands either way.
+            let _ = self.mm_populate(a, page_align(len).unwrap_or(0), true);
         }
         Ok(a)
     }
@@ -363,23 +364,35 @@ impl AddressSpace {
         Ok(addr)
     }
 
-    /// Prefault `[addr, addr+len)` (Linux: `mm_populate` → `__mm_populate(start, len,
-    /// ignore_errors = 1)` → `populate_vma_page_range`), one VMA at a time: PFN maps,
-    /// PROT_NONE and VM_LOCKONFAULT VMAs have nothing to populate and are skipped
-    /// whole, and a fault that fails ends the population of its VMA (the rest is
-    /// faulted on demand), so the work is bounded by the pages actually populated,
-    /// never by the length asked for.
-    pub(super) fn populate(&self, addr: usize, len: usize) {
-        let Some(end) = addr.checked_add(len) else {
-            return;
+    /// Prefault `[start, start + len)`, one VMA at a time (Linux: `__mm_populate` →
+    /// `populate_vma_page_range`). Holes are skipped; PFN and I/O maps, PROT_NONE and
+    /// `VM_LOCKONFAULT` VMAs have nothing to populate; a hugetlb VMA is faulted once
+    /// per huge page. With `ignore_errors` (`mm_populate`, MAP_POPULATE/MAP_LOCKED) a
+    /// failing fault ends the population of its VMA only, and the work is bounded by
+    /// the pages actually populated; without it (mlock) the first failure is the
+    /// result, as `__mlock_posix_error_return` reports it: ENOMEM for a refused access,
+    /// EAGAIN for an out-of-memory fault.
+    pub(super) fn mm_populate(
+        &self,
+        start: usize,
+        len: usize,
+        ignore_errors: bool,
+    ) -> Result<(), Errno> {
+        let Some(end) = start.checked_add(len) else {
+            return Ok(());
         };
-        let mut a = addr;
+        let mut a = start;
         while a < end {
-            let (vstart, vend, flags) = {
+            let (vstart, vend, flags, huge) = {
                 let g = self.mm.read_lock();
                 match g.find_vma(a) {
-                    Some(v) if v.start() < end => (v.start(), v.end(), v.flags()),
-                    _ => return,
+                    Some(v) if v.start() < end => (
+                        v.start(),
+                        v.end(),
+                        v.flags(),
+                        hugetlbfs::vma_huge_size(v).map_or(PAGE_SIZE, |h| h.bytes()),
+                    ),
+                    _ => return Ok(()),
                 }
             };
             a = a.max(vstart);
@@ -389,12 +402,18 @@ impl AddressSpace {
             if !skip {
                 let write = flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
                 let access = if write { Access::Write } else { Access::Read };
-                while a < stop && self.handle_fault(a, access).is_ok() {
-                    a += PAGE_SIZE;
+                while a < stop {
+                    match self.handle_fault(a, access) {
+                        Ok(()) => a = (a - a % huge).saturating_add(huge),
+                        Err(_) if ignore_errors => break,
+                        Err(FaultError::Oom) => return Err(Errno::EAGAIN),
+                        Err(_) => return Err(Errno::ENOMEM),
+                    }
                 }
             }
             a = stop;
         }
+        Ok(())
     }
 }
 
