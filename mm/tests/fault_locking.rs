@@ -27,6 +27,26 @@ fn anon_vma_id(asp: &AddressSpace, addr: usize) -> u64 {
     vma.anon_vma(&g).map_or(0, |av| av.id())
 }
 
+/// Another thread takes `asp`'s mmap write lock and holds it until the returned flag
+/// is set; returns once the lock is held.
+fn hold_mmap_write_lock(asp: &Arc<AddressSpace>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(Barrier::new(2));
+    let writer = {
+        let (asp, release, held) = (asp.clone(), release.clone(), held.clone());
+        std::thread::spawn(move || {
+            let g = asp.mm().write_lock();
+            held.wait();
+            while !release.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            drop(g);
+        })
+    };
+    held.wait();
+    (release, writer)
+}
+
 fn mapped(asp: &AddressSpace, addr: usize) -> bool {
     asp.query_vma(addr, 0).is_some() && asp.translate(addr).is_some()
 }
@@ -66,20 +86,7 @@ fn first_anonymous_write_retries_while_a_writer_holds_the_mmap_lock() {
     let (_a, _base, asp) = setup();
     let asp = Arc::new(asp);
     asp.mmap(X, 4 * P, RW, PA | MAP_FIXED, None, 0).unwrap();
-    let release = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(Barrier::new(2));
-    let writer = {
-        let (asp, release, held) = (asp.clone(), release.clone(), held.clone());
-        std::thread::spawn(move || {
-            let g = asp.mm().write_lock();
-            held.wait();
-            while !release.load(SeqCst) {
-                std::hint::spin_loop();
-            }
-            drop(g);
-        })
-    };
-    held.wait();
+    let (release, writer) = hold_mmap_write_lock(&asp);
     let faulter = {
         let asp = asp.clone();
         std::thread::spawn(move || asp.handle_fault(X, Access::Write))
@@ -121,20 +128,7 @@ fn faults_that_need_no_anon_vma_pass_a_held_mmap_write_lock() {
     let asp = Arc::new(asp);
     asp.mmap(X, 4 * P, RW, PA | MAP_FIXED, None, 0).unwrap();
     asp.handle_fault(X, Access::Write).unwrap();
-    let release = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(Barrier::new(2));
-    let writer = {
-        let (asp, release, held) = (asp.clone(), release.clone(), held.clone());
-        std::thread::spawn(move || {
-            let g = asp.mm().write_lock();
-            held.wait();
-            while !release.load(SeqCst) {
-                std::hint::spin_loop();
-            }
-            drop(g);
-        })
-    };
-    held.wait();
+    let (release, writer) = hold_mmap_write_lock(&asp);
     asp.handle_fault(X + P, Access::Read).unwrap();
     asp.handle_fault(X + 2 * P, Access::Write).unwrap();
     release.store(true, SeqCst);
@@ -247,20 +241,7 @@ fn with_per_vma_locks_off_faults_take_the_mmap_lock() {
     asp.mmap(X, 4 * P, RW, PA | MAP_FIXED, None, 0).unwrap();
     asp.handle_fault(X, Access::Write).unwrap();
     asp.set_per_vma_lock(false);
-    let release = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(Barrier::new(2));
-    let writer = {
-        let (asp, release, held) = (asp.clone(), release.clone(), held.clone());
-        std::thread::spawn(move || {
-            let g = asp.mm().write_lock();
-            held.wait();
-            while !release.load(SeqCst) {
-                std::hint::spin_loop();
-            }
-            drop(g);
-        })
-    };
-    held.wait();
+    let (release, writer) = hold_mmap_write_lock(&asp);
     let faulter = {
         let asp = asp.clone();
         std::thread::spawn(move || asp.handle_fault(X + P, Access::Read))
