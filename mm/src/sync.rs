@@ -26,13 +26,13 @@
 //! | 3 | hugetlb vma lock | `hugetlb_vma_lock` (`vma->vm_private_data`) | [`crate::vma::Vma::hugetlb_vma_lock`] (an [`RwSem`] in each VMA) | read: the hugetlb fault; write: the hugetlb unmap (munmap, MADV_DONTNEED, exit), mprotect's and mremap's unshare; truncation takes it with a trylock under rank 4, dropping everything to retry (Linux: `hugetlb_vma_trylock_write`); `__split_vma`'s `hugetlb_split` does not take it (the VMA write lock keeps faults out) |
 //! | 4 | file `i_mmap` | `i_mmap_rwsem` | [`crate::vma::IMmap`]'s [`RwSem`] | the VMA engine's link, commit, split (held across `hugetlb_split`) and removal (write); hugetlb's unmap, unshare and truncation (write, so no PD table can be freed under a sharer); `huge_pmd_share` and rmap walkers (read) |
 //! | 5 | anon_vma | `anon_vma->rwsem` | none: anon_vma chains change only under ranks 1 and 2 | |
-//! | 6 | page-table lock | `page_table_lock` / split PTE locks | `AddressSpace`'s [`Mutex`]`<PageTableRoot>` (`huge_pmd_share` takes another space's one alone, never two at once) | every page-table walk that changes or reads PTEs for a copy: zap, protect, the fault's PTE install, `copy_to_user`/`copy_from_user` (held across the copy so the frame cannot be freed under it); also serialises the fault path's `anon_vma` publication (Linux: `__anon_vma_prepare` under `page_table_lock`) |
-//! | 7 | page cache | `i_pages` lock | `Inode`'s page map ([`Mutex`]) | the fault (under rank 6) and file writes |
+//! | 6 | page-table locks | `page_table_lock` and the split PTE/PMD locks (`ptlock_ptr`) | [`crate::paging`]'s `ptlock`: a lock word per PT and PD page (in its frame metadata), the `PageTableRoot`'s `page_table_lock` for PDPT and PML4 entries; one held at a time | every change of an entry under the lock that covers it: the fault's install (re-checked there, Linux's `pte_same`), zap and protect (per table as they walk), fork's copy, table installs; `copy_to_user`/`copy_from_user` hold the leaf's lock across the copy so the frame cannot be freed under it |
+//! | 7 | page cache | `i_pages` lock | `Inode`'s page map ([`Mutex`]) | the fault (before it takes rank 6, as Linux's `->fault` runs before the PTE lock) and file writes |
 //! | 8 | leaves | zone lock, slab | frame allocator (`IrqSpinLock`), zero-page registry, kernel heap | anywhere; they take nothing else |
 //!
 //! The rule that matters most for the per-VMA locks: nothing waits for a VMA lock
-//! (rank 2) while holding the page-table lock (rank 6). The fault fast path holds a
-//! VMA read lock and then takes the page-table lock; a syscall write-locks every VMA
+//! (rank 2) while holding a page-table lock (rank 6). The fault fast path holds a
+//! VMA read lock and then takes page-table locks; a syscall write-locks every VMA
 //! it changes (waiting for those readers) *before* it takes the page-table lock for
 //! the zap or protect that follows, and drops it before the next VMA. Doing it the
 //! other way round deadlocks (a fault waits for the page-table lock while the

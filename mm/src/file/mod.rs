@@ -495,7 +495,7 @@ pub struct MmapCtx<'g, 'm> {
     pub(crate) g: &'g mut MmWriteGuard<'m>,
     /// The page tables, locked only around each page-table step (the page-table lock
     /// is innermost: see [`crate::mmap`]).
-    pub(crate) pt: &'g crate::sync::Mutex<PageTableRoot>,
+    pub(crate) pt: &'g PageTableRoot,
     pub(crate) vma: VmaRef,
 }
 
@@ -549,7 +549,6 @@ impl MmapCtx<'_, '_> {
         self.g.vma_set_flags(v, flags)?;
         let pte = PageTableFlags::from_bits_truncate(v.page_prot());
         self.pt
-            .lock()
             .map(
                 VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
                 PhysAddr::new(phys),
@@ -561,7 +560,7 @@ impl MmapCtx<'_, '_> {
     /// Undo a partial driver mapping (Linux: `unmap_region` on the error path).
     pub(crate) fn zap_all(&mut self) {
         let v = self.vma;
-        let mut pt = self.pt.lock();
+        let pt = &*self.pt;
         let mut gather = MmuGather::new(&pt);
         let r = pt.unmap(
             VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),

@@ -76,6 +76,10 @@ pub struct FrameMeta {
     /// Additional sharers of a PMD page-table page: 0 = private (Linux:
     /// `ptdesc->pt_share_count`, hugetlb PMD sharing).
     pt_share_count: AtomicU32,
+    /// The split page-table lock word of a page-table page: 0 free, 1 held (Linux:
+    /// `ptdesc->ptl`, the spinlock embedded in the page-table page's descriptor).
+    /// Only [`crate::paging`] touches it, through its `ptlock` module.
+    ptl: AtomicU32,
     /// Free-list successor, as an index into the metadata array (Linux: `page->lru`).
     /// Only meaningful with `BUDDY`; written under the allocator lock.
     pub(super) next: AtomicU32,
@@ -92,6 +96,7 @@ impl FrameMeta {
             flags: AtomicU32::new(0),
             order: AtomicU32::new(0),
             pt_share_count: AtomicU32::new(0),
+            ptl: AtomicU32::new(0),
             next: AtomicU32::new(0),
             prev: AtomicU32::new(0),
         }
@@ -180,6 +185,12 @@ impl FrameMeta {
     /// (Linux: `ptdesc_pmd_pts_count()`).
     pub fn pt_share_count(&self) -> u32 {
         self.pt_share_count.load(Ordering::Acquire)
+    }
+
+    /// The split page-table lock word (Linux: `ptlock_ptr(ptdesc)`); see
+    /// `paging::ptlock` for the protocol.
+    pub(crate) fn ptl_word(&self) -> &AtomicU32 {
+        &self.ptl
     }
 
     /// One more sharer; returns the new count (Linux: `ptdesc_pmd_pts_inc()`).

@@ -3,7 +3,8 @@
 //!
 //! Order of locks, as Linux's: the fault mutex of (file, index), the VMA's hugetlb
 //! lock (read), then — only to share a PD table — the file's i_mmap lock (read), and
-//! last the page-table lock. Pages are zeroed when they leave the pool; a shared
+//! last the PD page's split lock (Linux: `huge_pte_lock` → `pmd_lockptr`), taken
+//! inside the page-table calls. Pages are zeroed when they leave the pool; a shared
 //! mapping maps the page-cache page; a private mapping maps a private copy for
 //! writes (from the page cache if the file has the page, zeroed otherwise: hugetlb
 //! private mappings never add pages to the cache) and the cache page read-only for
@@ -28,7 +29,7 @@ fn va(x: usize) -> VirtAddr {
 /// `stable` keeps stable (a VMA read lock or the mmap lock). `access_error` was
 /// checked by the caller. The caller holds no page-table lock.
 pub fn hugetlb_fault(
-    pt: &crate::sync::Mutex<PageTableRoot>,
+    pt: &PageTableRoot,
     stable: &dyn VmaStable,
     vma: VmaRef,
     addr: usize,
@@ -51,7 +52,7 @@ pub fn hugetlb_fault(
     if want_pmd_share(vma, haddr) {
         huge_pmd_share(pt, vma, inode, haddr);
     }
-    let mut p = pt.lock();
+    let p = &*pt;
     let write = access == Access::Write;
     let ctx = Ctx {
         alloc: h.hstate().allocator(),
@@ -64,8 +65,8 @@ pub fn hugetlb_fault(
         write,
     };
     match p.translate(va(haddr)) {
-        None => ctx.no_page(&mut p),
-        Some(t) if write && !t.flags.contains(PageTableFlags::WRITABLE) => ctx.wp(&mut p, t),
+        None => ctx.no_page(p),
+        Some(t) if write && !t.flags.contains(PageTableFlags::WRITABLE) => ctx.wp(p, t),
         Some(_) => Ok(()),
     }
 }
@@ -133,7 +134,7 @@ impl Ctx<'_> {
     }
 
     /// Linux: `hugetlb_no_page`.
-    fn no_page(&self, p: &mut PageTableRoot) -> Result<(), FaultError> {
+    fn no_page(&self, p: &PageTableRoot) -> Result<(), FaultError> {
         let hb = self.size.bytes();
         if self
             .idx
@@ -223,7 +224,7 @@ impl Ctx<'_> {
     /// Linux: `hugetlb_wp` — a write to a read-only present page of a private mapping:
     /// reuse an exclusive private page, else copy (from the cache page or the shared
     /// private page) into a new one.
-    fn wp(&self, p: &mut PageTableRoot, t: Translation) -> Result<(), FaultError> {
+    fn wp(&self, p: &PageTableRoot, t: Translation) -> Result<(), FaultError> {
         let hb = self.size.bytes();
         let flags = self.vma.flags();
         let mut g = MmuGather::new(p);
@@ -262,8 +263,9 @@ impl Ctx<'_> {
 }
 
 fn copy_huge(alloc: &FrameAllocator, src: PhysAddr, dst: PhysAddr, bytes: usize) {
-    // SAFETY: `src` is a pool page mapped by us or held by the page cache (the
-    // page-table lock and the fault mutex keep it referenced); `dst` was just taken
+    // SAFETY: `src` is a pool page mapped by us or held by the page cache (the fault
+    // mutex and the hugetlb vma lock, which every hugetlb unmap and truncation takes
+    // for writing, keep it referenced); `dst` was just taken
     // from the pool and is ours alone; both blocks are `bytes` long in the direct map.
     unsafe {
         core::ptr::copy_nonoverlapping(alloc.phys_to_virt(src), alloc.phys_to_virt(dst), bytes)

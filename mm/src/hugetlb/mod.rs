@@ -336,12 +336,11 @@ pub fn fault_mutex(mapping: usize, idx: usize) -> &'static spin::Mutex<()> {
 // ---- address space registry ----------------------------------------------------------
 
 /// Page tables of an address space, shared with the registry below.
-pub type PtHandle = Arc<crate::sync::Mutex<PageTableRoot>>;
+pub type PtHandle = Arc<PageTableRoot>;
 
 /// The page tables of every address space with a hugetlb VMA, by mm id: what
 /// `svma->vm_mm` gives Linux's `huge_pmd_share`, truncation and `hugetlb_split`.
-static MMS: spin::Mutex<Vec<(u64, Weak<crate::sync::Mutex<PageTableRoot>>)>> =
-    spin::Mutex::new(Vec::new());
+static MMS: spin::Mutex<Vec<(u64, Weak<PageTableRoot>)>> = spin::Mutex::new(Vec::new());
 
 /// Records `pt` as the page tables of mm `id` (idempotent). ENOMEM if the registry
 /// cannot grow.

@@ -60,17 +60,12 @@ fn page_table_shareable(svma: VmaRef, vma: VmaRef, addr: usize, idx: usize) -> O
 /// Linux: `huge_pmd_share` — for a fault at `addr` in `vma` (a [`want_pmd_share`]
 /// VMA of file `inode`), under the file's i_mmap read lock: find another VMA mapping
 /// the same file page with a shareable PD table and, if our PDPT entry is still empty
-/// under our page-table lock, install that table and count the share. Returns whether
-/// it shared. The caller holds the VMA's hugetlb lock (read) and the fault mutex, and
-/// not the page-table lock (rank 6, taken here after i_mmap).
-pub fn huge_pmd_share(
-    pt: &crate::sync::Mutex<PageTableRoot>,
-    vma: VmaRef,
-    inode: &Inode,
-    addr: usize,
-) -> bool {
+/// under our `page_table_lock`, install that table and count the share. Returns
+/// whether it shared. The caller holds the VMA's hugetlb lock (read) and the fault
+/// mutex, and no page-table lock (rank 6, taken here after i_mmap).
+pub fn huge_pmd_share(pt: &PageTableRoot, vma: VmaRef, inode: &Inode, addr: usize) -> bool {
     let base = addr & !(PUD_SIZE - 1);
-    if pt.lock().pmd_table_at(va(base)).is_some() {
+    if pt.pmd_table_at(va(base)).is_some() {
         return false;
     }
     let idx = (addr - vma.start()) / PAGE_SIZE + vma.pgoff();
@@ -86,9 +81,9 @@ pub fn huge_pmd_share(
         let Some(spt) = mm_page_tables(svma.mm_id()) else {
             return true;
         };
-        // Another space's page-table lock, alone (we hold no other): the table it
-        // points at cannot be freed while we hold i_mmap (module docs).
-        let table = spt.lock().pmd_table_at(va(saddr & !(PUD_SIZE - 1)));
+        // Another space's PDPT entry, read without its lock: the table it points at
+        // cannot be freed while we hold i_mmap (module docs).
+        let table = spt.pmd_table_at(va(saddr & !(PUD_SIZE - 1)));
         match table {
             Some(t) => {
                 found = Some(t);
@@ -100,11 +95,9 @@ pub fn huge_pmd_share(
     let Some(table) = found else {
         return false;
     };
-    let mut p = pt.lock();
-    // Linux: re-check pud_none under the page-table lock.
-    if p.pmd_table_at(va(base)).is_some() {
-        return false;
-    }
+    let p = &*pt;
+    // Linux re-checks pud_none under the page-table lock: `share_pmd_table` does, and
+    // fails with `AlreadyMapped` if another fault linked a table meanwhile.
     // SAFETY: `table` is a PD table linked in another space (read under its lock);
     // it stays alive while we hold the i_mmap read lock, since every path that frees
     // or unlinks a hugetlb PD table holds it for writing (module docs). Same allocator:
@@ -119,7 +112,7 @@ pub fn huge_pmd_share(
 /// sharers keep their mappings), the whole interval queued for a flush in `g`.
 /// Returns how many were unshared. The caller holds the file's i_mmap lock for
 /// writing and flushes `g` before dropping it (`huge_pmd_unshare_flush`).
-pub fn unshare_range(pt: &mut PageTableRoot, start: usize, end: usize, g: &mut MmuGather) -> usize {
+pub fn unshare_range(pt: &PageTableRoot, start: usize, end: usize, g: &mut MmuGather) -> usize {
     let mut n = 0;
     let mut b = start & !(PUD_SIZE - 1);
     while b < end {
@@ -137,9 +130,11 @@ pub fn unshare_range(pt: &mut PageTableRoot, start: usize, end: usize, g: &mut M
 /// Linux: `__unmap_hugepage_range` for `[start, end)` (huge-page aligned) of a
 /// hugetlb VMA: shared tables are unshared, the rest is zapped. The caller holds the
 /// VMA's hugetlb lock and its file's i_mmap lock for writing.
-pub fn unmap_hugepage_range(pt: &mut PageTableRoot, start: usize, end: usize, g: &mut MmuGather) {
+pub fn unmap_hugepage_range(pt: &PageTableRoot, start: usize, end: usize, g: &mut MmuGather) {
     unshare_range(pt, start, end, g);
-    if let Err(e) = pt.unmap(va(start)..va(end), g) {
+    // The tables stay (Linux: `__unmap_hugepage_range` frees none): a truncation
+    // leaves the VMA in place, and munmap frees what no VMA reaches any more after.
+    if let Err(e) = pt.unmap_freeing(va(start)..va(end), crate::paging::FreeTables::Keep, g) {
         log::error!("hugetlb: unmap {start:#x}..{end:#x}: {e}");
     }
 }
@@ -166,9 +161,9 @@ pub fn hugetlb_split(vma: VmaRef, addr: usize) {
     let Some(pt) = mm_page_tables(vma.mm_id()) else {
         return;
     };
-    let mut p = pt.lock();
-    let mut g = MmuGather::new(&p);
-    unshare_range(&mut p, floor, ceil, &mut g);
+    let p = &*pt;
+    let mut g = MmuGather::new(p);
+    unshare_range(p, floor, ceil, &mut g);
     // Linux: flush_hugetlb_tlb_range before the i_mmap lock is dropped.
     g.finish();
 }
@@ -213,9 +208,9 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
                 return true;
             };
             let (start, end) = (v.start() + (s - vfirst) * hb, v.start() + (e - vfirst) * hb);
-            let mut p = pt.lock();
-            let mut g = MmuGather::new(&p);
-            unmap_hugepage_range(&mut p, start, end, &mut g);
+            let p = &*pt;
+            let mut g = MmuGather::new(p);
+            unmap_hugepage_range(p, start, end, &mut g);
             g.finish();
             true
         });
@@ -231,17 +226,11 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
 /// VMA's hugetlb lock and its file's i_mmap lock (both write), shared tables are
 /// unshared and the rest zapped, and the flush is done before i_mmap is dropped
 /// (Linux: `__unmap_hugepage_range_final`).
-pub fn unmap_vma_range(
-    pt: &crate::sync::Mutex<PageTableRoot>,
-    vma: VmaRef,
-    file: &File,
-    start: usize,
-    end: usize,
-) {
+pub fn unmap_vma_range(pt: &PageTableRoot, vma: VmaRef, file: &File, start: usize, end: usize) {
     let _vl = vma.hugetlb_vma_lock().write();
     let _w = hugetlbfs::i_mmap_of(file.inode()).lock_write();
-    let mut p = pt.lock();
-    let mut g = MmuGather::new(&p);
-    unmap_hugepage_range(&mut p, start, end, &mut g);
+    let p = &*pt;
+    let mut g = MmuGather::new(p);
+    unmap_hugepage_range(p, start, end, &mut g);
     g.finish();
 }

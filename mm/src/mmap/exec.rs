@@ -407,7 +407,7 @@ impl AddressSpace {
         vmg.target = Some(vma);
         g.vma_expand(&mut vmg)?;
         {
-            let mut pt = self.pt.lock();
+            let pt = &*self.pt;
             let mut tlb = MmuGather::new(&pt);
             let r = pt.move_range(
                 va(old_start),

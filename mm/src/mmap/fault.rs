@@ -13,7 +13,7 @@ use super::{AddressSpace, pte_prot, va};
 use crate::errno::Errno;
 use crate::file;
 use crate::frame::{FrameAllocator, FrameFlags};
-use crate::paging::{MmuGather, PageSize, PageTableFlags, PageTableRoot, Translation};
+use crate::paging::{MapError, MmuGather, PageSize, PageTableFlags, PageTableRoot, Translation};
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaMergeStruct, VmaRef, VmaStable};
 
 /// Kind of access that faulted (Linux: `FAULT_FLAG_WRITE`, `X86_PF_INSTR`).
@@ -143,6 +143,16 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A fault's install that lost a race (`AlreadyMapped`: another CPU mapped or changed
+/// the PTE first) succeeded as far as the fault is concerned: the access is retried
+/// and finds the other CPU's page. Anything else is out of memory.
+fn raced_ok(r: Result<(), MapError>) -> Result<(), FaultError> {
+    match r {
+        Ok(()) | Err(MapError::AlreadyMapped) => Ok(()),
+        Err(_) => Err(FaultError::Oom),
+    }
+}
+
 impl AddressSpace {
     /// How this address space's faults have found their VMAs so far.
     pub fn fault_stats(&self) -> FaultStats {
@@ -219,8 +229,7 @@ impl AddressSpace {
             }
             if prepared {
                 bump(&c.success);
-                let mut pt = self.pt.lock();
-                return self.do_fault(&vg, vma, addr, access, &mut pt);
+                return self.do_fault(&vg, vma, addr, access, &self.pt);
             }
             // VM_FAULT_RETRY: drop the VMA lock before waiting for the mmap lock.
             bump(&c.retry);
@@ -264,8 +273,7 @@ impl AddressSpace {
         if crate::hugetlb::fault::is_hugetlb(vma) {
             return crate::hugetlb::fault::hugetlb_fault(&self.pt, &g, vma, addr, access);
         }
-        let mut pt = self.pt.lock();
-        self.do_fault(&g, vma, addr, access, &mut pt)
+        self.do_fault(&g, vma, addr, access, &self.pt)
     }
 
     /// Grow a GROWSDOWN VMA down to `addr` (Linux: `expand_downwards`): the new start
@@ -312,13 +320,20 @@ impl AddressSpace {
     }
 
     /// Linux: `handle_pte_fault` and the fault kinds below it.
+    ///
+    /// The PTE is read without a lock (Linux: `vmf->orig_pte = ptep_get_lockless`),
+    /// the new page is prepared with no lock held, and the install re-checks the PTE
+    /// under its table's lock (`pte_same`, or the slot still empty): if another CPU
+    /// got there first (the same page faulted twice, or zapped meanwhile) the
+    /// prepared page is dropped and the fault returns success, and the access is
+    /// simply retried, as Linux's handlers do.
     fn do_fault(
         &self,
         stable: &dyn VmaStable,
         vma: VmaRef,
         addr: usize,
         access: Access,
-        pt: &mut PageTableRoot,
+        pt: &PageTableRoot,
     ) -> Result<(), FaultError> {
         let page = addr & !(PAGE_SIZE - 1);
         let flags = vma.flags();
@@ -357,7 +372,7 @@ impl AddressSpace {
         match cur {
             // Linux: do_anonymous_page — zero page for reads, a fresh frame for writes.
             None if !write => self.map_page(pt, page, self.zero, pte_prot(flags, false)),
-            None => self.cow_into_new(pt, page, None, flags, false),
+            None => self.cow_into_new(pt, page, None, None, flags),
             Some(t) => self.wp(pt, page, t, flags, write),
         }
     }
@@ -369,7 +384,7 @@ impl AddressSpace {
     /// leaves nothing behind, not even a page in the page cache.
     fn file_fault(
         &self,
-        pt: &mut PageTableRoot,
+        pt: &PageTableRoot,
         inode: &file::Inode,
         idx: usize,
         page: usize,
@@ -404,14 +419,13 @@ impl AddressSpace {
         let Some(new) = cow else {
             // Linux: do_read_fault maps the cache page read-only in a private mapping;
             // do_shared_fault maps it writable if the VMA is.
-            pt.map_reserved(
+            raced_ok(pt.map_reserved(
                 va(page)..va(page + PAGE_SIZE),
                 pc,
                 PageSize::Size4K,
                 pte_prot(flags, shared),
                 reserved,
-            )
-            .map_err(|_| FaultError::Oom)?;
+            ))?;
             if shared && write {
                 file::mark_dirty(self.alloc, pc);
             }
@@ -420,14 +434,11 @@ impl AddressSpace {
         // Linux: do_cow_fault — the private copy of the cache page.
         self.fill_anon(new, Some(pc));
         let prot = pte_prot(flags, true);
-        if pt
-            .map_frame_reserved(va(page), new, PageSize::Size4K, prot, reserved)
-            .is_err()
-        {
+        let r = pt.map_frame_reserved(va(page), new, PageSize::Size4K, prot, reserved);
+        if r.is_err() {
             let _ = self.alloc.put_frame(new);
-            return Err(FaultError::Oom);
         }
-        Ok(())
+        raced_ok(r)
     }
 
     /// A fault on a present PTE: spurious unless it is a write to a read-only one
@@ -435,7 +446,7 @@ impl AddressSpace {
     /// [`wp_can_reuse_anon`]).
     fn wp(
         &self,
-        pt: &mut PageTableRoot,
+        pt: &PageTableRoot,
         page: usize,
         t: Translation,
         flags: VmFlags,
@@ -446,56 +457,74 @@ impl AddressSpace {
         }
         let m = self.alloc.meta(t.frame);
         if m.is_some_and(wp_can_reuse_anon) {
+            // Linux: wp_page_reuse, under the PTE lock after pte_same; a PTE changed
+            // meanwhile (zapped, replaced) is left alone and the access retried.
             let mut g = MmuGather::new(pt);
-            pt.protect(
-                va(page)..va(page + PAGE_SIZE),
-                pte_prot(flags, true),
-                &mut g,
-            )
-            .map_err(|_| FaultError::Oom)?;
+            let r = pt.protect_leaf_if_same(va(page), &t, pte_prot(flags, true), &mut g);
             g.finish();
+            return r.map(|_| ()).map_err(|_| FaultError::Oom);
+        }
+        let Some(m) = m.filter(|m| !m.flags().contains(FrameFlags::ZERO)) else {
+            return self.cow_into_new(pt, page, None, Some(&t), flags);
+        };
+        // Linux: do_wp_page takes a reference on the old page under the PTE lock
+        // (`folio_get`), so the copy reads a page nobody can free under it even if a
+        // MADV_DONTNEED on another CPU zaps the PTE meanwhile.
+        let pinned = pt.with_leaf_locked(va(page), |cur| {
+            let ad = PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
+            let same = cur.is_some_and(|c| c.frame == t.frame && c.flags - ad == t.flags - ad);
+            if same {
+                m.get();
+            }
+            same
+        });
+        if !pinned {
             return Ok(());
         }
-        let src = m
-            .filter(|m| !m.flags().contains(FrameFlags::ZERO))
-            .map(|_| t.frame);
-        self.cow_into_new(pt, page, src, flags, true)
+        let r = self.cow_into_new(pt, page, Some(t.frame), Some(&t), flags);
+        let _ = self.alloc.put_frame(t.frame);
+        r
     }
 
-    /// Install a new private anonymous page at `page`, copied from `src` (or zeroed),
-    /// replacing the current PTE if `replace`.
+    /// Install a new private anonymous page at `page`, copied from `src` (or zeroed):
+    /// into an empty PTE (`replace` = `None`), or in place of the leaf `replace` if it
+    /// is still there (Linux: `wp_page_copy`'s `pte_same` under the PTE lock).
     fn cow_into_new(
         &self,
-        pt: &mut PageTableRoot,
+        pt: &PageTableRoot,
         page: usize,
         src: Option<PhysAddr>,
+        replace: Option<&Translation>,
         flags: VmFlags,
-        replace: bool,
     ) -> Result<(), FaultError> {
         let new = self.alloc.alloc_zeroed(0).map_err(|_| FaultError::Oom)?;
         self.fill_anon(new, src);
         let prot = pte_prot(flags, true);
-        let r = if replace {
+        let r = if let Some(old) = replace {
             // Linux: wp_page_copy() swaps the PTE in place, so no table page is needed.
             let mut g = MmuGather::new(pt);
-            let r = pt.replace_frame(va(page), new, prot, &mut g);
+            let r = pt.replace_frame_if_same(va(page), old, new, prot, &mut g);
             g.finish();
-            r
+            match r {
+                Ok(true) => Ok(()),
+                // Another CPU changed the PTE first: ours is not needed.
+                Ok(false) => Err(MapError::AlreadyMapped),
+                Err(e) => Err(e),
+            }
         } else {
             pt.map_frame(va(page), new, PageSize::Size4K, prot)
         };
         if r.is_err() {
             let _ = self.alloc.put_frame(new);
-            return Err(FaultError::Oom);
         }
-        Ok(())
+        raced_ok(r)
     }
 
     /// Makes the fresh, zeroed frame `new` a private anonymous page holding a copy of
     /// `src` (Linux: `copy_mc_user_highpage` + `__folio_set_anon`).
     fn fill_anon(&self, new: PhysAddr, src: Option<PhysAddr>) {
         if let Some(s) = src {
-            // SAFETY: `s` is a frame mapped by us or held by the page cache (we hold the page-table lock, so it stays referenced) and `new` is ours alone; both are reachable through the direct map and one page long.
+            // SAFETY: `s` is a frame we hold a reference on (`wp` took one under the PTE lock) or one the page cache holds, so it is not freed while we read; `new` is ours alone; both are reachable through the direct map and one page long.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.alloc.phys_to_virt(s),
@@ -513,13 +542,12 @@ impl AddressSpace {
 
     fn map_page(
         &self,
-        pt: &mut PageTableRoot,
+        pt: &PageTableRoot,
         page: usize,
         pa: PhysAddr,
         prot: PageTableFlags,
     ) -> Result<(), FaultError> {
-        pt.map(va(page)..va(page + PAGE_SIZE), pa, PageSize::Size4K, prot)
-            .map_err(|_| FaultError::Oom)
+        raced_ok(pt.map(va(page)..va(page + PAGE_SIZE), pa, PageSize::Size4K, prot))
     }
 
     /// Is `[addr, addr + len)` inside the user half (Linux: `access_ok()`, i.e.
@@ -546,10 +574,10 @@ impl AddressSpace {
             let src = &data[done..done + n];
             self.with_user_page(a, Access::Write, |p| {
                 // SAFETY: `p` points at byte `a % PAGE_SIZE` of a frame mapped writable
-                // at `a`'s page, and `n` bytes stay within that page. The page-table lock
-                // is held for the whole copy, and frames are freed only after their PTE
-                // was cleared under that lock: the frame cannot be freed and reused by
-                // someone else while we write.
+                // at `a`'s page, and `n` bytes stay within that page. The lock of the
+                // PTE's table is held for the whole copy, and frames are freed only after
+                // their PTE was cleared under that lock: the frame cannot be freed and
+                // reused by someone else while we write.
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p, n) }
             })?;
             done += n;
@@ -570,7 +598,7 @@ impl AddressSpace {
             let dst = &mut buf[done..done + n];
             self.with_user_page(a, Access::Read, |p| {
                 // SAFETY: as in `copy_to_user`: `p..p + n` lies in a frame mapped at `a`'s
-                // page, kept from being freed by the page-table lock held across the copy.
+                // page, kept from being freed by its PTE's table lock held across the copy.
                 unsafe { core::ptr::copy_nonoverlapping(p.cast_const(), dst.as_mut_ptr(), n) }
             })?;
             done += n;
@@ -580,8 +608,8 @@ impl AddressSpace {
 
     /// Run `f` on a direct-map pointer to `addr`'s byte in the frame mapped there, once
     /// the mapping permits `access` (faulting as the MMU would if the PTE is absent or
-    /// lacks the permission). The translation and `f` run under one hold of the
-    /// page-table lock: an unmap, MADV_DONTNEED or copy-on-write replacing the PTE
+    /// lacks the permission). The translation and `f` run under one hold of the lock
+    /// of the PTE's table: an unmap, MADV_DONTNEED or copy-on-write replacing the PTE
     /// cannot free the frame in between (Linux pins the page with GUP for the same
     /// reason; here the copy is short enough to hold the lock instead).
     fn with_user_page(
@@ -602,17 +630,30 @@ impl AddressSpace {
         // access possible, so the loop ends as soon as no one races it.
         loop {
             {
-                let pt = self.pt.lock();
-                if let Some(t) = pt.translate(va(addr & !(PAGE_SIZE - 1))) {
-                    let ok = t.flags.contains(PageTableFlags::PRESENT)
-                        && (access != Access::Write || t.flags.contains(PageTableFlags::WRITABLE));
-                    if ok {
-                        if let Some(f) = f.take() {
+                // The VMA's read lock (or the mmap read lock) keeps the tables of
+                // `addr` from being freed while we walk them; the leaf's table lock
+                // keeps the frame mapped (so referenced) while `f` copies.
+                let vg = self.mm.lock_vma_under_rcu(addr);
+                let mg = if vg.is_none() {
+                    Some(self.mm.read_lock())
+                } else {
+                    None
+                };
+                let mapped = mg.as_ref().map_or(true, |g| g.vma_lookup(addr).is_some());
+                let done = mapped
+                    && self.pt.with_leaf_locked(va(addr & !(PAGE_SIZE - 1)), |t| {
+                        let Some(t) = t else { return false };
+                        let ok = t.flags.contains(PageTableFlags::PRESENT)
+                            && (access != Access::Write
+                                || t.flags.contains(PageTableFlags::WRITABLE));
+                        if ok && let Some(f) = f.take() {
                             // SAFETY: `t.phys` is the start of `addr`'s 4 KiB page inside the mapped frame (of any page size); the offset is below PAGE_SIZE, so the pointer stays inside that frame's direct-map window.
                             f(unsafe { self.alloc.phys_to_virt(t.phys).add(addr % PAGE_SIZE) });
                         }
-                        return Ok(());
-                    }
+                        ok
+                    });
+                if done {
+                    return Ok(());
                 }
             }
             self.handle_fault(addr, access)?;

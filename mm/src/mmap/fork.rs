@@ -59,7 +59,7 @@ impl AddressSpace {
     ///
     /// [`MmHooks::fatal_signal_pending`]: crate::vma::MmHooks::fatal_signal_pending
     pub fn fork(&self) -> Result<AddressSpace, Errno> {
-        let kernel = self.pt.lock().kernel_pml4();
+        let kernel = self.pt.kernel_pml4();
         // SAFETY: `kernel` is the kernel PML4 this space's own root was built from (or
         // none), under the contract of `PageTableRoot::new` its creator vouched for: a
         // live PML4 reachable through the same allocator's direct map whose upper-half
@@ -116,15 +116,15 @@ impl AddressSpace {
         if !vma_needs_copy(dst, src) {
             return Ok(());
         }
-        // Linux takes the child's page-table lock, then the parent's with
-        // `spin_lock_nested(.., SINGLE_DEPTH_NESTING)`: two locks of one class, in an
-        // order no one else can invert (the child is not reachable yet).
-        let mut dpt = child.pt.lock();
-        let mut spt = self.pt.lock_nested();
+        // Linux holds the child's PTE lock and, nested, the parent's; here the copy
+        // takes one table lock at a time (`paging::copy`): the parent's VMA is
+        // write-locked and the child is not reachable yet.
+        let dpt = &*child.pt;
+        let spt = &*self.pt;
         if src.flags().contains(VmFlags::HUGETLB) {
-            return copy_hugetlb_page_range(&mut dpt, &mut spt, dst, src);
+            return copy_hugetlb_page_range(dpt, spt, dst, src);
         }
-        copy_range(&mut dpt, &mut spt, src, src.start(), src.end())
+        copy_range(dpt, spt, src, src.start(), src.end())
     }
 }
 
@@ -132,8 +132,8 @@ impl AddressSpace {
 /// `copy_present_pte`), flushing the parent's write-protected entries at the end
 /// (Linux: `flush_tlb_mm(oldmm)` once `dup_mmap` is done; per VMA here).
 fn copy_range(
-    dpt: &mut PageTableRoot,
-    spt: &mut PageTableRoot,
+    dpt: &PageTableRoot,
+    spt: &PageTableRoot,
     src: VmaRef,
     start: usize,
     end: usize,
@@ -159,8 +159,8 @@ fn copy_range(
 /// (`huge_ptep_set_wrprotect`). The hugetlb reservation and `hugetlb_vma_lock` rules
 /// of the real function belong to the hugetlb layer and are not modelled here.
 pub(crate) fn copy_hugetlb_page_range(
-    dpt: &mut PageTableRoot,
-    spt: &mut PageTableRoot,
+    dpt: &PageTableRoot,
+    spt: &PageTableRoot,
     dst: VmaRef,
     src: VmaRef,
 ) -> Result<(), Errno> {

@@ -343,7 +343,7 @@ impl AddressSpace {
                 }
                 if let Err(e) = g.vma_link(v) {
                     // A legacy hook may have mapped PFNs into the range.
-                    self.zap(addr, end)?;
+                    self.zap_unmapped(g, addr, end)?;
                     g.vm_area_free(v);
                     return Err(e);
                 }

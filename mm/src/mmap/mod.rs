@@ -35,10 +35,10 @@
 //!
 //! # Locking
 //! In the order of [`crate::sync`]: syscalls take the mmap write lock, write-lock
-//! each VMA they change, and only then take the page-table lock (the `sync::Mutex`
-//! around [`PageTableRoot`]) for each zap or protect, never across a VMA lock. The
+//! each VMA they change, and only then take page-table locks (split per table, see
+//! [`crate::paging`]) for each zap or protect, never across a VMA lock. The
 //! fault fast path takes a VMA read lock ([`Mm::lock_vma_under_rcu`]) and then the
-//! page-table lock; a first anonymous write prepares the anon_vma under a read
+//! lock of the one page table it installs into; a first anonymous write prepares the anon_vma under a read
 //! trylock of the mmap lock, and a fault that cannot use the fast path retries under
 //! the mmap *read* lock. Only stack growth takes the mmap write lock (see
 //! `handle_fault`).
@@ -76,8 +76,8 @@ pub use validate::validate_i_mmap;
 
 use crate::errno::Errno;
 use crate::frame::FrameAllocator;
-use crate::paging::{MmuGather, PageTableFlags, PageTableRoot, Translation};
-use crate::vma::{Mm, PAGE_SIZE, VmFlags, VmOperations, VmaRef};
+use crate::paging::{FreeTables, MmuGather, PageTableFlags, PageTableRoot, Translation};
+use crate::vma::{Mm, MmWriteGuard, PAGE_SIZE, VmFlags, VmOperations, VmaRef};
 
 /// Linux x86_64 `TASK_SIZE_MAX` (47-bit user space minus the guard page).
 pub const TASK_SIZE: usize = 0x7fff_ffff_f000;
@@ -147,7 +147,7 @@ pub struct AddressSpace {
     mm: Mm,
     /// Shared with [`crate::hugetlb`]'s registry, which finds it from a VMA's mm id
     /// (PMD sharing, truncation and the split need another space's tables).
-    pt: Arc<crate::sync::Mutex<PageTableRoot>>,
+    pt: Arc<PageTableRoot>,
     alloc: &'static FrameAllocator,
     zero: PhysAddr,
     layout: MmLayout,
@@ -225,23 +225,37 @@ fn vm_start_gap(v: VmaRef, gap: usize) -> usize {
     }
 }
 
-/// Zap `[start, end)` in page tables the caller has locked (Linux:
-/// `zap_page_range_single` / `unmap_region`).
+/// Zap `[start, end)` (Linux: `zap_page_range_single` / `unmap_region`), each page
+/// table under its own lock, freeing the emptied tables `free` allows.
 ///
 /// Fails only on a range the page tables refuse (outside the user half, cutting a huge
 /// page or touching a shared PMD table); nothing changes then. Callers check the range
 /// before they change any VMA, so a failure here is a bug they must report, never
 /// swallow: a VMA removed while its PTEs stay mapped would leak the pages' contents to
 /// the next mapping of that range.
-fn zap_locked(pt: &mut PageTableRoot, start: usize, end: usize) -> Result<(), Errno> {
+fn zap_locked(pt: &PageTableRoot, start: usize, end: usize, free: FreeTables) -> Result<(), Errno> {
     if start >= end {
         return Ok(());
     }
     let mut g = MmuGather::new(pt);
-    let r = pt.unmap(va(start)..va(end), &mut g);
+    let r = pt.unmap_freeing(va(start)..va(end), free, &mut g);
     g.finish();
     r.map_err(Errno::from)
 }
+/// The tables an unmap of `[start, end)` may free: those between the VMA before it and
+/// the VMA after it (Linux: `free_pgtables`' floor and ceiling). VMAs overlapping the
+/// range are the caller's own (write-locked or detached) and do not count.
+fn free_bounds(g: &MmWriteGuard<'_>, start: usize, end: usize) -> FreeTables {
+    FreeTables::Within {
+        floor: g.vma_prev_of(start).map_or(0, |p| p.end() as u64),
+        ceiling: g
+            .vma_next_from(end)
+            .map_or(crate::paging::USER_END + PAGE_SIZE as u64, |n| {
+                n.start() as u64
+            }),
+    }
+}
+
 impl AddressSpace {
     /// A new, empty address space whose page tables and pages come from `alloc`
     /// (Linux: `mm_alloc` + `pgd_alloc`). The kernel half of the PML4 is empty; see
@@ -290,11 +304,7 @@ impl AddressSpace {
         }
         Ok(AddressSpace {
             mm,
-            pt: Arc::try_new(crate::sync::Mutex::new(
-                crate::sync::lockdep::LockClass::PageTable,
-                pt,
-            ))
-            .map_err(|_| Errno::ENOMEM)?,
+            pt: Arc::try_new(pt).map_err(|_| Errno::ENOMEM)?,
             alloc,
             zero,
             layout,
@@ -317,15 +327,16 @@ impl AddressSpace {
     }
     /// Physical address of the PML4 (CR3), for the context switch.
     pub fn root_phys(&self) -> PhysAddr {
-        self.pt.lock().root_phys()
+        self.pt.root_phys()
     }
-    /// Run `f` on the page tables (activation, diagnostics). Takes the page-table lock.
-    pub fn with_page_tables<R>(&self, f: impl FnOnce(&mut PageTableRoot) -> R) -> R {
-        f(&mut self.pt.lock())
+    /// Run `f` on the page tables (activation, diagnostics). Each page-table
+    /// operation takes the locks it needs.
+    pub fn with_page_tables<R>(&self, f: impl FnOnce(&PageTableRoot) -> R) -> R {
+        f(&self.pt)
     }
     /// The mapping of `addr` in the page tables, if any.
     pub fn translate(&self, addr: usize) -> Option<Translation> {
-        self.pt.lock().translate(va(addr))
+        self.pt.translate(va(addr))
     }
     /// Linux: `mm->map_count`.
     pub fn map_count(&self) -> usize {
@@ -349,11 +360,20 @@ impl AddressSpace {
         self.start_stack.store(addr, Ordering::Relaxed);
     }
 
-    /// Zap `[start, end)` under the page-table lock (see [`zap_locked`]). The
-    /// page-table lock is the innermost lock: callers hold the mmap lock and have
-    /// write-locked or detached the VMAs of the range, and never hold it here.
+    /// Zap the pages of `[start, end)` and keep the page tables (Linux:
+    /// `zap_page_range_single`, MADV_DONTNEED): faults may run in the range meanwhile.
+    /// Page-table locks are innermost: callers hold the mmap lock and never a
+    /// page-table lock here.
     fn zap(&self, start: usize, end: usize) -> Result<(), Errno> {
-        zap_locked(&mut self.pt.lock(), start, end)
+        zap_locked(&self.pt, start, end, FreeTables::Keep)
+    }
+
+    /// Zap `[start, end)`, whose VMAs are detached or write-locked, and free the
+    /// tables left empty that no other VMA reaches into (Linux: `unmap_region` →
+    /// `free_pgtables` with the previous VMA's end as floor and the next one's start
+    /// as ceiling).
+    fn zap_unmapped(&self, g: &MmWriteGuard<'_>, start: usize, end: usize) -> Result<(), Errno> {
+        zap_locked(&self.pt, start, end, free_bounds(g, start, end))
     }
 
     /// Would the page tables accept a zap or protect of `[start, end)`? Checked before
@@ -361,7 +381,6 @@ impl AddressSpace {
     /// tables pass: the hugetlb paths unshare them first.
     fn check_pt_range(&self, start: usize, end: usize) -> Result<(), Errno> {
         self.pt
-            .lock()
             .check_modify_range_unsharing(va(start)..va(end))
             .map_err(Errno::from)
     }
@@ -420,7 +439,7 @@ impl Drop for AddressSpace {
         // table of ours while it goes (Linux: unmap_vmas → __unmap_hugepage_range_final).
         self.zap_hugetlb_vmas(0, ts);
         crate::hugetlb::unregister_mm(self.mm.id());
-        if let Err(e) = zap_locked(&mut self.pt.lock(), 0, ts) {
+        if let Err(e) = zap_locked(&self.pt, 0, ts, FreeTables::ALL) {
             log::error!("exit_mmap: zap failed: {e}");
         }
     }

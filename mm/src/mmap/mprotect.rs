@@ -159,10 +159,10 @@ impl AddressSpace {
         let _im = file
             .as_ref()
             .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
-        let mut pt = self.pt.lock();
+        let pt = &*self.pt;
         let mut gather = MmuGather::new(&pt);
         if file.is_some() {
-            crate::hugetlb::share::unshare_range(&mut pt, start, end, &mut gather);
+            crate::hugetlb::share::unshare_range(pt, start, end, &mut gather);
         }
         let r = pt.protect(va(start)..va(end), pte, &mut gather);
         gather.finish();

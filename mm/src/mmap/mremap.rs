@@ -11,6 +11,7 @@
 use super::{AddressSpace, page_align, va, zap_locked};
 use crate::errno::Errno;
 use crate::mmap::consts::*;
+use crate::paging::FreeTables;
 use crate::paging::PageTableRoot;
 use crate::vma::{MmWriteGuard, PAGE_SIZE, VmFlags, VmaRef};
 
@@ -389,13 +390,19 @@ impl AddressSpace {
             let _im = hfile
                 .as_ref()
                 .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
-            let mut pt = self.pt.lock();
+            let pt = &*self.pt;
             if hfile.is_some() {
                 let mut gather = crate::paging::MmuGather::new(&pt);
-                crate::hugetlb::share::unshare_range(&mut pt, r.addr, r.addr + moved, &mut gather);
+                crate::hugetlb::share::unshare_range(pt, r.addr, r.addr + moved, &mut gather);
                 gather.finish();
             }
-            move_page_tables(&mut pt, r.addr, new_addr, moved)
+            // The tables either range may leave empty go only if no other VMA reaches
+            // into them (faults on neighbours run meanwhile).
+            let free = (
+                super::free_bounds(g, r.addr, r.addr + moved),
+                super::free_bounds(g, new_addr, new_addr + moved),
+            );
+            move_page_tables(pt, r.addr, new_addr, moved, free)
         };
         if let Err(e) = pt_moved {
             // Nothing of the source changed: drop the copy and keep the original.
@@ -432,10 +439,11 @@ impl AddressSpace {
 /// (which puts the old references and flushes the TLB). If a page-table page cannot
 /// be allocated, the entries made so far are zapped and the source is untouched.
 fn move_page_tables(
-    pt: &mut PageTableRoot,
+    pt: &PageTableRoot,
     old: usize,
     new: usize,
     len: usize,
+    (free_old, free_new): (FreeTables, FreeTables),
 ) -> Result<(), Errno> {
     let mut off = 0;
     while off < len {
@@ -452,16 +460,16 @@ fn move_page_tables(
             || !(new + off).is_multiple_of(size)
             || off + size > len
         {
-            zap_locked(pt, new, new + off)?;
+            zap_locked(pt, new, new + off, free_new)?;
             return Err(Errno::EINVAL);
         }
         let flags = t.flags & crate::paging::LEAF_FLAGS;
         let at = va(new + off);
         if let Err(e) = pt.map(at..at + size as u64, t.frame, t.size, flags) {
-            zap_locked(pt, new, new + off.min(len))?;
+            zap_locked(pt, new, new + off.min(len), free_new)?;
             return Err(Errno::from(e));
         }
         off += size;
     }
-    zap_locked(pt, old, old + len)
+    zap_locked(pt, old, old + len, free_old)
 }

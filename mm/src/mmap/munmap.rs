@@ -58,7 +58,7 @@ impl AddressSpace {
             start,
             end,
         );
-        let zapped = self.zap(start, end);
+        let zapped = self.zap_unmapped(g, start, end);
         g.remove_vmas(d);
         zapped
     }

@@ -17,7 +17,7 @@ use core::ops::Range;
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{ENTRIES, Kind, Pte, Table};
-use super::table::{Stash, user_range};
+use super::table::{FreeTables, Stash, user_range};
 use super::tlb::MmuGather;
 use super::{Level, MapError, PTE_ACCOUNTED, PageSize, PageTableFlags as F, PageTableRoot};
 use crate::frame::FrameFlags;
@@ -62,8 +62,8 @@ impl PageTableRoot {
     /// Errors: `OutOfMemory` part-way (see the module docs), or, with nothing changed,
     /// the range checks of [`unmap`](Self::unmap) and `WrongAllocator`.
     pub fn copy_range_to(
-        &mut self,
-        dst: &mut PageTableRoot,
+        &self,
+        dst: &PageTableRoot,
         range: Range<VirtAddr>,
         mode: CopyMode,
         g: &mut MmuGather,
@@ -81,6 +81,7 @@ impl PageTableRoot {
         let mut stats = CopyStats::default();
         let mut cx = CopyCx {
             dst,
+            src: self,
             stash: &mut stash,
             mode,
             g,
@@ -104,7 +105,7 @@ impl PageTableRoot {
     /// (`SharedTable`), or, with nothing changed, the range checks of
     /// [`unmap`](Self::unmap) on either range.
     pub fn move_range(
-        &mut self,
+        &self,
         old: VirtAddr,
         new: VirtAddr,
         len: u64,
@@ -138,7 +139,12 @@ impl PageTableRoot {
             }
             let need = self.plan_map(ns + off, ns + off + page, PageSize::Size4K)?;
             stash.top_up(need)?;
-            let pte = t.take(i);
+            // The old PTE lock, then the new one, never both (exec's space is its
+            // own: no fault can see the page missing in between).
+            let pte = {
+                let _l = self.lock_table(t, Level::Pt);
+                t.take(i)
+            };
             g.flush_leaf(os + off, PageSize::Size4K, pte);
             self.install(ns + off, pte, PageSize::Size4K, &mut stash)?;
         }
@@ -150,7 +156,15 @@ impl PageTableRoot {
             (os, oe.min(ns))
         };
         if fs < fe {
-            self.zap_level(self.root_table(), Level::Pml4, 0, fs, fe, g);
+            // Exec's new space has no other user yet: every emptied table may go.
+            self.zap_level(
+                self.root_table(),
+                Level::Pml4,
+                0,
+                (fs, fe),
+                FreeTables::ALL,
+                g,
+            );
         }
         self.add_cpus_after_clear(g);
         Ok(())
@@ -159,7 +173,8 @@ impl PageTableRoot {
 
 /// The state of one copy walk.
 struct CopyCx<'a> {
-    dst: &'a mut PageTableRoot,
+    dst: &'a PageTableRoot,
+    src: &'a PageTableRoot,
     stash: &'a mut Stash,
     mode: CopyMode,
     g: &'a mut MmuGather,
@@ -194,7 +209,8 @@ impl CopyCx<'_> {
                 }
                 Kind::Table(pa) => {
                     // SAFETY: present non-leaf entry of a table reached from the root;
-                    // the source's page-table lock (`&mut PageTableRoot`) keeps it linked.
+                    // fork holds the source's mmap write lock and every source VMA's
+                    // write lock, so nothing frees source tables meanwhile.
                     let child = unsafe { table.child(pa) };
                     let Some(lower) = level.lower() else { continue };
                     if lower == Level::Pd && child.share_count() > 0 {
@@ -218,15 +234,23 @@ impl CopyCx<'_> {
         // Linux: the destination table comes first (`pte_alloc_map_lock`).
         let need = self.dst.plan_map(va, va + size.bytes(), size)?;
         self.stash.top_up(need)?;
-        let mut pte = table.load(i);
-        if self.mode.cow && pte.has(F::WRITABLE) {
-            // Linux: wrprotect_ptes() on the parent; the A/D bits the CPU sets meanwhile
-            // are kept by the compare-exchange.
-            let (old, _) = table.update(i, |p| Pte(p.0 & !F::WRITABLE.bits()));
-            self.g.flush_leaf(va, size, old);
-            self.stats.wrprotected += 1;
-            pte = Pte(old.0 & !F::WRITABLE.bits());
-        }
+        // The source leaf under its table's lock (Linux holds the source's and, nested,
+        // the destination's PTE lock together; here the destination's is taken by
+        // `install` after this one is dropped: the source VMA is write-locked, so the
+        // leaf cannot change in between).
+        let pte = {
+            let _l = self.src.lock_table(table, size.level());
+            let mut pte = table.load(i);
+            if self.mode.cow && pte.has(F::WRITABLE) {
+                // Linux: wrprotect_ptes() on the parent; the A/D bits the CPU sets
+                // meanwhile are kept by the compare-exchange.
+                let (old, _) = table.update(i, |p| Pte(p.0 & !F::WRITABLE.bits()));
+                self.g.flush_leaf(va, size, old);
+                self.stats.wrprotected += 1;
+                pte = Pte(old.0 & !F::WRITABLE.bits());
+            }
+            pte
+        };
         let mut clear = F::ACCESSED;
         if self.mode.shared {
             clear |= F::DIRTY;

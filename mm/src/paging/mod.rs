@@ -62,15 +62,21 @@
 //!
 //! # Locking
 //!
-//! Mutating operations take `&mut PageTableRoot`; the kernel serialises them with its own
-//! lock (Linux: `mmap_lock` + `page_table_lock`). Entries are read and written as atomics
-//! because the CPU sets accessed/dirty bits concurrently (Linux: `ptep_get_and_clear`,
-//! `ptep_test_and_clear_young`). A shared PD table is mutated by several spaces: callers
-//! serialise sharing, unsharing and mapping into it (Linux: `i_mmap_rwsem` and the
-//! hugetlb vma lock).
+//! Split page-table locks ([`ptlock`], Linux's `pte_lockptr`/`pmd_lockptr`/
+//! `page_table_lock`): every entry change takes the lock that covers the entry, one
+//! per PT page, one per PD page, the space's `page_table_lock` above; so faults on
+//! different 2 MiB regions never take the same lock. Walks down need none: tables are
+//! freed only when no VMA reaches into them ([`FreeTables`], Linux's `free_pgtables`
+//! floor and ceiling), under the memory manager's mmap write lock. Entries are read and
+//! written as atomics because the CPU sets accessed/dirty bits concurrently (Linux:
+//! `ptep_get_and_clear`, `ptep_test_and_clear_young`). A shared PD table has one lock
+//! for every space sharing it (it lives in the table page's metadata); sharing and
+//! unsharing are serialised by the callers (Linux: `i_mmap_rwsem` and the hugetlb vma
+//! lock).
 
 mod copy;
 mod entry;
+pub(crate) mod ptlock;
 mod share;
 mod space;
 mod table;
@@ -82,7 +88,7 @@ mod tests;
 pub use copy::{CopyMode, CopyStats};
 pub use entry::{PTE_ACCOUNTED, PTE_PROTNONE};
 pub use space::{MAX_CPUS, PageTableRoot};
-pub use table::{Leaf, Leaves, TableReservation, Translation, WalkResult};
+pub use table::{FreeTables, Leaf, Leaves, TableReservation, Translation, WalkResult};
 pub use tlb::{FlushKind, MmuGather, TLB_SINGLE_PAGE_FLUSH_CEILING};
 
 pub use x86_64::structures::paging::PageTableFlags;

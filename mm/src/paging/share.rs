@@ -86,7 +86,7 @@ impl PageTableRoot {
     /// `NotMapped` (other has no PD table there), `AlreadyMapped` (our PDPT entry is in
     /// use), `OutOfMemory` (our PDPT could not be allocated).
     pub fn share_pmd_with(
-        &mut self,
+        &self,
         va: VirtAddr,
         other: &PageTableRoot,
         other_va: VirtAddr,
@@ -108,11 +108,7 @@ impl PageTableRoot {
     /// `table` is a PD-level table page from this space's allocator, currently linked in
     /// some address space (so it is alive until our share is taken). Installing a page
     /// that is not a PD table would let the CPU interpret arbitrary memory as mappings.
-    pub unsafe fn share_pmd_table(
-        &mut self,
-        va: VirtAddr,
-        table: PhysAddr,
-    ) -> Result<(), MapError> {
+    pub unsafe fn share_pmd_table(&self, va: VirtAddr, table: PhysAddr) -> Result<(), MapError> {
         let va = check_pud_va(va)?;
         let alloc = self.allocator();
         let meta = alloc.meta(table).ok_or(MapError::NotMapped)?;
@@ -121,10 +117,17 @@ impl PageTableRoot {
         }
         let root = self.root_table();
         let i4 = Level::Pml4.index(va);
+        // PML4 and PDPT entries change under the page_table_lock (Linux: `huge_pmd_share`
+        // populates the PUD under `pud_lock`, which is `mm->page_table_lock`). The
+        // PDPT page is allocated first: a leaf allocation may run under the lock, but
+        // there is no reason to.
+        let spare = Table::alloc(alloc)?;
+        let _l = self.lock_table(root, Level::Pml4);
         let pdpt = match root.load(i4).kind(Level::Pml4) {
             Kind::Table(pa) => {
-                // SAFETY: `pa` was read from a present non-leaf PML4 entry of this space,
-                // whose tables stay linked while `&mut self` is held.
+                spare.free();
+                // SAFETY: `pa` was read from a present non-leaf PML4 entry of this space;
+                // upper tables are freed only by teardown of ranges no VMA covers.
                 let t = unsafe { root.child(pa) };
                 if t.load(Level::Pdpt.index(va)).kind(Level::Pdpt) != Kind::Empty {
                     return Err(MapError::AlreadyMapped);
@@ -132,11 +135,13 @@ impl PageTableRoot {
                 t
             }
             Kind::Empty => {
-                let t = Table::alloc(alloc)?;
-                root.store(i4, Pte(t.pa().as_u64() | TABLE_FLAGS.bits()));
-                t
+                root.store(i4, Pte(spare.pa().as_u64() | TABLE_FLAGS.bits()));
+                spare
             }
-            Kind::Leaf(_) => return Err(MapError::AlreadyMapped),
+            Kind::Leaf(_) => {
+                spare.free();
+                return Err(MapError::AlreadyMapped);
+            }
         };
         meta.pt_share_inc();
         pdpt.store(
@@ -149,12 +154,14 @@ impl PageTableRoot {
     /// Stops sharing the PD table covering the 1 GiB at `va` (Linux: `huge_pmd_unshare`):
     /// clears our PDPT entry, drops the share count and queues a flush of the whole
     /// 1 GiB in `g` (finish it before the table can be reused, Linux's
-    /// `huge_pmd_unshare_flush`). Frees our PDPT if that emptied it.
+    /// `huge_pmd_unshare_flush`). Our PDPT stays even if that emptied it, as Linux's
+    /// PUD table does: a fault elsewhere in the 512 GiB may be walking into it; the
+    /// unmap that follows frees it if no VMA is left under it.
     ///
     /// Returns `Ok(false)` and does nothing when the table is not shared (we are its only
     /// owner: unmap it normally). Errors: `Misaligned`, `OutOfRange`, `NotMapped` (no PD
     /// table there), `WrongAllocator`.
-    pub fn unshare_pmd(&mut self, va: VirtAddr, g: &mut MmuGather) -> Result<bool, MapError> {
+    pub fn unshare_pmd(&self, va: VirtAddr, g: &mut MmuGather) -> Result<bool, MapError> {
         let va = check_pud_va(va)?;
         if !core::ptr::eq(g.allocator(), self.allocator()) {
             return Err(MapError::WrongAllocator);
@@ -167,16 +174,18 @@ impl PageTableRoot {
         if meta.pt_share_count() == 0 {
             return Ok(false);
         }
-        pdpt.take(i);
-        meta.pt_share_dec();
+        {
+            let _l = self.lock_table(pdpt, Level::Pdpt);
+            if pdpt.load(i).kind(Level::Pdpt) != Kind::Table(table) {
+                return Ok(false);
+            }
+            pdpt.take(i);
+            meta.pt_share_dec();
+        }
         g.add_cpus(self.active_cpus());
         g.add_range(va, PageSize::Size2M);
         g.add_range(va + GIB - PageSize::Size2M.bytes(), PageSize::Size2M);
-        if pdpt.is_empty() {
-            let root = self.root_table();
-            root.take(Level::Pml4.index(va));
-            g.remove_table(va, pdpt.pa());
-        }
+        self.add_cpus_after_clear(g);
         Ok(true)
     }
 }

@@ -35,6 +35,9 @@ pub struct PageTableRoot {
     /// Shared with the space's gathers, which read it again at every flush.
     cpus: Arc<AtomicU64>,
     tlb: ArchTlb,
+    /// The lock of the PML4 and PDPT entries (Linux: `mm->page_table_lock`); PD and PT
+    /// entries have their table page's own lock (see [`super::ptlock`]).
+    pub(super) page_table_lock: crate::sync::Mutex<()>,
 }
 
 impl PageTableRoot {
@@ -69,6 +72,10 @@ impl PageTableRoot {
             kernel_pml4,
             cpus,
             tlb,
+            page_table_lock: crate::sync::Mutex::new(
+                crate::sync::lockdep::LockClass::PageTable,
+                (),
+            ),
         })
     }
 

@@ -31,6 +31,39 @@ pub struct WalkResult {
     pub entry: PageTableEntry,
 }
 
+/// Which tables an unmap may free once it has emptied them (Linux: the floor and
+/// ceiling of `free_pgtables`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeTables {
+    /// None: other CPUs may fault in the range meanwhile (MADV_DONTNEED under the mmap
+    /// read lock: Linux's `zap_page_range_single` leaves the tables too).
+    Keep,
+    /// Those whose whole span lies in `floor..ceiling`: the addresses between the
+    /// neighbouring VMAs, which no VMA covers, so no fault can be walking into them.
+    Within {
+        /// End of the previous VMA (0 if none).
+        floor: u64,
+        /// Start of the next VMA (the end of the user half if none).
+        ceiling: u64,
+    },
+}
+
+impl FreeTables {
+    /// Every emptied table (exclusive callers only).
+    pub const ALL: FreeTables = FreeTables::Within {
+        floor: 0,
+        ceiling: 1 << 47,
+    };
+
+    /// May a table spanning `start..end` go?
+    pub(super) fn allows(self, start: u64, end: u64) -> bool {
+        match self {
+            FreeTables::Keep => false,
+            FreeTables::Within { floor, ceiling } => floor <= start && end <= ceiling,
+        }
+    }
+}
+
 /// A mapped page as [`PageTableRoot::translate`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
@@ -70,6 +103,24 @@ pub(super) fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u6
         return Err(MapError::OutOfRange);
     }
     Ok((s, e))
+}
+
+/// Is `cur` (a leaf of `size`) the mapping `t` describes: same frame, same permission
+/// bits? Accessed and dirty bits do not count (the CPU sets them at will). Linux's
+/// `pte_same` compares the whole entry; ignoring A/D only spares a pointless retry.
+fn same_leaf(cur: Pte, size: PageSize, t: &Translation) -> bool {
+    let ad = F::ACCESSED | F::DIRTY;
+    align_down(cur.addr().as_u64(), size.bytes()) == t.frame.as_u64()
+        && visible_flags(cur) - ad == t.flags - ad
+}
+
+/// The entry bits `protect` installs for `flags` (PROT_NONE as [`PTE_PROTNONE`]).
+fn protect_bits(flags: F) -> u64 {
+    let mut prot = flags - F::ACCESSED - F::DIRTY;
+    if !prot.contains(F::PRESENT) {
+        prot |= PTE_PROTNONE;
+    }
+    prot.bits()
 }
 
 fn check_flags(flags: F) -> Result<(), MapError> {
@@ -122,7 +173,17 @@ impl Stash {
         Ok(())
     }
 
-    fn pop(&mut self) -> Result<Table, MapError> {
+    /// Gives back a page [`pop`](Self::pop) handed out but the map did not use (another
+    /// CPU installed the same table first).
+    pub(super) fn push(&mut self, t: Table) {
+        if let Some(h) = self.head {
+            t.store(0, Pte(h.pa().as_u64()));
+        }
+        self.head = Some(t);
+        self.len += 1;
+    }
+
+    pub(super) fn pop(&mut self) -> Result<Table, MapError> {
         match self.head {
             Some(t) => {
                 self.len -= 1;
@@ -317,7 +378,12 @@ impl PageTableRoot {
         Ok(need)
     }
 
-    /// Installs one leaf; tables in the way come from `stash`. The range was planned.
+    /// Installs one leaf; tables in the way come from `stash`. The range was planned,
+    /// but other CPUs may have changed the tables since (a concurrent fault on a
+    /// neighbouring page): a missing table is installed under the lock of the entry
+    /// that links it, re-checked there (Linux: `pmd_install`, `__pud_alloc`), and the
+    /// leaf is stored under its table's lock only if its slot is still empty
+    /// (`AlreadyMapped` otherwise: another fault mapped the page first).
     pub(super) fn install(
         &self,
         va: u64,
@@ -329,19 +395,41 @@ impl PageTableRoot {
         let mut level = Level::Pml4;
         while level != size.level() {
             let i = level.index(va);
+            let lower = level.lower().ok_or(MapError::AlreadyMapped)?;
             table = match table.load(i).kind(level) {
-                // SAFETY: present non-leaf entry, kept linked by `&mut self`.
+                // SAFETY: present non-leaf entry; tables are freed only once no VMA
+                // covers them (see `ptlock`), and the caller maps into a VMA it holds.
                 Kind::Table(pa) => unsafe { table.child(pa) },
                 Kind::Empty => {
                     let t = stash.pop()?;
-                    table.store(i, Pte(t.pa().as_u64() | TABLE_FLAGS.bits()));
-                    t
+                    let _l = self.lock_table(table, level);
+                    match table.load(i).kind(level) {
+                        Kind::Empty => {
+                            // Release store: the zeroed table is visible before the link.
+                            table.store(i, Pte(t.pa().as_u64() | TABLE_FLAGS.bits()));
+                            t
+                        }
+                        Kind::Table(pa) => {
+                            stash.push(t);
+                            // SAFETY: as above; read under the lock that covers it.
+                            unsafe { table.child(pa) }
+                        }
+                        Kind::Leaf(_) => {
+                            stash.push(t);
+                            return Err(MapError::AlreadyMapped);
+                        }
+                    }
                 }
                 Kind::Leaf(_) => return Err(MapError::AlreadyMapped),
             };
-            level = level.lower().ok_or(MapError::AlreadyMapped)?;
+            level = lower;
         }
-        table.store(level.index(va), leaf);
+        let i = level.index(va);
+        let _l = self.lock_table(table, level);
+        if table.load(i).0 != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        table.store(i, leaf);
         Ok(())
     }
 
@@ -354,7 +442,7 @@ impl PageTableRoot {
     /// range yet (`AlreadyMapped`; no silent replacement). Intermediate entries get
     /// [`TABLE_FLAGS`]. On any error, including `OutOfMemory`, nothing has changed.
     pub fn map(
-        &mut self,
+        &self,
         range: Range<VirtAddr>,
         phys: PhysAddr,
         size: PageSize,
@@ -369,7 +457,7 @@ impl PageTableRoot {
     /// `OutOfMemory` only if the tables changed since the reservation. Pages left over
     /// are freed.
     pub fn map_reserved(
-        &mut self,
+        &self,
         range: Range<VirtAddr>,
         phys: PhysAddr,
         size: PageSize,
@@ -380,7 +468,7 @@ impl PageTableRoot {
     }
 
     fn map_with(
-        &mut self,
+        &self,
         range: Range<VirtAddr>,
         phys: PhysAddr,
         size: PageSize,
@@ -407,16 +495,21 @@ impl PageTableRoot {
                 Some(m) if m.flags().contains(FrameFlags::HEAD) && m.refcount() > 0 => {
                     m.get();
                     m.inc_mapcount();
-                    true
+                    Some(m)
                 }
-                _ => false,
+                _ => None,
             };
-            self.install(
-                start + off,
-                leaf_pte(pa, size, flags, accounted),
-                size,
-                &mut stash,
-            )?;
+            let leaf = leaf_pte(pa, size, flags, accounted.is_some());
+            if let Err(e) = self.install(start + off, leaf, size, &mut stash) {
+                // Another CPU mapped this page between the plan and the install
+                // (single-page maps from the fault path; multi-page maps are made
+                // where nobody else can fault). Give back what was counted.
+                if let Some(m) = accounted {
+                    m.dec_mapcount();
+                    m.put();
+                }
+                return Err(e);
+            }
             off += size.bytes();
         }
         Ok(())
@@ -428,7 +521,7 @@ impl PageTableRoot {
     /// both back (Linux: `do_anonymous_page` -> `set_pte_at` + `folio_add_new_anon_rmap`).
     /// On error the caller keeps its reference.
     pub fn map_frame(
-        &mut self,
+        &self,
         va: VirtAddr,
         pa: PhysAddr,
         size: PageSize,
@@ -441,7 +534,7 @@ impl PageTableRoot {
     /// [`map_frame`](Self::map_frame) with the table pages of `r` (see
     /// [`map_reserved`](Self::map_reserved)).
     pub fn map_frame_reserved(
-        &mut self,
+        &self,
         va: VirtAddr,
         pa: PhysAddr,
         size: PageSize,
@@ -452,7 +545,7 @@ impl PageTableRoot {
     }
 
     fn map_frame_with(
-        &mut self,
+        &self,
         va: VirtAddr,
         pa: PhysAddr,
         size: PageSize,
@@ -475,8 +568,14 @@ impl PageTableRoot {
         }
         let need = self.plan_map(start, end, size)?;
         stash.top_up(need)?;
+        // Counted before the store: a zap on another CPU may clear the leaf the moment
+        // it is visible, and its decrement must find ours.
         m.inc_mapcount();
-        self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash)
+        let r = self.install(start, leaf_pte(pa, size, flags, true), size, &mut stash);
+        if r.is_err() {
+            m.dec_mapcount();
+        }
+        r
     }
 
     /// Replaces the leaf at `va` (of any size; `va` aligned to it, `pa` a block of the
@@ -491,13 +590,46 @@ impl PageTableRoot {
     /// or `pa` not aligned to the leaf's size), `OutOfRange`, `InvalidFlags`,
     /// `NotAllocated` (not an allocated block head of the leaf's size).
     pub fn replace_frame(
-        &mut self,
+        &self,
         va: VirtAddr,
         pa: PhysAddr,
         flags: F,
         g: &mut MmuGather,
     ) -> Result<(), MapError> {
-        let (table, i, size) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        self.replace_frame_if(va, None, pa, flags, g).map(|_| ())
+    }
+
+    /// [`replace_frame`](Self::replace_frame) only if the leaf at `va` still is
+    /// `expect` (frame and permission flags; Linux: `pte_same(vmf->orig_pte)` under the
+    /// PTE lock in `wp_page_copy`): `Ok(false)`, with nothing changed, if another CPU
+    /// changed it since the fault looked. The check and the swap are one critical
+    /// section of the leaf's table lock.
+    pub fn replace_frame_if_same(
+        &self,
+        va: VirtAddr,
+        expect: &Translation,
+        pa: PhysAddr,
+        flags: F,
+        g: &mut MmuGather,
+    ) -> Result<bool, MapError> {
+        self.replace_frame_if(va, Some(expect), pa, flags, g)
+    }
+
+    fn replace_frame_if(
+        &self,
+        va: VirtAddr,
+        expect: Option<&Translation>,
+        pa: PhysAddr,
+        flags: F,
+        g: &mut MmuGather,
+    ) -> Result<bool, MapError> {
+        let Some((table, i, size)) = self.find_leaf(va.as_u64()) else {
+            return if expect.is_some() {
+                Ok(false)
+            } else {
+                Err(MapError::NotMapped)
+            };
+        };
         let bytes = size.bytes();
         let end = va.as_u64().checked_add(bytes).ok_or(MapError::OutOfRange)?;
         let (start, _) = user_range(&(va..VirtAddr::new_truncate(end)), bytes)?;
@@ -510,12 +642,82 @@ impl PageTableRoot {
         if !m.flags().contains(FrameFlags::HEAD) || m.refcount() == 0 || m.order() != size.order() {
             return Err(MapError::NotAllocated);
         }
+        let _l = self.lock_table(table, size.level());
+        let cur = table.load(i);
+        if cur.kind(size.level()) != Kind::Leaf(size) {
+            // Zapped (and perhaps refilled with a table) since we looked.
+            return if expect.is_some() {
+                Ok(false)
+            } else {
+                Err(MapError::NotMapped)
+            };
+        }
+        if expect.is_some_and(|t| !same_leaf(cur, size, t)) {
+            return Ok(false);
+        }
         m.inc_mapcount();
         g.add_cpus(self.active_cpus());
         let (old, _) = table.update(i, |_| leaf_pte(pa, size, flags, true));
         g.remove_leaf(start, size, old);
         self.add_cpus_after_clear(g);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Gives the one leaf at `va` the protection `flags` if it still is `expect`
+    /// (Linux: `wp_page_reuse` under the PTE lock after `pte_same`); `Ok(false)` with
+    /// nothing changed otherwise. A flush of the old entry is queued in `g`.
+    pub fn protect_leaf_if_same(
+        &self,
+        va: VirtAddr,
+        expect: &Translation,
+        flags: F,
+        g: &mut MmuGather,
+    ) -> Result<bool, MapError> {
+        check_flags(flags)?;
+        let Some((table, i, size)) = self.find_leaf(va.as_u64()) else {
+            return Ok(false);
+        };
+        let _l = self.lock_table(table, size.level());
+        let cur = table.load(i);
+        if cur.kind(size.level()) != Kind::Leaf(size) || !same_leaf(cur, size, expect) {
+            return Ok(false);
+        }
+        let prot = protect_bits(flags);
+        g.add_cpus(self.active_cpus());
+        let (old, new) = table.update(i, |old| Pte((old.0 & PROTECT_KEEP) | prot));
+        if old != new && old.has(F::PRESENT) {
+            g.flush_leaf(align_down(va.as_u64(), size.bytes()), size, old);
+        }
+        self.add_cpus_after_clear(g);
+        Ok(true)
+    }
+
+    /// Runs `f` on the mapping of `va` (or `None`) with the lock of its leaf's table
+    /// held, so that no zap or copy-on-write can clear the leaf, and so free its frame,
+    /// until `f` returns (Linux: `follow_page_pte` under `pte_offset_map_lock`; GUP
+    /// then pins the page, here the caller's access is short enough to keep the lock).
+    /// `f` must not take page-table locks or wait for other CPUs.
+    pub fn with_leaf_locked<R>(&self, va: VirtAddr, f: impl FnOnce(Option<Translation>) -> R) -> R {
+        let w = self.walk(va);
+        // SAFETY: `w.table` was reached by the walk; the caller holds a lock keeping the
+        // VMA of `va` (hence its tables) in place, or `va` has no tables to free.
+        let table = unsafe { Table::from_phys(self.allocator(), w.table) };
+        let _l = self.lock_table(table, w.level);
+        let e = table.load(w.index);
+        match e.kind(w.level) {
+            Kind::Leaf(size) => {
+                let frame = align_down(e.addr().as_u64(), size.bytes());
+                f(Some(Translation {
+                    phys: PhysAddr::new(frame + (va.as_u64() & (size.bytes() - 1))),
+                    frame: PhysAddr::new(frame),
+                    size,
+                    flags: visible_flags(e),
+                }))
+            }
+            // Empty, or a table linked since the walk: nothing mapped there as of the
+            // walk; the caller faults and retries.
+            _ => f(None),
+        }
     }
 
     /// Checks that an unmap/protect of `start..end` under `table` splits no huge page and
@@ -560,14 +762,17 @@ impl PageTableRoot {
         Ok(())
     }
 
-    /// Clears leaves in `start..end` under `table` and frees emptied tables through `g`.
+    /// Clears leaves in `start..end` under `table`, each table's leaves under that
+    /// table's lock (Linux: `zap_pte_range` under `pte_offset_map_lock`,
+    /// `zap_huge_pmd` under `pmd_lock`), and frees the tables it empties that `free`
+    /// allows, through `g`.
     pub(super) fn zap_level(
         &self,
         table: Table,
         level: Level,
         base: u64,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        free: FreeTables,
         g: &mut MmuGather,
     ) {
         let span = level.entry_span();
@@ -576,20 +781,37 @@ impl PageTableRoot {
         if lo >= hi {
             return;
         }
-        for i in level.index(lo)..=level.index(hi - 1) {
+        let range = level.index(lo)..=level.index(hi - 1);
+        if level == Level::Pt {
+            // One hold of the PTE lock for the whole table, as Linux's batch.
+            let _l = self.lock_table(table, level);
+            for i in range {
+                if table.load(i).0 != 0 {
+                    let old = table.take(i);
+                    g.remove_leaf(base + i as u64 * span, PageSize::Size4K, old);
+                }
+            }
+            return;
+        }
+        for i in range {
             let va = base + i as u64 * span;
             match table.load(i).kind(level) {
                 Kind::Empty => {}
                 Kind::Leaf(size) => {
+                    let _l = self.lock_table(table, level);
                     let old = table.take(i);
-                    g.remove_leaf(va, size, old);
+                    if old.0 != 0 {
+                        g.remove_leaf(va, size, old);
+                    }
                 }
                 Kind::Table(pa) => {
-                    // SAFETY: present non-leaf entry, linked until we clear it below.
+                    // SAFETY: present non-leaf entry, linked until we clear it below
+                    // (tables are freed only here, by a zap that `free` allows to).
                     let child = unsafe { table.child(pa) };
                     let Some(lower) = level.lower() else { continue };
-                    self.zap_level(child, lower, va, start, end, g);
-                    if child.is_empty() {
+                    self.zap_level(child, lower, va, (start, end), free, g);
+                    if free.allows(va, va + span) && child.is_empty() {
+                        let _l = self.lock_table(table, level);
                         table.take(i);
                         g.remove_table(va, pa);
                     }
@@ -632,7 +854,24 @@ impl PageTableRoot {
     /// `SharedTable` (the range touches a PD table shared with another space: call
     /// [`unshare_pmd`](Self::unshare_pmd) first), `WrongAllocator` (gather of another
     /// allocator).
-    pub fn unmap(&mut self, range: Range<VirtAddr>, g: &mut MmuGather) -> Result<(), MapError> {
+    ///
+    /// Every emptied table is freed, wherever its span reaches: for a caller that
+    /// knows no other CPU walks these tables (tests, teardown). The memory manager,
+    /// whose faults run concurrently with unmaps, uses
+    /// [`unmap_freeing`](Self::unmap_freeing) with the neighbouring VMAs as bounds.
+    pub fn unmap(&self, range: Range<VirtAddr>, g: &mut MmuGather) -> Result<(), MapError> {
+        self.unmap_freeing(range, FreeTables::ALL, g)
+    }
+
+    /// [`unmap`](Self::unmap) that frees only the emptied tables `free` allows (Linux:
+    /// `unmap_vmas` + `free_pgtables(floor, ceiling)`; `FreeTables::Keep` is
+    /// `zap_page_range_single`, which frees none).
+    pub fn unmap_freeing(
+        &self,
+        range: Range<VirtAddr>,
+        free: FreeTables,
+        g: &mut MmuGather,
+    ) -> Result<(), MapError> {
         let (start, end) = user_range(&range, PageSize::Size4K.bytes())?;
         if !core::ptr::eq(g.allocator(), self.allocator()) {
             return Err(MapError::WrongAllocator);
@@ -640,7 +879,7 @@ impl PageTableRoot {
         let root = self.root_table();
         self.check_modify(root, Level::Pml4, 0, (start, end), false)?;
         g.add_cpus(self.active_cpus());
-        self.zap_level(root, Level::Pml4, 0, start, end, g);
+        self.zap_level(root, Level::Pml4, 0, (start, end), free, g);
         self.add_cpus_after_clear(g);
         Ok(())
     }
@@ -660,11 +899,18 @@ impl PageTableRoot {
         if lo >= hi {
             return;
         }
+        // The PTE lock once per PT page (Linux: `change_pte_range`), the PMD or
+        // `page_table_lock` per huge leaf (`change_huge_pmd`).
+        let _pt = (level == Level::Pt).then(|| self.lock_table(table, level));
         for i in level.index(lo)..=level.index(hi - 1) {
             let va = base + i as u64 * span;
             match table.load(i).kind(level) {
                 Kind::Empty => {}
                 Kind::Leaf(size) => {
+                    let _l = (level != Level::Pt).then(|| self.lock_table(table, level));
+                    if table.load(i).kind(level) != Kind::Leaf(size) {
+                        continue;
+                    }
                     let (old, new) = table.update(i, |old| Pte((old.0 & PROTECT_KEEP) | prot));
                     if old != new && old.has(F::PRESENT) {
                         g.flush_leaf(va, size, old);
@@ -689,7 +935,7 @@ impl PageTableRoot {
     /// queued for a TLB flush in `g`. Errors as for [`unmap`](Self::unmap), plus
     /// `InvalidFlags`; nothing changes on error.
     pub fn protect(
-        &mut self,
+        &self,
         range: Range<VirtAddr>,
         flags: F,
         g: &mut MmuGather,
@@ -701,12 +947,8 @@ impl PageTableRoot {
         }
         let root = self.root_table();
         self.check_modify(root, Level::Pml4, 0, (start, end), false)?;
-        let mut prot = flags - F::ACCESSED - F::DIRTY;
-        if !prot.contains(F::PRESENT) {
-            prot |= PTE_PROTNONE;
-        }
         g.add_cpus(self.active_cpus());
-        self.protect_level(root, Level::Pml4, 0, (start, end), prot.bits(), g);
+        self.protect_level(root, Level::Pml4, 0, (start, end), protect_bits(flags), g);
         self.add_cpus_after_clear(g);
         Ok(())
     }
@@ -714,20 +956,19 @@ impl PageTableRoot {
     /// Clears the accessed bit of the leaf mapping `va`; returns whether it was set
     /// (Linux: `ptep_test_and_clear_young`). No flush, as on Linux x86: a stale TLB entry
     /// only delays the next accessed-bit update.
-    pub fn test_and_clear_young(&mut self, va: VirtAddr) -> Result<bool, MapError> {
+    pub fn test_and_clear_young(&self, va: VirtAddr) -> Result<bool, MapError> {
         let (t, i, _) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        // An atomic AND on a present leaf needs no lock (Linux: the young test of
+        // `page_referenced_one` runs under the PTE lock only to find the PTE).
         Ok(t.clear_bits(i, F::ACCESSED).has(F::ACCESSED))
     }
 
     /// Clears the dirty bit of the leaf mapping `va`; returns whether it was set and, if
     /// so, queues a flush in `g` so the CPU sets it again on the next write (Linux:
     /// `ptep_clear_flush` + `pte_mkclean` in `page_mkclean_one`).
-    pub fn test_and_clear_dirty(
-        &mut self,
-        va: VirtAddr,
-        g: &mut MmuGather,
-    ) -> Result<bool, MapError> {
+    pub fn test_and_clear_dirty(&self, va: VirtAddr, g: &mut MmuGather) -> Result<bool, MapError> {
         let (t, i, size) = self.find_leaf(va.as_u64()).ok_or(MapError::NotMapped)?;
+        let _l = self.lock_table(t, size.level());
         let old = t.clear_bits(i, F::DIRTY);
         let was = old.has(F::DIRTY);
         if was && old.has(F::PRESENT) {
@@ -867,23 +1108,46 @@ impl PageTableRoot {
     /// (hugetlb PMD sharing) may be empty for a while and is not reported. Linux has
     /// no direct counterpart: `free_pgtables` keeps this true there too.
     pub fn first_empty_table(&self) -> Option<(Level, u64)> {
-        fn walk(t: Table, level: Level, base: u64, limit: usize) -> Option<(Level, u64)> {
+        self.first_empty_table_where(|_, _| false)
+    }
+
+    /// The first linked table that is empty although `needed(start, end)` says
+    /// nothing needs its span `start..end` (shared PD tables excepted). Unmaps that
+    /// run beside concurrent faults keep emptied tables a live VMA reaches into
+    /// (Linux's `free_pgtables` floor and ceiling) and MADV_DONTNEED keeps them all,
+    /// so the memory manager's invariant is "no empty table outside every VMA".
+    pub fn first_empty_table_where(
+        &self,
+        needed: impl Fn(u64, u64) -> bool,
+    ) -> Option<(Level, u64)> {
+        fn walk(
+            t: Table,
+            level: Level,
+            base: u64,
+            limit: usize,
+            needed: &dyn Fn(u64, u64) -> bool,
+        ) -> Option<(Level, u64)> {
             for i in 0..limit {
                 if let Kind::Table(pa) = t.load(i).kind(level) {
                     let lower = level.lower()?;
                     let va = base + i as u64 * level.entry_span();
-                    // SAFETY: `pa` was read from a present non-leaf entry of a table reached from the root; `&self` excludes the unmaps (`&mut self`) that could free it during the walk.
+                    // SAFETY: `pa` was read from a present non-leaf entry of a table
+                    // reached from the root; the caller (validation, tests) holds the
+                    // mmap lock, which every path that frees tables holds for writing.
                     let child = unsafe { t.child(pa) };
-                    if child.is_empty() && !(lower == Level::Pd && child.share_count() > 0) {
+                    if child.is_empty()
+                        && !(lower == Level::Pd && child.share_count() > 0)
+                        && !needed(va, va + level.entry_span())
+                    {
                         return Some((lower, va));
                     }
-                    if let Some(found) = walk(child, lower, va, ENTRIES) {
+                    if let Some(found) = walk(child, lower, va, ENTRIES, needed) {
                         return Some(found);
                     }
                 }
             }
             None
         }
-        walk(self.root_table(), Level::Pml4, 0, 256)
+        walk(self.root_table(), Level::Pml4, 0, 256, &needed)
     }
 }
