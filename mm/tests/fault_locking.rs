@@ -264,3 +264,133 @@ fn with_per_vma_locks_off_faults_take_the_mmap_lock() {
     asp.set_per_vma_lock(true);
     asp.validate_mm().unwrap();
 }
+
+// ---- split page-table locks ---------------------------------------------------------
+
+const M2: usize = 2 << 20;
+
+/// Runs `f` on another thread and says whether it finished within `d`.
+fn finishes_within(d: Duration, f: impl FnOnce() + Send + 'static) -> (bool, std::thread::JoinHandle<()>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let h = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            f();
+            done.store(true, SeqCst);
+        })
+    };
+    let t = Instant::now();
+    while !done.load(SeqCst) && t.elapsed() < d {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (done.load(SeqCst), h)
+}
+
+/// Split page-table locks (Linux: `pte_offset_map_lock`): while one thread holds the
+/// PTE lock of one 2 MiB region (the lock `copy_to_user` holds across its copy), a
+/// fault in another 2 MiB region of the same VMA completes, and a fault in the held
+/// region waits until the lock is dropped. With one lock per address space the first
+/// fault would wait too.
+#[test]
+fn a_held_pte_lock_stalls_only_faults_in_its_own_2mib_region() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, base, asp) = setup();
+    let asp = Arc::new(asp);
+    let x = 0x4000_0000; // 1 GiB aligned: regions A = [x, x+2M), B = [x+2M, x+4M)
+    asp.mmap(x, 2 * M2, RW, PA | MAP_FIXED, None, 0).unwrap();
+    // One page in each region: both PTE tables exist, the anon_vma too.
+    asp.handle_fault(x, Access::Write).unwrap();
+    asp.handle_fault(x + M2, Access::Write).unwrap();
+
+    let held = Arc::new(Barrier::new(2));
+    let release = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let (asp, held, release) = (asp.clone(), held.clone(), release.clone());
+        std::thread::spawn(move || {
+            asp.with_page_tables(|pt| {
+                pt.with_leaf_locked(x86_64::VirtAddr::new(x as u64), |t| {
+                    assert!(t.is_some());
+                    held.wait();
+                    while !release.load(SeqCst) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+        })
+    };
+    held.wait();
+    // Region B: its own PT lock, free.
+    let other = asp.clone();
+    let (done, h) = finishes_within(Duration::from_secs(20), move || {
+        other.handle_fault(x + M2 + 5 * P, Access::Write).unwrap();
+    });
+    if !done {
+        release.store(true, SeqCst);
+    }
+    h.join().unwrap();
+    assert!(done, "a fault in another 2 MiB region waited for region A's PTE lock");
+    // Region A: the held lock.
+    let same = asp.clone();
+    let (done, h) = finishes_within(Duration::from_millis(300), move || {
+        same.handle_fault(x + 7 * P, Access::Write).unwrap();
+    });
+    assert!(!done, "a fault in region A went past its held PTE lock");
+    release.store(true, SeqCst);
+    holder.join().unwrap();
+    h.join().unwrap();
+    assert!(mapped(&asp, x + 7 * P) && mapped(&asp, x + M2 + 5 * P));
+    asp.validate_mm().unwrap();
+    drop(Arc::try_unwrap(asp).ok().expect("sole owner"));
+    assert_eq!(a.allocated_frames(), base);
+}
+
+/// Threads faulting the same fresh pages at once (reads and writes, Linux's racing
+/// `do_anonymous_page`/`wp_page_copy`): each page ends up with exactly one frame that
+/// holds the last write, every loser's page goes back (no leak), and every thread's
+/// write can be read back by it while no one else writes that page.
+#[test]
+fn racing_faults_on_the_same_pages_install_one_frame_and_leak_none() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, base, asp) = setup();
+    let asp = Arc::new(asp);
+    let pages = 64;
+    asp.mmap(X, pages * P, RW, PA | MAP_FIXED, None, 0).unwrap();
+    let threads = 4;
+    for round in 0..32u8 {
+        let go = Arc::new(Barrier::new(threads));
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (asp, go) = (asp.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    for i in 0..pages {
+                        let addr = X + ((i + t * 7) % pages) * P;
+                        // Reads map the zero page; writes then copy-on-write it, and
+                        // racing writes on one page must not each install a copy.
+                        if (i + t) % 3 == 0 {
+                            asp.handle_fault(addr, Access::Read).unwrap();
+                        }
+                        asp.handle_fault(addr, Access::Write).unwrap();
+                        asp.copy_to_user(addr + 8 * t, &[round, t as u8]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        for i in 0..pages {
+            for t in 0..threads {
+                let mut b = [0u8; 2];
+                asp.copy_from_user(X + i * P + 8 * t, &mut b).unwrap();
+                assert_eq!(b, [round, t as u8], "page {i}, thread {t}'s bytes");
+            }
+        }
+        asp.validate_mm().unwrap();
+        asp.madvise(X, pages * P, MADV_DONTNEED).unwrap();
+    }
+    let st = asp.fault_stats();
+    assert!(st.vma_lock_success > 0, "{st:?}");
+    drop(Arc::try_unwrap(asp).ok().expect("sole owner"));
+    assert_eq!(a.allocated_frames(), base, "a losing fault's page leaked");
+}

@@ -348,7 +348,7 @@ pub(super) unsafe fn anon_vma_attach(vma: &Vma, reuse: Option<AnonVmaRef>) -> Re
 /// # Safety
 /// The caller holds the mmap lock of `vma`'s address space (read is enough) and the
 /// lock that serialises every caller of this function for that address space (its
-/// page-table lock), so: no writer of the chain holding the write locks can exist,
+/// `anon_prepare_lock`, which plays Linux's `mm->page_table_lock` here), so: no writer of the chain holding the write locks can exist,
 /// and another caller cannot be between its null check and its publication.
 pub(super) unsafe fn anon_vma_publish(
     vma: &Vma,

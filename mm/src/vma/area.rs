@@ -23,7 +23,7 @@
 //!   writer could be dropping the VMA's reference (the last one) under the reader.
 //! * One exception, Linux's: the first anonymous fault gives a VMA its anon_vma under
 //!   the mmap *read* lock (and the VMA read lock), serialised with other such faults
-//!   by the page-table lock (Linux: `__anon_vma_prepare`). So while `anon_vma` is null
+//!   by the mm's `anon_prepare_lock` (Linux: `page_table_lock` in `__anon_vma_prepare`). So while `anon_vma` is null
 //!   its chain may be written under a read-level proof; the writer publishes
 //!   `anon_vma` (release) only after the chain is complete, and never writes it again
 //!   without the write locks. Readers under a read-level proof therefore load
