@@ -1155,7 +1155,96 @@ fn fork_while_other_cpus_fault_never_shows_the_child_a_half_copied_page() {
     poison_ok(poison0);
 }
 
-// ---- 7. lockdep-light on an AP ------------------------------------------------------
+// ---- 7. split page-table locks ----------------------------------------------------
+
+/// Split page-table locks (Linux: `pte_offset_map_lock`, one lock per PTE-table page):
+/// CPU 1 holds the PTE lock of 2 MiB region A of a VMA (as `copy_to_user` holds it
+/// across a copy); meanwhile CPUs 2 and 3 first-touch 256 pages each of regions B and
+/// C of the same VMA through the real #PF handler, and must finish while the lock is
+/// still held. Then CPU 2 faults a page of region A, which must wait until CPU 1 lets
+/// go. With one page-table lock per address space, B and C would wait too.
+#[test_case]
+fn faults_in_other_2mib_regions_pass_a_held_pte_lock() {
+    let poison0 = need_cpus();
+    reset();
+    const X: usize = 0x40_0000_0000; // 1 GiB aligned: regions A, B, C of 2 MiB
+    const M2: usize = 2 << 20;
+    const N: usize = 256;
+    let s = Space::on(0b1110);
+    let mm = &s.mm;
+    mm.mmap(X, 3 * M2, RW, FIXED, None, 0).unwrap();
+    for r in 0..3 {
+        // Each region's PTE table, and the VMA's anon_vma, exist before the race.
+        mm.handle_fault(X + r * M2, Access::Write).unwrap();
+    }
+    static HELD: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    static OTHERS_DONE: AtomicU64 = AtomicU64::new(0);
+    static A_DONE: AtomicBool = AtomicBool::new(false);
+    static A_WAITED: AtomicBool = AtomicBool::new(false);
+    static OTHERS_PASSED: AtomicBool = AtomicBool::new(false);
+    for f in [&HELD, &RELEASE, &A_DONE, &A_WAITED, &OTHERS_PASSED] {
+        f.store(false, SeqCst);
+    }
+    OTHERS_DONE.store(0, SeqCst);
+    run_on(0b1111, &|| match this_cpu() {
+        0 => {
+            while !HELD.load(SeqCst) {
+                core::hint::spin_loop();
+            }
+            let t0 = now_ms();
+            while OTHERS_DONE.load(SeqCst) < 2 && now_ms() - t0 < 20_000 {
+                core::hint::spin_loop();
+            }
+            OTHERS_PASSED.store(OTHERS_DONE.load(SeqCst) == 2, SeqCst);
+            // Give CPU 2's fault in region A time to get stuck on the held lock.
+            let t1 = now_ms();
+            while now_ms() - t1 < 300 {
+                core::hint::spin_loop();
+            }
+            A_WAITED.store(!A_DONE.load(SeqCst), SeqCst);
+            RELEASE.store(true, SeqCst);
+        }
+        1 => mm.with_page_tables(|pt| {
+            pt.with_leaf_locked(va(X), |t| {
+                assert!(t.is_some(), "region A's first page is mapped");
+                HELD.store(true, SeqCst);
+                while !RELEASE.load(SeqCst) {
+                    core::hint::spin_loop();
+                }
+            })
+        }),
+        me => {
+            while !HELD.load(SeqCst) {
+                core::hint::spin_loop();
+            }
+            let region = X + (me - 1) * M2; // CPU 2: B, CPU 3: C
+            for i in 1..=N {
+                probe_write(va(region + i * P), me as u8).expect("first touch");
+            }
+            OTHERS_DONE.fetch_add(1, SeqCst);
+            if me == 2 {
+                while OTHERS_DONE.load(SeqCst) < 2 && !RELEASE.load(SeqCst) {
+                    core::hint::spin_loop();
+                }
+                probe_write(va(X + 3 * P), 0xa).expect("fault in region A");
+                A_DONE.store(true, SeqCst);
+            }
+        }
+    });
+    assert!(
+        OTHERS_PASSED.load(SeqCst),
+        "faults in regions B and C waited for region A's PTE lock"
+    );
+    assert!(A_WAITED.load(SeqCst), "a fault in region A went past its held PTE lock");
+    assert!(A_DONE.load(SeqCst));
+    mm.validate_mm().unwrap();
+    mm.munmap(X, 3 * M2).unwrap();
+    drop(s);
+    poison_ok(poison0);
+}
+
+// ---- 8. lockdep-light on an AP ------------------------------------------------------
 
 /// The documented order (mmap lock, then a page-table lock) passes on every CPU.
 #[test_case]
