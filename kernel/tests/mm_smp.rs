@@ -1236,7 +1236,10 @@ fn faults_in_other_2mib_regions_pass_a_held_pte_lock() {
         OTHERS_PASSED.load(SeqCst),
         "faults in regions B and C waited for region A's PTE lock"
     );
-    assert!(A_WAITED.load(SeqCst), "a fault in region A went past its held PTE lock");
+    assert!(
+        A_WAITED.load(SeqCst),
+        "a fault in region A went past its held PTE lock"
+    );
     assert!(A_DONE.load(SeqCst));
     mm.validate_mm().unwrap();
     mm.munmap(X, 3 * M2).unwrap();

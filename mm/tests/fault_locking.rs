@@ -270,7 +270,10 @@ fn with_per_vma_locks_off_faults_take_the_mmap_lock() {
 const M2: usize = 2 << 20;
 
 /// Runs `f` on another thread and says whether it finished within `d`.
-fn finishes_within(d: Duration, f: impl FnOnce() + Send + 'static) -> (bool, std::thread::JoinHandle<()>) {
+fn finishes_within(
+    d: Duration,
+    f: impl FnOnce() + Send + 'static,
+) -> (bool, std::thread::JoinHandle<()>) {
     let done = Arc::new(AtomicBool::new(false));
     let h = {
         let done = done.clone();
@@ -328,7 +331,10 @@ fn a_held_pte_lock_stalls_only_faults_in_its_own_2mib_region() {
         release.store(true, SeqCst);
     }
     h.join().unwrap();
-    assert!(done, "a fault in another 2 MiB region waited for region A's PTE lock");
+    assert!(
+        done,
+        "a fault in another 2 MiB region waited for region A's PTE lock"
+    );
     // Region A: the held lock.
     let same = asp.clone();
     let (done, h) = finishes_within(Duration::from_millis(300), move || {

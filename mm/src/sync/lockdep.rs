@@ -72,6 +72,21 @@ mod context {
         static HELD: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
     }
 
+    #[cfg(not(target_os = "none"))]
+    std::thread_local! {
+        static ID: usize = {
+            static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+            NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) % crate::paging::MAX_CPUS
+        };
+    }
+
+    /// The host's stand-in for a CPU number: each thread gets the next one, modulo
+    /// `MAX_CPUS` (so two threads may share one; fine for what it indexes).
+    #[cfg(not(target_os = "none"))]
+    pub(super) fn cpu() -> usize {
+        ID.with(|i| *i)
+    }
+
     /// The current context's packed counters.
     #[cfg(not(target_os = "none"))]
     pub(super) fn get() -> u64 {
@@ -96,7 +111,7 @@ mod context {
     static CPU_ID: AtomicUsize = AtomicUsize::new(0);
 
     #[cfg(target_os = "none")]
-    fn cpu() -> usize {
+    pub(super) fn cpu() -> usize {
         let f = CPU_ID.load(Ordering::Relaxed);
         if f == 0 {
             return 0;
@@ -133,6 +148,13 @@ pub fn set_cpu_id_hook(f: fn() -> usize) {
     context::set_hook(f);
     #[cfg(not(target_os = "none"))]
     let _ = f;
+}
+
+/// The current CPU's number below [`crate::paging::MAX_CPUS`] (Linux:
+/// `smp_processor_id()`): the kernel's per-CPU id through [`set_cpu_id_hook`], a
+/// per-thread number on the host. For per-CPU data such as counters.
+pub fn current_cpu() -> usize {
+    context::cpu()
 }
 
 fn count(held: u64, rank: usize) -> u64 {
