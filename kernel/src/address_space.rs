@@ -101,3 +101,14 @@ pub fn deactivate_current() {
 pub fn current() -> Option<Arc<AddressSpace>> {
     CURRENT.get().lock().clone()
 }
+
+/// Runs `f` on the calling CPU's current address space without taking a reference
+/// (Linux: the fault handler's `current->mm`); `None` if there is none. Only this
+/// CPU's ordinary context changes its current space, and never while `f` runs (it
+/// holds this CPU's entry), so no reference count bounces between CPUs per fault.
+/// `f` must not call [`activate`], [`deactivate_current`], [`current`] or
+/// [`is_current`].
+pub fn with_current<R>(f: impl FnOnce(&AddressSpace) -> R) -> Option<R> {
+    let cur = CURRENT.get().lock();
+    cur.as_deref().map(f)
+}

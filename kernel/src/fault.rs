@@ -37,7 +37,6 @@ pub fn handle_user_fault(fault: &PageFault) -> Result<(), Segv> {
     crate::percpu::this_block()
         .user_faults
         .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let mm = address_space::current().ok_or(Segv::MapErr)?;
     let access = if fault.code.contains(Code::INSTRUCTION_FETCH) {
         Access::Exec
     } else if fault.code.contains(Code::CAUSED_BY_WRITE) {
@@ -45,7 +44,8 @@ pub fn handle_user_fault(fault: &PageFault) -> Result<(), Segv> {
     } else {
         Access::Read
     };
-    mm.handle_fault(fault.addr.as_u64() as usize, access)
+    address_space::with_current(|mm| mm.handle_fault(fault.addr.as_u64() as usize, access))
+        .ok_or(Segv::MapErr)?
         .map_err(|e| match e {
             FaultError::MapErr => Segv::MapErr,
             FaultError::AccErr => Segv::AccErr,

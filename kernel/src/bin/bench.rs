@@ -588,6 +588,9 @@ fn smp_benches() {
 /// - `fault_vma_lock_gain_<k>cpus_with_writer`: throughput with per-VMA locks divided
 ///   by throughput without, ×1000, with the writer running.
 ///
+/// - `cpu_loop_scaling_2cpus`: the control, a register-only loop on 2 CPUs against 1
+///   (×1000): the parallelism the host gives QEMU's vCPU threads at all.
+///
 /// With more guest CPUs than host cores the vCPUs share the host's cores: the figures
 /// then measure QEMU's scheduling as much as the kernel.
 fn smp_fault_benches() {
@@ -674,6 +677,39 @@ fn smp_fault_benches() {
     };
     // Throughput ratio ×1000 of `k` CPUs taking `tk` against 1 CPU taking `t1`.
     let ratio = |t1: u64, tk: u64, k: u64| (1000 * k * t1) / tk.max(1);
+
+    // The control: how much two CPUs gain on work that shares nothing (a register-only
+    // loop). Under TCG each vCPU is a host thread; this says how much parallelism the
+    // host gives at all, which bounds every scaling figure below.
+    if n >= 2 {
+        let spin = |mask: u64| -> u64 {
+            GO.store(false, SeqCst);
+            END.store(0, SeqCst);
+            run_on(mask | 1, &|| {
+                let me = this_cpu();
+                if me == 0 {
+                    START.store(tsc::rdtsc(), SeqCst);
+                    GO.store(true, SeqCst);
+                }
+                if mask & (1 << me) != 0 {
+                    while !GO.load(SeqCst) {
+                        core::hint::spin_loop();
+                    }
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ me as u64;
+                    for _ in 0..20_000_000u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                    }
+                    core::hint::black_box(x);
+                    END.fetch_max(tsc::rdtsc(), SeqCst);
+                }
+            });
+            END.load(SeqCst) - START.load(SeqCst)
+        };
+        let (t1, t2) = (spin(0b1), spin(0b11));
+        bench::report("cpu_loop_scaling_2cpus", ratio(t1, t2, 2), 2);
+    }
 
     // Per-VMA-lock times (alone, with the writer) the gains divide by.
     let mut base = (0u64, 0u64);

@@ -146,6 +146,56 @@ fn map_translate_unmap_4k() {
     assert_eq!(a.allocated_frames(), base);
 }
 
+/// Linux's `free_pgtables` floor and ceiling: an unmap frees an emptied table only if
+/// its whole span lies between the neighbouring VMAs (a fault on a neighbour may be
+/// walking into a table it shares), and MADV_DONTNEED's zap frees none.
+#[test]
+fn unmap_frees_only_tables_no_neighbour_reaches() {
+    let a = mem(8);
+    let base = a.allocated_frames();
+    let s = space(a);
+    let f = a.alloc(0).unwrap();
+    s.map_frame(va(0x40_0000), f, PageSize::Size4K, RW).unwrap();
+    assert_eq!(s.count_user(), (1, 3));
+    // A neighbouring VMA starts at 0x40_1000: the PT (span 0x40_0000..0x60_0000)
+    // and everything above it reach into it.
+    let neighbour = FreeTables::Within {
+        floor: 0x40_0000,
+        ceiling: 0x40_1000,
+    };
+    let mut g = MmuGather::new(&s);
+    s.unmap_freeing(r(0x40_0000, 0x40_1000), neighbour, &mut g)
+        .unwrap();
+    assert_eq!(g.finish().tables_freed, 0);
+    assert_eq!(
+        s.count_user(),
+        (0, 3),
+        "the emptied PT stays for the neighbour"
+    );
+    // MADV_DONTNEED keeps tables whatever the bounds.
+    let f2 = a.alloc(0).unwrap();
+    s.map_frame(va(0x40_0000), f2, PageSize::Size4K, RW)
+        .unwrap();
+    let mut g = MmuGather::new(&s);
+    s.unmap_freeing(r(0x40_0000, 0x40_1000), FreeTables::Keep, &mut g)
+        .unwrap();
+    assert_eq!(g.finish().tables_freed, 0);
+    assert_eq!(s.count_user(), (0, 3));
+    // No neighbour within 1 GiB: PT and PD go, the PDPT (512 GiB span) stays for a
+    // VMA at 1 GiB.
+    let far = FreeTables::Within {
+        floor: 0,
+        ceiling: 1 << 30,
+    };
+    let mut g = MmuGather::new(&s);
+    s.unmap_freeing(r(0x40_0000, 0x40_1000), far, &mut g)
+        .unwrap();
+    assert_eq!(g.finish().tables_freed, 2);
+    assert_eq!(s.count_user(), (0, 1));
+    drop(s);
+    assert_eq!(a.allocated_frames(), base);
+}
+
 #[test]
 fn map_translate_unmap_2m_both_ends() {
     let a = mem(16);
