@@ -93,7 +93,7 @@ pub fn is_current(mm: &Arc<AddressSpace>) -> bool {
 pub fn deactivate_current() {
     let mut current = CURRENT.get().lock();
     if let Some(prev) = current.take() {
-        prev.with_page_tables(|t| mmu::switch_to_kernel(t));
+        prev.with_page_tables(mmu::switch_to_kernel);
     }
 }
 

@@ -66,7 +66,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// map of a 2 MiB page, and address-space teardown per mapped page, on a bare
 /// page-table root (the page-table layer alone, no VMAs).
 fn page_table_benches() {
-    let mut t = mmu::new_root().expect("bench: page-table root");
+    let t = mmu::new_root().expect("bench: page-table root");
     let at = VirtAddr::new(BASE);
     // Keep one page mapped nearby so the map+unmap pair measures the leaf work, not
     // allocating and freeing the whole table path each time.
@@ -114,7 +114,7 @@ fn page_table_benches() {
     let mut total = 0u64;
     let rounds = 5;
     for _ in 0..rounds {
-        let mut t = mmu::new_root().unwrap();
+        let t = mmu::new_root().unwrap();
         for i in 0..PAGES {
             let pa = frames().alloc(0).unwrap();
             t.map_frame(at + i * 4096, pa, PageSize::Size4K, RW)

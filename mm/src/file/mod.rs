@@ -560,8 +560,8 @@ impl MmapCtx<'_, '_> {
     /// Undo a partial driver mapping (Linux: `unmap_region` on the error path).
     pub(crate) fn zap_all(&mut self) {
         let v = self.vma;
-        let pt = &*self.pt;
-        let mut gather = MmuGather::new(&pt);
+        let pt = self.pt;
+        let mut gather = MmuGather::new(pt);
         let r = pt.unmap(
             VirtAddr::new(v.start() as u64)..VirtAddr::new(v.end() as u64),
             &mut gather,

@@ -52,7 +52,7 @@ pub fn hugetlb_fault(
     if want_pmd_share(vma, haddr) {
         huge_pmd_share(pt, vma, inode, haddr);
     }
-    let p = &*pt;
+    let p = pt;
     let write = access == Access::Write;
     let ctx = Ctx {
         alloc: h.hstate().allocator(),

@@ -95,7 +95,7 @@ pub fn huge_pmd_share(pt: &PageTableRoot, vma: VmaRef, inode: &Inode, addr: usiz
     let Some(table) = found else {
         return false;
     };
-    let p = &*pt;
+    let p = pt;
     // Linux re-checks pud_none under the page-table lock: `share_pmd_table` does, and
     // fails with `AlreadyMapped` if another fault linked a table meanwhile.
     // SAFETY: `table` is a PD table linked in another space (read under its lock);
@@ -229,7 +229,7 @@ pub fn hugetlb_vmdelete_list(inode: &Inode, first: usize, last: usize) {
 pub fn unmap_vma_range(pt: &PageTableRoot, vma: VmaRef, file: &File, start: usize, end: usize) {
     let _vl = vma.hugetlb_vma_lock().write();
     let _w = hugetlbfs::i_mmap_of(file.inode()).lock_write();
-    let p = &*pt;
+    let p = pt;
     let mut g = MmuGather::new(p);
     unmap_hugepage_range(p, start, end, &mut g);
     g.finish();

@@ -408,7 +408,7 @@ impl AddressSpace {
         g.vma_expand(&mut vmg)?;
         {
             let pt = &*self.pt;
-            let mut tlb = MmuGather::new(&pt);
+            let mut tlb = MmuGather::new(pt);
             let r = pt.move_range(
                 va(old_start),
                 VirtAddr::new(new_start as u64),

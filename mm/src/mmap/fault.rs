@@ -664,7 +664,7 @@ impl AddressSpace {
                 } else {
                     None
                 };
-                let mapped = mg.as_ref().map_or(true, |g| g.vma_lookup(addr).is_some());
+                let mapped = mg.as_ref().is_none_or(|g| g.vma_lookup(addr).is_some());
                 let done = mapped
                     && self.pt.with_leaf_locked(va(addr & !(PAGE_SIZE - 1)), |t| {
                         let Some(t) = t else { return false };

@@ -160,7 +160,7 @@ impl AddressSpace {
             .as_ref()
             .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
         let pt = &*self.pt;
-        let mut gather = MmuGather::new(&pt);
+        let mut gather = MmuGather::new(pt);
         if file.is_some() {
             crate::hugetlb::share::unshare_range(pt, start, end, &mut gather);
         }

@@ -392,7 +392,7 @@ impl AddressSpace {
                 .map(|f| crate::file::hugetlbfs::i_mmap_of(f.inode()).lock_write());
             let pt = &*self.pt;
             if hfile.is_some() {
-                let mut gather = crate::paging::MmuGather::new(&pt);
+                let mut gather = crate::paging::MmuGather::new(pt);
                 crate::hugetlb::share::unshare_range(pt, r.addr, r.addr + moved, &mut gather);
                 gather.finish();
             }

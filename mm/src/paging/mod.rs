@@ -62,7 +62,7 @@
 //!
 //! # Locking
 //!
-//! Split page-table locks ([`ptlock`], Linux's `pte_lockptr`/`pmd_lockptr`/
+//! Split page-table locks (`ptlock.rs`, Linux's `pte_lockptr`/`pmd_lockptr`/
 //! `page_table_lock`): every entry change takes the lock that covers the entry, one
 //! per PT page, one per PD page, the space's `page_table_lock` above; so faults on
 //! different 2 MiB regions never take the same lock. Walks down need none: tables are
