@@ -408,10 +408,11 @@ fn shootdown_mprotect_of_512_pages_takes_the_full_flush_path() {
 
 #[test_case]
 fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
-    // CPU A holds the page-table lock and sends a shootdown to CPU B; B, meanwhile,
-    // page-faults on the same space and spins on that lock. B must answer the IPI
-    // while it spins (interrupts on in the fault path, the lock does not disable them),
-    // or A waits forever (the cross-call's 10 s limit turns that into a failure).
+    // CPU A holds the PTE lock of a page table (as a user copy does) and sends a
+    // shootdown to CPU B; B, meanwhile, page-faults on a page of that table and spins
+    // on that lock. B must answer the IPI while it spins (interrupts on in the fault
+    // path, the lock does not disable them), or A waits forever (the cross-call's 10 s
+    // limit turns that into a failure).
     let s = SharedSpace::new();
     let a = s.anon(2 * P, P);
     touch_everywhere(&s, a, 1, 0x77, false);
@@ -426,22 +427,26 @@ fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
     run_on(1 | 1 << b, &|| {
         if this_cpu() == 0 {
             mm.with_page_tables(|t| {
-                GO.store(true, Ordering::SeqCst);
-                while !SPINNING.load(Ordering::SeqCst) && !smp::aborted() {}
-                // B is about to take the fault: give it time to reach the lock.
-                tsc::delay_us(20_000);
-                assert!(
-                    !FAULTED.load(Ordering::SeqCst),
-                    "B's fault did not wait for the lock"
-                );
-                let before = block(b).tlb_remote_flushes.load(Ordering::SeqCst);
-                t.flush_page(va(a));
-                assert!(block(b).tlb_remote_flushes.load(Ordering::SeqCst) > before);
+                // The lock of the PT holding `a` and `a + P`.
+                t.with_leaf_locked(va(a), |leaf| {
+                    assert!(leaf.is_some(), "the first page is mapped");
+                    GO.store(true, Ordering::SeqCst);
+                    while !SPINNING.load(Ordering::SeqCst) && !smp::aborted() {}
+                    // B is about to take the fault: give it time to reach the lock.
+                    tsc::delay_us(20_000);
+                    assert!(
+                        !FAULTED.load(Ordering::SeqCst),
+                        "B's fault did not wait for the lock"
+                    );
+                    let before = block(b).tlb_remote_flushes.load(Ordering::SeqCst);
+                    t.flush_page(va(a));
+                    assert!(block(b).tlb_remote_flushes.load(Ordering::SeqCst) > before);
+                })
             });
         } else {
             while !GO.load(Ordering::SeqCst) && !smp::aborted() {}
             SPINNING.store(true, Ordering::SeqCst);
-            // Second page: not present yet, so the fault needs the page-table lock.
+            // Second page: not present yet, so the fault needs that PT's lock.
             probe_write(va(a + P), 1).expect("the fault resolves once A lets go");
             FAULTED.store(true, Ordering::SeqCst);
         }
