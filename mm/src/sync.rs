@@ -11,6 +11,11 @@
 //!   holds. On the host (tests) there are no interrupts and it is a plain spin lock.
 //! - [`lockdep`]: lockdep-light, which checks the order below at run time in debug
 //!   builds.
+//! - [`rcu`]: RCU read-side sections, grace periods across CPUs (driven by the timer
+//!   tick in the kernel), `call_rcu`, `synchronize_rcu`, `rcu_barrier` (Linux:
+//!   `kernel/rcu/tree.c`). Not a lock: readers never wait, and `synchronize_rcu` must
+//!   not be called inside a read-side section or with a lock an RCU reader may be
+//!   waiting for.
 //!
 //! # Lock order
 //!
@@ -71,6 +76,7 @@
 use core::ops::{Deref, DerefMut};
 
 pub mod lockdep;
+pub mod rcu;
 mod rwsem;
 
 pub use rwsem::{Mutex, MutexGuard, RwSem, RwSemReadGuard, RwSemWriteGuard};

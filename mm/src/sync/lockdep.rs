@@ -142,7 +142,8 @@ mod context {
 
 /// Tell lockdep how the kernel names the current CPU (its per-CPU id). Until it is
 /// called every kernel context counts as CPU 0, which is right while only the boot
-/// CPU runs. No effect on the host, where each thread is its own context.
+/// CPU runs. RCU's per-CPU state ([`super::rcu`]) is indexed by the same id. No
+/// effect on the host, where each thread is its own context.
 pub fn set_cpu_id_hook(f: fn() -> usize) {
     #[cfg(target_os = "none")]
     context::set_hook(f);

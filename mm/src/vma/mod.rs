@@ -10,7 +10,7 @@
 //!   page range (`vma_interval_tree`), the index of `i_mmap`.
 //! - [`stat`]: [`VmStat`], the page counters (`total_vm`, `data_vm`, …, commit charge)
 //!   the engine keeps exact at every change.
-//! - [`rcu`]: the epoch scheme that lets tree readers run without the mmap lock.
+//! - [`rcu`]: the tree's use of [`crate::sync::rcu`] (cookies for retired nodes).
 //! - [`lock`]: `vm_refcnt` state machine, [`VmaReadGuard`], [`VmaReadError`].
 //! - [`anon`]: [`AnonVma`]/[`AnonVmaRef`] and chains (clone, fork, unlink, reuse).
 //! - [`space`]: [`Mm`] (tree + mmap lock + `mm_lock_seq` + `map_count`),
