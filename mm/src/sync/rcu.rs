@@ -783,7 +783,10 @@ fn rcu_do_batch(ctx: usize) {
             // its function runs; we read the link before calling it.
             unsafe {
                 let next = (*p).next;
-                let f = (*p).func.take().expect("rcu: queued record without a function");
+                let f = (*p)
+                    .func
+                    .take()
+                    .expect("rcu: queued record without a function");
                 f(p);
                 p = next;
             }
@@ -861,6 +864,21 @@ impl<T> RcuBox<T> {
             value,
         }
     }
+
+    /// The record of the box at `b` (for [`call_rcu`] with a function of one's own).
+    pub fn head_of(b: *mut Self) -> *mut RcuHead {
+        // `head` is the first field of a `repr(C)` struct: same address.
+        b.cast()
+    }
+
+    /// The box whose record is `h`.
+    ///
+    /// # Safety
+    /// `h` is [`Self::head_of`] a box leaked with `Box::into_raw` and not reclaimed.
+    pub unsafe fn from_head(h: *mut RcuHead) -> alloc::boxed::Box<Self> {
+        // SAFETY: contract.
+        unsafe { alloc::boxed::Box::from_raw(h.cast()) }
+    }
 }
 
 /// Free `b` after a grace period (Linux: `kfree_rcu(ptr, rhf)`). Never allocates.
@@ -868,13 +886,13 @@ pub fn kfree_rcu<T: Send + 'static>(b: alloc::boxed::Box<RcuBox<T>>) {
     /// # Safety
     /// `h` is the head of a leaked `Box<RcuBox<T>>`.
     unsafe fn free<T>(h: *mut RcuHead) {
-        // SAFETY: `head` is the first field of the `repr(C)` box (contract).
-        drop(unsafe { alloc::boxed::Box::from_raw(h as *mut RcuBox<T>) });
+        // SAFETY: contract.
+        drop(unsafe { RcuBox::<T>::from_head(h) });
     }
-    let p = alloc::boxed::Box::into_raw(b);
+    let h = RcuBox::head_of(alloc::boxed::Box::into_raw(b));
     // SAFETY: the box is leaked to RCU until `free` reclaims it; `T: Send` lets it be
     // dropped on another CPU or thread.
-    unsafe { call_rcu(ptr::addr_of_mut!((*p).head), free::<T>) };
+    unsafe { call_rcu(h, free::<T>) };
 }
 
 #[cfg(test)]
