@@ -276,6 +276,16 @@ fn claim() -> usize {
     }
 }
 
+/// Clears a try-taken flag when dropped, so a panicking callback (a failing test) does
+/// not leave the machine or a list stuck for everyone else.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Read side
 // ---------------------------------------------------------------------------------
@@ -432,6 +442,7 @@ pub fn rcu_gp_advance() -> u64 {
     {
         return GP_SEQ.load(Ordering::Acquire);
     }
+    let _busy = ClearOnDrop(&GP_SCAN.busy);
     // SAFETY: we hold `busy` (see `GpScan`).
     let snap = unsafe { &mut *GP_SCAN.snap.get() };
     // Entries past the count read at a grace period's start were never snapshotted
@@ -465,7 +476,6 @@ pub fn rcu_gp_advance() -> u64 {
             *e = if nesting(v) == 0 { QS_DONE } else { v };
         }
     }
-    GP_SCAN.busy.store(false, Ordering::Release);
     s
 }
 
@@ -764,6 +774,7 @@ fn rcu_do_batch(ctx: usize) {
     if d.invoking.swap(true, Ordering::Acquire) {
         return;
     }
+    let _invoking = ClearOnDrop(&d.invoking);
     loop {
         let mut ready = {
             let mut l = d.cbs.lock();
@@ -794,7 +805,6 @@ fn rcu_do_batch(ctx: usize) {
             d.invoked.fetch_add(1, Ordering::Release);
         }
     }
-    d.invoking.store(false, Ordering::Release);
 }
 
 /// Wait until every callback queued (by any context) before the call has run (Linux:
