@@ -176,7 +176,7 @@ fn two_first_writes_held_in_the_window_publish_one_anon_vma() {
     asp.validate_mm().unwrap();
     drop(asp);
     assert_eq!(anon_vma_live_count(), before);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Several threads make the first write to one fresh VMA at the same moment, each
@@ -226,7 +226,7 @@ fn concurrent_first_writes_publish_exactly_one_anon_vma() {
         assert_eq!(anon_vma_live_count(), before, "round {round}");
     }
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// With the per-VMA locks switched off (Linux: `CONFIG_PER_VMA_LOCK=n`), every fault
@@ -347,7 +347,7 @@ fn a_held_pte_lock_stalls_only_faults_in_its_own_2mib_region() {
     assert!(mapped(&asp, x + 7 * P) && mapped(&asp, x + M2 + 5 * P));
     asp.validate_mm().unwrap();
     drop(Arc::try_unwrap(asp).ok().expect("sole owner"));
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Threads faulting the same fresh pages at once (reads and writes, Linux's racing
@@ -398,5 +398,5 @@ fn racing_faults_on_the_same_pages_install_one_frame_and_leak_none() {
     let st = asp.fault_stats();
     assert!(st.vma_lock_success > 0, "{st:?}");
     drop(Arc::try_unwrap(asp).ok().expect("sole owner"));
-    assert_eq!(a.allocated_frames(), base, "a losing fault's page leaked");
+    assert_eq!(a.allocated_frames_settled(), base, "a losing fault's page leaked");
 }

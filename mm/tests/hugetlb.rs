@@ -28,7 +28,7 @@ const RW: u32 = PROT_READ | PROT_WRITE;
 fn machine(mib: usize) -> (&'static FrameAllocator, u64) {
     let a = simulated(mib << 20);
     zero_page(a).unwrap();
-    (a, a.allocated_frames())
+    (a, a.allocated_frames_settled())
 }
 
 fn h2(a: &'static FrameAllocator) -> &'static Hstate {
@@ -83,9 +83,9 @@ fn pool_counters_and_meminfo() {
     assert!(mi.contains("HugePages_Surp:       0"), "{mi}");
     assert!(mi.contains("Hugepagesize:       2048 kB"), "{mi}");
     assert!(mi.contains("Hugetlb:            8192 kB"), "{mi}");
-    assert_eq!(a.allocated_frames(), base + 4 * 512);
+    assert_eq!(a.allocated_frames_settled(), base + 4 * 512);
     assert_eq!(h.set_nr_hugepages(0), 0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 1 of the issue on the host: two spaces map one file MAP_SHARED at the same
@@ -126,7 +126,7 @@ fn shared_file_shares_the_pd_table() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 2: B splits with mprotect at a 2 MiB boundary inside the shared interval.
@@ -160,7 +160,7 @@ fn mprotect_split_unshares_only_b() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 2 with munmap of one 2 MiB page.
@@ -188,7 +188,7 @@ fn munmap_one_page_unshares() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 2 with the split at the interval's 1 GiB boundary: no unshare.
@@ -234,7 +234,7 @@ fn split_at_1g_boundary_keeps_sharing() {
         sb.validate_mm().unwrap();
     }
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// The split's unshare, caught: with `hugetlb_split` skipping it, B keeps a shared
@@ -330,7 +330,7 @@ fn unaligned_operations_are_einval() {
     }
     assert_eq!(counters(a), c(4, 4, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// MAP_HUGETLB: rounded length, `/anon_hugepage (deleted)`, smaps page sizes, PROCMAP_QUERY.
@@ -385,7 +385,7 @@ fn map_hugetlb_anonymous() {
     }
     assert_eq!(counters(a), c(4, 4, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 5: pool exhaustion.
@@ -425,7 +425,7 @@ fn reservations_and_sigbus() {
     }
     assert_eq!(counters(a), c(2, 2, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Test 6: a private mapping of a file copies on write; the file's page is untouched.
@@ -472,7 +472,7 @@ fn private_mapping_copies_on_write() {
     }
     assert_eq!(counters(a), c(4, 4, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Truncate and hole punch unmap every mapping and free the pages.
@@ -508,7 +508,7 @@ fn truncate_and_punch_hole_unmap_everywhere() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// mremap of a hugetlb VMA (Linux's `hugepage-mremap` selftest): aligned moves keep
@@ -555,7 +555,7 @@ fn mremap_moves_aligned() {
     }
     assert_eq!(counters(a), c(4, 4, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Two threads fault the same index of a shared file: one page is allocated.
@@ -580,7 +580,7 @@ fn fault_mutex_one_page_per_index() {
         );
     }
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// A 1 GiB page: map, fault (a PDPT leaf), unmap.
@@ -613,7 +613,7 @@ fn one_gib_page() {
         assert_eq!(h.counters().free, 1);
     }
     h.set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 // ---- the CVE-2025-38084 ordering ------------------------------------------------------
@@ -733,7 +733,7 @@ fn racing_faults_and_splits_keep_the_invariant() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// fork: a shared hugetlb mapping is not copied (faults refill it), so the child's
@@ -788,5 +788,5 @@ fn fork_shares_and_copies() {
     }
     assert_eq!(counters(a), c(8, 8, 0));
     h2(a).set_nr_hugepages(0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }

@@ -55,7 +55,7 @@ fn mlock_splits_populates_and_munlock_remerges() {
     assert_eq!(locked_vm(&asp), 0);
     asp.validate_mm().unwrap();
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]

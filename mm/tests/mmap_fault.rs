@@ -13,7 +13,7 @@ use mm::paging::PageTableFlags;
 fn untouched_reads_map_the_zero_page_and_allocate_nothing() {
     let (a, base, asp) = setup();
     let x = asp.mmap(0, 64 * P, RW, PA, None, 0).unwrap();
-    let after_mmap = a.allocated_frames();
+    let after_mmap = a.allocated_frames_settled();
     for i in 0..64 {
         asp.handle_fault(x + i * P, Access::Read).unwrap();
     }
@@ -25,14 +25,14 @@ fn untouched_reads_map_the_zero_page_and_allocate_nothing() {
     }
     assert!(a.meta(z).unwrap().flags().contains(FrameFlags::ZERO));
     // Only page-table pages were allocated (one PDPT, PD, PT at most), no data frames.
-    assert!(a.allocated_frames() - after_mmap <= 3);
+    assert!(a.allocated_frames_settled() - after_mmap <= 3);
     assert_eq!(read_byte(&asp, x + 5 * P + 7), 0);
     // No anon_vma for read faults.
     assert_eq!(asp.query_vma(x, 0).unwrap().anon_vma_id, None);
     asp.munmap(x, 64 * P).unwrap();
     assert!(a.meta(z).unwrap().refcount() >= 1, "zero page never freed");
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -42,12 +42,12 @@ fn write_fault_cows_the_zero_page_and_persists() {
     asp.handle_fault(x, Access::Read).unwrap();
     let z = zero_page(a).unwrap();
     assert_eq!(asp.translate(x).unwrap().frame, z);
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     asp.handle_fault(x, Access::Write).unwrap();
     let t = asp.translate(x).unwrap();
     assert_ne!(t.frame, z);
     assert!(t.flags.contains(PageTableFlags::WRITABLE));
-    assert_eq!(a.allocated_frames(), before + 1);
+    assert_eq!(a.allocated_frames_settled(), before + 1);
     asp.copy_to_user(x + 100, b"persist").unwrap();
     let mut b = [0u8; 7];
     asp.copy_from_user(x + 100, &mut b).unwrap();
@@ -57,7 +57,7 @@ fn write_fault_cows_the_zero_page_and_persists() {
     assert_eq!(asp.translate(x).unwrap().frame, t.frame);
     assert!(asp.query_vma(x, 0).unwrap().anon_vma_id.is_some());
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -85,14 +85,14 @@ fn dontneed_rezeroes() {
     let (a, base, asp) = setup();
     let x = asp.mmap(0, 4 * P, RW, PA, None, 0).unwrap();
     asp.copy_to_user(x + P, b"data").unwrap();
-    let used = a.allocated_frames();
+    let used = a.allocated_frames_settled();
     asp.madvise(x, 4 * P, MADV_DONTNEED).unwrap();
     assert!(asp.translate(x + P).is_none());
-    assert!(a.allocated_frames() < used, "frame freed");
+    assert!(a.allocated_frames_settled() < used, "frame freed");
     assert_eq!(read_byte(&asp, x + P), 0);
     assert_eq!(vmas(&asp), vec![(x, x + 4 * P)], "layout unchanged");
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// mprotect the middle of a 3-page mapping read-only, fault some parts, then restore
@@ -133,7 +133,7 @@ fn mprotect_fault_remerge(fault_left: bool, fault_mid: bool, fault_right: bool) 
     // The merged VMA is writable everywhere again.
     asp.copy_to_user(x + P, b"M").unwrap();
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn growsdown_stack_growth_and_guard_gap() {
         .unwrap();
     // A PROT_NONE neighbour does not count for the gap (vma_is_accessible).
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -287,7 +287,7 @@ fn private_file_mapping_reads_cache_and_copies_on_write() {
     }
     drop(asp);
     assert_eq!(
-        a.allocated_frames(),
+        a.allocated_frames_settled(),
         base,
         "page cache freed with the inode"
     );
@@ -329,7 +329,7 @@ fn shared_file_mapping_writes_through() {
         assert_eq!(f.inode().i_mmap_vmas(0, 1).len(), 1);
     }
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -346,19 +346,19 @@ fn shared_anonymous_is_shmem() {
         .unwrap();
     assert_eq!(read_byte(&asp, n), b's');
     drop(asp);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn populate_prefaults() {
     let (a, _b, asp) = setup();
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     let x = asp.mmap(0, 8 * P, RW, PA | MAP_POPULATE, None, 0).unwrap();
     for i in 0..8 {
         let t = asp.translate(x + i * P).unwrap();
         assert!(t.flags.contains(PageTableFlags::WRITABLE));
     }
-    assert!(a.allocated_frames() >= before + 8);
+    assert!(a.allocated_frames_settled() >= before + 8);
 }
 
 #[test]

@@ -845,7 +845,7 @@ fn snapshot(e: &Env) -> Snap {
         pages,
         leaves,
         tables,
-        frames: a.allocated_frames(),
+        frames: a.allocated_frames_settled(),
         map_count: asp.map_count(),
         live_vmas: asp.live_vmas(),
     }
@@ -1271,8 +1271,8 @@ fn allowed_after_failure(
 fn run_point(sw: &mut Sweep, k: usize, inject: Inject, n: u64) -> bool {
     let alloc = sw.alloc;
     let s = &SCRIPT[k];
+    let frames0 = alloc.allocated_frames_settled();
     let heap0 = live_heap();
-    let frames0 = alloc.allocated_frames();
     let slots0 = vma_pool_stats().slots;
     let pool0 = vma_pool_stats().live;
     let anon0 = anon_vma_live_count();
@@ -1396,11 +1396,12 @@ fn run_point(sw: &mut Sweep, k: usize, inject: Inject, n: u64) -> bool {
     }
     // VMA slots never go back to the heap (type-stable memory, Linux's
     // SLAB_TYPESAFE_BY_RCU): ones the pool had to take during the point are not leaks.
+    // Deferred frees (page-table pages and their RCU batch records) run first.
+    let frames1 = alloc.allocated_frames_settled();
     let new_slots = (vma_pool_stats().slots - slots0) as i64;
     let vma_size = std::mem::size_of::<mm::vma::Vma>() as i64;
     let heap1 = live_heap();
     let heap1 = (heap1.0 - new_slots, heap1.1 - new_slots * vma_size);
-    let frames1 = alloc.allocated_frames();
     let pool1 = vma_pool_stats().live;
     let anon1 = anon_vma_live_count();
     let leak = frames1 != frames0 || pool1 != pool0 || anon1 != anon0;

@@ -283,7 +283,7 @@ impl Baseline {
     fn take(alloc: &'static FrameAllocator) -> Self {
         Baseline {
             alloc,
-            frames: alloc.allocated_frames(),
+            frames: alloc.allocated_frames_settled(),
             vmas: vma_pool_stats().live,
         }
     }
@@ -301,7 +301,7 @@ impl Baseline {
             drop(asp);
         }
         assert_eq!(
-            self.alloc.allocated_frames(),
+            self.alloc.allocated_frames_settled(),
             self.frames,
             "{scenario}: frames leaked"
         );

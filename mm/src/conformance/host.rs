@@ -39,7 +39,7 @@ impl Harness for HostHarness {
     }
 
     fn frames_in_use(&self) -> u64 {
-        self.alloc.allocated_frames()
+        self.alloc.allocated_frames_settled()
     }
 
     fn space_with_layout(&self, layout: MmLayout) -> Box<dyn Space + '_> {

@@ -530,6 +530,15 @@ impl FrameAllocator {
         s.total_frames - s.free_frames - s.reserved_frames
     }
 
+    /// [`Self::allocated_frames`] once every RCU callback queued so far has run
+    /// ([`crate::sync::rcu::rcu_barrier`] first): page-table pages a gather unlinks go
+    /// back only after a grace period, so accounting and leak checks use this. Must
+    /// not be called inside an RCU read-side section.
+    pub fn allocated_frames_settled(&self) -> u64 {
+        crate::sync::rcu::rcu_barrier();
+        self.allocated_frames()
+    }
+
     /// Switches page poisoning on (Linux: booting with `page_poison=1`): fills every
     /// free frame with [`PAGE_POISON`] now, every frame freed from now on as well, and
     /// checks the poison of every frame handed out from now on. A damaged frame is

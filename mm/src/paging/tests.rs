@@ -110,13 +110,13 @@ fn assert_no_empty_tables(s: &PageTableRoot) {
 #[test]
 fn map_translate_unmap_4k() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let f = a.alloc(0).unwrap();
     s.map_frame(va(0x40_0000), f, PageSize::Size4K, RW | NX)
         .unwrap();
     // PML4 + PDPT + PD + PT + frame.
-    assert_eq!(a.allocated_frames(), base + 5);
+    assert_eq!(a.allocated_frames_settled(), base + 5);
     let t = s.translate(va(0x40_0123)).unwrap();
     assert_eq!(t.phys, f + 0x123u64);
     assert_eq!(t.frame, f);
@@ -140,10 +140,10 @@ fn map_translate_unmap_4k() {
     assert_eq!((m.refcount(), m.mapcount()), (1, 0));
     let st = g.finish();
     assert_eq!((st.frames_put, st.tables_freed), (1, 3));
-    assert_eq!(a.allocated_frames(), base + 1);
+    assert_eq!(a.allocated_frames_settled(), base + 1);
     assert_eq!(s.count_user(), (0, 0));
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 /// Linux's `free_pgtables` floor and ceiling: an unmap frees an emptied table only if
@@ -152,7 +152,7 @@ fn map_translate_unmap_4k() {
 #[test]
 fn unmap_frees_only_tables_no_neighbour_reaches() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let f = a.alloc(0).unwrap();
     s.map_frame(va(0x40_0000), f, PageSize::Size4K, RW).unwrap();
@@ -193,13 +193,13 @@ fn unmap_frees_only_tables_no_neighbour_reaches() {
     assert_eq!(g.finish().tables_freed, 2);
     assert_eq!(s.count_user(), (0, 1));
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn map_translate_unmap_2m_both_ends() {
     let a = mem(16);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let f = a.alloc(9).unwrap();
     let v = 0x4000_0000 - M2; // last 2M of the first GiB
@@ -236,13 +236,13 @@ fn map_translate_unmap_2m_both_ends() {
     g.finish();
     assert_eq!(s.translate(va(v)), None);
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn map_translate_unmap_1g_unaccounted() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let v = 5 * G1;
     s.map(
@@ -252,7 +252,7 @@ fn map_translate_unmap_1g_unaccounted() {
         RW | NX,
     )
     .unwrap();
-    assert_eq!(a.allocated_frames(), base + 2); // PML4 + PDPT only
+    assert_eq!(a.allocated_frames_settled(), base + 2); // PML4 + PDPT only
     let t = s.translate(va(v + G1 - 1)).unwrap();
     assert_eq!((t.phys.as_u64(), t.size), (MMIO + G1 - 1, PageSize::Size1G));
     let t = s.translate(va(v + G1)).unwrap();
@@ -274,7 +274,7 @@ fn map_translate_unmap_1g_unaccounted() {
     assert_eq!(s.translate(va(v)), None);
     assert!(s.translate(va(v + G1)).is_some());
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn map_frame_1g_real_block() {
     // 2 GiB of simulated RAM (lazily backed) so one order-18 block is free.
     let mem = SimulatedMemory::new((2 << 30) + (64 << 20));
     let a: &'static FrameAllocator = mem.leak();
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let f = a.alloc(18).unwrap();
     s.map_frame(va(G1), f, PageSize::Size1G, RW).unwrap();
@@ -290,14 +290,14 @@ fn map_frame_1g_real_block() {
     assert_eq!((t.phys, t.size), (f + (G1 - 1), PageSize::Size1G));
     assert_eq!(a.meta(f).unwrap().mapcount(), 1);
     drop(s); // puts the frame
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn map_argument_errors_change_nothing() {
     let a = mem(8);
     let s = space(a);
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     let p = PhysAddr::new(MMIO);
     use MapError::*;
     assert_eq!(
@@ -367,7 +367,7 @@ fn map_argument_errors_change_nothing() {
         ),
         Err(InvalidRange)
     );
-    let after_one = a.allocated_frames();
+    let after_one = a.allocated_frames_settled();
     // Overlap at the end of the range: nothing of the range is mapped.
     assert_eq!(
         s.map(r(0, 0x2000), p, PageSize::Size4K, RW),
@@ -391,14 +391,14 @@ fn map_argument_errors_change_nothing() {
         Err(NotAllocated)
     );
     a.free(f, 1).unwrap();
-    assert_eq!(a.allocated_frames(), after_one);
+    assert_eq!(a.allocated_frames_settled(), after_one);
     assert!(before < after_one);
 }
 
 #[test]
 fn map_accounts_allocated_heads_only() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let blk = a.alloc(2).unwrap(); // 4 frames, one head
     s.map(r(0x10_0000, 0x10_4000), blk, PageSize::Size4K, RW)
@@ -413,7 +413,7 @@ fn map_accounts_allocated_heads_only() {
     assert_eq!((m.refcount(), m.mapcount()), (1, 0));
     a.free(blk, 2).unwrap();
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -511,14 +511,14 @@ fn young_and_dirty_read_and_clear() {
 #[test]
 fn emptied_tables_are_freed() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let v = 0x7f00_0000_0000; // high in the user half
     let f1 = a.alloc(0).unwrap();
     let f2 = a.alloc(0).unwrap();
     s.map_frame(va(v), f1, PageSize::Size4K, RW).unwrap();
     s.map_frame(va(v + K4), f2, PageSize::Size4K, RW).unwrap();
-    assert_eq!(a.allocated_frames(), base + 1 + 3 + 2);
+    assert_eq!(a.allocated_frames_settled(), base + 1 + 3 + 2);
     assert_no_empty_tables(&s);
     let mut g = MmuGather::new(&s);
     s.unmap(r(v, v + K4), &mut g).unwrap();
@@ -528,19 +528,19 @@ fn emptied_tables_are_freed() {
     // A wide unmap, mostly over holes, empties all three levels.
     s.unmap(r(v - G1, v + G1), &mut g).unwrap();
     assert_eq!(g.finish().tables_freed, 3);
-    assert_eq!(a.allocated_frames(), base + 1);
+    assert_eq!(a.allocated_frames_settled(), base + 1);
     assert_no_empty_tables(&s);
     // The PML4 is never freed: the space is still usable.
     s.map(r(v, v + K4), PhysAddr::new(MMIO), PageSize::Size4K, RW)
         .unwrap();
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn drop_returns_counters_to_baseline() {
     let a = mem(32);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     let mut frames = Vec::new();
     for i in 0..700u64 {
@@ -559,10 +559,10 @@ fn drop_returns_counters_to_baseline() {
         RW,
     )
     .unwrap();
-    assert!(a.allocated_frames() > base + 700);
+    assert!(a.allocated_frames_settled() > base + 700);
     assert_no_empty_tables(&s);
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
     for f in frames {
         assert_eq!(a.meta(f).unwrap().refcount(), 0);
     }
@@ -580,21 +580,21 @@ fn oom_mid_map_changes_nothing() {
     let (lo, hi) = (G1 - 8 * M2, G1 + 8 * M2);
     for leave in [0usize, 1, 3, 10] {
         let hoard = exhaust(a, leave);
-        let before = a.allocated_frames();
+        let before = a.allocated_frames_settled();
         assert_eq!(
             s.map(r(lo, hi), PhysAddr::new(MMIO), PageSize::Size4K, RW),
             Err(MapError::OutOfMemory)
         );
-        assert_eq!(a.allocated_frames(), before, "leave={leave}");
+        assert_eq!(a.allocated_frames_settled(), before, "leave={leave}");
         assert_eq!(s.count_user(), count_before);
         assert_eq!(s.translate(va(lo)), None);
         release(a, hoard);
     }
     // With memory back it works, and needs exactly 16 PTs + 1 PD.
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     s.map(r(lo, hi), PhysAddr::new(MMIO), PageSize::Size4K, RW)
         .unwrap();
-    assert_eq!(a.allocated_frames(), before + 17);
+    assert_eq!(a.allocated_frames_settled(), before + 17);
     // map_frame on OOM: the caller keeps its reference.
     let f = a.alloc(0).unwrap();
     let hoard = exhaust(a, 0);
@@ -620,14 +620,14 @@ fn oom_mid_map_changes_nothing() {
 #[test]
 fn reserved_tables_make_the_map_infallible() {
     let a = mem(8);
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     let s = space(a);
-    let frames = a.allocated_frames();
+    let frames = a.allocated_frames_settled();
     // An empty space: PDPT, PD and PT are needed.
     let res = s
         .reserve_tables(r(0x40_0000, 0x40_0000 + K4), PageSize::Size4K)
         .unwrap();
-    assert_eq!(a.allocated_frames(), frames + 3);
+    assert_eq!(a.allocated_frames_settled(), frames + 3);
     assert_eq!(s.count_user(), (0, 0), "reserving changes no table");
     // With no free frame at all, the reserved map still succeeds.
     let f = a.alloc(0).unwrap();
@@ -639,11 +639,11 @@ fn reserved_tables_make_the_map_infallible() {
     // A reservation for a range that needs nothing holds nothing; dropping an unspent
     // one frees its pages.
     release(a, hoard);
-    let frames = a.allocated_frames();
+    let frames = a.allocated_frames_settled();
     let none = s
         .reserve_tables(r(0x40_1000, 0x40_2000), PageSize::Size4K)
         .unwrap();
-    assert_eq!(a.allocated_frames(), frames);
+    assert_eq!(a.allocated_frames_settled(), frames);
     s.map_reserved(
         r(0x40_1000, 0x40_2000),
         PhysAddr::new(MMIO),
@@ -656,9 +656,9 @@ fn reserved_tables_make_the_map_infallible() {
     let unspent = s
         .reserve_tables(r(5 * G1, 5 * G1 + K4), PageSize::Size4K)
         .unwrap();
-    assert_eq!(a.allocated_frames(), frames + 2);
+    assert_eq!(a.allocated_frames_settled(), frames + 2);
     drop(unspent);
-    assert_eq!(a.allocated_frames(), frames);
+    assert_eq!(a.allocated_frames_settled(), frames);
     // Reserving fails as map does, with nothing allocated.
     assert!(matches!(
         s.reserve_tables(r(0x40_0000, 0x40_1000), PageSize::Size4K),
@@ -666,21 +666,21 @@ fn reserved_tables_make_the_map_infallible() {
     ));
     // One frame short of the PD and PT needed there.
     let hoard = exhaust(a, 1);
-    let frames = a.allocated_frames();
+    let frames = a.allocated_frames_settled();
     assert!(matches!(
         s.reserve_tables(r(7 * G1, 7 * G1 + K4), PageSize::Size4K),
         Err(MapError::OutOfMemory)
     ));
-    assert_eq!(a.allocated_frames(), frames);
+    assert_eq!(a.allocated_frames_settled(), frames);
     release(a, hoard);
     drop(s);
-    assert_eq!(a.allocated_frames(), before);
+    assert_eq!(a.allocated_frames_settled(), before);
 }
 
 #[test]
 fn replace_frame_swaps_in_place_without_table_memory() {
     let a = mem(8);
-    let before = a.allocated_frames();
+    let before = a.allocated_frames_settled();
     let s = space(a);
     // SAFETY: host backend: recorded only.
     unsafe { s.activate(0) };
@@ -754,7 +754,7 @@ fn replace_frame_swaps_in_place_without_table_memory() {
     a.put_frame(old).unwrap();
     s.deactivate(0);
     drop(s);
-    assert_eq!(a.allocated_frames(), before);
+    assert_eq!(a.allocated_frames_settled(), before);
 }
 
 #[test]
@@ -852,7 +852,7 @@ fn flush_policy_ceiling() {
 #[test]
 fn gather_frees_only_after_flush() {
     let a = mem(16);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     // SAFETY: host backend: recorded only.
     unsafe { s.activate(3) };
@@ -865,7 +865,7 @@ fn gather_frees_only_after_flush() {
         frames.push(f);
     }
     s.tlb().clear();
-    let allocated = a.allocated_frames();
+    let allocated = a.allocated_frames_settled();
     let mut g = MmuGather::new(&s);
     s.unmap(r(v, v + 300 * K4), &mut g).unwrap();
     // The batch (128) overflowed twice: those frames were flushed, then put.
@@ -875,7 +875,7 @@ fn gather_frees_only_after_flush() {
         .filter(|e| matches!(e, TlbEvent::Release(_)))
         .count();
     assert_eq!(puts_early, 256);
-    assert_eq!(a.allocated_frames(), allocated - 256);
+    assert_eq!(a.allocated_frames_settled(), allocated - 256);
     // The rest is still allocated, with map count already gone.
     let last = frames[299];
     assert_eq!(
@@ -914,10 +914,10 @@ fn gather_frees_only_after_flush() {
             .count(),
         3
     );
-    assert_eq!(a.allocated_frames(), base + 1);
+    assert_eq!(a.allocated_frames_settled(), base + 1);
     s.deactivate(3);
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -949,7 +949,7 @@ fn dropping_an_inactive_space_needs_no_flush() {
 #[test]
 fn kernel_half_is_shared_not_owned() {
     let a = mem(8);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     // A fake kernel PML4 with one upper-half PDPT holding a 1G leaf.
     let kpml4 = Table::alloc(a).unwrap();
     let kpdpt = Table::alloc(a).unwrap();
@@ -973,18 +973,18 @@ fn kernel_half_is_shared_not_owned() {
             .unwrap();
     }
     // The kernel tables survived the space.
-    assert_eq!(a.allocated_frames(), base + 2);
+    assert_eq!(a.allocated_frames_settled(), base + 2);
     assert_eq!(kpml4.load(300).addr(), kpdpt.pa());
     assert_eq!(kpdpt.load(0).addr().as_u64(), MMIO);
     kpdpt.free();
     kpml4.free();
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn shared_pmd_survives_unshare_of_one_sharer() {
     let a = mem(32);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let sa = space(a);
     let sb = space(a);
     let v = 2 * G1;
@@ -1080,13 +1080,13 @@ fn shared_pmd_survives_unshare_of_one_sharer() {
     let st = g.finish();
     assert_eq!((st.frames_put, st.tables_freed), (3, 2));
     drop(sb);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
 fn shared_pmd_freed_by_last_owner_on_drop() {
     let a = mem(32);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let sa = space(a);
     let sb = space(a);
     let sc = space(a);
@@ -1111,7 +1111,7 @@ fn shared_pmd_freed_by_last_owner_on_drop() {
     assert_eq!(sb.translate(va(G1 + M2)).unwrap().frame, f);
     drop(sb);
     assert_eq!(a.meta(f).unwrap().refcount(), 0);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 #[test]
@@ -1130,7 +1130,7 @@ fn raw_share_rejects_non_table_pages() {
 #[test]
 fn bench_shapes() {
     let a = mem(64);
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let s = space(a);
     // map + unmap one 4K page.
     for _ in 0..10 {
@@ -1164,7 +1164,7 @@ fn bench_shapes() {
             .unwrap();
     }
     drop(s);
-    assert_eq!(a.allocated_frames(), base);
+    assert_eq!(a.allocated_frames_settled(), base);
 }
 
 mod model {
@@ -1257,7 +1257,7 @@ mod model {
         assert_eq!(leaves, m.len() as u64);
         let data: u64 = m.values().filter_map(|l| l.order).map(|o| 1u64 << o).sum();
         assert_eq!(
-            a.allocated_frames(),
+            a.allocated_frames_settled(),
             base + 1 + tables + data,
             "frame accounting"
         );
@@ -1271,7 +1271,7 @@ mod model {
     }
 
     fn run(a: &'static FrameAllocator, ops: &[Op]) {
-        let base = a.allocated_frames();
+        let base = a.allocated_frames_settled();
         let s = space(a);
         let mut m = Model::new();
         for op in ops {
@@ -1361,7 +1361,7 @@ mod model {
             check(&s, &m, a, base);
         }
         drop(s);
-        assert_eq!(a.allocated_frames(), base, "teardown leaked");
+        assert_eq!(a.allocated_frames_settled(), base, "teardown leaked");
     }
 
     proptest! {

@@ -7,12 +7,14 @@
 //! is appended to a log that tests read, and no privileged instruction is ever executed.
 
 use alloc::sync::Arc;
+use core::alloc::Layout;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::entry::{Pte, free_table_page};
 use super::{PTE_ACCOUNTED, PageSize, PageTableFlags as F, PageTableRoot};
 use crate::frame::{FrameAllocator, FrameFlags};
+use crate::sync::rcu::{RcuHead, call_rcu, synchronize_rcu};
 
 /// Above this many pages a range flush becomes a full flush (Linux:
 /// `tlb_single_page_flush_ceiling`, default 33).
@@ -77,7 +79,7 @@ pub trait TlbBackend: Clone {
 pub enum Release {
     /// A reference on a data frame was dropped.
     PutFrame(PhysAddr),
-    /// A page-table page was freed.
+    /// A page-table page was handed to RCU, to be freed after a grace period.
     FreeTable(PhysAddr),
 }
 
@@ -276,7 +278,7 @@ pub struct GatherStats {
     pub flushes: u64,
     /// Frame references dropped.
     pub frames_put: u64,
-    /// Table pages freed.
+    /// Table pages released (handed to RCU, freed after a grace period).
     pub tables_freed: u64,
 }
 
@@ -464,13 +466,57 @@ impl MmuGather {
             self.stats.frames_put += 1;
         }
         self.nr_frames = 0;
-        for i in 0..self.nr_tables {
-            let pa = self.tables[i];
-            self.tlb.note_release(Release::FreeTable(pa));
-            free_table_page(self.alloc, pa);
-            self.stats.tables_freed += 1;
+        if self.nr_tables != 0 {
+            self.free_tables();
         }
+    }
+
+    /// Hands the batched table pages, already unlinked and flushed, to RCU: they are
+    /// freed after a grace period, so a lock-free page-table walker (Linux: GUP-fast,
+    /// `pte_offset_map` under `rcu_read_lock`) that loaded an old upper entry never
+    /// walks a reused page (Linux: `CONFIG_MMU_GATHER_RCU_TABLE_FREE`, `tlb_table_flush`
+    /// → `tlb_remove_table_free` → `call_rcu(&batch->rcu, tlb_remove_table_rcu)`).
+    /// The batch record is allocated without waiting; if that fails, Linux's
+    /// `tlb_remove_table_one` fallback: wait for a grace period here, then free.
+    fn free_tables(&mut self) {
+        let n = self.nr_tables;
+        for &pa in &self.tables[..n] {
+            self.tlb.note_release(Release::FreeTable(pa));
+        }
+        self.stats.tables_freed += n as u64;
         self.nr_tables = 0;
+        if self.fullmm && self.cpus == 0 {
+            // Teardown of a space loaded on no CPU (`exit_mmap`, a failed fork's
+            // child): no walker, locked or lock-free, can reach its tables any more (a
+            // lock-free walk only ever covers the walking CPU's own active space), so
+            // they go back now. Linux defers these too; freeing them at once keeps
+            // `exit` from holding page-table pages across a grace period.
+            for &pa in &self.tables[..n] {
+                free_table_page(self.alloc, pa);
+            }
+            return;
+        }
+        let layout = Layout::new::<TableBatch>();
+        // SAFETY: `TableBatch` has a non-zero size.
+        let b = unsafe { alloc::alloc::alloc(layout) } as *mut TableBatch;
+        if b.is_null() {
+            synchronize_rcu();
+            for &pa in &self.tables[..n] {
+                free_table_page(self.alloc, pa);
+            }
+            return;
+        }
+        // SAFETY: `b` is a fresh allocation of `TableBatch`'s layout; after the write it
+        // is leaked to RCU until `tlb_remove_table_rcu` frees it.
+        unsafe {
+            b.write(TableBatch {
+                rcu: RcuHead::new(),
+                alloc: self.alloc,
+                nr: n,
+                tables: self.tables,
+            });
+            call_rcu(b.cast::<RcuHead>(), tlb_remove_table_rcu);
+        }
     }
 
     /// Flushes and frees everything gathered (Linux: `tlb_finish_mmu`); returns the
@@ -478,6 +524,36 @@ impl MmuGather {
     pub fn finish(mut self) -> GatherStats {
         self.flush();
         self.stats
+    }
+}
+
+/// Table pages waiting for a grace period (Linux: `struct mmu_table_batch`, a page
+/// with its `rcu_head`; here a small heap object).
+#[repr(C)]
+struct TableBatch {
+    // First field (`repr(C)`): the callback finds the batch from the record.
+    rcu: RcuHead,
+    alloc: &'static FrameAllocator,
+    nr: usize,
+    tables: [PhysAddr; TABLE_BATCH],
+}
+
+/// The grace period is over: free the batch's table pages and the batch (Linux:
+/// `tlb_remove_table_rcu` → `__tlb_remove_table_free`). May run in the timer
+/// interrupt: it takes only the frame allocator's and the heap's locks, which disable
+/// interrupts.
+///
+/// # Safety
+/// `head` is the record of a `TableBatch` leaked to RCU by `MmuGather::free_tables`.
+unsafe fn tlb_remove_table_rcu(head: *mut RcuHead) {
+    let b = head.cast::<TableBatch>();
+    // SAFETY: contract: `b` is a live batch, ours alone now; read, then freed once.
+    unsafe {
+        let batch = b.read();
+        for &pa in &batch.tables[..batch.nr] {
+            free_table_page(batch.alloc, pa);
+        }
+        alloc::alloc::dealloc(b.cast(), Layout::new::<TableBatch>());
     }
 }
 

@@ -32,7 +32,7 @@ pub const PA: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
 pub fn setup() -> (&'static FrameAllocator, u64, AddressSpace) {
     let a = simulated(32 << 20);
     zero_page(a).unwrap();
-    let base = a.allocated_frames();
+    let base = a.allocated_frames_settled();
     let asp = AddressSpace::new(a).unwrap();
     (a, base, asp)
 }
