@@ -139,9 +139,10 @@ case "$MODE" in
     build_boot_tool
     log "in-kernel tests (each test kernel boots in QEMU, 1 CPU)"
     cargo ktest
-    log "SMP: the SMP and mm-concurrency test kernels with 4 CPUs; mmap_api, demand_paging and hugetlb with 2"
+    log "SMP: the SMP, mm-concurrency and RCU test kernels with 4 CPUs; mmap_api, demand_paging and hugetlb with 2"
     KERNEL_SMP=4 cargo ktest --test smp
     KERNEL_SMP=4 cargo ktest --test mm_smp
+    KERNEL_SMP=4 cargo ktest --test rcu
     KERNEL_SMP=2 cargo ktest --test mmap_api --test demand_paging --test hugetlb
     log "harness self-check: a failing test must fail the run"
     out="$(cargo ktest --test harness_fails 2>&1)" && hf=0 || hf=$?

@@ -36,7 +36,8 @@ pub struct CpuBlock {
     pub fault_addr: AtomicU64,
     /// The extable fix-up slot: its page-fault error code.
     pub fault_code: AtomicU64,
-    /// APIC timer ticks taken (the quiescent-state clock RCU will read).
+    /// APIC timer ticks taken (each one also runs RCU's per-tick work,
+    /// `mm::sync::rcu::rcu_sched_clock_irq`).
     pub ticks: AtomicU64,
     /// Nesting depth of cross-call handlers running on this CPU (no cross-call may be
     /// issued from inside one).
@@ -46,9 +47,6 @@ pub struct CpuBlock {
     /// Page faults on user addresses this CPU handed to the memory manager (Linux: the
     /// per-CPU `PGFAULT` vm event).
     pub user_faults: AtomicU64,
-    /// Room for RCU's per-CPU state (the next issue): the last grace period this CPU
-    /// reported a quiescent state for.
-    pub rcu_qs_gp: AtomicU64,
 }
 
 impl CpuBlock {
@@ -64,7 +62,6 @@ impl CpuBlock {
             in_call: AtomicU32::new(0),
             tlb_remote_flushes: AtomicU64::new(0),
             user_faults: AtomicU64::new(0),
-            rcu_qs_gp: AtomicU64::new(0),
         }
     }
 

@@ -145,6 +145,9 @@ fn run_from(first: usize) -> ! {
     for (i, test) in tests.iter().enumerate().skip(first) {
         CURRENT.store(i, Ordering::SeqCst);
         crate::serial_print!("test {} ... ", test.name());
+        // Deferred frees of earlier tests (page-table pages after a grace period)
+        // are done before the baseline, and this test's before the check.
+        mm::sync::rcu::rcu_barrier();
         *BASELINE.lock() = Some(memory::usage());
         test.run();
         if test.should_panic() {
@@ -163,6 +166,7 @@ fn run_from(first: usize) -> ! {
 /// Compares the memory manager's usage with the baseline taken before the test.
 fn leak_check() -> Option<String> {
     let before = (*BASELINE.lock())?;
+    mm::sync::rcu::rcu_barrier();
     let after = memory::usage();
     if after == before {
         return None;
@@ -238,6 +242,9 @@ pub fn on_panic(info: &PanicInfo) -> ! {
             crate::percpu::this_block()
                 .in_call
                 .store(0, Ordering::Relaxed);
+            // Read-side sections the panic left open would hold every later grace
+            // period (and the leak checks' rcu_barrier) back.
+            mm::sync::rcu::rcu_reset_after_panic();
             x86_64::instructions::interrupts::enable();
             IN_PANIC.store(false, Ordering::SeqCst);
             run_from(current + 1)

@@ -191,11 +191,14 @@ pub fn start_timer() {
     write(REG_TIMER_INIT, TIMER_COUNT.load(Ordering::Relaxed));
 }
 
-/// The timer interrupt's work: count the tick (Linux: `local_apic_timer_interrupt` →
-/// `tick_handle_periodic`).
+/// The timer interrupt's work: count the tick, then RCU's per-tick work (Linux:
+/// `local_apic_timer_interrupt` → `tick_handle_periodic` → `update_process_times` →
+/// `rcu_sched_clock_irq`): a quiescent state if the tick interrupted this CPU outside
+/// any read-side section, grace-period progress, and this CPU's ready callbacks.
 pub fn timer_tick() {
     this_block().ticks.fetch_add(1, Ordering::Relaxed);
     eoi();
+    mm::sync::rcu::rcu_sched_clock_irq();
 }
 
 /// Signals end of interrupt to this CPU's APIC.

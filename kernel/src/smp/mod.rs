@@ -142,6 +142,9 @@ pub extern "C" fn ap_main(cpu: usize) -> ! {
 /// interrupt (Linux: `do_idle`). Also where an AP continues after a test panic.
 pub fn ap_idle() -> ! {
     loop {
+        // Outside any read-side section: a quiescent state, and this CPU's ready RCU
+        // callbacks (Linux: `rcu_idle_enter` / the idle loop's `rcu_note_context_switch`).
+        mm::sync::rcu::rcu_note_qs();
         interrupts::disable();
         let job = JOBS.get().load(Ordering::Acquire);
         if job.is_null() {
@@ -354,6 +357,8 @@ pub fn on_ap_panic(info: &core::panic::PanicInfo) -> ! {
     }
     // A panic inside a cross-call function never returned to clear this.
     percpu::this_block().in_call.store(0, Ordering::Relaxed);
+    // Nor did the read-side sections it was in end.
+    mm::sync::rcu::rcu_reset_after_panic();
     // SAFETY: the poster keeps the job alive until its state leaves POSTED.
     unsafe { (*job).state[cpu].store(JOB_PANICKED, Ordering::Release) };
     RUNNING

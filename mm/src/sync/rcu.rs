@@ -114,7 +114,9 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+#[cfg(not(target_os = "none"))]
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use super::IrqSpinLock;
 
@@ -329,6 +331,22 @@ impl Drop for RcuReadGuard {
         // sees this value lets a writer free.
         s.store(next, Ordering::Release);
     }
+}
+
+/// Forget the current context's open read-side sections and callback invocation
+/// after a panic that is not unwound (the kernel: a test's panic continues with the
+/// next test, an AP's goes back to the idle loop): their guards never drop, and a
+/// nesting left above zero would hold every later grace period back forever.
+/// Lockdep resets its counters the same way.
+pub fn rcu_reset_after_panic() {
+    let d = &RCU_DATA[this_ctx()];
+    let v = d.read.state.load(Ordering::Relaxed);
+    if nesting(v) != 0 {
+        d.read
+            .state
+            .store((exits(v) + 1) << 32, Ordering::Release);
+    }
+    d.invoking.store(false, Ordering::Release);
 }
 
 /// True while the current context is inside a read-side critical section (Linux:
