@@ -54,7 +54,11 @@ fn out_of_memory_while_moving_page_tables_leaves_the_source_intact() {
         before,
         "no VMA at the destination, source unchanged"
     );
-    assert_eq!(alloc.allocated_frames_settled(), frames_before, "nothing leaked");
+    assert_eq!(
+        alloc.allocated_frames_settled(),
+        frames_before,
+        "nothing leaked"
+    );
     assert_eq!(read(&asp, x, 4), b"keep");
     assert_eq!(read(&asp, x + 3 * P, 2), b"me");
 }

@@ -20,7 +20,7 @@
 //!
 //! # Contexts: CPUs in the kernel, registered threads on the host
 //!
-//! Each execution context has one [`RcuData`] (Linux: `struct rcu_data`, per CPU). In
+//! Each execution context has one `RcuData` (Linux: `struct rcu_data`, per CPU). In
 //! the kernel a context is a CPU, named by the hook lockdep already has
 //! ([`super::lockdep::set_cpu_id_hook`]); the kernel does not preempt, so a read-side
 //! section starts and ends on one CPU and nothing else runs on that CPU meanwhile but
@@ -34,7 +34,7 @@
 //! # Quiescent states
 //!
 //! A grace period is complete when every context has passed a *quiescent state* since
-//! it started. A context's [`RcuData`] holds one word, `state`: its read-side nesting
+//! it started. A context's `RcuData` holds one word, `state`: its read-side nesting
 //! depth (low half) and how many outermost sections it has left (high half). A
 //! context has passed a quiescent state in the current grace period when:
 //!
@@ -342,9 +342,7 @@ pub fn rcu_reset_after_panic() {
     let d = &RCU_DATA[this_ctx()];
     let v = d.read.state.load(Ordering::Relaxed);
     if nesting(v) != 0 {
-        d.read
-            .state
-            .store((exits(v) + 1) << 32, Ordering::Release);
+        d.read.state.store((exits(v) + 1) << 32, Ordering::Release);
     }
     d.invoking.store(false, Ordering::Release);
 }

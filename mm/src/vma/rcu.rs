@@ -2,8 +2,8 @@
 //!
 //! RCU itself lives in [`crate::sync::rcu`]; lock-free readers (`lock_vma_under_rcu`)
 //! use its [`rcu_read_lock`]. A tree writer retires the nodes a publication unlinked
-//! with a grace-period cookie ([`retire_epoch`], Linux: `start_poll_synchronize_rcu`)
-//! and frees those whose cookie is below [`safe_bound`] (Linux:
+//! with a grace-period cookie (`retire_epoch`, Linux: `start_poll_synchronize_rcu`)
+//! and frees those whose cookie is below `safe_bound` (Linux:
 //! `poll_state_synchronize_rcu`), after driving the grace-period machine once
 //! without waiting. Linux frees maple nodes with `call_rcu` (`ma_free_rcu` →
 //! `mt_free_rcu`); the tree here keeps its own retired list, so a node can go back to
