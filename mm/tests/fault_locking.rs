@@ -398,5 +398,9 @@ fn racing_faults_on_the_same_pages_install_one_frame_and_leak_none() {
     let st = asp.fault_stats();
     assert!(st.vma_lock_success > 0, "{st:?}");
     drop(Arc::try_unwrap(asp).ok().expect("sole owner"));
-    assert_eq!(a.allocated_frames_settled(), base, "a losing fault's page leaked");
+    assert_eq!(
+        a.allocated_frames_settled(),
+        base,
+        "a losing fault's page leaked"
+    );
 }

@@ -79,9 +79,14 @@ fn an_inner_unlock_does_not_end_the_outer_section() {
 
 #[test]
 fn synchronize_rcu_does_not_wait_for_readers_that_begin_after_it() {
-    // A reader that enters after a cookie is taken does not hold the cookie's grace
-    // period back: poll it done while that reader is still inside.
+    // A reader that enters after the grace period a cookie names has started does not
+    // hold it back: poll it done while that reader is still inside.
     let c = start_poll_synchronize_rcu();
+    // The cookie's grace period has started (or ended) once gp_seq reaches c - 3.
+    while mm::sync::rcu::rcu_gp_seq() + 3 < c {
+        rcu_gp_advance();
+        thread::yield_now();
+    }
     let release = Arc::new(AtomicBool::new(false));
     let (h, _) = reader_holding(release.clone(), false);
     let t = Instant::now();
