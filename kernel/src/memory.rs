@@ -133,8 +133,12 @@ pub struct Usage {
     pub vmas: usize,
 }
 
-/// The current [`Usage`].
+/// The current [`Usage`], once RCU's deferred frees queued so far have run
+/// (`rcu_barrier`: page-table pages an unmap releases go back after a grace period,
+/// so a count taken right after `munmap` would still hold them). Call it with
+/// interrupts enabled and outside any RCU read-side section.
 pub fn usage() -> Usage {
+    mm::sync::rcu::rcu_barrier();
     let allocated = FRAMES.get().map_or(0, |f| f.allocated_frames());
     Usage {
         frames: allocated - crate::heap::frames(),

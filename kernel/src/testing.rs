@@ -145,9 +145,9 @@ fn run_from(first: usize) -> ! {
     for (i, test) in tests.iter().enumerate().skip(first) {
         CURRENT.store(i, Ordering::SeqCst);
         crate::serial_print!("test {} ... ", test.name());
-        // Deferred frees of earlier tests (page-table pages after a grace period)
-        // are done before the baseline, and this test's before the check.
-        mm::sync::rcu::rcu_barrier();
+        // `usage` settles RCU first: deferred frees of earlier tests (page-table pages
+        // after a grace period) are done before the baseline, this test's before the
+        // check.
         *BASELINE.lock() = Some(memory::usage());
         test.run();
         if test.should_panic() {
@@ -166,7 +166,6 @@ fn run_from(first: usize) -> ! {
 /// Compares the memory manager's usage with the baseline taken before the test.
 fn leak_check() -> Option<String> {
     let before = (*BASELINE.lock())?;
-    mm::sync::rcu::rcu_barrier();
     let after = memory::usage();
     if after == before {
         return None;
