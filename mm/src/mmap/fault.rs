@@ -496,8 +496,7 @@ impl AddressSpace {
         // (`folio_get`), so the copy reads a page nobody can free under it even if a
         // MADV_DONTNEED on another CPU zaps the PTE meanwhile.
         let pinned = pt.with_leaf_locked(va(page), |cur| {
-            let ad = PageTableFlags::ACCESSED | PageTableFlags::DIRTY;
-            let same = cur.is_some_and(|c| c.frame == t.frame && c.flags - ad == t.flags - ad);
+            let same = cur.is_some_and(|c| c.same_mapping(&t));
             if same {
                 m.get();
             }

@@ -105,13 +105,25 @@ pub(super) fn user_range(range: &Range<VirtAddr>, align: u64) -> Result<(u64, u6
     Ok((s, e))
 }
 
-/// Is `cur` (a leaf of `size`) the mapping `t` describes: same frame, same permission
-/// bits? Accessed and dirty bits do not count (the CPU sets them at will). Linux's
-/// `pte_same` compares the whole entry; ignoring A/D only spares a pointless retry.
+/// Is `cur` (a leaf of `size`) the mapping `t` describes (see
+/// [`Translation::same_mapping`])?
 fn same_leaf(cur: Pte, size: PageSize, t: &Translation) -> bool {
-    let ad = F::ACCESSED | F::DIRTY;
     align_down(cur.addr().as_u64(), size.bytes()) == t.frame.as_u64()
-        && visible_flags(cur) - ad == t.flags - ad
+        && Translation::same_permissions(visible_flags(cur), t.flags)
+}
+
+impl Translation {
+    /// Does `other` describe the same mapping: same frame, same permission bits?
+    /// Accessed and dirty bits do not count (the CPU sets them at will). Linux's
+    /// `pte_same` compares the whole entry; ignoring A/D only spares a pointless retry.
+    pub fn same_mapping(&self, other: &Translation) -> bool {
+        self.frame == other.frame && Self::same_permissions(self.flags, other.flags)
+    }
+
+    fn same_permissions(a: F, b: F) -> bool {
+        let ad = F::ACCESSED | F::DIRTY;
+        a - ad == b - ad
+    }
 }
 
 /// The entry bits `protect` installs for `flags` (PROT_NONE as [`PTE_PROTNONE`]).
