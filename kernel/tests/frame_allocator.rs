@@ -24,6 +24,8 @@ fn smallest_free_order() -> Option<usize> {
 
 #[test_case]
 fn split_takes_one_block_and_leaves_a_buddy_at_each_lower_order() {
+    // The exact buddy state: the per-CPU lists emptied and bypassed.
+    let _buddy = frames().pcp_disable();
     // Take every free block below some order k first, so the next order-0 request
     // must split an order-k block.
     let mut held = Vec::new();
@@ -54,6 +56,8 @@ fn split_takes_one_block_and_leaves_a_buddy_at_each_lower_order() {
 
 #[test_case]
 fn freeing_buddies_coalesces_back_to_the_original_block() {
+    // The exact buddy state: the per-CPU lists emptied and bypassed.
+    let _buddy = frames().pcp_disable();
     let before = frames().stats();
     let a = frames().alloc(0).unwrap();
     let b = frames().alloc(0).unwrap();
@@ -80,6 +84,8 @@ fn blocks_are_aligned_to_their_order() {
 
 #[test_case]
 fn exhaustion_returns_an_error_and_memory_comes_back() {
+    // The exact buddy state: the per-CPU lists emptied and bypassed.
+    let _buddy = frames().pcp_disable();
     // The bookkeeping vector is allocated before the snapshot: its 4 KiB come from the
     // `kmalloc-4k` slab, whose page stays cached with the class after the vector is
     // freed (as Linux keeps partial slabs), so it must not count as a leak.
@@ -101,6 +107,8 @@ fn exhaustion_returns_an_error_and_memory_comes_back() {
 
 #[test_case]
 fn double_free_is_rejected_and_changes_nothing() {
+    // The exact buddy state: the per-CPU lists emptied and bypassed.
+    let _buddy = frames().pcp_disable();
     let pa = frames().alloc(2).unwrap();
     frames().free(pa, 2).unwrap();
     let before = frames().stats();
@@ -110,6 +118,8 @@ fn double_free_is_rejected_and_changes_nothing() {
 
 #[test_case]
 fn wrong_order_free_is_rejected() {
+    // The exact buddy state: the per-CPU lists emptied and bypassed.
+    let _buddy = frames().pcp_disable();
     let pa = frames().alloc(3).unwrap();
     let before = frames().stats();
     assert_eq!(frames().free(pa, 2), Err(FrameError::WrongOrder));
@@ -164,4 +174,23 @@ fn refcount_decides_when_a_frame_is_freed() {
     assert_eq!(frames().put_frame(pa), Ok(false), "one reference left");
     assert_eq!(frames().put_frame(pa), Ok(true), "last reference frees");
     assert_eq!(frames().free(pa, 0), Err(FrameError::NotAllocated));
+}
+
+#[test_case]
+fn order0_frames_cycle_through_this_cpus_list_without_the_zone() {
+    let a = frames().alloc(0).unwrap();
+    frames().free(a, 0).unwrap();
+    let before = frames().stats();
+    assert!(before.pcp_frames > 0, "the free went to this CPU's list");
+    // The frame just freed is handed out next, and the buddy lists never move.
+    let b = frames().alloc(0).unwrap();
+    assert_eq!(b, a, "the hottest frame first");
+    frames().free(b, 0).unwrap();
+    assert_eq!(frames().stats().free_per_order, before.free_per_order);
+    // Disabling the lists empties them into the zone.
+    let buddy = frames().pcp_disable();
+    let s = frames().stats();
+    assert_eq!(s.pcp_frames, 0);
+    assert_eq!(s.free_frames, before.free_frames);
+    drop(buddy);
 }

@@ -11,8 +11,13 @@
 //! needs to reject double and wrong-order frees and to find a mergeable buddy
 //! (Linux: `page_is_buddy()`).
 //!
-//! Lock order: the allocator lock is a leaf. Nothing is allocated, logged or locked while
-//! it is held, so it may be taken under any other lock, and from interrupt context.
+//! Order-0 allocations and frees go through the current CPU's per-CPU page list first
+//! (`super::pcp`, Linux: `rmqueue_pcplist()`, `free_unref_page()`), which talks to
+//! these lists [`PCP_BATCH`](super::PCP_BATCH) frames at a time.
+//!
+//! Lock order: a per-CPU list lock, then the allocator (zone) lock; both are leaves of
+//! the memory manager's order. Nothing is allocated, logged or locked under the zone
+//! lock, so they may be taken under any other lock, and from interrupt context.
 //!
 //! Page poisoning (Linux: `CONFIG_PAGE_POISONING` with `page_poison=1`,
 //! `mm/page_poison.c`) is off by default and switched on per allocator with
@@ -30,6 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::PhysAddr;
 
 use super::meta::{FrameFlags, FrameMeta, NIL};
+use super::pcp::{PCP_BATCH, PCP_HIGH, PcpDisabled, PerCpuPages};
 use super::{FrameError, FrameStats, MAX_ORDER, NR_ORDERS, PAGE_SIZE};
 
 /// [`PAGE_SIZE`] as a physical-address quantity (the allocator works in `u64`).
@@ -76,6 +82,8 @@ struct FreeAreas {
 /// `pfn_to_page()` under `FLATMEM`).
 pub struct FrameAllocator {
     free: IrqSpinLock<FreeAreas>,
+    /// Each CPU's list of free order-0 frames in front of `free`.
+    pcp: PerCpuPages,
     /// Start of the metadata array (lives in memory carved out of the usable ranges).
     meta: NonNull<FrameMeta>,
     /// Entries in the metadata array: frames `base_pfn..base_pfn + nr_meta`.
@@ -216,6 +224,7 @@ impl FrameAllocator {
                 head: [NIL; NR_ORDERS],
                 nr_free: [0; NR_ORDERS],
             }),
+            pcp: PerCpuPages::new(),
             meta,
             nr_meta,
             base_pfn: span.start,
@@ -352,12 +361,15 @@ impl FrameAllocator {
     }
 
     /// Allocates a block of `2^order` frames and returns its physical address, aligned to
-    /// its size (Linux: `alloc_pages()` -> `__rmqueue_smallest()` + `expand()` +
-    /// `prep_new_page()`).
+    /// its size (Linux: `alloc_pages()` -> `rmqueue()`: `rmqueue_pcplist()` for order 0,
+    /// else `__rmqueue_smallest()` + `expand()`; then `prep_new_page()`).
     ///
     /// The head frame's metadata gets a reference count of 1, [`FrameFlags::HEAD`] and
     /// the order; map and share counts start at 0. The contents are not cleared (see
-    /// [`alloc_zeroed`](Self::alloc_zeroed)).
+    /// [`alloc_zeroed`](Self::alloc_zeroed)). When neither the CPU's list nor the buddy
+    /// lists can serve the request, every CPU's list is drained into the buddy lists
+    /// and the request tried once more (Linux: `drain_all_pages()` in the slow path), so
+    /// `OutOfMemory` means no free block of the order exists anywhere.
     pub fn alloc(&self, order: usize) -> Result<PhysAddr, FrameError> {
         if order > MAX_ORDER {
             return Err(FrameError::BadOrder);
@@ -366,19 +378,11 @@ impl FrameAllocator {
         if self.inject_fails() {
             return Err(FrameError::OutOfMemory);
         }
-        let mut areas = self.free.lock();
-        let found = (order..NR_ORDERS)
-            .find(|&o| areas.head[o] != NIL)
-            .ok_or(FrameError::OutOfMemory)?;
-        let idx = areas.head[found] as usize;
-        self.unlink(&mut areas, idx, found);
-        // Linux: expand(). Hand the upper halves back, one block per order below `found`.
-        for o in (order..found).rev() {
-            self.push(&mut areas, idx + (1 << o), o);
-        }
-        self.metas()[idx].prep_allocated(order);
-        let poisoned = self.poison.load(Ordering::Relaxed);
-        drop(areas);
+        let (idx, poisoned) = match self.alloc_block(order) {
+            Ok(got) => got,
+            Err(_) if self.drain_all_pages() > 0 => self.alloc_block(order)?,
+            Err(e) => return Err(e),
+        };
         let pa = self.idx_to_pa(idx);
         if poisoned {
             // Linux: post_alloc_hook() → kernel_unpoison_pages() → check_poison_mem().
@@ -389,6 +393,132 @@ impl FrameAllocator {
             }
         }
         Ok(pa)
+    }
+
+    /// Takes a block of `order` from the CPU's list (order 0) or the buddy lists and
+    /// preps it as allocated; returns its index and whether its poison must be checked.
+    fn alloc_block(&self, order: usize) -> Result<(usize, bool), FrameError> {
+        if order == 0
+            && let Some(got) = self.pcp_alloc()
+        {
+            return got.map(|idx| (idx, false));
+        }
+        let mut areas = self.free.lock();
+        let idx = self.rmqueue_smallest(&mut areas, order)?;
+        self.metas()[idx].prep_allocated(order);
+        Ok((idx, self.poison.load(Ordering::Relaxed)))
+    }
+
+    /// Unlinks the smallest free block of at least `order`, splits it down to `order`
+    /// and returns its index, flags cleared (Linux: `__rmqueue_smallest()` +
+    /// `expand()`).
+    fn rmqueue_smallest(&self, areas: &mut FreeAreas, order: usize) -> Result<usize, FrameError> {
+        let found = (order..NR_ORDERS)
+            .find(|&o| areas.head[o] != NIL)
+            .ok_or(FrameError::OutOfMemory)?;
+        let idx = areas.head[found] as usize;
+        self.unlink(areas, idx, found);
+        // Linux: expand(). Hand the upper halves back, one block per order below `found`.
+        for o in (order..found).rev() {
+            self.push(areas, idx + (1 << o), o);
+        }
+        Ok(idx)
+    }
+
+    /// Whether order-0 requests may use the per-CPU lists: not while a [`PcpDisabled`]
+    /// guard lives, and not with page poisoning on (every frame then goes through the
+    /// zone, where it is poisoned and checked). Read under a list lock.
+    fn pcp_usable(&self) -> bool {
+        !self.pcp.disabled() && !self.poison.load(Ordering::Acquire)
+    }
+
+    /// An order-0 frame from the current CPU's list, refilled with [`PCP_BATCH`] frames
+    /// from the zone when empty (Linux: `rmqueue_pcplist()` → `__rmqueue_pcplist()` →
+    /// `rmqueue_bulk()`). `None` if the lists are bypassed right now.
+    fn pcp_alloc(&self) -> Option<Result<usize, FrameError>> {
+        let metas = self.metas();
+        let mut list = self.pcp.lock_local();
+        if !self.pcp_usable() {
+            return None;
+        }
+        if list.count() == 0 {
+            let mut areas = self.free.lock();
+            for _ in 0..PCP_BATCH {
+                let Ok(idx) = self.rmqueue_smallest(&mut areas, 0) else {
+                    break;
+                };
+                list.push_tail(metas, idx);
+            }
+        }
+        let got = list.pop_head(metas).ok_or(FrameError::OutOfMemory);
+        drop(list);
+        Some(got.inspect(|&idx| metas[idx].prep_allocated(0)))
+    }
+
+    /// Puts a claimed order-0 frame on the current CPU's list, handing the coldest
+    /// [`PCP_BATCH`] back to the zone when the list passes [`PCP_HIGH`] (Linux:
+    /// `free_unref_page()` → `free_unref_page_commit()` → `free_pcppages_bulk()`).
+    /// False if the lists are bypassed right now (the caller frees to the zone).
+    fn pcp_free(&self, idx: usize) -> bool {
+        let metas = self.metas();
+        let mut list = self.pcp.lock_local();
+        if !self.pcp_usable() {
+            return false;
+        }
+        list.push_head(metas, idx);
+        if list.count() > PCP_HIGH {
+            let mut areas = self.free.lock();
+            for _ in 0..PCP_BATCH {
+                let Some(cold) = list.pop_tail(metas) else {
+                    break;
+                };
+                self.release_to_zone(&mut areas, cold, 0);
+            }
+        }
+        true
+    }
+
+    /// Gives a block that no one holds (claimed by a free, or taken off a per-CPU
+    /// list) back to the buddy lists, poisoning it first if poisoning is on.
+    fn release_to_zone(&self, areas: &mut FreeAreas, idx: usize, order: usize) {
+        if self.poison.load(Ordering::Relaxed) {
+            // Linux: free_pages_prepare() → kernel_poison_pages(). Under the lock, so
+            // the block is poisoned before anyone can allocate it again.
+            self.poison_block(self.idx_to_pa(idx), order);
+        }
+        self.free_block_locked(areas, self.base_pfn + idx as u64, order);
+    }
+
+    /// Empties every CPU's list into the buddy lists and returns how many frames moved
+    /// (Linux: `drain_all_pages()`; it asks each CPU to drain its own list, here the
+    /// list lock lets any CPU drain any list).
+    pub fn drain_all_pages(&self) -> u64 {
+        let metas = self.metas();
+        let mut moved = 0;
+        for cpu in 0..crate::paging::MAX_CPUS {
+            let mut list = self.pcp.lock_cpu(cpu);
+            if list.count() == 0 {
+                continue;
+            }
+            let mut areas = self.free.lock();
+            while let Some(idx) = list.pop_tail(metas) {
+                self.release_to_zone(&mut areas, idx, 0);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Bypasses the per-CPU lists until the guard is dropped, after emptying them, so
+    /// that the buddy lists alone describe every free frame (Linux: `zone_pcp_disable()`
+    /// … `zone_pcp_enable()`). For callers that need the exact buddy state, such as
+    /// tests comparing per-order counts. Nests.
+    pub fn pcp_disable(&self) -> PcpDisabled<'_> {
+        self.pcp.disable();
+        // Every free that saw the lists usable held a list lock when it did; taking each
+        // lock after the switch catches what they left behind.
+        self.drain_all_pages();
+        PcpDisabled { pcp: &self.pcp }
     }
 
     /// Like [`alloc`](Self::alloc), with the whole block cleared (Linux: `__GFP_ZERO`,
@@ -413,26 +543,19 @@ impl FrameAllocator {
             .ok_or(FrameError::OutOfRange)
     }
 
-    /// Frees the block at `idx` if it is allocated and (when given) of `expected` order.
+    /// Frees the block at `idx` if it is allocated and (when given) of `expected` order:
+    /// order 0 to the current CPU's list, anything else (or with the lists bypassed)
+    /// to the buddy lists (Linux: `__free_pages()` → `free_unref_page()` or
+    /// `__free_pages_ok()`).
     fn free_checked(&self, idx: usize, expected: Option<usize>) -> Result<(), FrameError> {
-        let m = &self.metas()[idx];
+        // Atomic, so that two racing frees cannot both succeed even when they take the
+        // locks of two different CPUs' lists.
+        let order = self.metas()[idx].claim_for_free(expected)?;
+        if order == 0 && self.pcp_free(idx) {
+            return Ok(());
+        }
         let mut areas = self.free.lock();
-        // Re-checked under the lock so that two racing frees cannot both succeed.
-        let f = m.flags();
-        if !f.contains(FrameFlags::HEAD) || f.contains(FrameFlags::BUDDY) {
-            return Err(FrameError::NotAllocated);
-        }
-        let order = m.order();
-        if expected.is_some_and(|e| e != order) {
-            return Err(FrameError::WrongOrder);
-        }
-        m.reset_freed();
-        if self.poison.load(Ordering::Relaxed) {
-            // Linux: free_pages_prepare() → kernel_poison_pages(). Under the lock, so
-            // the block is poisoned before anyone can allocate it again.
-            self.poison_block(self.idx_to_pa(idx), order);
-        }
-        self.free_block_locked(&mut areas, self.base_pfn + idx as u64, order);
+        self.release_to_zone(&mut areas, idx, order);
         Ok(())
     }
 
@@ -509,9 +632,16 @@ impl FrameAllocator {
     }
 
     /// A snapshot of the counters (Linux: `/proc/buddyinfo`, `/proc/meminfo`).
+    ///
+    /// The per-CPU lists are read one lock at a time, after the buddy lists: exact when
+    /// no other CPU allocates or frees meanwhile, approximate otherwise (as
+    /// `/proc/meminfo` is).
     pub fn stats(&self) -> FrameStats {
         let free_per_order = self.free.lock().nr_free;
-        let free_frames = free_per_order
+        let pcp_frames: u64 = (0..crate::paging::MAX_CPUS)
+            .map(|cpu| u64::from(self.pcp.lock_cpu(cpu).count()))
+            .sum();
+        let buddy_frames: u64 = free_per_order
             .iter()
             .enumerate()
             .map(|(o, &n)| n << o)
@@ -519,7 +649,8 @@ impl FrameAllocator {
         FrameStats {
             free_per_order,
             total_frames: self.total_frames,
-            free_frames,
+            free_frames: buddy_frames + pcp_frames,
+            pcp_frames,
             reserved_frames: self.reserved_frames,
         }
     }
@@ -547,12 +678,17 @@ impl FrameAllocator {
     /// logged; the allocation still succeeds, as in Linux. Stays on for the allocator's
     /// life. Costs a write of every freed frame and a read of every allocated one.
     pub fn enable_page_poisoning(&self) {
-        let areas = self.free.lock();
-        if self.poison.load(Ordering::Relaxed) {
-            return;
+        {
+            let areas = self.free.lock();
+            if self.poison.load(Ordering::Relaxed) {
+                return;
+            }
+            self.for_each_free_block(&areas, |pa, order| self.poison_block(pa, order));
+            self.poison.store(true, Ordering::Release);
         }
-        self.for_each_free_block(&areas, |pa, order| self.poison_block(pa, order));
-        self.poison.store(true, Ordering::Relaxed);
+        // The per-CPU lists are bypassed from now on; what they hold was freed
+        // unpoisoned, and goes back to the zone poisoned.
+        self.drain_all_pages();
     }
 
     /// Is page poisoning on?
@@ -578,6 +714,9 @@ impl FrameAllocator {
     /// counterpart). Holds the allocator lock for a walk of all free memory: for tests.
     /// Returns 0 while poisoning is off.
     pub fn check_free_poison(&self) -> u64 {
+        // Nothing reaches the per-CPU lists while poisoning is on, but a free that
+        // raced with the switch may have left a frame there.
+        self.drain_all_pages();
         let mut found = [None; 8];
         let mut n = 0u64;
         {
@@ -713,6 +852,16 @@ impl FrameAllocator {
     pub(super) fn check_invariants(&self) {
         use Ordering::Relaxed;
         let metas = self.metas();
+        // Frames on a per-CPU list (each checked: links, flags, order, count).
+        let mut on_pcp = std::vec![false; self.nr_meta];
+        for cpu in 0..crate::paging::MAX_CPUS {
+            let list = self.pcp.lock_cpu(cpu);
+            list.check(metas);
+            for idx in list.frames(metas) {
+                assert!(!on_pcp[idx], "frame {idx} on two pcp lists");
+                on_pcp[idx] = true;
+            }
+        }
         let areas = self.free.lock();
         // For every frame: Some(head index) if it lies inside a free block.
         let mut in_free = std::vec![None::<usize>; self.nr_meta];
@@ -734,6 +883,11 @@ impl FrameAllocator {
                 );
                 for (i, slot) in in_free[idx..idx + (1 << order)].iter_mut().enumerate() {
                     assert!(slot.is_none(), "frame {} in two free blocks", idx + i);
+                    assert!(
+                        !on_pcp[idx + i],
+                        "frame {} free twice: buddy and pcp",
+                        idx + i
+                    );
                     *slot = Some(idx);
                 }
                 count += 1;
@@ -767,6 +921,11 @@ impl FrameAllocator {
                 ),
                 None => assert!(!f.contains(FrameFlags::BUDDY), "stray BUDDY on frame {idx}"),
             }
+            assert_eq!(
+                f.contains(FrameFlags::PCP),
+                on_pcp[idx],
+                "PCP flag of frame {idx} disagrees with the pcp lists"
+            );
             if f.contains(FrameFlags::HEAD) {
                 assert!(m.refcount() > 0, "allocated head {idx} with refcount 0");
             }

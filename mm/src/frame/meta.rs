@@ -5,13 +5,14 @@
 //! flags ([`FrameFlags::ALLOCATOR_OWNED`]) are only written by the buddy allocator while
 //! it holds its lock; the atomics there just make the shared access well defined.
 
+use super::FrameError;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 bitflags::bitflags! {
     /// Per-frame flags (Linux: the `PG_*` page flags and the page-type bits such as
     /// `PageBuddy`/`PageTable`).
     ///
-    /// `BUDDY`, `RESERVED` and `HEAD` belong to the frame allocator
+    /// `BUDDY`, `RESERVED`, `HEAD` and `PCP` belong to the frame allocator
     /// ([`FrameFlags::ALLOCATOR_OWNED`]): other code may read them but must not set or
     /// clear them, or the allocator's free/double-free checks stop meaning anything.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,12 +44,18 @@ bitflags::bitflags! {
         /// `do_wp_page` once its reference count shows it unshared; cleared when fork
         /// shares it (`folio_try_dup_anon_rmap_pte`).
         const ANON_EXCLUSIVE = 1 << 8;
+        /// A free frame on a CPU's per-CPU page list, order 0 (Linux: a page on a
+        /// `per_cpu_pages` list, `page->pcp_list`; see `frame::pcp`).
+        const PCP = 1 << 9;
     }
 }
 
 impl FrameFlags {
     /// Flags only the frame allocator may change.
-    pub const ALLOCATOR_OWNED: Self = Self::BUDDY.union(Self::RESERVED).union(Self::HEAD);
+    pub const ALLOCATOR_OWNED: Self = Self::BUDDY
+        .union(Self::RESERVED)
+        .union(Self::HEAD)
+        .union(Self::PCP);
 }
 
 /// Sentinel "no frame" index in the intrusive free lists.
@@ -230,12 +237,38 @@ impl FrameMeta {
         self.store_flags(FrameFlags::HEAD);
     }
 
-    /// Clears the per-owner state when a block goes back to the allocator.
-    pub(super) fn reset_freed(&self) {
-        self.refcount.store(0, Ordering::Relaxed);
-        self.mapcount.store(0, Ordering::Relaxed);
-        self.pt_share_count.store(0, Ordering::Relaxed);
-        self.store_flags(FrameFlags::empty());
+    /// Takes an allocated block's head away from its owner for freeing: checks that it
+    /// heads an allocated block (of `expected` order, if given) and clears its flags
+    /// in one atomic step, then clears the per-owner counts; returns the order.
+    ///
+    /// The check and the clearing are one compare-and-swap because frees of one frame
+    /// may run on two CPUs under two different locks (each CPU's per-CPU list lock):
+    /// exactly one of two racing frees wins, the other gets `NotAllocated`. A rejected
+    /// free changes nothing (Linux: `free_page_is_bad()` before anything is touched).
+    pub(super) fn claim_for_free(&self, expected: Option<usize>) -> Result<usize, FrameError> {
+        let mut cur = self.flags.load(Ordering::Acquire);
+        loop {
+            let f = FrameFlags::from_bits_retain(cur);
+            if !f.contains(FrameFlags::HEAD) || f.intersects(FrameFlags::BUDDY | FrameFlags::PCP) {
+                return Err(FrameError::NotAllocated);
+            }
+            let order = self.order();
+            if expected.is_some_and(|e| e != order) {
+                return Err(FrameError::WrongOrder);
+            }
+            match self
+                .flags
+                .compare_exchange_weak(cur, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.refcount.store(0, Ordering::Relaxed);
+                    self.mapcount.store(0, Ordering::Relaxed);
+                    self.pt_share_count.store(0, Ordering::Relaxed);
+                    return Ok(order);
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 }
 

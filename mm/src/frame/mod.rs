@@ -4,6 +4,10 @@
 //!   1 GiB), with split and coalesce, zeroed allocation, per-order statistics and checked
 //!   frees (double, wrong-order, misaligned and out-of-range frees are errors that change
 //!   nothing). It carves its own metadata array out of the usable memory it is given.
+//! - Per-CPU page lists (`pcp`, Linux: `per_cpu_pages`): each CPU's own short list of
+//!   free order-0 frames in front of the buddy lists, so single-frame allocations and
+//!   frees on different CPUs do not meet on the zone lock; [`PcpDisabled`] bypasses
+//!   them (Linux: `zone_pcp_disable()`).
 //! - [`FrameMeta`]: one entry per physical frame (Linux: `struct page`/`mem_map`):
 //!   reference count, map count, [`FrameFlags`], order and the page-table share count. The
 //!   free-list links live here too, so free memory is never touched by the allocator.
@@ -15,6 +19,7 @@
 
 mod buddy;
 mod meta;
+mod pcp;
 #[cfg(not(target_os = "none"))]
 pub mod sim;
 #[cfg(test)]
@@ -24,6 +29,7 @@ mod tests;
 pub use buddy::FailNthReport;
 pub use buddy::{FrameAllocator, PAGE_POISON, PoisonReport};
 pub use meta::{FrameFlags, FrameMeta};
+pub use pcp::{PCP_BATCH, PCP_HIGH, PcpDisabled};
 
 use crate::errno::Errno;
 
@@ -85,8 +91,12 @@ pub struct FrameStats {
     /// Usable frames given to the allocator, including `reserved_frames`; holes between
     /// ranges are not counted.
     pub total_frames: u64,
-    /// Free frames: sum over orders of `free_per_order[o] << o`.
+    /// Free frames: sum over orders of `free_per_order[o] << o`, plus `pcp_frames`.
     pub free_frames: u64,
+    /// Free frames sitting on the CPUs' per-CPU page lists (Linux: the `count` of each
+    /// `per_cpu_pages`, which `/proc/zoneinfo` shows per CPU). Counted as free, not in
+    /// `free_per_order`.
+    pub pcp_frames: u64,
     /// Usable frames taken by the allocator itself (the metadata array).
     pub reserved_frames: u64,
 }

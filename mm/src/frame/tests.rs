@@ -37,8 +37,9 @@ fn check_stats(fa: &FrameAllocator) -> FrameStats {
         .map(|(o, &n)| n << o)
         .sum();
     assert_eq!(
-        sum, s.free_frames,
-        "free_per_order disagrees with free_frames"
+        sum + s.pcp_frames,
+        s.free_frames,
+        "free_per_order and pcp_frames disagree with free_frames"
     );
     assert!(s.free_frames + s.reserved_frames <= s.total_frames);
     assert_eq!(
@@ -94,6 +95,8 @@ fn split_leaves_one_block_per_lower_order() {
     // Metadata goes into the small first range; [4 MiB, 8 MiB) is one order-10 block.
     let mem = SimulatedMemory::with_ranges(8 * MIB as usize, &[0..64 * KIB, 4 * MIB..8 * MIB]);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     // Use up every block below order 10 so the next order-0 request must split it.
     let mut small = Vec::new();
     for o in 0..10 {
@@ -130,6 +133,8 @@ fn split_leaves_one_block_per_lower_order() {
 fn split_generic_smallest_order() {
     let mem = SimulatedMemory::new(4 * MIB as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let before = fa.stats();
     let k = (0..NR_ORDERS)
         .find(|&o| before.free_per_order[o] > 0)
@@ -153,6 +158,8 @@ fn split_generic_smallest_order() {
 fn coalesce_buddies_in_either_order() {
     let mem = SimulatedMemory::with_ranges(4 * MIB as usize, &[0..64 * KIB, 2 * MIB..4 * MIB]);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     // Hold every block below order 4 so the frames below come from one split.
     let mut held = Vec::new();
     for o in 0..4 {
@@ -220,6 +227,8 @@ fn adjacent_ranges_merge_at_boot() {
 fn exhaustion_and_recovery() {
     let mem = SimulatedMemory::new(MIB as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let initial = check_stats(fa);
     let mut got = drain_order0(fa);
     assert_eq!(got.len() as u64, initial.free_frames);
@@ -263,6 +272,8 @@ fn exhaustion_and_recovery() {
 fn double_free_rejected() {
     let mem = SimulatedMemory::new(MIB as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let initial = fa.stats();
     let p = fa.alloc(2).unwrap();
     let q = fa.alloc(0).unwrap();
@@ -334,6 +345,8 @@ fn wrong_order_and_tail_frees_rejected() {
 fn misaligned_out_of_range_and_bad_order_rejected() {
     let mem = SimulatedMemory::new(MIB as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let initial = fa.stats();
     assert_eq!(fa.alloc(MAX_ORDER + 1), Err(FrameError::BadOrder));
     assert_eq!(fa.alloc_zeroed(MAX_ORDER + 1), Err(FrameError::BadOrder));
@@ -369,6 +382,8 @@ fn misaligned_out_of_range_and_bad_order_rejected() {
 fn free_memory_is_never_touched_and_zeroing_works() {
     let mem = SimulatedMemory::new(2 * MIB as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let initial = fa.stats();
     // Dirty every free frame, give them all back.
     let all = drain_order0(fa);
@@ -493,6 +508,8 @@ fn carve_out_with_discontiguous_ranges() {
     ];
     let mem = SimulatedMemory::with_ranges(8 * MIB as usize, &ranges);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let usable_frame = |p: PhysAddr| {
         let off = p.as_u64() - BASE;
         ranges
@@ -639,6 +656,10 @@ fn concurrent_alloc_free() {
             });
         }
     });
+    // Four threads' per-CPU lists are checked, then emptied into the buddy lists, where
+    // everything must have coalesced back.
+    fa.check_invariants();
+    drop(fa.pcp_disable());
     assert_eq!(fa.stats(), initial);
     fa.check_invariants();
 }
@@ -673,15 +694,17 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
-    /// Random alloc/free sequences against a model: live blocks never overlap, stay
-    /// inside usable memory and keep their contents; stats match the model; an
-    /// allocation fails only when no free block is large enough; at the end everything
-    /// coalesces back to the initial state.
+    /// Random alloc/free sequences against a model, with and without the per-CPU lists
+    /// in front: live blocks never overlap, stay inside usable memory and keep their
+    /// contents; stats match the model; an allocation fails only when no free block is
+    /// large enough (after the lists are drained); at the end everything coalesces back
+    /// to the initial state.
     #[test]
-    fn random_ops_match_model(ops in proptest::collection::vec(op(), 1..300)) {
+    fn random_ops_match_model(ops in proptest::collection::vec(op(), 1..300), pcp in any::<bool>()) {
         let ranges = [0..64 * KIB, 256 * KIB..MIB, MIB + 8 * KIB..2 * MIB];
         let mem = SimulatedMemory::with_ranges(2 * MIB as usize, &ranges);
         let fa = mem.allocator();
+        let buddy_only = (!pcp).then(|| fa.pcp_disable());
         let initial = check_stats(fa);
         // Live blocks by start address: (order, fill byte).
         let mut live: BTreeMap<u64, (usize, u8)> = BTreeMap::new();
@@ -692,7 +715,6 @@ proptest! {
         for op in ops {
             match op {
                 Op::Alloc { order, zeroed } => {
-                    let before = fa.stats();
                     let r = if zeroed { fa.alloc_zeroed(order) } else { fa.alloc(order) };
                     match r {
                         Ok(p) => {
@@ -717,9 +739,14 @@ proptest! {
                             live.insert(a, (order, tag));
                         }
                         Err(e) => {
+                            // A failed allocation has drained the per-CPU lists (and
+                            // changed nothing else): no block of the order is left.
                             prop_assert_eq!(e, FrameError::OutOfMemory);
-                            prop_assert!(before.free_per_order[order..].iter().all(|&n| n == 0),
-                                "OOM at order {} with free blocks {:?}", order, before.free_per_order);
+                            let after = fa.stats();
+                            prop_assert!(after.free_per_order[order..].iter().all(|&n| n == 0),
+                                "OOM at order {} with free blocks {:?}", order, after.free_per_order);
+                            prop_assert!(order > 0 || after.pcp_frames == 0,
+                                "OOM at order 0 with {} frames on the lists", after.pcp_frames);
                         }
                     }
                 }
@@ -766,6 +793,9 @@ proptest! {
             prop_assert!(all_bytes(fa, PhysAddr::new(a), o, t), "block contents changed");
             fa.free(PhysAddr::new(a), o).unwrap();
         }
+        fa.check_invariants();
+        drop(buddy_only);
+        drop(fa.pcp_disable());
         prop_assert_eq!(fa.stats(), initial);
         fa.check_invariants();
     }
@@ -776,6 +806,8 @@ proptest! {
 fn fail_nth_alloc_fails_exactly_the_nth_then_succeeds() {
     let mem = SimulatedMemory::new((4 * MIB) as usize);
     let fa = mem.allocator();
+    // Buddy behaviour, exactly: no per-CPU lists in front.
+    let _buddy = fa.pcp_disable();
     let before = fa.stats();
     fa.fail_nth_alloc(3);
     let a = fa.alloc(0).unwrap();
@@ -905,4 +937,183 @@ fn poisoning_scan_catches_a_write_to_a_frame_that_stays_free() {
     assert_eq!(fa.poison_corruptions(), 1);
     let r = fa.first_poison_corruption().unwrap();
     assert_eq!((r.frame, r.offset, r.byte), (a + 2 * PAGE_BYTES, 7, 0));
+}
+
+// ---- per-CPU page lists (Linux: per_cpu_pages) ----------------------------------------
+
+#[test]
+fn an_order0_free_goes_to_the_cpu_list_and_is_handed_out_first_again() {
+    let mem = SimulatedMemory::new(4 * MIB as usize);
+    let fa = mem.allocator();
+    let initial = check_stats(fa);
+    // The first order-0 allocation refills this CPU's list with one batch.
+    let a = fa.alloc(0).unwrap();
+    let s = check_stats(fa);
+    assert_eq!(s.pcp_frames, u64::from(PCP_BATCH) - 1);
+    assert_eq!(s.free_frames, initial.free_frames - 1);
+    // A free and an allocation then never touch the buddy lists, and the frame just
+    // freed (hot in this CPU's cache) is the one handed out next.
+    fa.free(a, 0).unwrap();
+    assert_eq!(fa.meta(a).unwrap().flags(), FrameFlags::PCP);
+    let s2 = check_stats(fa);
+    assert_eq!(s2.pcp_frames, u64::from(PCP_BATCH));
+    assert_eq!(s2.free_per_order, s.free_per_order);
+    let b = fa.alloc(0).unwrap();
+    assert_eq!(b, a, "the hottest frame first");
+    assert_eq!(fa.stats().free_per_order, s.free_per_order);
+    // A double free of a frame on a list is rejected like any other.
+    fa.free(b, 0).unwrap();
+    assert_eq!(fa.free(b, 0), Err(FrameError::NotAllocated));
+    assert_eq!(fa.put_frame(b), Err(FrameError::NotAllocated));
+    fa.check_invariants();
+    drop(fa.pcp_disable());
+    assert_eq!(fa.stats(), initial);
+}
+
+#[test]
+fn a_list_past_its_high_mark_hands_the_coldest_batch_back() {
+    let mem = SimulatedMemory::new(4 * MIB as usize);
+    let fa = mem.allocator();
+    let n = PCP_HIGH as usize + 1;
+    let frames: Vec<PhysAddr> = {
+        let _buddy = fa.pcp_disable();
+        (0..n).map(|_| fa.alloc(0).unwrap()).collect()
+    };
+    for (i, &p) in frames.iter().enumerate() {
+        fa.free(p, 0).unwrap();
+        let on_list = fa.stats().pcp_frames;
+        if i + 1 <= PCP_HIGH as usize {
+            assert_eq!(
+                on_list,
+                i as u64 + 1,
+                "below the high mark everything stays"
+            );
+        } else {
+            assert_eq!(
+                on_list,
+                u64::from(PCP_HIGH + 1 - PCP_BATCH),
+                "one batch drained"
+            );
+        }
+    }
+    // The first frames freed are the coldest: they went back to the zone; the last
+    // ones stay on the list.
+    for (i, &p) in frames.iter().enumerate() {
+        let on_list = fa.meta(p).unwrap().flags().contains(FrameFlags::PCP);
+        assert_eq!(on_list, i >= PCP_BATCH as usize, "frame {i} freed");
+    }
+    fa.check_invariants();
+}
+
+#[test]
+fn allocation_failure_drains_every_cpus_list() {
+    let mem = SimulatedMemory::new(2 * MIB as usize);
+    let fa = mem.allocator();
+    let initial = check_stats(fa);
+    let all = drain_order0(fa);
+    assert_eq!(all.len() as u64, initial.free_frames);
+    // Another CPU frees everything: up to a high mark of frames stay on its list.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &p in &all {
+                fa.free(p, 0).unwrap();
+            }
+        });
+    });
+    assert!(
+        fa.stats().pcp_frames > 0,
+        "the other CPU's list holds frames"
+    );
+    // This CPU can still have every frame: its allocations drain the other list when
+    // the zone runs dry.
+    let again = drain_order0(fa);
+    assert_eq!(
+        again.len(),
+        all.len(),
+        "frames stranded on another CPU's list"
+    );
+    for p in again {
+        fa.free(p, 0).unwrap();
+    }
+    // And a large block, which only exists once the lists are drained and merged.
+    let big = fa.alloc(8).expect("an order-8 block after draining");
+    fa.free(big, 8).unwrap();
+    fa.check_invariants();
+}
+
+#[test]
+fn racing_frees_of_one_frame_on_two_cpus_free_it_once() {
+    use std::sync::atomic::{AtomicU64, Ordering::*};
+    let fa = sim::simulated(4 * MIB as usize);
+    let rounds: u64 = 20_000;
+    // Round `gen` publishes a frame in `slot`; both threads free it at once (spinning,
+    // not sleeping, so the two frees really overlap); `ack` says the other is done.
+    let (slot, generation, ack) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (wins, bad_errors) = (AtomicU64::new(0), AtomicU64::new(0));
+    let free_once = |p: u64| match fa.free(PhysAddr::new(p), 0) {
+        Ok(()) => _ = wins.fetch_add(1, Relaxed),
+        Err(FrameError::NotAllocated) => {}
+        Err(_) => _ = bad_errors.fetch_add(1, Relaxed),
+    };
+    let mut doubled = None;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 1..=rounds {
+                while generation.load(Acquire) < round {
+                    core::hint::spin_loop();
+                }
+                if generation.load(Acquire) == u64::MAX {
+                    return;
+                }
+                free_once(slot.load(Acquire));
+                ack.store(round, Release);
+            }
+        });
+        for round in 1..=rounds {
+            let p = fa.alloc(0).unwrap().as_u64();
+            slot.store(p, Release);
+            generation.store(round, Release);
+            // A delay that sweeps through the other thread's wake-up latency, so that
+            // some rounds line the two claims up exactly.
+            for _ in 0..round % 257 {
+                core::hint::spin_loop();
+            }
+            free_once(p);
+            while ack.load(Acquire) < round {
+                core::hint::spin_loop();
+            }
+            // Stop at the first frame freed twice: the lists are corrupt from there on.
+            if wins.load(Relaxed) != round {
+                doubled = Some(round);
+                generation.store(u64::MAX, Release);
+                break;
+            }
+        }
+    });
+    assert_eq!(doubled, None, "a frame freed twice");
+    assert_eq!(bad_errors.into_inner(), 0);
+    fa.check_invariants();
+}
+
+#[test]
+fn page_poisoning_empties_the_lists_and_bypasses_them() {
+    let mem = SimulatedMemory::new(4 * MIB as usize);
+    let fa = mem.allocator();
+    let a = fa.alloc(0).unwrap();
+    fill(fa, a, 0, 0x11);
+    fa.free(a, 0).unwrap();
+    assert!(fa.stats().pcp_frames > 0);
+    fa.enable_page_poisoning();
+    // What the list held went back to the zone, poisoned.
+    assert_eq!(fa.stats().pcp_frames, 0);
+    assert_eq!(fa.check_free_poison(), 0);
+    // From now on order-0 frames go through the zone both ways, checked and poisoned.
+    let b = fa.alloc(0).unwrap();
+    fa.free(b, 0).unwrap();
+    assert_eq!(fa.stats().pcp_frames, 0);
+    // SAFETY: `b` was just freed: writing it is the use-after-free the poison catches;
+    // it is simulated memory the test owns.
+    unsafe { *fa.phys_to_virt(b + 5) = 0 };
+    assert_eq!(fa.check_free_poison(), 1);
+    fa.check_invariants();
 }
