@@ -21,7 +21,7 @@ use mm::mmap::{AddressSpace, ExecArgs, ExecImage, MmLayout};
 
 use crate::arch::mmu;
 use crate::memory;
-use crate::percpu::{MAX_CPUS, PerCpu, this_cpu};
+use crate::percpu::{CacheLine, MAX_CPUS, PerCpu, this_cpu};
 
 /// Each CPU's current address space (`None`: only the kernel's tables are loaded).
 /// Linux: `cpu_tlbstate.loaded_mm` (and `current->mm`).
@@ -31,7 +31,7 @@ use crate::percpu::{MAX_CPUS, PerCpu, this_cpu};
 /// interrupts off (the holder may be waiting for our answer to a TLB shootdown; see
 /// `mm::sync`).
 static CURRENT: PerCpu<spin::Mutex<Option<Arc<AddressSpace>>>> =
-    PerCpu::new([const { spin::Mutex::new(None) }; MAX_CPUS]);
+    PerCpu::new([const { CacheLine(spin::Mutex::new(None)) }; MAX_CPUS]);
 
 /// A new, empty user address space with `layout` (`MmLayout::default()` is Linux's
 /// x86_64 layout), its page tables sharing the kernel's upper half so that it can be

@@ -113,26 +113,32 @@ pub fn this_cpu() -> usize {
     id
 }
 
-/// One value per CPU.
+/// One value on a cache line of its own (Linux: `____cacheline_aligned_in_smp`), so
+/// that CPUs writing their own values never write each other's line.
+#[repr(align(64))]
+pub struct CacheLine<T>(pub T);
+
+/// One value per CPU, each on its own cache line (Linux: `DEFINE_PER_CPU`, where each
+/// CPU's copy lives in that CPU's own per-CPU area).
 pub struct PerCpu<T> {
-    slots: [T; MAX_CPUS],
+    slots: [CacheLine<T>; MAX_CPUS],
 }
 
 impl<T> PerCpu<T> {
-    /// The per-CPU values, `slots[cpu]` for CPU `cpu` (a `const` array, so that a
+    /// The per-CPU values, `slots[cpu].0` for CPU `cpu` (a `const` array, so that a
     /// `PerCpu` can be a `static`).
-    pub const fn new(slots: [T; MAX_CPUS]) -> Self {
+    pub const fn new(slots: [CacheLine<T>; MAX_CPUS]) -> Self {
         Self { slots }
     }
 
     /// This CPU's value. Values that change must be `Sync` cells (atomics, locks):
     /// another CPU may read ours (e.g. a TLB shootdown looking at `current`).
     pub fn get(&self) -> &T {
-        &self.slots[this_cpu()]
+        &self.slots[this_cpu()].0
     }
 
     /// CPU `cpu`'s value.
     pub fn on(&self, cpu: usize) -> &T {
-        &self.slots[cpu]
+        &self.slots[cpu].0
     }
 }

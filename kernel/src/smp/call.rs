@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering
 use x86_64::instructions::interrupts;
 
 use crate::arch::{apic, tsc};
-use crate::percpu::{MAX_CPUS, PerCpu, block, this_block, this_cpu};
+use crate::percpu::{CacheLine, MAX_CPUS, PerCpu, block, this_block, this_cpu};
 
 /// How long a caller waits for a target before it reports a lost cross-call (Linux:
 /// `csd_lock_timeout`, a warning there; a panic here, which fails the test).
@@ -47,10 +47,10 @@ impl CallSlot {
 
 /// `SLOTS.on(caller)[target]`: the caller's slot for calls to `target`.
 static SLOTS: PerCpu<[CallSlot; MAX_CPUS]> =
-    PerCpu::new([const { [const { CallSlot::new() }; MAX_CPUS] }; MAX_CPUS]);
+    PerCpu::new([const { CacheLine([const { CallSlot::new() }; MAX_CPUS]) }; MAX_CPUS]);
 /// Each CPU's queue of slots to run (Linux: `call_single_queue`).
 static QUEUE: PerCpu<AtomicPtr<CallSlot>> =
-    PerCpu::new([const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS]);
+    PerCpu::new([const { CacheLine(AtomicPtr::new(core::ptr::null_mut())) }; MAX_CPUS]);
 /// Cross-call IPIs sent, for the figures.
 pub static IPIS_SENT: AtomicU64 = AtomicU64::new(0);
 

@@ -23,7 +23,7 @@ use x86_64::instructions::interrupts;
 
 use crate::arch::{apic, cpu, gdt, idt, qemu, trampoline, tsc};
 use crate::memory;
-use crate::percpu::{self, MAX_CPUS, PerCpu, this_cpu};
+use crate::percpu::{self, CacheLine, MAX_CPUS, PerCpu, this_cpu};
 
 /// Bit `n` set once CPU `n` is online (Linux: `cpu_online_mask`).
 static ONLINE: AtomicU64 = AtomicU64::new(0);
@@ -181,10 +181,10 @@ const JOB_PANICKED: u8 = 3;
 
 /// The job posted to each CPU (type-erased `Job`).
 static JOBS: PerCpu<AtomicPtr<Job<'static>>> =
-    PerCpu::new([const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS]);
+    PerCpu::new([const { CacheLine(AtomicPtr::new(core::ptr::null_mut())) }; MAX_CPUS]);
 /// The job each CPU is running.
 static RUNNING: PerCpu<AtomicPtr<Job<'static>>> =
-    PerCpu::new([const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS]);
+    PerCpu::new([const { CacheLine(AtomicPtr::new(core::ptr::null_mut())) }; MAX_CPUS]);
 /// Set when a CPU panicked in posted work: the others should stop
 /// ([`aborted`]).
 static ABORT: AtomicBool = AtomicBool::new(false);
