@@ -1,5 +1,5 @@
 //! Host-side driver for profiling the mmap paths under callgrind:
-//! `cargo run --release --example profile_mmap -- <mmap|mprotect|fault10k>`.
+//! `cargo run --release --example profile_mmap -- <mmap|mprotect|fork|fault10k>`.
 use mm::frame::sim::simulated;
 use mm::mmap::*;
 
@@ -18,6 +18,20 @@ fn main() {
             for _ in 0..20_000 {
                 let x = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
                 mm.munmap(x, P).unwrap();
+            }
+        }
+        "fork" => {
+            // A 16 MiB populated private mapping, forked and the child dropped 40 times
+            // (the bench's dup_mmap_exit_16MiB without the kernel around it).
+            let len = 16 << 20;
+            let big = mm.mmap(0, len, RW, ANON | MAP_POPULATE, None, 0).unwrap();
+            for _ in 0..40 {
+                let child = mm.fork().unwrap();
+                drop(child);
+                // The parent's pages are writable again, as after the bench's rewrite.
+                for off in (0..len).step_by(P) {
+                    mm.handle_fault(big + off, Access::Write).unwrap();
+                }
             }
         }
         "mprotect" => {

@@ -5,9 +5,10 @@
 //! `__copy_present_ptes`, and `copy_huge_pmd` for a huge leaf), `mm/mremap.c`
 //! (`move_page_tables` with `for_stack`, as `relocate_vma_down` uses it).
 //!
-//! Both allocate the destination's table pages as they go, leaf by leaf, before the
-//! leaf is touched (Linux: `pte_alloc_map_lock` for the destination table before
-//! `copy_pte_range` copies into it). A failure stops the walk with `OutOfMemory`: what
+//! Both allocate the destination's table pages as they go, before the leaves they will
+//! hold are touched (Linux: `pte_alloc_map_lock` for the destination table before
+//! `copy_pte_range` copies into it); fork copies a PTE table's leaves in one batch
+//! under the child's and the parent's PTE locks. A failure stops the walk with `OutOfMemory`: what
 //! was copied stays copied (fork then tears the whole child down, exec the whole new
 //! space), and the source leaf being processed when the allocation failed is left as it
 //! was.
@@ -197,6 +198,9 @@ impl CopyCx<'_> {
         if lo >= hi {
             return Ok(());
         }
+        if level == Level::Pt {
+            return self.copy_pte_table(table, base, lo, hi);
+        }
         for i in level.index(lo)..=level.index(hi - 1) {
             let va = base + i as u64 * span;
             match table.load(i).kind(level) {
@@ -223,7 +227,79 @@ impl CopyCx<'_> {
         Ok(())
     }
 
-    /// Linux: `copy_present_pte` (or `copy_huge_pmd`) for the leaf at `table[i]`.
+    /// Copies the 4 KiB leaves of `[lo, hi)` from the source PTE table `src_table`
+    /// (mapping the 2 MiB from `base`) into the child's table for the same region,
+    /// holding the child's PTE lock and, nested, the parent's across the whole table
+    /// (Linux: `copy_pte_range`, which takes `dst_ptl` from `pte_alloc_map_lock` and
+    /// then `spin_lock_nested(src_ptl)`, and runs `copy_present_ptes` under both).
+    /// The child's table, and any table above it, is allocated first, before any leaf
+    /// is touched: a failure leaves this table's leaves as they were.
+    fn copy_pte_table(
+        &mut self,
+        src_table: Table,
+        base: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), MapError> {
+        let page = PageSize::Size4K.bytes();
+        let slots = Level::Pt.index(lo)..=Level::Pt.index(hi - 1);
+        // No child table for a range with nothing mapped (Linux skips `pmd_none` and
+        // allocates only where the parent has a table; an empty stretch of one costs a
+        // table in Linux too, but fork of a sparse table is rare enough to skip here).
+        if slots.clone().all(|i| src_table.load(i).0 == 0) {
+            return Ok(());
+        }
+        let need = self.dst.plan_map(lo, lo + page, PageSize::Size4K)?;
+        self.stash.top_up(need)?;
+        let dst_table = self.dst.table_for(lo, Level::Pt, self.stash)?;
+        let _dst_lock = self.dst.lock_table(dst_table, Level::Pt);
+        let _src_lock = self.src.lock_pte_table_nested(src_table);
+        let mut clear = F::ACCESSED;
+        if self.mode.shared {
+            clear |= F::DIRTY;
+        }
+        for i in slots {
+            let mut pte = src_table.load(i);
+            if pte.kind(Level::Pt) == Kind::Empty {
+                continue;
+            }
+            if dst_table.load(i).0 != 0 {
+                return Err(MapError::AlreadyMapped);
+            }
+            let va = base + i as u64 * page;
+            if self.mode.cow && pte.has(F::WRITABLE) {
+                // Linux: wrprotect_ptes() on the parent; the A/D bits the CPU sets
+                // meanwhile are kept by the compare-exchange.
+                let (old, _) = src_table.update(i, |p| Pte(p.0 & !F::WRITABLE.bits()));
+                self.g.flush_leaf(va, PageSize::Size4K, old);
+                self.stats.wrprotected += 1;
+                pte = Pte(old.0 & !F::WRITABLE.bits());
+            }
+            self.account_copy(pte, PageSize::Size4K);
+            dst_table.store(i, Pte(pte.0 & !clear.bits()));
+            self.stats.leaves += 1;
+        }
+        Ok(())
+    }
+
+    /// The child's leaf holds its own reference and map count of an accounted frame,
+    /// and an anonymous frame stops being exclusive (Linux: `folio_get` +
+    /// `folio_try_dup_anon_rmap_pte` / `folio_dup_file_rmap_pte`).
+    fn account_copy(&self, pte: Pte, size: PageSize) {
+        if !pte.has(PTE_ACCOUNTED) {
+            return;
+        }
+        let head = PhysAddr::new(pte.addr().as_u64() & !(size.bytes() - 1));
+        if let Some(m) = self.dst.allocator().meta(head) {
+            m.get();
+            m.inc_mapcount();
+            if m.flags().contains(FrameFlags::ANON) {
+                m.clear_flags(FrameFlags::ANON_EXCLUSIVE);
+            }
+        }
+    }
+
+    /// Linux: `copy_huge_pmd` (or `copy_huge_pud`) for the huge leaf at `table[i]`.
     fn copy_leaf(
         &mut self,
         table: Table,
@@ -257,18 +333,7 @@ impl CopyCx<'_> {
         }
         let child = Pte(pte.0 & !clear.bits());
         self.dst.install(va, child, size, self.stash)?;
-        if pte.has(PTE_ACCOUNTED) {
-            let head = PhysAddr::new(pte.addr().as_u64() & !(size.bytes() - 1));
-            if let Some(m) = self.dst.allocator().meta(head) {
-                // Linux: folio_get + folio_try_dup_anon_rmap_pte / folio_dup_file_rmap_pte
-                // (the child's leaf holds its own reference and map count).
-                m.get();
-                m.inc_mapcount();
-                if m.flags().contains(FrameFlags::ANON) {
-                    m.clear_flags(FrameFlags::ANON_EXCLUSIVE);
-                }
-            }
-        }
+        self.account_copy(pte, size);
         self.stats.leaves += 1;
         Ok(())
     }

@@ -25,10 +25,11 @@
 //!   VMA covers any more (floor and ceiling, as Linux's `free_pgtables`), under the mmap
 //!   write lock, so no fault (which holds a VMA lock, or the mmap lock, for an address
 //!   it walks to) can be on its way into it.
-//! - At most one page-table lock is held at a time (lockdep-light panics on a second).
-//!   Linux's fork copy and stack move hold the source's and, nested, the destination's
-//!   PTE lock together (`copy_pte_range`, `move_ptes`); here they take one, then the
-//!   other, which is enough because the VMAs involved are write-locked.
+//! - At most one page-table lock is held at a time (lockdep-light panics on a second),
+//!   except in fork's copy, which holds the child's PTE lock and, nested, the parent's
+//!   for a whole PTE table at a time, as Linux's `copy_pte_range` does. The child is
+//!   not yet visible to anyone, so nothing takes its locks in the other order. Exec's
+//!   stack move takes one, then the other (its space has no other user yet).
 //! - All of them are rank 6 of the lock order in [`crate::sync`]; interrupts stay
 //!   enabled while a CPU spins for one (the holder may be waiting for a TLB-shootdown
 //!   answer from the spinning CPU).
@@ -49,9 +50,10 @@ pub(super) enum PtLockGuard<'a> {
     Mm(#[allow(dead_code)] MutexGuard<'a, ()>),
 }
 
-/// Spins for a split lock word (Linux: `spin_lock(ptl)`).
-fn lock_word(w: &AtomicU32) {
-    lockdep::acquire(LockClass::PageTable, Acquire::Wait);
+/// Spins for a split lock word (Linux: `spin_lock(ptl)`; `how` is
+/// [`Acquire::Nested`] for the second of a pair, `spin_lock_nested`).
+fn lock_word(w: &AtomicU32, how: Acquire) {
+    lockdep::acquire(LockClass::PageTable, how);
     loop {
         if w.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
@@ -82,9 +84,24 @@ impl PageTableRoot {
             && let Some(m) = self.allocator().meta(table.pa())
         {
             let w = m.ptl_word();
-            lock_word(w);
+            lock_word(w, Acquire::Wait);
             return PtLockGuard::Split(w);
         }
         PtLockGuard::Mm(self.page_table_lock.lock())
+    }
+
+    /// The lock of PTE table `table` (`Level::Pt`), taken while the caller already
+    /// holds the PTE lock of another space's table (Linux: `spin_lock_nested(src_ptl,
+    /// SINGLE_DEPTH_NESTING)` in `copy_pte_range`). Only fork's copy does this: it
+    /// holds the new child's table lock, which nothing else can be taking, and then
+    /// the parent's, so no two CPUs ever take such a pair in opposite orders.
+    pub(super) fn lock_pte_table_nested(&self, table: Table) -> PtLockGuard<'_> {
+        let m = self
+            .allocator()
+            .meta(table.pa())
+            .expect("a PTE table's frame has metadata");
+        let w = m.ptl_word();
+        lock_word(w, Acquire::Nested);
+        PtLockGuard::Split(w)
     }
 }

@@ -403,9 +403,31 @@ impl PageTableRoot {
         size: PageSize,
         stash: &mut Stash,
     ) -> Result<(), MapError> {
+        let level = size.level();
+        let table = self.table_for(va, level, stash)?;
+        let i = level.index(va);
+        let _l = self.lock_table(table, level);
+        if table.load(i).0 != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        table.store(i, leaf);
+        Ok(())
+    }
+
+    /// The table at `level` that holds the entry for `va`, with the tables above it
+    /// installed from `stash` where missing, each under the lock of the entry that
+    /// links it and re-checked there (Linux: `pte_alloc`/`pmd_alloc`: `__pte_alloc` →
+    /// `pmd_install`, `__pmd_alloc`, `__pud_alloc`). `AlreadyMapped` if a huge leaf
+    /// sits in the way.
+    pub(super) fn table_for(
+        &self,
+        va: u64,
+        leaf_level: Level,
+        stash: &mut Stash,
+    ) -> Result<Table, MapError> {
         let mut table = self.root_table();
         let mut level = Level::Pml4;
-        while level != size.level() {
+        while level != leaf_level {
             let i = level.index(va);
             let lower = level.lower().ok_or(MapError::AlreadyMapped)?;
             table = match table.load(i).kind(level) {
@@ -436,13 +458,7 @@ impl PageTableRoot {
             };
             level = lower;
         }
-        let i = level.index(va);
-        let _l = self.lock_table(table, level);
-        if table.load(i).0 != 0 {
-            return Err(MapError::AlreadyMapped);
-        }
-        table.store(i, leaf);
-        Ok(())
+        Ok(table)
     }
 
     /// Maps `range` to the physically contiguous memory at `phys` with leaves of `size`
