@@ -416,7 +416,7 @@ pub fn accounting_follows_the_vmas_and_limits_refuse(h: &dyn Harness) {
 pub fn overcommit_guess_refuses_a_charge_larger_than_ram(h: &dyn Harness) {
     let space = h.space();
     let asp = space.asp();
-    let ram = h.allocator().stats().total_frames as usize;
+    let ram = h.allocator().total_frames() as usize;
     let big = (ram + 1) * P;
     assert_eq!(asp.mmap(0, big, RW, PA, None, 0), Err(Errno::ENOMEM));
     assert_eq!(asp.map_count(), 0);

@@ -655,6 +655,12 @@ impl FrameAllocator {
         }
     }
 
+    /// Usable frames given to the allocator (`FrameStats::total_frames`; Linux:
+    /// `totalram_pages()`), without taking any lock: it never changes.
+    pub fn total_frames(&self) -> u64 {
+        self.total_frames
+    }
+
     /// Frames currently handed out: total minus free minus reserved.
     pub fn allocated_frames(&self) -> u64 {
         let s = self.stats();

@@ -41,7 +41,7 @@ impl AddressSpace {
     /// that, overcommit is allowed. The charge itself is the `VM_ACCOUNT` flag of the
     /// VMA, which the engine counts in [`VmStat::committed`].
     pub(super) fn vm_enough_memory(&self, npages: usize) -> Result<(), Errno> {
-        let ram = self.alloc.stats().total_frames;
+        let ram = self.alloc.total_frames();
         if npages as u64 > ram {
             return Err(Errno::ENOMEM);
         }
