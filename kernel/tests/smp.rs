@@ -20,7 +20,7 @@ use kernel::address_space;
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::arch::{apic, tsc};
 use kernel::memory::frames;
-use kernel::percpu::{MAX_CPUS, PerCpu, block, this_block, this_cpu};
+use kernel::percpu::{CacheLine, MAX_CPUS, PerCpu, block, this_block, this_cpu};
 use kernel::smp::{self, call, online_mask, run_on};
 use mm::mmap::{AddressSpace, MAP_ANONYMOUS, MAP_PRIVATE, MmLayout, PROT_READ, PROT_WRITE};
 use x86_64::{PhysAddr, VirtAddr};
@@ -43,7 +43,8 @@ fn every_cpu_in_the_madt_is_online_with_distinct_ids() {
     );
     assert_eq!(n, smp::madt_cpus(), "every CPU the MADT lists came up");
     assert_eq!(online_mask(), (1u64 << n) - 1, "CPU indices are 0..n");
-    static SEEN: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(u64::MAX) }; MAX_CPUS]);
+    static SEEN: PerCpu<AtomicU64> =
+        PerCpu::new([const { CacheLine(AtomicU64::new(u64::MAX)) }; MAX_CPUS]);
     let ran = run_on(u64::MAX, &|| {
         // The index from GS, the APIC id from the APIC itself.
         SEEN.get().store(apic::id() as u64, Ordering::SeqCst);
@@ -116,7 +117,8 @@ fn cpus_cross_calling_each_other_do_not_deadlock() {
 
 #[test_case]
 fn per_cpu_data_is_really_per_cpu() {
-    static VALUE: PerCpu<AtomicUsize> = PerCpu::new([const { AtomicUsize::new(0) }; MAX_CPUS]);
+    static VALUE: PerCpu<AtomicUsize> =
+        PerCpu::new([const { CacheLine(AtomicUsize::new(0)) }; MAX_CPUS]);
     static ARRIVED: AtomicUsize = AtomicUsize::new(0);
     static BAD: AtomicUsize = AtomicUsize::new(0);
     ARRIVED.store(0, Ordering::SeqCst);
@@ -139,6 +141,45 @@ fn per_cpu_data_is_really_per_cpu() {
     for cpu in 0..n {
         assert_eq!(VALUE.on(cpu).load(Ordering::SeqCst), 1000 + cpu);
     }
+}
+
+#[test_case]
+fn a_frame_freed_on_one_cpu_waits_on_that_cpus_page_list() {
+    use mm::frame::FrameFlags;
+    static FREED: AtomicU64 = AtomicU64::new(0);
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    FREED.store(0, Ordering::SeqCst);
+    TAKEN.store(false, Ordering::SeqCst);
+    let mine = AtomicU64::new(0);
+    run_on(0b11, &|| {
+        if this_cpu() == 1 {
+            // CPU 1 frees a frame: it goes to the head of CPU 1's list.
+            let pa = frames().alloc(0).unwrap();
+            frames().free(pa, 0).unwrap();
+            FREED.store(pa.as_u64(), Ordering::SeqCst);
+            // Stay here (no other work on this CPU) until CPU 0 has allocated.
+            while !TAKEN.load(Ordering::SeqCst) && !smp::aborted() {
+                core::hint::spin_loop();
+            }
+        } else {
+            while FREED.load(Ordering::SeqCst) == 0 && !smp::aborted() {
+                core::hint::spin_loop();
+            }
+            // CPU 0 allocates from its own list: one shared list would hand it the
+            // frame CPU 1 just freed, its hottest.
+            mine.store(frames().alloc(0).unwrap().as_u64(), Ordering::SeqCst);
+            TAKEN.store(true, Ordering::SeqCst);
+        }
+    });
+    let freed = PhysAddr::new(FREED.load(Ordering::SeqCst));
+    let mine = PhysAddr::new(mine.into_inner());
+    assert_ne!(mine, freed, "CPU 0 took the frame on CPU 1's list");
+    let flags = frames().meta(freed).unwrap().flags();
+    assert!(
+        flags.contains(FrameFlags::PCP),
+        "still on CPU 1's list: {flags:?}"
+    );
+    frames().free(mine, 0).unwrap();
 }
 
 #[test_case]
