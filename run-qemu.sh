@@ -133,6 +133,8 @@ case "$MODE" in
     cargo fmt --all -- --check
     cargo clippy -q -p mm -p boot --all-targets --all-features -- -D warnings
     cargo kclippy -q --lib --bins --tests --features bench -- -D warnings
+    # The SMP test kernels are not in `--tests` (they need several CPUs, `test = false`).
+    cargo kclippy -q --test smp --test mm_smp --test rcu -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc -q -p mm --no-deps --all-features
     log "host tests (memory-manager core)"
     cargo test --workspace --exclude kernel

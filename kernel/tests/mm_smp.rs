@@ -1032,7 +1032,9 @@ fn fork_while_other_cpus_fault_never_shows_the_child_a_half_copied_page() {
         c.store(0, SeqCst);
     }
     // The first failure: what, where (fork, page) and the words involved.
-    static FAIL: spin::Mutex<Option<(String, u64, usize, Option<Bad>)>> = spin::Mutex::new(None);
+    /// The first failure: what, the round, the CPU, and the bad byte if any.
+    type Failure = (String, u64, usize, Option<Bad>);
+    static FAIL: spin::Mutex<Option<Failure>> = spin::Mutex::new(None);
     *FAIL.lock() = None;
     let fail = |what: &str, fork: u64, page: usize, bad: Option<Bad>| {
         FAIL.lock()

@@ -132,7 +132,9 @@ fn per_cpu_data_is_really_per_cpu() {
         }
         // Everyone has written before anyone reads.
         ARRIVED.fetch_add(1, Ordering::SeqCst);
-        while ARRIVED.load(Ordering::SeqCst) < n && !smp::aborted() {}
+        while ARRIVED.load(Ordering::SeqCst) < n && !smp::aborted() {
+            core::hint::spin_loop();
+        }
         if VALUE.get().load(Ordering::SeqCst) != 1000 + me {
             BAD.fetch_add(1, Ordering::SeqCst);
         }
@@ -472,7 +474,9 @@ fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
                 t.with_leaf_locked(va(a), |leaf| {
                     assert!(leaf.is_some(), "the first page is mapped");
                     GO.store(true, Ordering::SeqCst);
-                    while !SPINNING.load(Ordering::SeqCst) && !smp::aborted() {}
+                    while !SPINNING.load(Ordering::SeqCst) && !smp::aborted() {
+                        core::hint::spin_loop();
+                    }
                     // B is about to take the fault: give it time to reach the lock.
                     tsc::delay_us(20_000);
                     assert!(
@@ -485,7 +489,9 @@ fn a_cpu_spinning_on_the_page_table_lock_answers_the_holders_shootdown() {
                 })
             });
         } else {
-            while !GO.load(Ordering::SeqCst) && !smp::aborted() {}
+            while !GO.load(Ordering::SeqCst) && !smp::aborted() {
+                core::hint::spin_loop();
+            }
             SPINNING.store(true, Ordering::SeqCst);
             // Second page: not present yet, so the fault needs that PT's lock.
             probe_write(va(a + P), 1).expect("the fault resolves once A lets go");
