@@ -45,9 +45,11 @@ impl MmWriteGuard<'_> {
         self.vma_start_write(vma);
         let mm = self.mm;
         let inner = self.inner();
-        VmaIterator::new(vma.start()).store(&mut inner.tw, vma.start(), vma.end(), vma);
-        inner.tw.publish(&mm.tree);
+        // Attached before the store makes it visible (Linux: `vma_iter_store_new`), so a
+        // lock-free reader finding it sees it write-locked, not detached.
         lock::vma_mark_attached(vma);
+        VmaIterator::new(vma.start()).store(&mm.tree, &mut inner.tw, vma.start(), vma.end(), vma);
+        inner.tw.publish(&mm.tree);
         if let Some(w) = i_mmap.as_mut() {
             w.insert(vma);
         }
@@ -171,7 +173,7 @@ impl MmWriteGuard<'_> {
         let mut vmi = VmaIterator::new(0);
         for &v in removes {
             vmi.set(v.start());
-            vmi.clear(&mut self.inner().tw);
+            vmi.clear(&mm.tree, &mut self.inner().tw);
         }
         // An update whose new range only takes space that is free in the tree (or its
         // own) is stored over in place, one walk; the others leave and come back, as
@@ -180,12 +182,12 @@ impl MmWriteGuard<'_> {
         debug_assert!(updates.len() <= moved.len(), "commit: too many updates");
         for (k, &(v, s, e, _)) in updates.iter().enumerate() {
             vmi.set(v.start());
-            moved[k] = k >= moved.len() || !vmi.store_changed(&mut self.inner().tw, s, e, v);
+            moved[k] = k >= moved.len() || !vmi.store_changed(&mm.tree, &mut self.inner().tw, s, e, v);
         }
         for (k, &(v, ..)) in updates.iter().enumerate() {
             if moved.get(k).copied().unwrap_or(true) {
                 vmi.set(v.start());
-                vmi.clear(&mut self.inner().tw);
+                vmi.clear(&mm.tree, &mut self.inner().tw);
             }
         }
         for (k, &(v, s, e, pg)) in updates.iter().enumerate() {
@@ -202,16 +204,17 @@ impl MmWriteGuard<'_> {
             }
             if moved.get(k).copied().unwrap_or(true) {
                 vmi.set(s);
-                vmi.store(&mut self.inner().tw, s, e, v);
+                vmi.store(&mm.tree, &mut self.inner().tw, s, e, v);
             }
         }
         if let Some(v) = insert {
+            // Attached before the store publishes it (Linux: `vma_iter_store_new`).
+            lock::vma_mark_attached(v);
             vmi.set(v.start());
-            vmi.store(&mut self.inner().tw, v.start(), v.end(), v);
+            vmi.store(&mm.tree, &mut self.inner().tw, v.start(), v.end(), v);
         }
         self.inner().tw.publish(&mm.tree);
         if let Some(v) = insert {
-            lock::vma_mark_attached(v);
             if let Some(w) = i_mmap.as_mut().filter(|_| indexed(self, v)) {
                 w.insert(v);
             }
@@ -304,7 +307,7 @@ impl MmWriteGuard<'_> {
         let mm = self.mm;
         let inner = self.inner();
         let mut vmi = VmaIterator::new(start);
-        let removed = vmi.clear_range(&mut inner.tw, start, end);
+        let removed = vmi.clear_range(&mm.tree, &mut inner.tw, start, end);
         debug_assert_eq!(removed, list.len(), "munmap: the range holds other VMAs");
         inner.tw.publish(&mm.tree);
         for &x in &list {

@@ -1,4 +1,4 @@
-//! The VMA tree: a maple-style range B-tree, augmented with gaps, readable under RCU.
+//! The VMA tree: a maple-style range B-tree with NULL ranges and gaps, readable under RCU.
 //!
 //! Linux: the maple tree (`lib/maple_tree.c`, `include/linux/maple_tree.h`) in its
 //! `mm->mm_mt` role (`vma_iter_*` in `mm/vma.h`, `mas_walk`, `mas_store_prealloc`,
@@ -6,72 +6,77 @@
 //!
 //! # Layout
 //!
-//! Every node is 256 bytes (four cache lines), as Linux's `struct maple_node`: a
-//! header word (entry count, leaf flag, the batch that created the node), the lowest
-//! start in the subtree, and three arrays of [`SLOTS`] = 10 words.
+//! The tree maps every index of `[0, usize::MAX)` to an entry: a VMA or NULL (a gap),
+//! as Linux's maple tree does. Every node is 256 bytes (four cache lines), as Linux's
+//! `struct maple_node`: a header word (slot count, leaf flag) and 31 words.
 //!
-//! - A **leaf** (Linux: `maple_range_64`) holds up to 10 VMAs as (start, end, VMA),
-//!   sorted. Gaps are *implied*, not stored as empty ranges as Linux does: the free
-//!   space before an entry is the distance from the previous entry's end. That keeps
-//!   10 VMAs per leaf where Linux's alternating VMA/NULL slots keep about 8.
-//! - An **internal** node (Linux: `maple_arange_64`) holds up to 10 children with, per
-//!   child, its pivot (the highest end in the child) and its gap: the largest free
-//!   range owned by the child's entries, each entry owning the space between the
-//!   previous entry's end and its own start. The space before child 0's first entry
-//!   is owned by whatever precedes the node and is not counted in the node (so a
-//!   change at the end of one subtree never rewrites the next one); the parent's
-//!   slot for the node counts it, from the previous sibling's pivot and the node's
-//!   lowest start (the header's `min`). The space above the last VMA belongs to no
-//!   entry; the searches add it.
+//! - A **leaf** (Linux: `maple_range_64`) has 16 slots and 15 pivots: slot `i` covers
+//!   `[pivot[i-1], pivot[i])` (the node's lower bound for slot 0, its upper bound for
+//!   the last slot), holding a VMA pointer or 0 for a NULL range. Pivots are exclusive
+//!   ends here (Linux stores inclusive last indices).
+//! - An **internal** node (Linux: `maple_arange_64`) has 10 children, 9 pivots and,
+//!   per child, its **gap**: the largest NULL range in the child's subtree.
 //!
-//! With 10 entries per node, 65,530 VMAs fit in a height of 5 (a height of 4 holds
-//! at most 10,000); Linux's tree, with about 8 VMAs per leaf and 10 children per
-//! internal node, is 5 high there too. `vma_tree_bytes_per_vma_65530` reports the
-//! memory (28 bytes per VMA with full leaves; the AVL tree it replaced used 80).
+//! A node's bounds are not stored in it: they come from its parent's pivots (the root
+//! covers everything), so a node covers a fixed range for as long as it lives. Two
+//! NULL ranges are never adjacent, not even across a leaf boundary: a store that
+//! would leave them so takes the neighbouring NULL into its range (Linux merges them
+//! within a node, `mas_wr_extend_null`). Every gap is therefore exactly one NULL
+//! entry of one leaf, and the gap cache finds it exactly.
 //!
-//! The batch number lives in 48 bits of the header: at a batch per microsecond it
-//! would wrap after nine years (debug builds assert it does not).
+//! Full leaves hold 16 entries; 65,530 VMAs separated by holes (the bench layout,
+//! 131,061 entries) fit in a height of 5 (a height of 4 holds at most 16,000
+//! entries), as in Linux. `vma_tree_bytes_per_vma_65530` reports the memory.
 //!
 //! # Writers and readers
 //!
-//! A writer (holding the mmap write lock) never modifies a node a reader can see. A
-//! batch (`TreeWriter::prealloc` … `TreeWriter::publish`) copies each node it
-//! changes, the leaf and its ancestors up to the root (copy-on-write of the path;
-//! a node created earlier in the same batch is modified in place), and publishes the
-//! new root with one atomic store. Copying the ancestors rather than storing the new
-//! child pointer into the published parent (what Linux does when only a leaf is
-//! replaced) costs four more 256-byte copies per batch, but every published node is
-//! immutable: a lock-free reader that loaded the root inside an RCU read section
-//! walks one consistent snapshot, with pivots, child pointers and entries of the same
-//! version, and needs no re-check of a node's `dead` mark as Linux's `mas_walk`
-//! does. Replaced nodes are retired and freed only after an RCU grace period
-//! ([`super::rcu`]); a whole subtree cut out by a range erase is retired as one item
-//! and freed by walking it then (Linux: `mas_destroy`/`mt_free_walk` by RCU).
+//! Every store (`TreeWriter::store`: Linux's `mas_store`) builds the entries of the
+//! range it changes into new nodes and never writes a slot or pivot of a node a reader
+//! can reach, with one exception: the **publication**, one pointer store per changed
+//! level into the parent's slot (Linux: `rcu_assign_pointer` in `mas_replace_node`).
 //!
-//! **Preallocation by height** (Linux: `mas_preallocate`, `vma_iter_prealloc`).
-//! Before a batch the writer reserves the worst case of its operations for the
-//! current height `h`: `3(h + k) + 2` nodes per insert or erase among `k` (the path,
-//! a split and a sibling or a neighbour per level, a new root), `4h + 4` for a range erase (two
-//! boundary paths, a neighbour for each), and the bookkeeping capacity. A range erase
-//! cuts out the subtrees between its boundary paths whole, so its reservation does
-//! not grow with the number of VMAs removed: a 10,000-VMA munmap reserves as much
-//! as a 2-VMA one. After `prealloc` succeeds the batch cannot fail, so an allocation
-//! failure leaves the tree and every VMA untouched. `fail_prealloc` injects that
-//! failure (the harness's knob; `fault-inject` feature only).
+//! - A change inside one leaf (a VMA's bounds move within the leaf, a VMA end moves
+//!   into a gap, a VMA is inserted into a gap or erased) builds one new leaf with the
+//!   same bounds, so the parent's pivots stay right: the new leaf's pointer is stored
+//!   (SeqCst) into the existing parent's slot. One node copied, as Linux's
+//!   `mas_wr_node_store` / `mas_wr_slot_store`.
+//! - A leaf that overflows is split, or pushes entries into its left sibling (Linux:
+//!   `mas_split`, `mas_push_data`); one that underflows is merged with or refilled from
+//!   a sibling (`mas_rebalance`); a store spanning leaves rebuilds both boundary leaves
+//!   and cuts out the subtrees between (`mas_wr_spanning_store`). Each of these changes
+//!   the parent's pivots, so the parent is rebuilt too, and so on up to the first level
+//!   where one node replaces one node: there one pointer store publishes the whole new
+//!   subtree (a new root is published with one store of the root pointer).
+//! - The **gaps** of the ancestors above the publication are updated in place (Linux:
+//!   `mas_update_gap`). That is sound because the only readers of gaps are the gap
+//!   searches (`get_unmapped_area`), which run under the mmap lock and so never
+//!   concurrently with a writer; lock-free readers (`view_rcu`, `lock_vma_under_rcu`)
+//!   only look up entries, reading pivots and slots, never gaps. Gaps are atomics so
+//!   the word-level accesses themselves are never a data race.
 //!
-//! **Balance.** Before an insert makes a full node split, one of its slots (not the
-//! one the insert goes to) is pushed into a sibling with room (Linux:
-//! `mas_push_data`), so nodes stay nearly full where VMAs are split one after another
-//! (64,000 VMAs made by mprotect: height 5 and 28 bytes per VMA, against 7 and 53
-//! with plain half splits). A full node with full siblings splits in two halves,
-//! except when the new entry goes after the last one of the node, where the old node
-//! stays full and the new one starts with one entry (appends then fill nodes
-//! completely; Linux's `mas_wr_append` and the rightmost-node split of
-//! `mab_calc_split` play that role). A range change that takes only free space is
-//! stored over in place (`TreeWriter::replace`: one walk, not an erase and an
-//! insert). A node left with fewer
-//! than [`MIN_FILL`] entries by an erase is merged with, or refilled from, a
-//! neighbour (Linux: `mas_rebalance`); a root with one child is replaced by it.
+//! A lock-free reader therefore walks a consistent tree: every node it reaches was
+//! complete before the store that made it reachable (the SeqCst store pairs with the
+//! reader's SeqCst load), pivots never change, and a leaf it reaches is wholly the old
+//! one or wholly the new one. Between two stores of one batch (a split updates one VMA
+//! and inserts another) a reader may see the first change without the second, as in
+//! Linux; the VMA write locks and `lock_vma_under_rcu`'s range re-check cover that.
+//! Replaced nodes are retired and freed after an RCU grace period (`retire` /
+//! `reclaim`, the one place that knows about [`super::rcu`]); a subtree cut out whole
+//! is retired as one item and freed by walking it then.
+//!
+//! **Preallocation by height** (Linux: `mas_preallocate`, `vma_iter_prealloc`). A
+//! store allocates at most three nodes per level of the tree (both boundary leaves of
+//! a spanning store, or a split in three) and one new root; before a batch the writer
+//! reserves that for the height the tree may reach, `3(h + k) + 1` nodes per store
+//! among `k`. A range erase is one spanning store whatever the number of VMAs it
+//! removes, so a 10,000-VMA munmap reserves as much as a 2-VMA one. After `prealloc`
+//! succeeds the batch cannot fail, so an allocation failure leaves the tree and every
+//! VMA untouched. `fail_prealloc` injects that failure (`fault-inject` feature only).
+//!
+//! **The cursor** ([`MaState`], Linux's `ma_state`) remembers the path to its leaf and
+//! its offset there: stepping to the next or previous entry stays in the leaf and
+//! climbs only at a leaf boundary. It is only kept across calls on a stable view (the
+//! mmap lock held) of the same tree version; otherwise it walks from the root.
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use alloc::format;
@@ -79,48 +84,54 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::area::{Vma, VmaRef};
 use super::rcu;
 use crate::errno::Errno;
 
-/// Entries per node (Linux: `MAPLE_ARANGE64_SLOTS` = 10 in an internal node with
-/// gaps, `MAPLE_RANGE64_SLOTS` = 16 in a leaf holding VMAs and gaps alternately).
-pub const SLOTS: usize = 10;
-/// A node touched by an erase and left with fewer entries is rebalanced with a
-/// neighbour (Linux: `mt_min_slots`).
-pub const MIN_FILL: usize = 3;
+/// Slots of a leaf (Linux: `MAPLE_RANGE64_SLOTS`).
+pub const LEAF_SLOTS: usize = 16;
+/// Slots of an internal node (Linux: `MAPLE_ARANGE64_SLOTS`).
+pub const INT_SLOTS: usize = 10;
+/// A node left with fewer entries than this by a store is refilled from or merged
+/// with a sibling (Linux: `mt_min_slots`); the rightmost node of a level is exempt
+/// (appends keep it small, as Linux's rightmost node).
+const MIN_LEAF: usize = 6;
+const MIN_INT: usize = 3;
+/// Exclusive upper bound of the index space (the last byte is never mapped).
+const MAX: usize = usize::MAX;
+/// Deepest tree the writer's path arrays hold (10-ary internal nodes: far above any
+/// reachable height).
+const MAX_H: usize = 24;
+/// Levels a cursor caches; a taller tree is walked from the root each time.
+const MAS_H: usize = 8;
 /// Free nodes kept per address space after reclamation (an intrusive list: no heap).
 const NODE_CACHE_CAP: usize = 256;
 /// Bit 0 of a retired pointer: the whole subtree below it is retired.
 const SUBTREE: usize = 1;
-
 const LEAF_BIT: u64 = 1 << 8;
-const TXN_SHIFT: u32 = 16;
+/// Words after the header.
+const W: usize = 31;
+/// Word offsets of the slot and gap arrays.
+const LEAF_SLOT0: usize = LEAF_SLOTS - 1;
+const INT_SLOT0: usize = INT_SLOTS - 1;
+const INT_GAP0: usize = INT_SLOT0 + INT_SLOTS;
 
-/// One 256-byte tree node (Linux: `struct maple_node`). No `align(64)`: the heap's
-/// 256-byte size class already places nodes on 256-byte boundaries, and the
-/// over-aligned layout measurably slowed unrelated figures of the bench kernel
-/// (`pt_protect_512_pages` about twice as slow in four runs out of four).
-///
-/// `a`, `b`, `c` are, in a leaf: start, end and VMA pointer of each entry; in an
-/// internal node: pivot (highest end in the child), child pointer and gap of each
-/// child (see the module doc).
+/// One 256-byte tree node (Linux: `struct maple_node`, as `maple_range_64` in a
+/// leaf and `maple_arange_64` in an internal node; see the module doc). The words are
+/// atomics because a published internal node's slots and gaps are stored in place
+/// while lock-free readers read it; everything else is written only before the node is
+/// published.
 #[repr(C)]
-#[derive(Clone, Copy)]
 pub(super) struct Node {
-    /// Bits 0..8: entry count; bit 8: leaf; bits 16..64: batch that created the node
-    /// (nodes of the current batch are private to the writer).
+    /// Bits 0..8: slot count; bit 8: leaf.
     meta: u64,
-    /// Lowest start in the subtree.
-    min: usize,
-    a: [usize; SLOTS],
-    b: [usize; SLOTS],
-    c: [usize; SLOTS],
+    w: [AtomicUsize; W],
 }
 
 const _: () = assert!(core::mem::size_of::<Node>() == 256);
+const _: () = assert!(LEAF_SLOT0 + LEAF_SLOTS == W && INT_GAP0 + INT_SLOTS <= W);
 
 impl Node {
     #[inline]
@@ -131,122 +142,170 @@ impl Node {
     fn is_leaf(&self) -> bool {
         self.meta & LEAF_BIT != 0
     }
+    /// Exclusive end of slot `i < len - 1`.
     #[inline]
-    fn txn(&self) -> u64 {
-        self.meta >> TXN_SHIFT
+    fn piv(&self, i: usize) -> usize {
+        self.w[i].load(Ordering::Relaxed)
     }
+    /// Slot `i`: a VMA pointer or 0 in a leaf, a child pointer in an internal node.
+    /// SeqCst: pairs with the writer's publication (see `rcu`'s protocol).
     #[inline]
-    fn set_len(&mut self, n: usize) {
-        debug_assert!(n <= SLOTS);
-        self.meta = (self.meta & !0xff) | n as u64;
+    fn slot(&self, i: usize) -> usize {
+        let base = if self.is_leaf() { LEAF_SLOT0 } else { INT_SLOT0 };
+        self.w[base + i].load(Ordering::SeqCst)
+    }
+    /// Largest NULL range below child `i` (internal nodes).
+    #[inline]
+    fn gap(&self, i: usize) -> usize {
+        self.w[INT_GAP0 + i].load(Ordering::Relaxed)
     }
     #[inline]
     fn child(&self, i: usize) -> *mut Node {
-        self.b[i] as *mut Node
+        self.slot(i) as *mut Node
     }
+    /// Start of slot `i` in a node whose lower bound is `min`.
     #[inline]
-    fn vma(&self, i: usize) -> VmaRef {
-        // SAFETY: leaf slot `i < len` holds a pointer made from a `VmaRef` (`&'static
-        // Vma`) by `set_entry`; such a pointer is valid for `'static`.
-        unsafe { &*(self.c[i] as *const Vma) }
+    fn start(&self, i: usize, min: usize) -> usize {
+        if i > 0 { self.piv(i - 1) } else { min }
     }
-    /// Highest end in the subtree.
+    /// End of slot `i` in a node whose upper bound is `max`.
     #[inline]
-    fn max(&self) -> usize {
-        let n = self.len();
-        if self.is_leaf() {
-            self.b[n - 1]
+    fn end(&self, i: usize, max: usize) -> usize {
+        if i + 1 < self.len() {
+            self.piv(i)
         } else {
-            self.a[n - 1]
+            max
         }
     }
-    /// Largest free range between two entries of the subtree (not before its first).
-    fn inner_gap(&self) -> usize {
-        let n = self.len();
-        let mut g = 0;
-        if self.is_leaf() {
-            for i in 1..n {
-                g = g.max(self.a[i] - self.b[i - 1]);
+    /// The slot covering `idx` (which lies inside the node's bounds).
+    #[inline]
+    fn offset_of(&self, idx: usize) -> usize {
+        let last = self.len() - 1;
+        let mut i = 0;
+        while i < last && self.piv(i) <= idx {
+            i += 1;
+        }
+        i
+    }
+    /// Largest gap of an internal node (max over its children).
+    fn max_gap(&self) -> usize {
+        (0..self.len()).map(|i| self.gap(i)).max().unwrap_or(0)
+    }
+    /// Slot `i` as an [`Item`] (bounds `max` for the last slot).
+    fn item(&self, i: usize, max: usize) -> Item {
+        Item {
+            end: self.end(i, max),
+            val: self.slot(i),
+            gap: if self.is_leaf() { 0 } else { self.gap(i) },
+        }
+    }
+}
+
+/// One slot of a node being built: its exclusive end, its value (leaf: a VMA
+/// pointer or 0; internal: a child pointer) and, internal, the child's gap.
+#[derive(Clone, Copy, Default, Debug)]
+struct Item {
+    end: usize,
+    val: usize,
+    gap: usize,
+}
+
+/// The entries of a level being rebuilt (Linux: `struct maple_big_node`).
+struct Big {
+    it: [Item; 64],
+    n: usize,
+}
+
+impl Big {
+    fn new() -> Self {
+        Big {
+            it: [Item::default(); 64],
+            n: 0,
+        }
+    }
+    #[inline]
+    fn push(&mut self, i: Item) {
+        self.it[self.n] = i;
+        self.n += 1;
+    }
+    /// Slots `a..b` of `node` (upper bound `max`) in order.
+    fn push_slots(&mut self, node: &Node, a: usize, b: usize, max: usize) {
+        for i in a..b {
+            self.push(node.item(i, max));
+        }
+    }
+    /// Put the slots of `node` before the current entries.
+    fn prepend_node(&mut self, node: &Node, max: usize) {
+        let k = node.len();
+        self.it.copy_within(0..self.n, k);
+        for i in 0..k {
+            self.it[i] = node.item(i, max);
+        }
+        self.n += k;
+    }
+    /// Merge adjacent NULL ranges (leaf level).
+    fn normalize(&mut self) {
+        let mut out = 0;
+        for i in 0..self.n {
+            let x = self.it[i];
+            if out > 0 && x.val == 0 && self.it[out - 1].val == 0 {
+                self.it[out - 1].end = x.end;
+            } else {
+                self.it[out] = x;
+                out += 1;
             }
-        } else {
-            g = self.c[..n].iter().copied().max().unwrap_or(0);
         }
-        g
-    }
-    fn entry(&self, i: usize) -> TreeEntry {
-        TreeEntry {
-            start: self.a[i],
-            end: self.b[i],
-            vma: self.vma(i),
-        }
-    }
-    /// Insert the slot triple `(a, b, c)` at `i`, shifting the rest right.
-    fn insert_slot(&mut self, i: usize, t: (usize, usize, usize)) {
-        let n = self.len();
-        debug_assert!(n < SLOTS && i <= n);
-        self.a.copy_within(i..n, i + 1);
-        self.b.copy_within(i..n, i + 1);
-        self.c.copy_within(i..n, i + 1);
-        (self.a[i], self.b[i], self.c[i]) = t;
-        self.set_len(n + 1);
-    }
-    fn remove_slots(&mut self, i: usize, k: usize) {
-        let n = self.len();
-        debug_assert!(i + k <= n);
-        self.a.copy_within(i + k..n, i);
-        self.b.copy_within(i + k..n, i);
-        self.c.copy_within(i + k..n, i);
-        self.set_len(n - k);
-    }
-    fn slot(&self, i: usize) -> (usize, usize, usize) {
-        (self.a[i], self.b[i], self.c[i])
+        self.n = out;
     }
 }
 
-/// Summary of a subtree the parent keeps: (lowest start, highest end, inner gap).
-///
-/// # Safety
-/// `p` is a live, non-empty node.
-unsafe fn summary(p: *const Node) -> (usize, usize, usize) {
-    // SAFETY: contract.
-    let n = unsafe { &*p };
-    (n.min, n.max(), n.inner_gap())
-}
-
-/// The published root, shared with lock-free readers (Linux: `mm->mm_mt.ma_root`).
+/// The published root, shared with lock-free readers (Linux: `mm->mm_mt.ma_root`),
+/// and the tree's version (bumped by every store: a cursor's cached path is valid only
+/// for the version it was made on).
 pub(super) struct VmaTree {
     root: AtomicPtr<Node>,
+    seq: AtomicU64,
 }
 
 impl VmaTree {
     pub(super) const fn new() -> Self {
         VmaTree {
             root: AtomicPtr::new(ptr::null_mut()),
+            seq: AtomicU64::new(0),
         }
     }
 
-    /// A view for a caller holding the mmap lock (read or write): the tree cannot be
-    /// republished, and nodes of the current tree are not reclaimed, while it is held.
+    /// A view for a caller holding the mmap lock (read or write): no store can run,
+    /// and no node of the tree is reclaimed, while it is held.
     pub(super) fn view_locked(&self) -> TreeView<'_> {
         TreeView {
             root: self.root.load(Ordering::Acquire),
+            seq: self.seq.load(Ordering::Relaxed),
+            stable: true,
             _p: PhantomData,
         }
     }
 
-    /// A view for a lock-free reader; valid for the lifetime of the RCU section.
+    /// A view for a lock-free reader; valid for the lifetime of the RCU section. Only
+    /// lookups are meant for it (the gaps may be mid-update).
     pub(super) fn view_rcu<'a>(&'a self, _g: &'a rcu::RcuReadGuard) -> TreeView<'a> {
         TreeView {
             root: self.root.load(Ordering::SeqCst),
+            seq: 0,
+            stable: false,
             _p: PhantomData,
         }
     }
 }
 
-/// A read-only snapshot of the tree.
+/// A read-only view of the tree.
 #[derive(Clone, Copy)]
 pub struct TreeView<'a> {
     root: *const Node,
+    seq: u64,
+    /// No writer can run while the view lives (mmap lock or the writer's own view):
+    /// a cursor may keep its path across calls.
+    stable: bool,
     _p: PhantomData<&'a Node>,
 }
 
@@ -261,128 +320,137 @@ pub struct TreeEntry {
     pub vma: VmaRef,
 }
 
+/// A slot of a leaf found by a walk: the leaf, the offset and the leaf's bounds.
+#[derive(Clone, Copy)]
+struct Pos<'a> {
+    n: &'a Node,
+    off: usize,
+    min: usize,
+    max: usize,
+}
+
+impl Pos<'_> {
+    fn start(&self) -> usize {
+        self.n.start(self.off, self.min)
+    }
+    fn end(&self) -> usize {
+        self.n.end(self.off, self.max)
+    }
+    fn val(&self) -> usize {
+        self.n.slot(self.off)
+    }
+    fn entry(&self) -> Option<TreeEntry> {
+        let v = self.val();
+        // SAFETY: a non-zero leaf slot holds a pointer made from a `VmaRef` (`&'static
+        // Vma`) by the writer; such a pointer is valid for `'static`.
+        (v != 0).then(|| TreeEntry {
+            start: self.start(),
+            end: self.end(),
+            vma: unsafe { &*(v as *const Vma) },
+        })
+    }
+}
+
+fn vma_of(v: usize) -> VmaRef {
+    // SAFETY: as in `Pos::entry`: `v` is a non-zero leaf slot.
+    unsafe { &*(v as *const Vma) }
+}
+
 impl<'a> TreeView<'a> {
     #[inline]
     fn node(&self, p: *const Node) -> Option<&'a Node> {
-        // SAFETY: `p` is null or was reached from this view's root. A view's root is
-        // the writer's working tree (borrowed from the writer, so no batch ends under
-        // it) or was loaded under the mmap lock or inside an RCU section (`view_locked`,
-        // `view_rcu`, whose lifetimes bound `'a`). A published node is never written
-        // again (writers copy it first, `TreeWriter::own`) and is freed only after a
-        // grace period that outlasts every RCU section and mmap-lock hold that could have
-        // seen it (`TreeWriter::reclaim`), so it is allocated and unchanging for `'a`.
+        // SAFETY: `p` is null or was reached from this view's root. A view's root was
+        // loaded under the mmap lock, by the writer, or inside an RCU section (whose
+        // lifetimes bound `'a`). A node reachable from a root is freed only after a
+        // grace period that outlasts every RCU section and mmap-lock hold that could
+        // have reached it (`TreeWriter::reclaim`), so it is allocated for `'a`; its
+        // header and pivots never change once published, and its slots and gaps are
+        // atomics.
         unsafe { p.as_ref() }
     }
 
-    /// Last entry of the subtree `p` (non-empty).
-    fn rightmost(&self, mut p: *const Node) -> Option<TreeEntry> {
-        loop {
-            let n = self.node(p)?;
-            if n.is_leaf() {
-                return Some(n.entry(n.len() - 1));
-            }
-            p = n.child(n.len() - 1);
-        }
-    }
-
-    /// First entry of the subtree `p` (non-empty).
-    fn leftmost(&self, mut p: *const Node) -> Option<TreeEntry> {
-        loop {
-            let n = self.node(p)?;
-            if n.is_leaf() {
-                return Some(n.entry(0));
-            }
-            p = n.child(0);
-        }
-    }
-
-    /// Lowest entry with `end > addr` (Linux: `find_vma()`, `mas_find`).
-    pub fn find(&self, addr: usize) -> Option<TreeEntry> {
+    /// The slot covering `idx` (Linux: `mas_walk`); `None` for an empty tree.
+    #[inline]
+    fn walk(&self, idx: usize) -> Option<Pos<'a>> {
         let mut n = self.node(self.root)?;
+        let (mut min, mut max) = (0, MAX);
         loop {
-            let len = n.len();
+            let i = n.offset_of(idx);
             if n.is_leaf() {
-                let i = n.b[..len].iter().position(|&e| e > addr)?;
-                return Some(n.entry(i));
+                return Some(Pos { n, off: i, min, max });
             }
-            let i = n.a[..len].iter().position(|&p| p > addr)?;
+            let (a, b) = (n.start(i, min), n.end(i, max));
+            min = a;
+            max = b;
             n = self.node(n.child(i))?;
         }
     }
 
-    /// Entry containing `addr` (Linux: `vma_lookup()`, `mas_walk`).
-    pub fn lookup(&self, addr: usize) -> Option<TreeEntry> {
-        self.find(addr).filter(|e| e.start <= addr)
+    /// Range and value of the entry covering `idx` (0: NULL).
+    fn entry_at(&self, idx: usize) -> (usize, usize, usize) {
+        match self.walk(idx) {
+            Some(p) => (p.start(), p.end(), p.val()),
+            None => (0, MAX, 0),
+        }
     }
 
-    /// Highest entry with `start < addr` (the entry at or before `addr - 1`;
-    /// Linux: `mas_prev`).
-    pub fn prev_before(&self, addr: usize) -> Option<TreeEntry> {
-        let mut n = self.node(self.root)?;
-        if n.min >= addr {
+    /// Lowest VMA with `end > addr` (Linux: `find_vma()`, `mas_find`).
+    pub fn find(&self, addr: usize) -> Option<TreeEntry> {
+        let p = self.walk(addr)?;
+        if p.val() != 0 {
+            return p.entry();
+        }
+        // NULL ranges are never adjacent: the next entry is a VMA (or nothing).
+        if p.off + 1 < p.n.len() {
+            return Pos { off: p.off + 1, ..p }.entry();
+        }
+        if p.max == MAX {
             return None;
         }
-        loop {
-            let len = n.len();
-            if n.is_leaf() {
-                let i = n.a[..len].iter().rposition(|&s| s < addr)?;
-                return Some(n.entry(i));
-            }
-            // Children before the first one reaching `addr` hold only entries below it.
-            let j = n.a[..len].iter().position(|&p| p >= addr).unwrap_or(len);
-            if j < len {
-                let c = self.node(n.child(j))?;
-                if c.min < addr {
-                    n = c;
-                    continue;
-                }
-            }
-            // `n.min < addr`, so `j > 0` here.
-            return self.rightmost(n.child(j.checked_sub(1)?));
+        self.walk(p.max)?.entry()
+    }
+
+    /// Entry containing `addr` (Linux: `vma_lookup()`, `mas_walk`).
+    pub fn lookup(&self, addr: usize) -> Option<TreeEntry> {
+        self.walk(addr)?.entry()
+    }
+
+    /// Highest VMA with `start <= x`.
+    fn vma_at_or_before(&self, x: usize) -> Option<TreeEntry> {
+        let p = self.walk(x)?;
+        if p.val() != 0 {
+            return p.entry();
         }
+        if p.off > 0 {
+            return Pos { off: p.off - 1, ..p }.entry();
+        }
+        if p.min == 0 {
+            return None;
+        }
+        self.walk(p.min - 1)?.entry()
+    }
+
+    /// Highest entry with `start < addr` (Linux: `mas_prev`).
+    pub fn prev_before(&self, addr: usize) -> Option<TreeEntry> {
+        self.vma_at_or_before(addr.checked_sub(1)?)
     }
 
     /// Highest entry with `end <= addr` (Linux: the `prev` of `find_vma_prev()`).
     pub fn last_ending_at_or_before(&self, addr: usize) -> Option<TreeEntry> {
-        let mut n = self.node(self.root)?;
-        let mut fallback: *const Node = ptr::null();
-        loop {
-            let len = n.len();
-            if n.is_leaf() {
-                return match n.b[..len].iter().rposition(|&e| e <= addr) {
-                    Some(i) => Some(n.entry(i)),
-                    None => self.rightmost(fallback),
-                };
-            }
-            let j = n.a[..len].iter().position(|&p| p > addr);
-            let Some(j) = j else {
-                return self.rightmost(n.child(len - 1));
-            };
-            if j > 0 {
-                fallback = n.child(j - 1);
-            }
-            n = self.node(n.child(j))?;
+        let e = self.vma_at_or_before(addr.checked_sub(1)?)?;
+        if e.end <= addr {
+            return Some(e);
         }
+        self.vma_at_or_before(e.start.checked_sub(1)?)
     }
 
     /// Lowest entry with `start >= addr` (Linux: `mas_next` from `addr`).
     pub fn next_from(&self, addr: usize) -> Option<TreeEntry> {
-        let mut n = self.node(self.root)?;
-        let mut fallback: *const Node = ptr::null();
-        loop {
-            let len = n.len();
-            if n.is_leaf() {
-                return match n.a[..len].iter().position(|&s| s >= addr) {
-                    Some(i) => Some(n.entry(i)),
-                    None => self.leftmost(fallback),
-                };
-            }
-            let j = n.a[..len].iter().position(|&p| p > addr)?;
-            if j + 1 < len {
-                fallback = n.child(j + 1);
-            }
-            n = self.node(n.child(j))?;
+        let e = self.find(addr)?;
+        if e.start >= addr {
+            return Some(e);
         }
+        self.find(e.end)
     }
 
     /// Lowest entry intersecting `[start, end)` (Linux: `find_vma_intersection()`).
@@ -390,19 +458,42 @@ impl<'a> TreeView<'a> {
         self.find(start).filter(|e| e.start < end)
     }
 
-    /// Visit entries in address order.
+    /// Visit the VMAs in address order.
     pub fn for_each(&self, mut f: impl FnMut(TreeEntry)) {
-        fn walk<'a>(v: &TreeView<'a>, p: *const Node, f: &mut dyn FnMut(TreeEntry)) {
+        self.for_each_in(0, MAX, &mut f);
+    }
+
+    /// Visit, in address order, the VMAs whose range meets `[s, e)`, skipping subtrees
+    /// outside it.
+    fn for_each_in(&self, s: usize, e: usize, f: &mut dyn FnMut(TreeEntry)) {
+        fn rec<'a>(
+            v: &TreeView<'a>,
+            p: *const Node,
+            min: usize,
+            max: usize,
+            s: usize,
+            e: usize,
+            f: &mut dyn FnMut(TreeEntry),
+        ) {
             let Some(n) = v.node(p) else { return };
             for i in 0..n.len() {
+                let (a, b) = (n.start(i, min), n.end(i, max));
+                if b <= s {
+                    continue;
+                }
+                if a >= e {
+                    return;
+                }
                 if n.is_leaf() {
-                    f(n.entry(i));
+                    if let Some(x) = (Pos { n, off: i, min, max }).entry() {
+                        f(x);
+                    }
                 } else {
-                    walk(v, n.child(i), f);
+                    rec(v, n.child(i), a, b, s, e, f);
                 }
             }
         }
-        walk(self, self.root, &mut f);
+        rec(self, self.root, 0, MAX, s, e, f);
     }
 
     /// Height of the tree in nodes (diagnostics: shows lookup is logarithmic).
@@ -436,110 +527,102 @@ impl<'a> TreeView<'a> {
         ptr::eq(self.root, other.root)
     }
 
-    /// Check the tree's own invariants and return the number of entries: entries in
-    /// address order, non-empty and non-overlapping; each entry's copy of the range
-    /// equal to its VMA's; every node non-empty and within [`SLOTS`], all leaves at one
-    /// depth; and every cached summary exact (a node's lowest start, each child's
-    /// pivot = its highest end, each child's gap = the largest free range its entries
-    /// own), so lookups and the gap searches cannot miss or invent anything. Linux:
-    /// `mt_validate()` (`mas_validate_gaps`, `mas_validate_limits`,
-    /// `mas_validate_child_slot`) under `CONFIG_DEBUG_VM_MAPLE_TREE`.
+    /// Check the tree's own invariants and return the number of VMAs: pivots strictly
+    /// increasing inside each node's bounds (so entries are sorted, non-empty and cover
+    /// every index once, and each child covers exactly its parent slot's range); each
+    /// VMA's recorded range equal to the VMA's own; no two NULL ranges adjacent, even
+    /// across leaves; every node non-empty and within its slot count, a root with
+    /// children has at least two, all leaves at one depth; every cached gap exact (the
+    /// largest NULL range below the child). Linux: `mt_validate()`
+    /// (`mas_validate_gaps`, `mas_validate_limits`, `mas_validate_child_slot`,
+    /// `mt_validate_nulls`) under `CONFIG_DEBUG_VM_MAPLE_TREE`.
     ///
     /// The caller holds the mmap lock (the VMA fields compared must be stable).
     pub fn validate(&self) -> Result<usize, String> {
         struct Walk {
-            prev_end: Option<usize>,
+            prev_null: bool,
             count: usize,
             leaf_depth: Option<usize>,
         }
         fn walk(
             v: &TreeView<'_>,
             p: *const Node,
+            min: usize,
+            max: usize,
             depth: usize,
             w: &mut Walk,
-        ) -> Result<(usize, usize, usize), String> {
+        ) -> Result<usize, String> {
             let n = v.node(p).ok_or("tree: null child")?;
             let len = n.len();
-            if len == 0 || len > SLOTS {
-                return Err(format!("tree: node at depth {depth} has {len} entries"));
+            let cap = if n.is_leaf() { LEAF_SLOTS } else { INT_SLOTS };
+            if len == 0 || len > cap {
+                return Err(format!(
+                    "tree: node {min:#x}..{max:#x} at depth {depth} has {len} slots"
+                ));
             }
-            let mut min = None;
-            let mut max = 0;
             let mut gap = 0;
-            if n.is_leaf() {
-                if *w.leaf_depth.get_or_insert(depth) != depth {
+            for i in 0..len {
+                let (a, b) = (n.start(i, min), n.end(i, max));
+                if a >= b {
                     return Err(format!(
-                        "tree: leaves at depths {depth} and {:?}",
-                        w.leaf_depth
+                        "tree: node {min:#x}..{max:#x} slot {i}: empty or inverted range {a:#x}..{b:#x}"
                     ));
                 }
-                for i in 0..len {
-                    let (s, e) = (n.a[i], n.b[i]);
-                    if s >= e {
-                        return Err(format!("tree: empty or inverted entry {s:#x}..{e:#x}"));
-                    }
-                    if let Some(pe) = w.prev_end
-                        && pe > s
-                    {
-                        return Err(format!(
-                            "tree: entry {s:#x}..{e:#x} overlaps or precedes the previous one (ending {pe:#x})"
-                        ));
-                    }
-                    let vma = n.vma(i);
-                    if vma.start() != s || vma.end() != e {
-                        return Err(format!(
-                            "tree: entry {s:#x}..{e:#x} but its VMA says {:#x}..{:#x}",
-                            vma.start(),
-                            vma.end()
-                        ));
-                    }
-                    if i > 0 {
-                        gap = gap.max(s - n.b[i - 1]);
-                    }
-                    w.prev_end = Some(e);
-                    w.count += 1;
-                    min.get_or_insert(s);
-                    max = e;
-                }
-            } else {
-                for i in 0..len {
-                    let (cmin, cmax, cgap) = walk(v, n.child(i), depth + 1, w)?;
-                    let want = if i == 0 {
-                        cgap
+                if n.is_leaf() {
+                    let x = n.slot(i);
+                    if x == 0 {
+                        if w.prev_null {
+                            return Err(format!("tree: NULL range at {a:#x} follows a NULL range"));
+                        }
+                        gap = gap.max(b - a);
                     } else {
-                        cgap.max(cmin - n.a[i - 1])
-                    };
-                    if n.a[i] != cmax || n.c[i] != want {
+                        let vma = vma_of(x);
+                        if vma.start() != a || vma.end() != b {
+                            return Err(format!(
+                                "tree: entry {a:#x}..{b:#x} but its VMA says {:#x}..{:#x}",
+                                vma.start(),
+                                vma.end()
+                            ));
+                        }
+                        w.count += 1;
+                    }
+                    w.prev_null = x == 0;
+                } else {
+                    let g = walk(v, n.child(i), a, b, depth + 1, w)?;
+                    if n.gap(i) != g {
                         return Err(format!(
-                            "tree: node {:#x} child {i}: cached (pivot {:#x}, gap {:#x}), actual ({cmax:#x}, {want:#x})",
-                            n.min, n.a[i], n.c[i]
+                            "tree: node {min:#x}..{max:#x} child {i}: cached gap {:#x}, actual {g:#x}",
+                            n.gap(i)
                         ));
                     }
-                    gap = gap.max(want);
-                    min.get_or_insert(cmin);
-                    max = cmax;
+                    gap = gap.max(g);
                 }
             }
-            let min = min.unwrap_or(0);
-            if n.min != min {
-                return Err(format!("tree: node min {:#x}, actual {min:#x}", n.min));
+            if n.is_leaf() && *w.leaf_depth.get_or_insert(depth) != depth {
+                return Err(format!(
+                    "tree: leaves at depths {depth} and {:?}",
+                    w.leaf_depth
+                ));
             }
-            Ok((min, max, gap))
+            if depth == 0 && !n.is_leaf() && len < 2 {
+                return Err(String::from("tree: internal root with one child"));
+            }
+            Ok(gap)
         }
         let mut w = Walk {
-            prev_end: None,
+            prev_null: false,
             count: 0,
             leaf_depth: None,
         };
         if !self.root.is_null() {
-            walk(self, self.root, 0, &mut w)?;
+            walk(self, self.root, 0, MAX, 0, &mut w)?;
         }
         Ok(w.count)
     }
 
     /// Lowest `addr` with `[addr, addr+len)` free, inside `[low, high)`, aligned to
     /// `align` (a power of two). Linux: `mas_empty_area()` / bottom-up
-    /// `vm_unmapped_area()`.
+    /// `vm_unmapped_area()`. Needs a stable view (the gaps).
     pub fn gap_bottom_up(
         &self,
         len: usize,
@@ -555,57 +638,43 @@ impl<'a> TreeView<'a> {
             let e = ge.min(high);
             (s <= e && e - s >= len).then_some(s)
         };
-        let Some(root) = self.node(self.root) else {
-            return fit(0, usize::MAX);
-        };
-        if let Some(a) = self.gap_lo(root, 0, len, low, high, &fit) {
-            return Some(a);
+        if self.root.is_null() {
+            return fit(0, MAX);
         }
-        // The gap above the last entry.
-        fit(root.max(), usize::MAX)
+        self.gap_lo(self.root, 0, MAX, len, low, high, &fit)
     }
 
-    /// Search the gaps owned by the entries of `n` (the first one's from `pred_end`,
-    /// the end of the entry preceding the subtree) in ascending order.
+    /// Search the NULL ranges below `p` (bounds `min..max`) in ascending order.
+    #[allow(clippy::too_many_arguments)]
     fn gap_lo(
         &self,
-        n: &Node,
-        pred_end: usize,
+        p: *const Node,
+        min: usize,
+        max: usize,
         len: usize,
         low: usize,
         high: usize,
         fit: &dyn Fn(usize, usize) -> Option<usize>,
     ) -> Option<usize> {
-        let cnt = n.len();
-        if n.is_leaf() {
-            for i in 0..cnt {
-                let before = if i == 0 { pred_end } else { n.b[i - 1] };
-                if before >= high {
-                    return None;
-                }
-                if let Some(a) = fit(before, n.a[i]) {
-                    return Some(a);
-                }
-            }
-            return None;
-        }
-        for i in 0..cnt {
-            let before = if i == 0 { pred_end } else { n.a[i - 1] };
-            if before >= high {
-                return None;
-            }
-            let biggest = if i == 0 {
-                n.c[0].max(n.min - pred_end)
-            } else {
-                n.c[i]
-            };
-            // Prune: no gap big enough, or all of the child's gaps end below `low`.
-            if biggest < len || n.a[i] <= low {
+        let n = self.node(p)?;
+        for i in 0..n.len() {
+            let (a, b) = (n.start(i, min), n.end(i, max));
+            if b <= low {
                 continue;
             }
-            let c = self.node(n.child(i))?;
-            if let Some(a) = self.gap_lo(c, before, len, low, high, fit) {
-                return Some(a);
+            if a >= high {
+                return None;
+            }
+            if n.is_leaf() {
+                if n.slot(i) == 0
+                    && let Some(x) = fit(a, b)
+                {
+                    return Some(x);
+                }
+            } else if n.gap(i) >= len
+                && let Some(x) = self.gap_lo(n.child(i), a, b, len, low, high, fit)
+            {
+                return Some(x);
             }
         }
         None
@@ -626,55 +695,43 @@ impl<'a> TreeView<'a> {
             let a = (e - len) & !(align - 1);
             (a >= s).then_some(a)
         };
-        let Some(root) = self.node(self.root) else {
-            return fit(0, usize::MAX);
-        };
-        if let Some(a) = fit(root.max(), usize::MAX) {
-            return Some(a);
+        if self.root.is_null() {
+            return fit(0, MAX);
         }
-        self.gap_hi(root, 0, len, low, high, &fit)
+        self.gap_hi(self.root, 0, MAX, len, low, high, &fit)
     }
 
     /// As [`Self::gap_lo`], in descending order.
+    #[allow(clippy::too_many_arguments)]
     fn gap_hi(
         &self,
-        n: &Node,
-        pred_end: usize,
+        p: *const Node,
+        min: usize,
+        max: usize,
         len: usize,
         low: usize,
         high: usize,
         fit: &dyn Fn(usize, usize) -> Option<usize>,
     ) -> Option<usize> {
-        let cnt = n.len();
-        if n.is_leaf() {
-            for i in (0..cnt).rev() {
-                if n.a[i] <= low {
-                    return None;
-                }
-                let before = if i == 0 { pred_end } else { n.b[i - 1] };
-                if let Some(a) = fit(before, n.a[i]) {
-                    return Some(a);
-                }
-            }
-            return None;
-        }
-        for i in (0..cnt).rev() {
-            // All gaps of child `i` and before end below its pivot.
-            if n.a[i] <= low {
-                return None;
-            }
-            let before = if i == 0 { pred_end } else { n.a[i - 1] };
-            let biggest = if i == 0 {
-                n.c[0].max(n.min - pred_end)
-            } else {
-                n.c[i]
-            };
-            if biggest < len || before >= high {
+        let n = self.node(p)?;
+        for i in (0..n.len()).rev() {
+            let (a, b) = (n.start(i, min), n.end(i, max));
+            if a >= high {
                 continue;
             }
-            let c = self.node(n.child(i))?;
-            if let Some(a) = self.gap_hi(c, before, len, low, high, fit) {
-                return Some(a);
+            if b <= low {
+                return None;
+            }
+            if n.is_leaf() {
+                if n.slot(i) == 0
+                    && let Some(x) = fit(a, b)
+                {
+                    return Some(x);
+                }
+            } else if n.gap(i) >= len
+                && let Some(x) = self.gap_hi(n.child(i), a, b, len, low, high, fit)
+            {
+                return Some(x);
             }
         }
         None
@@ -685,35 +742,167 @@ fn align_up(x: usize, align: usize) -> Option<usize> {
     x.checked_add(align - 1).map(|v| v & !(align - 1))
 }
 
+// ---- the cursor -----------------------------------------------------------------
+
+/// One level of a cursor's path: node, offset in it, the node's bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MaLevel {
+    node: usize,
+    off: usize,
+    min: usize,
+    max: usize,
+}
+
+/// A cursor into the tree (Linux: `struct ma_state`): the path from the root to a
+/// leaf slot, kept across calls while the tree version is unchanged, so stepping to a
+/// neighbouring entry reads the leaf it is in and climbs only when it leaves that leaf
+/// (Linux: `mas_next_slot` / `mas_prev_slot`, `mas_ascend`). Pointers are kept as
+/// integers: the cursor is only dereferenced through a [`TreeView`] it matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaState {
+    /// Root and version the path belongs to (`depth == 0`: no path).
+    root: usize,
+    seq: u64,
+    depth: usize,
+    lv: [MaLevel; MAS_H],
+}
+
+impl MaState {
+    /// Forget the path (Linux: `mas_reset`).
+    pub fn reset(&mut self) {
+        self.depth = 0;
+    }
+
+    /// Position on the slot covering `idx` of `v`; `None` for an empty tree. Reuses the
+    /// path when it belongs to `v`: from the leaf if `idx` is inside it, else from the
+    /// lowest ancestor covering `idx`.
+    fn seek<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<Pos<'a>> {
+        let valid = v.stable
+            && self.depth > 0
+            && self.root == v.root as usize
+            && self.seq == v.seq;
+        let mut d = if valid { self.depth } else { 0 };
+        // Climb to the lowest cached level that covers `idx`.
+        while d > 0 && !(self.lv[d - 1].min <= idx && idx < self.lv[d - 1].max) {
+            d -= 1;
+        }
+        let (mut n, mut min, mut max) = if d == 0 {
+            (v.node(v.root)?, 0, MAX)
+        } else {
+            let l = self.lv[d - 1];
+            d -= 1;
+            (v.node(l.node as *const Node)?, l.min, l.max)
+        };
+        self.root = v.root as usize;
+        self.seq = v.seq;
+        loop {
+            let i = n.offset_of(idx);
+            if d < MAS_H {
+                self.lv[d] = MaLevel {
+                    node: n as *const Node as usize,
+                    off: i,
+                    min,
+                    max,
+                };
+            }
+            d += 1;
+            if n.is_leaf() {
+                self.depth = if v.stable && d <= MAS_H { d } else { 0 };
+                return Some(Pos { n, off: i, min, max });
+            }
+            let (a, b) = (n.start(i, min), n.end(i, max));
+            min = a;
+            max = b;
+            n = v.node(n.child(i))?;
+        }
+    }
+
+    /// Lowest VMA ending above `idx` (Linux: `mas_find`).
+    pub(super) fn find<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<TreeEntry> {
+        let p = self.seek(v, idx)?;
+        if p.val() != 0 {
+            return p.entry();
+        }
+        if p.off + 1 < p.n.len() {
+            // The next slot of the same leaf.
+            if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
+                l.off = p.off + 1;
+            }
+            return Pos { off: p.off + 1, ..p }.entry();
+        }
+        if p.max == MAX {
+            return None;
+        }
+        self.seek(v, p.max)?.entry()
+    }
+
+    /// Highest VMA starting below `idx` (Linux: `mas_prev`).
+    pub(super) fn prev<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<TreeEntry> {
+        let p = self.seek(v, idx.checked_sub(1)?)?;
+        if p.val() != 0 {
+            return p.entry();
+        }
+        if p.off > 0 {
+            if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
+                l.off = p.off - 1;
+            }
+            return Pos { off: p.off - 1, ..p }.entry();
+        }
+        if p.min == 0 {
+            return None;
+        }
+        self.seek(v, p.min - 1)?.entry()
+    }
+}
+
+// ---- the writer -----------------------------------------------------------------
+
+/// One level of a writer's walk: node, offset, the node's bounds.
+#[derive(Clone, Copy)]
+struct Level {
+    node: *mut Node,
+    off: usize,
+    min: usize,
+    max: usize,
+}
+
+/// Root-to-leaf path of a writer's walk (Linux: the `ma_state` of a store).
+struct Path {
+    lv: [Level; MAX_H],
+}
+
 /// Writer-side state of the tree (lives under the mmap write lock; Linux: the
 /// `ma_state` of `vma_iter_prealloc` with its preallocated node list).
 pub(super) struct TreeWriter {
-    /// Working root: equal to the published root outside a batch.
+    /// The root (equal to the published one: every store publishes at once).
     work: *mut Node,
-    /// Height of the working tree in nodes (0: empty).
+    /// Height of the tree in nodes (0: empty).
     height: usize,
+    /// Tree version, bumped by every store (mirrored in `VmaTree::seq`).
+    seq: u64,
     /// Free nodes, linked through their first word (no heap bookkeeping).
     cache: *mut Node,
     cached: usize,
-    /// Published nodes unlinked by the current batch (capacity reserved by
-    /// `prealloc`); bit 0 set: the whole subtree.
+    /// Nodes unlinked since the last `publish` (capacity reserved by `prealloc`); bit 0
+    /// set: the whole subtree.
     pending: Vec<usize>,
     /// Unlinked nodes waiting for a grace period, with their epoch tag (ascending).
     retired: Vec<(usize, u64)>,
-    txn: u64,
-    /// Entries in the working tree.
+    /// VMAs in the tree.
     count: usize,
+    /// Nodes taken from the reservation so far (tests count the copies a store makes).
+    pub(super) allocs: usize,
     /// Fault injection: the next `prealloc` fails with ENOMEM (Linux harness:
     /// `fail_prealloc`). Stays set until cleared.
     #[cfg(feature = "fault-inject")]
     pub(super) fail_prealloc: bool,
 }
 
-// SAFETY: the raw pointers are nodes the writer owns (unpublished, cached, pending or
-// retired: no other thread writes them) or published nodes that readers share read-only
-// under the RCU protocol; nothing in them is tied to a thread. Every `&mut` method runs
-// under the mmap write lock (the writer lives in `Mm`'s lock), so two threads never
-// mutate it at once.
+// SAFETY: the raw pointers are nodes the writer owns (cached, pending or retired: no
+// other thread writes them) or nodes of the published tree, which readers only read
+// and the writer changes only with atomic stores; nothing in them is tied to a thread.
+// Every `&mut` method runs under the mmap write lock (the writer lives in `Mm`'s lock),
+// so two threads never mutate it at once.
 unsafe impl Send for TreeWriter {}
 // SAFETY: the `&self` methods (`len`, `view`, `bytes`) only read; mutation needs
 // `&mut self`, which the mmap write lock makes exclusive.
@@ -726,18 +915,19 @@ impl TreeWriter {
         TreeWriter {
             work: ptr::null_mut(),
             height: 0,
+            seq: 0,
             cache: ptr::null_mut(),
             cached: 0,
             pending: Vec::new(),
             retired: Vec::new(),
-            txn: 1,
             count: 0,
+            allocs: 0,
             #[cfg(feature = "fault-inject")]
             fail_prealloc: false,
         }
     }
 
-    /// Entries in the tree.
+    /// VMAs in the tree.
     pub(super) fn len(&self) -> usize {
         self.count
     }
@@ -784,49 +974,44 @@ impl TreeWriter {
         }
     }
 
-    /// Nodes an insert or erase may need among `k` operations of a batch: the
-    /// copied path, a split and a sibling taking a pushed slot (insert) or a
-    /// neighbour (erase) per level, a new root. The height can grow
-    /// by one per insert of the batch.
+    /// Nodes one store may need when `k` stores of the batch precede it: three per
+    /// level and a new root, the height growing by at most one per store.
     fn per_op(&self, k: usize) -> usize {
-        3 * (self.height + k) + 2
+        3 * (self.height + k) + 1
     }
 
-    /// Reserve everything a batch of `nops` inserts/erases needs and start the batch.
+    /// Reserve everything a batch of `nops` stores needs.
     ///
     /// Linux: `vma_iter_prealloc()` / `mas_preallocate()`.
     pub(super) fn prealloc(&mut self, nops: usize) -> Result<(), Errno> {
-        self.reserve(nops * self.per_op(nops), 0)
+        self.reserve(nops, nops * self.per_op(nops))
     }
 
-    /// Reserve what one [`Self::erase_range`] (plus `nops` inserts/erases) needs and
-    /// start the batch: two boundary paths with a neighbour per level, whatever the
-    /// number of entries removed, and one retirement per cut-out subtree (at most a
-    /// node's worth per level and side).
+    /// Reserve what one [`Self::erase_range`] (plus `nops` stores) needs: one spanning
+    /// store, whatever the number of VMAs removed.
     pub(super) fn prealloc_erase_range(&mut self, nops: usize) -> Result<(), Errno> {
         let k = nops + 1;
-        self.reserve(
-            4 * (self.height + k) + 4 + nops * self.per_op(k),
-            2 * SLOTS * (self.height + 1),
-        )
+        self.reserve(k, k * self.per_op(k))
     }
 
-    fn reserve(&mut self, need: usize, subtrees: usize) -> Result<(), Errno> {
+    fn reserve(&mut self, nops: usize, need: usize) -> Result<(), Errno> {
         #[cfg(feature = "fault-inject")]
         if self.fail_prealloc {
             return Err(Errno::ENOMEM);
         }
-        // Every node replaced or cut out ends up in `pending`, then in `retired`.
-        let retire = need + subtrees;
+        // Every node replaced or cut out ends up in `pending`, then in `retired`: per
+        // store and level the boundary nodes and a sibling, and the children cut out
+        // between them.
+        let retire = need + nops * 2 * INT_SLOTS * (self.height + nops + 1);
         self.pending
             .try_reserve(retire)
             .map_err(|_| Errno::ENOMEM)?;
         self.retired
-            .try_reserve(retire)
+            .try_reserve(self.pending.len() + retire)
             .map_err(|_| Errno::ENOMEM)?;
         while self.cached < need {
-            // SAFETY: `NODE` has a non-zero size. Zeroed: `take` relies on every node's
-            // bytes being initialised.
+            // SAFETY: `NODE` has a non-zero size. Zeroed: a node's words are plain
+            // integers, valid when zero.
             let p = unsafe { alloc_zeroed(NODE) } as *mut Node;
             if p.is_null() {
                 return Err(Errno::ENOMEM);
@@ -834,34 +1019,16 @@ impl TreeWriter {
             // SAFETY: just allocated, known to no one else.
             unsafe { self.cache_push(p) };
         }
-        self.txn += 1;
-        debug_assert!(
-            self.txn < 1 << (64 - TXN_SHIFT),
-            "VMA tree batch number wrapped"
-        );
         Ok(())
     }
 
-    /// A node from the reservation, initialised as an empty node of this batch.
-    fn take(&mut self, leaf: bool) -> *mut Node {
-        let p = self.take_raw();
-        // SAFETY: `p` is allocated with `NODE` and known only to us. Its bytes are
-        // initialised (nodes are allocated zeroed and only ever hold plain words), so
-        // the stale slots are valid `usize`s; only slots below the count are read.
-        unsafe {
-            (*p).meta = (self.txn << TXN_SHIFT) | if leaf { LEAF_BIT } else { 0 };
-            (*p).min = 0;
-        }
-        p
-    }
-
-    /// A node from the reservation, contents unspecified.
-    fn take_raw(&mut self) -> *mut Node {
-        if self.cache.is_null() {
+    /// A node from the reservation, filled with `items` (its lower bound `min` for the
+    /// leaf gap). Returns the node as an item of its parent.
+    fn build(&mut self, leaf: bool, items: &[Item], min: usize) -> Item {
+        let p = if self.cache.is_null() {
             // Only reachable if the `prealloc` bound is wrong: an internal bug.
             debug_assert!(false, "VMA tree preallocation budget exceeded");
-            // SAFETY: `NODE` has a non-zero size. Zeroed: `take` relies on every node's
-            // bytes being initialised.
+            // SAFETY: `NODE` has a non-zero size.
             let p = unsafe { alloc_zeroed(NODE) } as *mut Node;
             assert!(
                 !p.is_null(),
@@ -874,636 +1041,445 @@ impl TreeWriter {
             self.cache = unsafe { *(p as *mut *mut Node) };
             self.cached -= 1;
             p
-        }
-    }
-
-    /// A private (writable) version of `n`: itself if created in this batch, else a copy.
-    ///
-    /// # Safety
-    /// `n` is a live node of the working tree.
-    unsafe fn own(&mut self, n: *mut Node) -> *mut Node {
-        // SAFETY: `n` is allocated (contract). A node of this batch (`txn`) is
-        // unpublished, so returning it for writing gives the writer its only pointer in
-        // use. An older node may be in the published tree, where RCU readers may be
-        // reading it right now: it is only read here (copied into `c`, a cache node no
-        // one else has), and queued in `pending` so that it is freed only after a grace
-        // period, never written.
-        unsafe {
-            if (*n).txn() == self.txn {
-                return n;
+        };
+        self.allocs += 1;
+        let n = items.len();
+        debug_assert!(n >= 1 && n <= if leaf { LEAF_SLOTS } else { INT_SLOTS });
+        // SAFETY: `p` is allocated with `NODE` and known only to us (from the cache or
+        // fresh); its words are atomics, valid whatever their bytes (allocated zeroed,
+        // only ever holding integers). It is published only after this returns.
+        let node = unsafe {
+            (*p).meta = n as u64 | if leaf { LEAF_BIT } else { 0 };
+            &*p
+        };
+        let slot0 = if leaf { LEAF_SLOT0 } else { INT_SLOT0 };
+        let mut gap = 0;
+        let mut prev = min;
+        for (i, x) in items.iter().enumerate() {
+            if i + 1 < n {
+                node.w[i].store(x.end, Ordering::Relaxed);
             }
-            let c = self.take_raw();
-            c.write(*n);
-            (*c).meta = ((*n).meta & ((1 << TXN_SHIFT) - 1)) | (self.txn << TXN_SHIFT);
-            self.pending.push(n as usize);
-            c
-        }
-    }
-
-    /// Drop node `n`, unlinked from the working tree (not its children).
-    ///
-    /// # Safety
-    /// `n` was a live node of the working tree and is referenced from it no more.
-    unsafe fn discard(&mut self, n: *mut Node) {
-        // SAFETY: `n` is allocated (contract). A node of this batch was never
-        // published: back to the cache. An older one may be read by RCU readers: it
-        // waits for a grace period in `pending`.
-        unsafe {
-            if (*n).txn() == self.txn {
-                self.cache_push(n);
-            } else {
-                self.pending.push(n as usize);
-            }
-        }
-    }
-
-    /// Recompute slot `i` of internal node `n` (pivot and gap) and the gap of slot
-    /// `i + 1`, whose leading free range starts at pivot `i`; the node's `min` if `i`
-    /// is 0.
-    ///
-    /// # Safety
-    /// `n` is a private internal node whose children are live and non-empty.
-    unsafe fn refresh_slot(n: *mut Node, i: usize) {
-        // SAFETY: contract: `n` is ours to write, its children are read only.
-        unsafe {
-            let n = &mut *n;
-            let len = n.len();
-            let (cmin, cmax, cgap) = summary(n.child(i));
-            n.a[i] = cmax;
-            n.c[i] = if i == 0 {
-                cgap
-            } else {
-                cgap.max(cmin - n.a[i - 1])
-            };
-            if i == 0 {
-                n.min = cmin;
-            }
-            if i + 1 < len {
-                let (nmin, _, ngap) = summary(n.child(i + 1));
-                n.c[i + 1] = ngap.max(nmin - cmax);
-            }
-        }
-    }
-
-    /// Recompute every slot summary of private internal node `n` (after slots moved).
-    ///
-    /// # Safety
-    /// As for `refresh_slot`.
-    unsafe fn refresh_all(n: *mut Node) {
-        // SAFETY: contract.
-        unsafe {
-            let len = (*n).len();
-            for i in 0..len {
-                let (cmin, cmax, cgap) = summary((*n).child(i));
-                (*n).a[i] = cmax;
-                (*n).c[i] = if i == 0 {
-                    cgap
-                } else {
-                    cgap.max(cmin - (*n).a[i - 1])
-                };
-                if i == 0 {
-                    (*n).min = cmin;
+            node.w[slot0 + i].store(x.val, Ordering::Relaxed);
+            if leaf {
+                if x.val == 0 {
+                    gap = gap.max(x.end - prev);
                 }
+            } else {
+                node.w[INT_GAP0 + i].store(x.gap, Ordering::Relaxed);
+                gap = gap.max(x.gap);
             }
+            prev = x.end;
+        }
+        Item {
+            end: items[n - 1].end,
+            val: p as usize,
+            gap,
         }
     }
 
-    /// Set the `min` of a private leaf from its first entry.
-    ///
-    /// # Safety
-    /// `n` is a private, non-empty leaf.
-    unsafe fn refresh_leaf(n: *mut Node) {
-        // SAFETY: contract.
-        unsafe { (*n).min = (*n).a[0] };
+    /// Queue a node unlinked from the tree (`subtree`: with everything below it) for
+    /// freeing after a grace period (Linux: `mas_free` / `ma_free_rcu`). With
+    /// [`Self::reclaim`], the only code that knows how nodes outlive their readers.
+    fn retire(&mut self, p: *mut Node, subtree: bool) {
+        // Capacity reserved by `prealloc`.
+        self.pending.push(p as usize | subtree as usize);
     }
 
-    /// Insert slot triple `t` at `i` of private node `n`, splitting it if full.
-    /// Returns the new right sibling or null. Summaries are left to the caller.
-    ///
-    /// # Safety
-    /// `n` is private.
-    unsafe fn insert_or_split(
-        &mut self,
-        n: *mut Node,
-        i: usize,
-        t: (usize, usize, usize),
-    ) -> *mut Node {
-        // SAFETY: `n` is private (contract); `r` is fresh from the reservation.
-        unsafe {
-            let len = (*n).len();
-            if len < SLOTS {
-                (*n).insert_slot(i, t);
-                return ptr::null_mut();
-            }
-            let r = self.take((*n).is_leaf());
-            if i == SLOTS {
-                // Append: `n` stays full, `r` starts with the new slot.
-                (*r).insert_slot(0, t);
-                return r;
-            }
-            // The SLOTS + 1 slots in order, then the lower half (rounded up) stays.
-            let mut all = [(0, 0, 0); SLOTS + 1];
-            for (j, s) in all.iter_mut().enumerate() {
-                *s = match j.cmp(&i) {
-                    core::cmp::Ordering::Less => (*n).slot(j),
-                    core::cmp::Ordering::Equal => t,
-                    core::cmp::Ordering::Greater => (*n).slot(j - 1),
-                };
-            }
-            let left = (SLOTS + 2) / 2;
-            (*n).set_len(0);
-            for (j, &s) in all[..left].iter().enumerate() {
-                (*n).insert_slot(j, s);
-            }
-            for (j, &s) in all[left..].iter().enumerate() {
-                (*r).insert_slot(j, s);
-            }
-            r
-        }
-    }
-
-    /// Slot of node `n` an insert of `start` goes to: in a leaf, the new entry's
-    /// position; in an internal node, the child it descends into.
-    fn target(n: &Node, start: usize) -> usize {
-        let len = n.len();
-        if n.is_leaf() {
-            n.a[..len].iter().position(|&s| s > start).unwrap_or(len)
-        } else {
-            n.a[..len]
-                .iter()
-                .position(|&p| p > start)
-                .unwrap_or(len - 1)
-        }
-    }
-
-    /// Would inserting `start` into the subtree of `p` add a slot to `p` itself (every
-    /// node on the way down to the leaf is full)? Cheap in the common case: the first
-    /// node with room ends the walk.
-    ///
-    /// # Safety
-    /// `p` is live, its descendants too.
-    unsafe fn path_full(mut p: *const Node, start: usize) -> bool {
-        loop {
-            // SAFETY: contract.
+    /// Walk from the root to the slot covering `idx`, recording the path.
+    fn walk(&self, idx: usize) -> Path {
+        let mut path = Path {
+            lv: [Level {
+                node: ptr::null_mut(),
+                off: 0,
+                min: 0,
+                max: 0,
+            }; MAX_H],
+        };
+        let (mut p, mut min, mut max) = (self.work, 0, MAX);
+        for d in 0..self.height {
+            // SAFETY: the writer's root and its descendants are live nodes.
             let n = unsafe { &*p };
-            if n.len() < SLOTS {
-                return false;
-            }
-            if n.is_leaf() {
-                return true;
-            }
-            p = n.child(Self::target(n, start));
+            let i = n.offset_of(idx);
+            path.lv[d] = Level {
+                node: p,
+                off: i,
+                min,
+                max,
+            };
+            let (a, b) = (n.start(i, min), n.end(i, max));
+            min = a;
+            max = b;
+            p = if n.is_leaf() { ptr::null_mut() } else { n.child(i) };
         }
+        path
     }
 
-    /// Make room in full child `i` of `n` before an insert of `start` reaches it, by
-    /// moving its first slot to a left sibling with room, or its last one to a right
-    /// sibling with room, whichever is not where `start` goes (Linux: `mas_push_data`,
-    /// which pushes into a sibling rather than splitting). Keeps nodes full instead of
-    /// half full where VMAs are split one after another, which keeps the tree low.
-    /// Returns whether it moved a slot; the caller refreshes `n`.
-    ///
-    /// # Safety
-    /// `n` and its child `i` are private, the other children live.
-    unsafe fn push_out(&mut self, n: *mut Node, i: usize, start: usize) -> bool {
-        // SAFETY: `n` and child `i` are private (contract); the sibling is made private
-        // by `own` before it is written; moved slots keep address order.
-        unsafe {
-            let c = (*n).child(i);
-            let len = (*c).len();
-            let j = Self::target(&*c, start);
-            let last_target = if (*c).is_leaf() { len } else { len - 1 };
-            if i > 0 && j > 0 && (*(*n).child(i - 1)).len() < SLOTS {
-                let l = self.own((*n).child(i - 1));
-                (*n).b[i - 1] = l as usize;
-                (*l).insert_slot((*l).len(), (*c).slot(0));
-                (*c).remove_slots(0, 1);
-                Self::refresh_node(l);
-                Self::refresh_node(c);
-                return true;
-            }
-            if i + 1 < (*n).len() && j < last_target && (*(*n).child(i + 1)).len() < SLOTS {
-                let r = self.own((*n).child(i + 1));
-                (*n).b[i + 1] = r as usize;
-                (*r).insert_slot(0, (*c).slot(len - 1));
-                (*c).set_len(len - 1);
-                Self::refresh_node(r);
-                Self::refresh_node(c);
-                return true;
-            }
-            false
-        }
-    }
-
-    /// Insert into the subtree of private node `n`; returns a new right sibling or null.
-    ///
-    /// # Safety
-    /// `n` is private, non-empty, its children live.
-    unsafe fn ins(&mut self, n: *mut Node, start: usize, end: usize, vma: usize) -> *mut Node {
-        // SAFETY: `n` is private (contract); children are made private by `own` before
-        // they are written; slots refreshed read live children.
-        unsafe {
-            let len = (*n).len();
-            if (*n).is_leaf() {
-                let i = (&(*n).a)[..len]
-                    .iter()
-                    .position(|&s| s > start)
-                    .unwrap_or(len);
-                let r = self.insert_or_split(n, i, (start, end, vma));
-                Self::refresh_leaf(n);
-                if !r.is_null() {
-                    Self::refresh_leaf(r);
-                }
-                return r;
-            }
-            // The child whose range reaches past `start`, or the last one (append).
-            let i = (&(*n).a)[..len]
-                .iter()
-                .position(|&p| p > start)
-                .unwrap_or(len - 1);
-            let c = self.own((*n).child(i));
-            (*n).b[i] = c as usize;
-            // The child would gain a slot and is full: push one to a sibling instead.
-            if Self::path_full(c, start) && self.push_out(n, i, start) {
-                Self::refresh_all(n);
-            }
-            let split = self.ins(c, start, end, vma);
-            if split.is_null() {
-                Self::refresh_slot(n, i);
-                return ptr::null_mut();
-            }
-            let r = self.insert_or_split(n, i + 1, (0, split as usize, 0));
-            Self::refresh_all(n);
-            if !r.is_null() {
-                Self::refresh_all(r);
-            }
-            r
-        }
-    }
-
-    /// Insert `[start, end) → vma` into the working tree. Must be inside a batch, and the
-    /// range must not overlap an entry (callers erase overlapping entries first).
-    /// Linux: `vma_iter_store_new()` / `mas_store_prealloc()`.
-    pub(super) fn insert(&mut self, start: usize, end: usize, vma: VmaRef) {
+    /// Store `items` (ends and values, covering `[start, end)` in order) over whatever
+    /// the tree holds there, publishing the change as it goes. Linux: `mas_store`
+    /// (`mas_wr_store_entry`: node store, split, rebalance or spanning store).
+    fn store(&mut self, tree: &VmaTree, mut start: usize, items_in: &[Item]) {
+        let mut items = [Item::default(); 3];
+        let k = items_in.len();
+        items[..k].copy_from_slice(items_in);
+        let mut end = items[k - 1].end;
         debug_assert!(start < end);
-        let v = vma as *const Vma as usize;
-        // SAFETY: `work` is null or the live working root, which `own` makes private;
-        // a new root gets two live private children.
-        unsafe {
-            if self.work.is_null() {
-                let l = self.take(true);
-                (*l).insert_slot(0, (start, end, v));
-                Self::refresh_leaf(l);
-                self.work = l;
-                self.height = 1;
-            } else {
-                let root = self.own(self.work);
-                let r = self.ins(root, start, end, v);
-                self.work = root;
-                if !r.is_null() {
-                    let nr = self.take(false);
-                    (*nr).insert_slot(0, (0, root as usize, 0));
-                    (*nr).insert_slot(1, (0, r as usize, 0));
-                    Self::refresh_all(nr);
-                    self.work = nr;
-                    self.height += 1;
+        // NULL ranges never touch: take a neighbouring NULL range into a NULL edge.
+        {
+            let v = self.view();
+            if items[0].val == 0 && start > 0 {
+                let (s, _, x) = v.entry_at(start - 1);
+                if x == 0 {
+                    start = s;
+                }
+            }
+            if items[k - 1].val == 0 && end < MAX {
+                let (_, e, x) = v.entry_at(end);
+                if x == 0 {
+                    end = e;
+                    items[k - 1].end = e;
                 }
             }
         }
+        self.seq += 1;
+        tree.seq.store(self.seq, Ordering::Relaxed);
+        if self.work.is_null() {
+            let mut big = Big::new();
+            if start > 0 {
+                big.push(Item {
+                    end: start,
+                    ..Item::default()
+                });
+            }
+            for x in &items[..k] {
+                big.push(*x);
+            }
+            if end < MAX {
+                big.push(Item {
+                    end: MAX,
+                    ..Item::default()
+                });
+            }
+            big.normalize();
+            if big.n == 1 && big.it[0].val == 0 {
+                return;
+            }
+            let r = self.build(true, &big.it[..big.n], 0);
+            self.set_root(tree, r.val as *mut Node, 1);
+            return;
+        }
+        let lp = self.walk(start);
+        let rp = self.walk(end - 1);
+        let h = self.height;
+        let mut d = h - 1;
+        // The leaf level: the left leaf before `start`, the items, the right leaf
+        // after `end`.
+        let mut big = Big::new();
+        let (ll, rl) = (lp.lv[d], rp.lv[d]);
+        // SAFETY: path nodes are live nodes of the tree.
+        let (lnode, rnode) = unsafe { (&*ll.node, &*rl.node) };
+        big.push_slots(lnode, 0, ll.off, ll.max);
+        if lnode.start(ll.off, ll.min) < start {
+            big.push(Item {
+                end: start,
+                val: lnode.slot(ll.off),
+                gap: 0,
+            });
+        }
+        for x in &items[..k] {
+            big.push(*x);
+        }
+        if rnode.end(rl.off, rl.max) > end {
+            big.push(rnode.item(rl.off, rl.max));
+        }
+        big.push_slots(rnode, rl.off + 1, rnode.len(), rl.max);
+        let (mut cmin, mut cmax) = (ll.min, rl.max);
+        loop {
+            let leaf = d == h - 1;
+            let (cap, min_fill) = if leaf {
+                (LEAF_SLOTS, MIN_LEAF)
+            } else {
+                (INT_SLOTS, MIN_INT)
+            };
+            let (lnode, rnode) = (lp.lv[d].node, rp.lv[d].node);
+            self.retire(lnode, false);
+            if rnode != lnode {
+                self.retire(rnode, false);
+            }
+            let mut sib: *mut Node = ptr::null_mut();
+            let mut left_full = cmax == MAX;
+            let (mut pl, mut pr) = (0, 0);
+            if d > 0 {
+                let (pa, pb) = (lp.lv[d - 1], rp.lv[d - 1]);
+                // SAFETY: live path nodes.
+                let (pln, prn) = unsafe { (&*pa.node, &*pb.node) };
+                (pl, pr) = (pa.off, pb.off);
+                if big.n < min_fill && cmax != MAX {
+                    // Underflow: take in a sibling (Linux: `mas_rebalance`).
+                    if pl > 0 {
+                        sib = pln.child(pl - 1);
+                        // SAFETY: a live child.
+                        big.prepend_node(unsafe { &*sib }, cmin);
+                        pl -= 1;
+                        cmin = pln.start(pl, pa.min);
+                    } else if pr + 1 < prn.len() {
+                        sib = prn.child(pr + 1);
+                        pr += 1;
+                        let e = prn.end(pr, pb.max);
+                        // SAFETY: a live child.
+                        big.push_slots(unsafe { &*sib }, 0, unsafe { (*sib).len() }, e);
+                        cmax = e;
+                    }
+                } else if big.n > cap && pa.node == pb.node && pl > 0 {
+                    // Overflow: push into the left sibling if it has room (Linux:
+                    // `mas_push_data`), filling it.
+                    let s = pln.child(pl - 1);
+                    // SAFETY: a live child.
+                    if unsafe { (*s).len() } + big.n <= 2 * cap {
+                        sib = s;
+                        big.prepend_node(unsafe { &*s }, cmin);
+                        pl -= 1;
+                        cmin = pln.start(pl, pa.min);
+                        left_full = true;
+                    }
+                }
+                if !sib.is_null() {
+                    self.retire(sib, false);
+                }
+            }
+            if leaf {
+                big.normalize();
+            }
+            // Split into nodes (Linux: `mab_calc_split`): even parts, or full nodes
+            // first where the level ends (appends) or after a push.
+            let parts = big.n.div_ceil(cap);
+            let mut out = [Item::default(); 4];
+            let mut at = 0;
+            let mut lo = cmin;
+            for j in 0..parts {
+                let take = if left_full {
+                    if j + 1 < parts { cap } else { big.n - at }
+                } else {
+                    big.n / parts + usize::from(j < big.n % parts)
+                };
+                let (x, y) = (at, at + take);
+                let it = self.build(leaf, &big.it[x..y], lo);
+                lo = it.end;
+                out[j] = it;
+                at = y;
+            }
+            debug_assert_eq!(lo, cmax);
+            if d == 0 {
+                // The root level: one node is the new root, more get a new root above.
+                let (mut r, mut height) = if parts == 1 {
+                    (out[0].val as *mut Node, h)
+                } else {
+                    (self.build(false, &out[..parts], 0).val as *mut Node, h + 1)
+                };
+                // A root with one child gives way to the child; an all-NULL leaf root
+                // to the empty tree.
+                loop {
+                    // SAFETY: `r` was built by this store or is a live node below it.
+                    let n = unsafe { &*r };
+                    if !n.is_leaf() && n.len() == 1 {
+                        let c = n.child(0);
+                        self.retire(r, false);
+                        r = c;
+                        height -= 1;
+                    } else if n.is_leaf() && n.len() == 1 && n.slot(0) == 0 {
+                        self.retire(r, false);
+                        r = ptr::null_mut();
+                        height = 0;
+                        break;
+                    } else {
+                        break;
+                    }
+                }
+                self.set_root(tree, r, height);
+                return;
+            }
+            let (pa, pb) = (lp.lv[d - 1], rp.lv[d - 1]);
+            if parts == 1 && pa.node == pb.node && pl == pr {
+                // One node for one node: publish it with one store into the parent's
+                // slot, then fix the gaps above in place.
+                // SAFETY: `pa.node` is a live node of the tree; its slot and gap words
+                // are atomics. The new child is complete (built above).
+                let parent = unsafe { &*pa.node };
+                parent.w[INT_SLOT0 + pl].store(out[0].val, Ordering::SeqCst);
+                self.update_gap(&lp, d - 1, out[0].gap);
+                return;
+            }
+            // The parent level changes: rebuild it around the new nodes, cutting out
+            // the children between the boundary ones.
+            let (lnode, rnode) = (lp.lv[d].node, rp.lv[d].node);
+            // SAFETY: live path nodes.
+            let (pln, prn) = unsafe { (&*pa.node, &*pb.node) };
+            let mut up = Big::new();
+            up.push_slots(pln, 0, pl, pa.max);
+            for x in &out[..parts] {
+                up.push(*x);
+            }
+            let cut = |c: *mut Node| c != lnode && c != rnode && c != sib;
+            if pa.node == pb.node {
+                for i in pl..=pr {
+                    let c = pln.child(i);
+                    if cut(c) {
+                        self.retire(c, true);
+                    }
+                }
+            } else {
+                for i in pl..pln.len() {
+                    let c = pln.child(i);
+                    if cut(c) {
+                        self.retire(c, true);
+                    }
+                }
+                for i in 0..=pr {
+                    let c = prn.child(i);
+                    if cut(c) {
+                        self.retire(c, true);
+                    }
+                }
+            }
+            up.push_slots(prn, pr + 1, prn.len(), pb.max);
+            big = up;
+            cmin = pa.min;
+            cmax = pb.max;
+            d -= 1;
+        }
+    }
+
+    /// Child `off` of the node at level `d` of `path` now has gap `g`: store it and
+    /// carry the change up while it changes the parent's figure (Linux:
+    /// `mas_update_gap`). In place: see the module doc for why readers allow it.
+    fn update_gap(&mut self, path: &Path, mut d: usize, mut g: usize) {
+        loop {
+            let l = path.lv[d];
+            // SAFETY: a live node of the tree; gaps are atomics.
+            let n = unsafe { &*l.node };
+            if n.gap(l.off) == g {
+                return;
+            }
+            n.w[INT_GAP0 + l.off].store(g, Ordering::Relaxed);
+            if d == 0 {
+                return;
+            }
+            g = n.max_gap();
+            d -= 1;
+        }
+    }
+
+    fn set_root(&mut self, tree: &VmaTree, r: *mut Node, height: usize) {
+        self.work = r;
+        self.height = height;
+        tree.root.store(r, Ordering::SeqCst);
+    }
+
+    /// Insert `[start, end) → vma` over NULL space. Linux: `vma_iter_store_new()`.
+    pub(super) fn insert(&mut self, tree: &VmaTree, start: usize, end: usize, vma: VmaRef) {
+        debug_assert!(start < end);
+        debug_assert!(
+            self.view().intersection(start, end).is_none(),
+            "insert over a VMA"
+        );
+        self.store(
+            tree,
+            start,
+            &[Item {
+                end,
+                val: vma as *const Vma as usize,
+                gap: 0,
+            }],
+        );
         self.count += 1;
     }
 
-    /// Move the entry starting at `old` to `[start, end) → vma` in place, if the new
-    /// range overlaps no other entry (the order stays the same, so the entry keeps its
-    /// slot): one walk instead of an erase and an insert. Returns false, changing
-    /// nothing, otherwise (or if there is no such entry). Counts as one operation of
-    /// the batch. Linux: `vma_iter_store()` over a VMA's new range.
-    pub(super) fn replace(&mut self, old: usize, start: usize, end: usize, vma: VmaRef) -> bool {
+    /// Move the VMA starting at `old` to `[start, end) → vma` in one store if the new
+    /// range overlaps no other VMA; returns false, changing nothing, otherwise (or if
+    /// there is no such VMA). Linux: `vma_iter_store()` over a VMA's new range.
+    pub(super) fn replace(
+        &mut self,
+        tree: &VmaTree,
+        old: usize,
+        start: usize,
+        end: usize,
+        vma: VmaRef,
+    ) -> bool {
         debug_assert!(start < end);
         let v = self.view();
-        if v.lookup(old).is_none_or(|e| e.start != old)
-            || v.prev_before(old).is_some_and(|p| p.end > start)
-            || old
-                .checked_add(1)
-                .and_then(|o| v.next_from(o))
-                .is_some_and(|n| n.start < end)
+        let Some(e) = v.lookup(old).filter(|e| e.start == old) else {
+            return false;
+        };
+        if v.prev_before(old).is_some_and(|p| p.end > start)
+            || v.find(e.end).is_some_and(|n| n.start < end)
         {
             return false;
         }
-        let vma = vma as *const Vma as usize;
-        // SAFETY: `work` is the live working root (non-null: the entry exists); `own`
-        // makes it private, `rep` the rest of the path.
-        unsafe {
-            let root = self.own(self.work);
-            self.work = root;
-            self.rep(root, old, (start, end, vma))
+        // Everything between the old and new ranges is NULL: store over the union.
+        let (us, ue) = (e.start.min(start), e.end.max(end));
+        let mut items = [Item::default(); 3];
+        let mut k = 0;
+        if us < start {
+            items[k].end = start;
+            k += 1;
         }
-    }
-
-    /// The walk of [`Self::replace`] below private node `n`.
-    ///
-    /// # Safety
-    /// `n` is private, non-empty, its children live.
-    unsafe fn rep(&mut self, n: *mut Node, old: usize, t: (usize, usize, usize)) -> bool {
-        // SAFETY: as for `ins`.
-        unsafe {
-            let len = (*n).len();
-            if (*n).is_leaf() {
-                let Some(i) = (&(*n).a)[..len].iter().position(|&s| s == old) else {
-                    return false;
-                };
-                ((*n).a[i], (*n).b[i], (*n).c[i]) = t;
-                Self::refresh_leaf(n);
-                return true;
-            }
-            let Some(i) = (&(*n).a)[..len].iter().position(|&p| p > old) else {
-                return false;
-            };
-            let c = self.own((*n).child(i));
-            (*n).b[i] = c as usize;
-            let done = self.rep(c, old, t);
-            Self::refresh_slot(n, i);
-            done
-        }
-    }
-
-    /// Child `i` of private internal node `n` has just been changed by an erase: drop
-    /// it if empty, or merge it with / refill it from a neighbour if it fell below
-    /// [`MIN_FILL`] (Linux: `mas_rebalance`); then refresh the summaries.
-    ///
-    /// # Safety
-    /// `n` is private, child `i` private, the other children live.
-    unsafe fn fix_child(&mut self, n: *mut Node, i: usize) {
-        // SAFETY: `n` and child `i` are private (contract); the neighbour is made
-        // private by `own` before it is written; a discarded node is unlinked first.
-        unsafe {
-            let c = (*n).child(i);
-            let clen = (*c).len();
-            if clen == 0 {
-                (*n).remove_slots(i, 1);
-                self.discard(c);
-                if (*n).len() > 0 {
-                    Self::refresh_all(n);
-                }
-                return;
-            }
-            let len = (*n).len();
-            if clen >= MIN_FILL || len == 1 {
-                Self::refresh_slot(n, i);
-                return;
-            }
-            // Neighbour: the right one if any, else the left one; `l` before `r`.
-            let (li, ri) = if i + 1 < len { (i, i + 1) } else { (i - 1, i) };
-            let l = self.own((*n).child(li));
-            let r = self.own((*n).child(ri));
-            (*n).b[li] = l as usize;
-            (*n).b[ri] = r as usize;
-            let (ll, rl) = ((*l).len(), (*r).len());
-            if ll + rl <= SLOTS {
-                for j in 0..rl {
-                    (*l).insert_slot(ll + j, (*r).slot(j));
-                }
-                (*n).remove_slots(ri, 1);
-                self.discard(r);
-            } else {
-                // Refill: even halves.
-                let want_l = (ll + rl) / 2;
-                if ll < want_l {
-                    let m = want_l - ll;
-                    for j in 0..m {
-                        (*l).insert_slot(ll + j, (*r).slot(j));
-                    }
-                    (*r).remove_slots(0, m);
-                } else {
-                    let m = ll - want_l;
-                    for j in 0..m {
-                        (*r).insert_slot(j, (*l).slot(want_l + j));
-                    }
-                    (*l).set_len(want_l);
-                }
-                Self::refresh_node(r);
-            }
-            Self::refresh_node(l);
-            Self::refresh_all(n);
-        }
-    }
-
-    /// Refresh a private node's own summaries after its slots moved.
-    ///
-    /// # Safety
-    /// `n` is private and non-empty, its children live.
-    unsafe fn refresh_node(n: *mut Node) {
-        // SAFETY: contract.
-        unsafe {
-            if (*n).is_leaf() {
-                Self::refresh_leaf(n);
-            } else {
-                Self::refresh_all(n);
-            }
-        }
-    }
-
-    /// Erase the entry starting at `start` from the subtree of private node `n`.
-    ///
-    /// # Safety
-    /// `n` is private and non-empty, its children live.
-    unsafe fn del(&mut self, n: *mut Node, start: usize) -> Option<VmaRef> {
-        // SAFETY: as for `ins`.
-        unsafe {
-            let len = (*n).len();
-            if (*n).is_leaf() {
-                let i = (&(*n).a)[..len].iter().position(|&s| s == start)?;
-                let v = (*n).vma(i);
-                (*n).remove_slots(i, 1);
-                if (*n).len() > 0 {
-                    Self::refresh_leaf(n);
-                }
-                return Some(v);
-            }
-            let i = (&(*n).a)[..len].iter().position(|&p| p > start)?;
-            let c = self.own((*n).child(i));
-            (*n).b[i] = c as usize;
-            let found = self.del(c, start);
-            self.fix_child(n, i);
-            found
-        }
-    }
-
-    /// Replace a root with one child by the child, repeatedly; an empty root by null.
-    fn shrink_root(&mut self) {
-        // SAFETY: the working root is private after an erase (`own`), so it may be
-        // discarded once the child replaces it.
-        unsafe {
-            while !self.work.is_null() {
-                let r = self.work;
-                if (*r).len() == 0 {
-                    self.discard(r);
-                    self.work = ptr::null_mut();
-                    self.height = 0;
-                } else if !(*r).is_leaf() && (*r).len() == 1 {
-                    self.work = (*r).child(0);
-                    self.discard(r);
-                    self.height -= 1;
-                } else {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Erase the entry starting at `start`; returns its VMA.
-    /// Linux: `vma_iter_clear()` of one VMA.
-    pub(super) fn erase(&mut self, start: usize) -> Option<VmaRef> {
-        if self.work.is_null() {
-            debug_assert!(false, "erase of missing VMA tree entry {start:#x}");
-            return None;
-        }
-        // SAFETY: `work` is the live working root; `own` makes it private.
-        let found = unsafe {
-            let root = self.own(self.work);
-            self.work = root;
-            self.del(root, start)
+        items[k] = Item {
+            end,
+            val: vma as *const Vma as usize,
+            gap: 0,
         };
-        self.shrink_root();
-        if found.is_some() {
-            self.count -= 1;
+        k += 1;
+        if end < ue {
+            items[k].end = ue;
+            k += 1;
         }
-        debug_assert!(
-            found.is_some(),
-            "erase of missing VMA tree entry {start:#x}"
+        self.store(tree, us, &items[..k]);
+        true
+    }
+
+    /// Erase the VMA starting at `start`; returns it. Linux: `vma_iter_clear()`.
+    pub(super) fn erase(&mut self, tree: &VmaTree, start: usize) -> Option<VmaRef> {
+        let e = self.view().lookup(start).filter(|e| e.start == start);
+        debug_assert!(e.is_some(), "erase of missing VMA tree entry {start:#x}");
+        let e = e?;
+        self.store(
+            tree,
+            e.start,
+            &[Item {
+                end: e.end,
+                ..Item::default()
+            }],
         );
-        found
+        self.count -= 1;
+        Some(e.vma)
     }
 
-    /// Remove every entry whose start lies in `[start, end)` from the subtree of
-    /// private node `n`; returns how many. Children entirely inside are cut out whole.
-    ///
-    /// # Safety
-    /// `n` is private and non-empty, its children live.
-    unsafe fn del_range(&mut self, n: *mut Node, start: usize, end: usize) -> usize {
-        // SAFETY: as for `ins`; a cut-out child is unlinked before it is retired.
-        unsafe {
-            let len = (*n).len();
-            if (*n).is_leaf() {
-                let i = (&(*n).a)[..len]
-                    .iter()
-                    .position(|&s| s >= start)
-                    .unwrap_or(len);
-                let j = (&(*n).a)[..len]
-                    .iter()
-                    .position(|&s| s >= end)
-                    .unwrap_or(len);
-                (*n).remove_slots(i, j - i);
-                if (*n).len() > 0 {
-                    Self::refresh_leaf(n);
-                }
-                return j - i;
-            }
-            // Children that may hold a start in the range: from the first whose pivot
-            // passes `start` to the last whose lowest start is below `end`.
-            let Some(first) = (&(*n).a)[..len].iter().position(|&p| p > start) else {
-                return 0;
-            };
-            let mut last = first;
-            while last + 1 < len && (*(*n).child(last + 1)).min < end {
-                last += 1;
-            }
-            if (*(*n).child(first)).min >= end {
-                return 0;
-            }
-            let mut removed = 0;
-            // Whole children strictly between the boundary ones, and boundary ones
-            // that lie entirely inside the range, are cut out.
-            let inside = |i: usize| (*(*n).child(i)).min >= start && (*n).a[i] <= end;
-            let mut keep_first = true;
-            let mut keep_last = first != last;
-            if inside(first) {
-                keep_first = false;
-            }
-            if first != last && inside(last) {
-                keep_last = false;
-            }
-            let cut_from = if keep_first { first + 1 } else { first };
-            let cut_to = if keep_last { last } else { last + 1 };
-            for k in cut_from..cut_to {
-                let c = (*n).child(k);
-                removed += self.count_entries(c);
-                self.pending.push(c as usize | SUBTREE);
-            }
-            // Boundary children that stay: erase inside them.
-            let mut fix: [*mut Node; 2] = [ptr::null_mut(); 2];
-            if keep_first {
-                let c = self.own((*n).child(first));
-                (*n).b[first] = c as usize;
-                removed += self.del_range(c, start, end);
-                fix[0] = c;
-            }
-            if keep_last {
-                let c = self.own((*n).child(last));
-                (*n).b[last] = c as usize;
-                removed += self.del_range(c, start, end);
-                fix[1] = c;
-            }
-            (*n).remove_slots(cut_from, cut_to - cut_from);
-            for c in fix {
-                if c.is_null() {
-                    continue;
-                }
-                // Its index may have moved with an earlier fix; find it again.
-                let len = (*n).len();
-                if let Some(i) = (0..len).find(|&i| (*n).child(i) == c) {
-                    self.fix_child(n, i);
-                }
-            }
-            if (*n).len() > 0 {
-                Self::refresh_all(n);
-            }
-            removed
-        }
-    }
-
-    /// Entries in subtree `p`.
-    ///
-    /// # Safety
-    /// `p` is live.
-    unsafe fn count_entries(&self, p: *const Node) -> usize {
-        // SAFETY: contract; the walk reads live children.
-        unsafe {
-            if (*p).is_leaf() {
-                (*p).len()
-            } else {
-                (0..(*p).len())
-                    .map(|i| self.count_entries((*p).child(i)))
-                    .sum()
-            }
-        }
-    }
-
-    /// Erase every entry starting in `[start, end)` in one bounded operation; returns
-    /// how many were erased. Needs [`Self::prealloc_erase_range`].
-    /// Linux: `vma_iter_clear_gfp()` (a spanning `mas_store` of NULL).
-    pub(super) fn erase_range(&mut self, start: usize, end: usize) -> usize {
-        if self.work.is_null() || start >= end {
+    /// Erase every VMA starting in `[start, end)` in one spanning store; returns how
+    /// many. Needs [`Self::prealloc_erase_range`]. Linux: `vma_iter_clear_gfp()`.
+    pub(super) fn erase_range(&mut self, tree: &VmaTree, start: usize, end: usize) -> usize {
+        let v = self.view();
+        let Some(first) = v.next_from(start).filter(|e| e.start < end) else {
             return 0;
-        }
-        // SAFETY: `work` is the live working root; `own` makes it private.
-        let removed = unsafe {
-            let root = self.own(self.work);
-            self.work = root;
-            self.del_range(root, start, end)
         };
-        self.shrink_root();
-        self.count -= removed;
-        removed
+        let Some(last) = v.prev_before(end) else {
+            return 0;
+        };
+        let mut n = 0;
+        v.for_each_in(first.start, last.end, &mut |_| n += 1);
+        self.store(
+            tree,
+            first.start,
+            &[Item {
+                end: last.end,
+                ..Item::default()
+            }],
+        );
+        self.count -= n;
+        n
     }
 
-    /// Publish the working tree to readers, retire the unlinked nodes and reclaim
-    /// those whose grace period has passed. Ends the batch.
-    pub(super) fn publish(&mut self, tree: &VmaTree) {
-        tree.root.store(self.work, Ordering::SeqCst);
-        // Nodes fresh in this batch are now visible: bump the batch so they are copied
-        // before any further modification.
-        self.txn += 1;
+    /// End a batch: retire the nodes it unlinked and reclaim those whose grace period
+    /// has passed (every store was published as it was made).
+    pub(super) fn publish(&mut self, _tree: &VmaTree) {
         if !self.pending.is_empty() {
             let tag = rcu::retire_epoch();
             // Capacity was reserved by `prealloc`.
@@ -1518,7 +1494,7 @@ impl TreeWriter {
     ///
     /// # Safety
     /// `p` (with `subtree`: every node below it too) is unreachable by every reader
-    /// and by the working tree, and is freed by no one else.
+    /// and by the tree, and is freed by no one else.
     unsafe fn free_retired(&mut self, p: *mut Node, subtree: bool) {
         // SAFETY: contract. Children are read before `p` is reused or freed.
         unsafe {
@@ -1535,6 +1511,8 @@ impl TreeWriter {
         }
     }
 
+    /// Free the retired nodes whose grace period has passed (with [`Self::retire`]:
+    /// the part to switch to `call_rcu`).
     fn reclaim(&mut self) {
         if self.retired.is_empty() {
             return;
@@ -1543,22 +1521,23 @@ impl TreeWriter {
         let k = self.retired.iter().take_while(|(_, t)| *t < bound).count();
         for i in 0..k {
             let n = self.retired[i].0;
-            // SAFETY: `n` was unlinked from the published tree before epoch `t`, and
-            // `t < safe_bound()` means every reader that could have loaded a root
-            // containing it has left its RCU section (see `rcu`); mmap-lock readers are
-            // excluded by our write lock. A subtree was cut out whole: its nodes are in
-            // no other tree version's working set (each node of the working tree has
-            // one parent) and were not retired one by one. The `drain` below removes
-            // it from `retired`, so it is freed once.
+            // SAFETY: `n` was unlinked from the tree before epoch `t` was taken, and
+            // `t < safe_bound()` means every reader that could have reached it has left
+            // its RCU section (see `rcu`); mmap-lock readers are excluded by our write
+            // lock. A subtree was cut out whole: its nodes are in no other place (each
+            // node has one parent) and were not retired one by one. The `drain` below
+            // removes it from `retired`, so it is freed once.
             unsafe { self.free_retired((n & !SUBTREE) as *mut Node, n & SUBTREE != 0) };
         }
         self.retired.drain(..k);
     }
 
-    /// The working root as a view (the writer's own reads inside a batch).
+    /// The tree as a view (the writer's own reads).
     pub(super) fn view(&self) -> TreeView<'_> {
         TreeView {
             root: self.work,
+            seq: self.seq,
+            stable: true,
             _p: PhantomData,
         }
     }
@@ -1569,7 +1548,7 @@ impl TreeWriter {
     /// No RCU reader or lock holder can access `tree` or this writer's nodes.
     pub(super) unsafe fn destroy(&mut self, tree: &VmaTree) {
         unsafe fn free_rec(p: *mut Node) {
-            // SAFETY: `p` is a node of the working tree or of a retired subtree, which
+            // SAFETY: `p` is a node of the tree or of a retired subtree, which
             // `destroy`'s contract says no one else can reach; each node has one parent
             // there, so it is freed once, after its children were read.
             unsafe {
@@ -1600,7 +1579,7 @@ impl TreeWriter {
             .chain(retired.into_iter().map(|(n, _)| n))
         {
             let p = (n & !SUBTREE) as *mut Node;
-            // SAFETY: pending and retired nodes are unlinked from every tree, and the
+            // SAFETY: pending and retired nodes are unlinked from the tree, and the
             // contract says no reader that might still hold one exists. A subtree's
             // nodes belong to it alone; a single node is freed alone. Each queue entry
             // is visited once.
@@ -1625,6 +1604,7 @@ mod tests {
     use super::*;
     use crate::vma::area::PAGE_SIZE;
     use crate::vma::pool;
+    extern crate std;
     use alloc::collections::BTreeMap;
     use proptest::prelude::*;
 
@@ -1670,13 +1650,13 @@ mod tests {
                 let (s, e) = range(k);
                 slot.insert((s, e));
                 self.vmas[k].set_range(s, e, 0);
-                self.tw.insert(s, e, self.vmas[k]);
+                self.tw.insert(&self.tree, s, e, self.vmas[k]);
             }
         }
 
         fn erase(&mut self, k: usize) {
             if let Some((s, _)) = self.model.remove(&k) {
-                let v = self.tw.erase(s).expect("present");
+                let v = self.tw.erase(&self.tree, s).expect("present");
                 assert!(ptr::eq(v, self.vmas[k]));
             }
         }
@@ -1694,7 +1674,7 @@ mod tests {
                 .iter()
                 .all(|(&j, &(a, b))| j == k || b <= s || a >= e);
             self.tw.prealloc(1).unwrap();
-            assert_eq!(self.tw.replace(old, s, e, self.vmas[k]), free);
+            assert_eq!(self.tw.replace(&self.tree, old, s, e, self.vmas[k]), free);
             if free {
                 self.model.insert(k, (s, e));
                 self.vmas[k].set_range(s, e, 0);
@@ -1721,7 +1701,7 @@ mod tests {
             for k in &gone {
                 self.model.remove(k);
             }
-            assert_eq!(self.tw.erase_range(s, e), gone.len());
+            assert_eq!(self.tw.erase_range(&self.tree, s, e), gone.len());
             self.tw.publish(&self.tree);
             self.check();
         }
@@ -1805,9 +1785,10 @@ mod tests {
         for k in 0..N {
             h.batch(&[(true, k)]);
         }
-        // Appends fill leaves completely: 400 leaves, 40, 4, 1 root.
+        // 4,000 VMAs with holes: 8,001 entries (VMAs, NULL ranges between them and at
+        // both ends). Appends fill leaves completely: 501 leaves, 51, 6, 1 root.
         assert_eq!(h.tree.view_locked().height(), 4);
-        assert_eq!(h.tw.view().nodes(), 400 + 40 + 4 + 1);
+        assert_eq!(h.tw.view().nodes(), 501 + 51 + 6 + 1);
         for k in (0..N).step_by(7) {
             h.query(range(k).0 + P / 2);
             h.query(range(k).1);
@@ -1824,42 +1805,148 @@ mod tests {
         for k in 0..N {
             h.batch(&[(true, k)]);
         }
-        // The reservation of a range erase depends on the height only: 4(h + 1) + 4
-        // nodes, 24 at height 4, whether 2 or 3,980 entries go.
+        // The reservation of a range erase depends on the height only: 3(h + 1) + 1
+        // nodes, 16 at height 4, whether 2 or 3,980 entries go.
         let before = h.tw.cached;
         assert_eq!(h.tree.view_locked().height(), 4);
         h.tw.prealloc_erase_range(0).unwrap();
-        assert_eq!(h.tw.cached, before.max(24));
+        assert_eq!(h.tw.cached, before.max(16));
         h.tw.publish(&h.tree);
+        let a0 = h.tw.allocs;
         h.erase_range(10, N - 10);
+        assert!(h.tw.allocs - a0 <= 16);
         assert_eq!(h.tw.len(), 20);
         h.erase_range(0, N);
         assert_eq!(h.tw.len(), 0);
     }
 
+    /// The leaf holding slot `k`'s VMA and the NULL range after it, if both are in
+    /// one leaf with room around them (neither at the leaf's edge).
+    fn inside_one_leaf(h: &Harness, k: usize) -> bool {
+        let v = h.tree.view_locked();
+        let (s, e) = range(k);
+        let (a, b) = (v.walk(s).unwrap(), v.walk(e).unwrap());
+        ptr::eq(a.n, b.n) && a.off > 0 && b.off + 1 < b.n.len()
+    }
+
     #[test]
-    fn a_published_snapshot_never_changes() {
+    fn a_change_inside_one_leaf_copies_one_node() {
+        let mut h = Harness::new();
+        for k in 0..N {
+            h.batch(&[(true, k)]);
+        }
+        let k = (N / 2..N).find(|&k| inside_one_leaf(&h, k)).unwrap();
+        let root = h.tree.view_locked().root;
+        // The VMA's end moves into the gap after it: one new leaf, stored into the
+        // parent's slot; the root (and every other internal node) stays.
+        let a0 = h.tw.allocs;
+        h.replace(k, 0, 1);
+        assert_eq!(h.tw.allocs - a0, 1, "a VMA end moving into a gap");
+        assert!(ptr::eq(root, h.tree.view_locked().root));
+        // Its start moves down into the gap before it, and back.
+        let a0 = h.tw.allocs;
+        h.replace(k, -1, 2);
+        h.replace(k, 0, 1);
+        assert_eq!(h.tw.allocs - a0, 2, "two in-leaf moves");
+        // Erasing a VMA in the middle of a leaf (its NULL neighbours merge).
+        let a0 = h.tw.allocs;
+        h.batch(&[(false, k)]);
+        assert_eq!(h.tw.allocs - a0, 1, "an erase inside a leaf");
+        let a0 = h.tw.allocs;
+        h.batch(&[(true, k)]);
+        assert_eq!(h.tw.allocs - a0, 1, "an insert into a leaf with room");
+        assert!(ptr::eq(root, h.tree.view_locked().root));
+        // A full leaf splits: two leaves and their parent, no more. (1,900 VMAs: 238
+        // full leaves but the last, whose parent has 8 children: room for one more.)
+        let mut h = Harness::new();
+        for k in (0..N - 200).step_by(2) {
+            h.batch(&[(true, k)]);
+        }
+        let a0 = h.tw.allocs;
+        h.batch(&[(true, N - 200 - 29)]);
+        assert_eq!(h.tw.allocs - a0, 3, "nodes for a split");
+    }
+
+    #[test]
+    fn a_leaf_a_reader_reached_never_changes() {
         let mut h = Harness::new();
         for k in (0..2_000).step_by(2) {
             h.batch(&[(true, k)]);
         }
         let g = rcu::rcu_read_lock();
-        // The view of `view_rcu`, detached from the borrow of the harness.
-        let old: TreeView<'_> = TreeView {
+        let addr = range(500).0;
+        let v: TreeView<'_> = TreeView {
             root: h.tree.view_rcu(&g).root,
+            seq: 0,
+            stable: false,
             _p: PhantomData,
         };
-        let mut before = Vec::new();
-        old.for_each(|e| before.push(e.start));
+        let leaf = v.walk(addr).unwrap().n;
+        let words = |n: &Node| -> Vec<usize> { n.w.iter().map(|w| w.load(Ordering::Relaxed)).collect() };
+        let before = (leaf.meta, words(leaf));
         for k in (1..2_000).step_by(2) {
             h.batch(&[(true, k), (false, k - 1)]);
         }
         h.erase_range(100, 900);
-        let mut after = Vec::new();
-        old.for_each(|e| after.push(e.start));
-        assert_eq!(before, after);
-        assert_eq!(old.validate(), Ok(1_000));
+        // Replaced long ago, still allocated (the guard holds it) and unchanged.
+        assert_eq!((leaf.meta, words(leaf)), before);
+        assert!(h.tw.retired.len() > 100);
         drop(g);
+        h.batch(&[(true, 0)]);
+    }
+
+    #[test]
+    fn lock_free_readers_see_consistent_leaves_during_writes() {
+        use std::sync::atomic::AtomicBool;
+        // Even slots stay; odd slots come and go, their ranges moving, and range erases
+        // of odd runs happen: a reader looking up a stable VMA always finds exactly
+        // it, and any lookup returns an entry that contains the address with its VMA.
+        let mut h = Harness::new();
+        for k in 0..1_200 {
+            h.batch(&[(true, k)]);
+        }
+        let done = AtomicBool::new(false);
+        let tree = &h.tree as *const VmaTree as usize;
+        let vmas: Vec<usize> = h.vmas.iter().map(|v| *v as *const Vma as usize).collect();
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..2)
+                .map(|t| {
+                    let (done, vmas) = (&done, &vmas);
+                    s.spawn(move || {
+                        // SAFETY: the harness outlives the scope; only RCU reads here.
+                        let tree = unsafe { &*(tree as *const VmaTree) };
+                        let mut n = 0u64;
+                        while !done.load(Ordering::Relaxed) || n < 1000 {
+                            let k = (n as usize * 7 + t * 13) % 1_200 & !1;
+                            let g = rcu::rcu_read_lock();
+                            let v = tree.view_rcu(&g);
+                            let e = v.lookup(range(k).0).expect("stable VMA lost");
+                            assert_eq!(e.vma as *const Vma as usize, vmas[k]);
+                            assert_eq!((e.start, e.end), range(k));
+                            if let Some(e) = v.lookup(range(k + 1).0 + P) {
+                                assert!(e.start <= range(k + 1).0 + P && range(k + 1).0 + P < e.end);
+                            }
+                            drop(g);
+                            n += 1;
+                        }
+                    })
+                })
+                .collect();
+            for round in 0..40 {
+                for k in (1..1_200).step_by(2) {
+                    match (k / 2 + round) % 3 {
+                        0 => h.batch(&[(false, k)]),
+                        1 => h.batch(&[(true, k)]),
+                        _ => h.replace(k, 0, 1 + round % 2),
+                    }
+                }
+                h.batch(&(1..1_200).step_by(2).take(3).map(|k| (true, k)).collect::<Vec<_>>());
+            }
+            done.store(true, Ordering::Relaxed);
+            for r in readers {
+                r.join().unwrap();
+            }
+        });
     }
 
     #[cfg(feature = "fault-inject")]

@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::anon;
 use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmOperations, Vma, VmaRef, VmaStable};
 use super::lock::{self, VmaReadError, VmaReadGuard};
-use super::maple::{TreeView, TreeWriter, VmaTree};
+use super::maple::{MaState, TreeView, TreeWriter, VmaTree};
 use super::pool as valloc;
 use super::rcu;
 use super::stat::VmStat;
@@ -385,87 +385,102 @@ impl Drop for MmWriteGuard<'_> {
 /// A positionable cursor over the VMA tree (Linux: `struct vma_iterator`, the
 /// `vma_iter_*` / `vma_next` / `vma_prev` / `vma_find` helpers of `mm/vma.h`).
 ///
-/// It holds only an address (Linux's `mas.index`); each step is a walk from the root
-/// of the B-tree (height 5 at 65,530 VMAs), so it stays valid across tree changes,
-/// as Linux's iterator does after `vma_iter_set` / a store resets the maple state.
+/// `index` is the position (Linux's `mas.index`); the maple state remembers the leaf
+/// and slot it last visited with the path above them, so `next`, `prev` and `find`
+/// step inside the leaf and climb only at a leaf boundary, as Linux's `ma_state` does.
+/// The remembered path is used only while the tree is the one it was made on (the
+/// same version, under the mmap lock); after any store, or on an RCU view, the next
+/// step walks from the root (Linux: the store leaves the maple state reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VmaIterator {
     /// Current position (Linux: `vmi->mas.index`).
     pub index: usize,
+    mas: MaState,
 }
 
 impl VmaIterator {
     /// Iterator at `addr`. Linux: `VMA_ITERATOR(vmi, mm, addr)`.
     pub fn new(addr: usize) -> Self {
-        VmaIterator { index: addr }
+        VmaIterator {
+            index: addr,
+            mas: MaState::default(),
+        }
     }
-    /// Reposition. Linux: `vma_iter_set()`.
+    /// Reposition (the path is kept: a nearby position reuses it). Linux:
+    /// `vma_iter_set()`.
     pub fn set(&mut self, addr: usize) {
         self.index = addr;
     }
     /// Next VMA ending above the position; moves to its end. Linux: `vma_next()`/`vma_find()`.
     pub fn next(&mut self, v: &TreeView<'_>) -> Option<VmaRef> {
-        let e = v.find(self.index)?;
+        let e = self.mas.find(v, self.index)?;
         self.index = e.end;
         Some(e.vma)
     }
     /// VMA starting below the position; moves to its start. Linux: `vma_prev()`.
     pub fn prev(&mut self, v: &TreeView<'_>) -> Option<VmaRef> {
-        let e = v.prev_before(self.index)?;
+        let e = self.mas.prev(v, self.index)?;
         self.index = e.start;
         Some(e.vma)
     }
     /// Next VMA ending above the position and starting below `max`; moves to its end.
     /// Linux: `vma_find(vmi, max)`.
     pub fn find(&mut self, v: &TreeView<'_>, max: usize) -> Option<VmaRef> {
-        let e = v.find(self.index).filter(|e| e.start < max)?;
+        let e = self.mas.find(v, self.index).filter(|e| e.start < max)?;
         self.index = e.end;
         Some(e.vma)
     }
-    /// Store `vma` over its range `[start, end)`, which holds no entry, inside a
+    /// Store `vma` over its range `[start, end)`, which holds no VMA, inside a
     /// preallocated batch; moves to its end. Linux: `vma_iter_store_new()`.
     pub(super) fn store(
         &mut self,
-        tw: &mut super::maple::TreeWriter,
+        tree: &VmaTree,
+        tw: &mut TreeWriter,
         start: usize,
         end: usize,
         vma: VmaRef,
     ) {
-        tw.insert(start, end, vma);
+        tw.insert(tree, start, end, vma);
+        self.mas.reset();
         self.index = end;
     }
-    /// Move the entry starting at the position to `[start, end)` (and `vma`) in place,
-    /// inside a preallocated batch, if that range overlaps no other entry; moves to
-    /// `end`. Returns false, changing nothing, otherwise. Linux: `vma_iter_store()` of
-    /// a VMA whose range changed.
+    /// Move the VMA starting at the position to `[start, end)` (and `vma`) with one
+    /// store, inside a preallocated batch, if that range overlaps no other VMA; moves
+    /// to `end`. Returns false, changing nothing, otherwise. Linux: `vma_iter_store()`
+    /// of a VMA whose range changed.
     pub(super) fn store_changed(
         &mut self,
-        tw: &mut super::maple::TreeWriter,
+        tree: &VmaTree,
+        tw: &mut TreeWriter,
         start: usize,
         end: usize,
         vma: VmaRef,
     ) -> bool {
-        let ok = tw.replace(self.index, start, end, vma);
+        let ok = tw.replace(tree, self.index, start, end, vma);
         if ok {
+            self.mas.reset();
             self.index = end;
         }
         ok
     }
-    /// Erase the entry starting at the position, inside a preallocated batch.
+    /// Erase the VMA starting at the position, inside a preallocated batch.
     /// Linux: `vma_iter_clear()` of one VMA's range.
-    pub(super) fn clear(&mut self, tw: &mut super::maple::TreeWriter) -> Option<VmaRef> {
-        tw.erase(self.index)
+    pub(super) fn clear(&mut self, tree: &VmaTree, tw: &mut TreeWriter) -> Option<VmaRef> {
+        self.mas.reset();
+        tw.erase(tree, self.index)
     }
-    /// Erase every entry starting in `[start, end)` inside a batch preallocated with
-    /// `prealloc_erase_range`; returns how many; moves to `end`. Linux:
-    /// `vma_iter_clear_gfp(vmi, start, end)`.
+    /// Erase every VMA starting in `[start, end)` with one store, inside a batch
+    /// preallocated with `prealloc_erase_range`; returns how many; moves to `end`.
+    /// Linux: `vma_iter_clear_gfp(vmi, start, end)`.
     pub(super) fn clear_range(
         &mut self,
-        tw: &mut super::maple::TreeWriter,
+        tree: &VmaTree,
+        tw: &mut TreeWriter,
         start: usize,
         end: usize,
     ) -> usize {
-        let n = tw.erase_range(start, end);
+        let n = tw.erase_range(tree, start, end);
+        self.mas.reset();
         self.index = end;
         n
     }
