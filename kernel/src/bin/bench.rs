@@ -161,8 +161,11 @@ fn vma_benches() {
     });
     // Not a time: the tree's memory (nodes in the tree, cached and awaiting a grace
     // period) divided by the VMAs it indexes, in bytes, printed in the ns column.
-    let bytes = mm.write_lock().tree_bytes();
+    let g = mm.write_lock();
+    let bytes = g.tree_bytes();
     bench::report("vma_tree_bytes_per_vma_65530", (bytes / n) as u64, n as u64);
+    // Not a time either: the tree's height in nodes, in the ns column.
+    bench::report("vma_tree_height_65530", g.view().height() as u64, n as u64);
 }
 
 /// Issue 5's figures, op for op with Linux 6.12 under the same QEMU: an anonymous
@@ -250,6 +253,12 @@ fn mmap_benches() {
         mm.mprotect(big + 32 * P, P, RW)
             .expect("bench: mprotect back");
     });
+    {
+        // Not times: the tree's height and bytes per VMA in that space.
+        let g = mm.mm().read_lock();
+        let n = g.view().validate().expect("bench: tree") as u64;
+        bench::report("vma_tree_height_64k_mprotect", g.view().height() as u64, n);
+    }
     mm.munmap(big, 64 * P).unwrap();
     mm.munmap(region, NBIG * P).unwrap();
     mm.munmap(anchor, P).unwrap();

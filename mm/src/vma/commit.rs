@@ -182,7 +182,8 @@ impl MmWriteGuard<'_> {
         debug_assert!(updates.len() <= moved.len(), "commit: too many updates");
         for (k, &(v, s, e, _)) in updates.iter().enumerate() {
             vmi.set(v.start());
-            moved[k] = k >= moved.len() || !vmi.store_changed(&mm.tree, &mut self.inner().tw, s, e, v);
+            moved[k] =
+                k >= moved.len() || !vmi.store_changed(&mm.tree, &mut self.inner().tw, s, e, v);
         }
         for (k, &(v, ..)) in updates.iter().enumerate() {
             if moved.get(k).copied().unwrap_or(true) {

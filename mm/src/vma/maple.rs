@@ -151,7 +151,11 @@ impl Node {
     /// SeqCst: pairs with the writer's publication (see `rcu`'s protocol).
     #[inline]
     fn slot(&self, i: usize) -> usize {
-        let base = if self.is_leaf() { LEAF_SLOT0 } else { INT_SLOT0 };
+        let base = if self.is_leaf() {
+            LEAF_SLOT0
+        } else {
+            INT_SLOT0
+        };
         self.w[base + i].load(Ordering::SeqCst)
     }
     /// Largest NULL range below child `i` (internal nodes).
@@ -171,11 +175,7 @@ impl Node {
     /// End of slot `i` in a node whose upper bound is `max`.
     #[inline]
     fn end(&self, i: usize, max: usize) -> usize {
-        if i + 1 < self.len() {
-            self.piv(i)
-        } else {
-            max
-        }
+        if i + 1 < self.len() { self.piv(i) } else { max }
     }
     /// The slot covering `idx` (which lies inside the node's bounds).
     #[inline]
@@ -238,8 +238,8 @@ impl Big {
     fn prepend_node(&mut self, node: &Node, max: usize) {
         let k = node.len();
         self.it.copy_within(0..self.n, k);
-        for i in 0..k {
-            self.it[i] = node.item(i, max);
+        for (i, x) in self.it[..k].iter_mut().enumerate() {
+            *x = node.item(i, max);
         }
         self.n += k;
     }
@@ -341,12 +341,10 @@ impl Pos<'_> {
     }
     fn entry(&self) -> Option<TreeEntry> {
         let v = self.val();
-        // SAFETY: a non-zero leaf slot holds a pointer made from a `VmaRef` (`&'static
-        // Vma`) by the writer; such a pointer is valid for `'static`.
         (v != 0).then(|| TreeEntry {
             start: self.start(),
             end: self.end(),
-            vma: unsafe { &*(v as *const Vma) },
+            vma: vma_of(v),
         })
     }
 }
@@ -377,7 +375,12 @@ impl<'a> TreeView<'a> {
         loop {
             let i = n.offset_of(idx);
             if n.is_leaf() {
-                return Some(Pos { n, off: i, min, max });
+                return Some(Pos {
+                    n,
+                    off: i,
+                    min,
+                    max,
+                });
             }
             let (a, b) = (n.start(i, min), n.end(i, max));
             min = a;
@@ -402,7 +405,11 @@ impl<'a> TreeView<'a> {
         }
         // NULL ranges are never adjacent: the next entry is a VMA (or nothing).
         if p.off + 1 < p.n.len() {
-            return Pos { off: p.off + 1, ..p }.entry();
+            return Pos {
+                off: p.off + 1,
+                ..p
+            }
+            .entry();
         }
         if p.max == MAX {
             return None;
@@ -422,7 +429,11 @@ impl<'a> TreeView<'a> {
             return p.entry();
         }
         if p.off > 0 {
-            return Pos { off: p.off - 1, ..p }.entry();
+            return Pos {
+                off: p.off - 1,
+                ..p
+            }
+            .entry();
         }
         if p.min == 0 {
             return None;
@@ -485,7 +496,14 @@ impl<'a> TreeView<'a> {
                     return;
                 }
                 if n.is_leaf() {
-                    if let Some(x) = (Pos { n, off: i, min, max }).entry() {
+                    if let Some(x) = (Pos {
+                        n,
+                        off: i,
+                        min,
+                        max,
+                    })
+                    .entry()
+                    {
                         f(x);
                     }
                 } else {
@@ -777,10 +795,7 @@ impl MaState {
     /// path when it belongs to `v`: from the leaf if `idx` is inside it, else from the
     /// lowest ancestor covering `idx`.
     fn seek<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<Pos<'a>> {
-        let valid = v.stable
-            && self.depth > 0
-            && self.root == v.root as usize
-            && self.seq == v.seq;
+        let valid = v.stable && self.depth > 0 && self.root == v.root as usize && self.seq == v.seq;
         let mut d = if valid { self.depth } else { 0 };
         // Climb to the lowest cached level that covers `idx`.
         while d > 0 && !(self.lv[d - 1].min <= idx && idx < self.lv[d - 1].max) {
@@ -808,7 +823,12 @@ impl MaState {
             d += 1;
             if n.is_leaf() {
                 self.depth = if v.stable && d <= MAS_H { d } else { 0 };
-                return Some(Pos { n, off: i, min, max });
+                return Some(Pos {
+                    n,
+                    off: i,
+                    min,
+                    max,
+                });
             }
             let (a, b) = (n.start(i, min), n.end(i, max));
             min = a;
@@ -828,7 +848,11 @@ impl MaState {
             if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
                 l.off = p.off + 1;
             }
-            return Pos { off: p.off + 1, ..p }.entry();
+            return Pos {
+                off: p.off + 1,
+                ..p
+            }
+            .entry();
         }
         if p.max == MAX {
             return None;
@@ -846,7 +870,11 @@ impl MaState {
             if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
                 l.off = p.off - 1;
             }
-            return Pos { off: p.off - 1, ..p }.entry();
+            return Pos {
+                off: p.off - 1,
+                ..p
+            }
+            .entry();
         }
         if p.min == 0 {
             return None;
@@ -1096,11 +1124,11 @@ impl TreeWriter {
             }; MAX_H],
         };
         let (mut p, mut min, mut max) = (self.work, 0, MAX);
-        for d in 0..self.height {
+        for l in path.lv[..self.height].iter_mut() {
             // SAFETY: the writer's root and its descendants are live nodes.
             let n = unsafe { &*p };
             let i = n.offset_of(idx);
-            path.lv[d] = Level {
+            *l = Level {
                 node: p,
                 off: i,
                 min,
@@ -1109,7 +1137,11 @@ impl TreeWriter {
             let (a, b) = (n.start(i, min), n.end(i, max));
             min = a;
             max = b;
-            p = if n.is_leaf() { ptr::null_mut() } else { n.child(i) };
+            p = if n.is_leaf() {
+                ptr::null_mut()
+            } else {
+                n.child(i)
+            };
         }
         path
     }
@@ -1232,11 +1264,11 @@ impl TreeWriter {
                 } else if big.n > cap && pa.node == pb.node && pl > 0 {
                     // Overflow: push into the left sibling if it has room (Linux:
                     // `mas_push_data`), filling it.
-                    let s = pln.child(pl - 1);
                     // SAFETY: a live child.
-                    if unsafe { (*s).len() } + big.n <= 2 * cap {
-                        sib = s;
-                        big.prepend_node(unsafe { &*s }, cmin);
+                    let s = unsafe { &*pln.child(pl - 1) };
+                    if s.len() + big.n <= 2 * cap {
+                        sib = pln.child(pl - 1);
+                        big.prepend_node(s, cmin);
                         pl -= 1;
                         cmin = pln.start(pl, pa.min);
                         left_full = true;
@@ -1255,16 +1287,15 @@ impl TreeWriter {
             let mut out = [Item::default(); 4];
             let mut at = 0;
             let mut lo = cmin;
-            for j in 0..parts {
+            for (j, o) in out[..parts].iter_mut().enumerate() {
                 let take = if left_full {
                     if j + 1 < parts { cap } else { big.n - at }
                 } else {
                     big.n / parts + usize::from(j < big.n % parts)
                 };
                 let (x, y) = (at, at + take);
-                let it = self.build(leaf, &big.it[x..y], lo);
-                lo = it.end;
-                out[j] = it;
+                *o = self.build(leaf, &big.it[x..y], lo);
+                lo = o.end;
                 at = y;
             }
             debug_assert_eq!(lo, cmax);
@@ -1882,8 +1913,13 @@ mod tests {
             _p: PhantomData,
         };
         let leaf = v.walk(addr).unwrap().n;
-        let words = |n: &Node| -> Vec<usize> { n.w.iter().map(|w| w.load(Ordering::Relaxed)).collect() };
+        let words =
+            |n: &Node| -> Vec<usize> { n.w.iter().map(|w| w.load(Ordering::Relaxed)).collect() };
         let before = (leaf.meta, words(leaf));
+        // A change inside the leaf (a new leaf stored into the parent's slot), then
+        // splits, merges and a spanning store all around it.
+        h.replace(500, 0, 2);
+        assert_eq!((leaf.meta, words(leaf)), before);
         for k in (1..2_000).step_by(2) {
             h.batch(&[(true, k), (false, k - 1)]);
         }
@@ -1917,14 +1953,16 @@ mod tests {
                         let tree = unsafe { &*(tree as *const VmaTree) };
                         let mut n = 0u64;
                         while !done.load(Ordering::Relaxed) || n < 1000 {
-                            let k = (n as usize * 7 + t * 13) % 1_200 & !1;
+                            let k = ((n as usize * 7 + t * 13) % 1_200) & !1;
                             let g = rcu::rcu_read_lock();
                             let v = tree.view_rcu(&g);
                             let e = v.lookup(range(k).0).expect("stable VMA lost");
                             assert_eq!(e.vma as *const Vma as usize, vmas[k]);
                             assert_eq!((e.start, e.end), range(k));
                             if let Some(e) = v.lookup(range(k + 1).0 + P) {
-                                assert!(e.start <= range(k + 1).0 + P && range(k + 1).0 + P < e.end);
+                                assert!(
+                                    e.start <= range(k + 1).0 + P && range(k + 1).0 + P < e.end
+                                );
                             }
                             drop(g);
                             n += 1;
@@ -1940,7 +1978,13 @@ mod tests {
                         _ => h.replace(k, 0, 1 + round % 2),
                     }
                 }
-                h.batch(&(1..1_200).step_by(2).take(3).map(|k| (true, k)).collect::<Vec<_>>());
+                h.batch(
+                    &(1..1_200)
+                        .step_by(2)
+                        .take(3)
+                        .map(|k| (true, k))
+                        .collect::<Vec<_>>(),
+                );
             }
             done.store(true, Ordering::Relaxed);
             for r in readers {
