@@ -1,5 +1,8 @@
 //! Host-side driver for profiling the mmap paths under callgrind:
-//! `cargo run --release --example profile_mmap -- <mmap|mprotect|fork|fault10k>`.
+//! `cargo run --release --example profile_mmap -- <mmap|mprotect|anonfault|fork|fault10k>`, and (with
+//! `--features bench`) `<mprotect65k|find65k|findrcu65k|split65k>`; the timed part is
+//! `measured`, so `valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect='*measured*'` counts it alone.
 use mm::frame::sim::simulated;
 use mm::mmap::*;
 
@@ -14,32 +17,87 @@ fn main() {
     let mm = AddressSpace::new(a).unwrap();
     let anchor = mm.mmap(0, P, PROT_READ, ANON, None, 0).unwrap();
     match which.as_str() {
-        "mmap" => {
-            for _ in 0..20_000 {
-                let x = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
-                mm.munmap(x, P).unwrap();
+        #[cfg(feature = "bench")]
+        "find65k" | "findrcu65k" | "split65k" => {
+            use mm::vma::bench as vb;
+            let n = 65_530;
+            let m = vb::build_mm(n).unwrap();
+            let pick = |i: usize| vb::addr((i.wrapping_mul(0x9e37_79b9) >> 7) % n) + 4096;
+            measured(|| match which.as_str() {
+                "find65k" => {
+                    for i in 0..200_000 {
+                        std::hint::black_box(vb::find(&m, pick(i)).unwrap());
+                    }
+                }
+                "findrcu65k" => {
+                    for i in 0..200_000 {
+                        std::hint::black_box(vb::find_rcu(&m, pick(i)).unwrap());
+                    }
+                }
+                _ => {
+                    for i in 0..20_000 {
+                        vb::split_remerge(&m, n / 2 + i % 64).unwrap();
+                    }
+                }
+            });
+        }
+        "mprotect65k" => {
+            const NBIG: usize = 64_000;
+            let region = mm.mmap(0, NBIG * P, PROT_NONE, ANON, None, 0).unwrap();
+            for i in (0..NBIG).step_by(2) {
+                mm.mprotect(region + i * P, P, PROT_READ).unwrap();
             }
+            let big = mm.mmap(0, 64 * P, RW, ANON, None, 0).unwrap();
+            measured(|| {
+                for _ in 0..20_000 {
+                    mm.mprotect(big + 32 * P, P, PROT_READ).unwrap();
+                    mm.mprotect(big + 32 * P, P, RW).unwrap();
+                }
+            });
+        }
+        "mmap" => {
+            measured(|| {
+                for _ in 0..20_000 {
+                    let x = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
+                    mm.munmap(x, P).unwrap();
+                }
+            });
+        }
+        "anonfault" => {
+            // `anon_fault_4k`: first-touch faults on one fresh 8,192-page mapping.
+            const FAULT_PAGES: usize = 8_192;
+            let a = mm.mmap(0, FAULT_PAGES * P, RW, ANON, None, 0).unwrap();
+            measured(|| {
+                for i in 0..FAULT_PAGES {
+                    mm.handle_fault(a + i * P, Access::Write).unwrap();
+                }
+            });
+            mm.munmap(a, FAULT_PAGES * P).unwrap();
         }
         "fork" => {
             // A 16 MiB populated private mapping, forked and the child dropped 40 times
             // (the bench's dup_mmap_exit_16MiB without the kernel around it).
             let len = 16 << 20;
             let big = mm.mmap(0, len, RW, ANON | MAP_POPULATE, None, 0).unwrap();
-            for _ in 0..40 {
-                let child = mm.fork().unwrap();
-                drop(child);
-                // The parent's pages are writable again, as after the bench's rewrite.
-                for off in (0..len).step_by(P) {
-                    mm.handle_fault(big + off, Access::Write).unwrap();
+            measured(|| {
+                for _ in 0..40 {
+                    let child = mm.fork().unwrap();
+                    drop(child);
+                    // The parent's pages are writable again, as after the bench's rewrite.
+                    for off in (0..len).step_by(P) {
+                        mm.handle_fault(big + off, Access::Write).unwrap();
+                    }
                 }
-            }
+            });
         }
         "mprotect" => {
             let big = mm.mmap(0, 64 * P, RW, ANON, None, 0).unwrap();
-            for _ in 0..20_000 {
-                mm.mprotect(big + 32 * P, P, PROT_READ).unwrap();
-                mm.mprotect(big + 32 * P, P, RW).unwrap();
-            }
+            measured(|| {
+                for _ in 0..20_000 {
+                    mm.mprotect(big + 32 * P, P, PROT_READ).unwrap();
+                    mm.mprotect(big + 32 * P, P, RW).unwrap();
+                }
+            });
         }
         _ => {
             const N: usize = 10_000;
@@ -55,10 +113,20 @@ fn main() {
                 x ^= x << 17;
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
-            for &i in &order {
-                mm.handle_fault(base + i * P, Access::Write).unwrap();
-            }
+            measured(|| {
+                for &i in &order {
+                    mm.handle_fault(base + i * P, Access::Write).unwrap();
+                }
+            });
         }
     }
     mm.munmap(anchor, P).unwrap();
+}
+
+/// The timed part (a function of its own so that callgrind can count it alone).
+#[inline(never)]
+fn measured(f: impl FnOnce()) {
+    let t = std::time::Instant::now();
+    f();
+    eprintln!("measured: {:?}", t.elapsed());
 }

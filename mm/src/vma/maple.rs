@@ -83,6 +83,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -178,11 +179,14 @@ impl Node {
         if i + 1 < self.len() { self.piv(i) } else { max }
     }
     /// The slot covering `idx` (which lies inside the node's bounds).
-    #[inline]
+    #[inline(always)]
     fn offset_of(&self, idx: usize) -> usize {
-        let last = self.len() - 1;
+        let last = self.len().saturating_sub(1).min(LEAF_SLOTS - 1);
+        let p = self.w.as_ptr();
         let mut i = 0;
-        while i < last && self.piv(i) <= idx {
+        // SAFETY: `i < last <= 15 < W`: inside `w`. Pivots are written only before
+        // the node is published, so these plain reads race with no write.
+        while i < last && unsafe { (*p.add(i)).load(Ordering::Relaxed) } <= idx {
             i += 1;
         }
         i
@@ -210,22 +214,43 @@ struct Item {
     gap: usize,
 }
 
-/// The entries of a level being rebuilt (Linux: `struct maple_big_node`).
+/// Entries a level being rebuilt can hold: two boundary nodes' worth and the new
+/// items (35 at most in a leaf), or one node and a sibling (32).
+const BIG: usize = 40;
+
+/// The entries of a level being rebuilt (Linux: `struct maple_big_node`). Only the
+/// first `n` are initialised (not zeroing 1 KiB per level matters here).
 struct Big {
-    it: [Item; 64],
+    it: [MaybeUninit<Item>; BIG],
     n: usize,
 }
 
 impl Big {
     fn new() -> Self {
         Big {
-            it: [Item::default(); 64],
+            it: [const { MaybeUninit::uninit() }; BIG],
             n: 0,
         }
     }
+    /// The entries.
+    #[inline]
+    fn items(&self) -> &[Item] {
+        // SAFETY: the first `n` entries are initialised (`push`, `prepend_node`,
+        // `normalize` keep that), and `MaybeUninit<Item>` has `Item`'s layout.
+        unsafe { core::slice::from_raw_parts(self.it.as_ptr() as *const Item, self.n) }
+    }
+    #[inline]
+    fn get(&self, i: usize) -> Item {
+        self.items()[i]
+    }
+    #[inline]
+    fn set(&mut self, i: usize, x: Item) {
+        debug_assert!(i < self.n);
+        self.it[i] = MaybeUninit::new(x);
+    }
     #[inline]
     fn push(&mut self, i: Item) {
-        self.it[self.n] = i;
+        self.it[self.n] = MaybeUninit::new(i);
         self.n += 1;
     }
     /// Slots `a..b` of `node` (upper bound `max`) in order.
@@ -239,19 +264,28 @@ impl Big {
         let k = node.len();
         self.it.copy_within(0..self.n, k);
         for (i, x) in self.it[..k].iter_mut().enumerate() {
-            *x = node.item(i, max);
+            *x = MaybeUninit::new(node.item(i, max));
         }
         self.n += k;
     }
     /// Merge adjacent NULL ranges (leaf level).
     fn normalize(&mut self) {
-        let mut out = 0;
-        for i in 0..self.n {
-            let x = self.it[i];
-            if out > 0 && x.val == 0 && self.it[out - 1].val == 0 {
-                self.it[out - 1].end = x.end;
+        let Some(first) = self
+            .items()
+            .windows(2)
+            .position(|w| w[0].val == 0 && w[1].val == 0)
+        else {
+            return;
+        };
+        let mut out = first + 1;
+        for i in first + 1..self.n {
+            let x = self.get(i);
+            if x.val == 0 && self.get(out - 1).val == 0 {
+                let mut y = self.get(out - 1);
+                y.end = x.end;
+                self.set(out - 1, y);
             } else {
-                self.it[out] = x;
+                self.set(out, x);
                 out += 1;
             }
         }
@@ -894,9 +928,20 @@ struct Level {
     max: usize,
 }
 
-/// Root-to-leaf path of a writer's walk (Linux: the `ma_state` of a store).
+/// Root-to-leaf path of a writer's walk (Linux: the `ma_state` of a store); the
+/// first `height` levels are filled by `TreeWriter::walk`.
 struct Path {
-    lv: [Level; MAX_H],
+    lv: [MaybeUninit<Level>; MAX_H],
+    height: usize,
+}
+
+impl Path {
+    #[inline]
+    fn at(&self, d: usize) -> Level {
+        assert!(d < self.height);
+        // SAFETY: levels below `height` were written by the walk.
+        unsafe { self.lv[d].assume_init() }
+    }
 }
 
 /// Writer-side state of the tree (lives under the mmap write lock; Linux: the
@@ -1114,26 +1159,20 @@ impl TreeWriter {
     }
 
     /// Walk from the root to the slot covering `idx`, recording the path.
-    fn walk(&self, idx: usize) -> Path {
-        let mut path = Path {
-            lv: [Level {
-                node: ptr::null_mut(),
-                off: 0,
-                min: 0,
-                max: 0,
-            }; MAX_H],
-        };
+    fn walk(&self, idx: usize, path: &mut Path) {
+        assert!(self.height <= MAX_H, "VMA tree too high");
+        path.height = self.height;
         let (mut p, mut min, mut max) = (self.work, 0, MAX);
         for l in path.lv[..self.height].iter_mut() {
             // SAFETY: the writer's root and its descendants are live nodes.
             let n = unsafe { &*p };
             let i = n.offset_of(idx);
-            *l = Level {
+            *l = MaybeUninit::new(Level {
                 node: p,
                 off: i,
                 min,
                 max,
-            };
+            });
             let (a, b) = (n.start(i, min), n.end(i, max));
             min = a;
             max = b;
@@ -1143,7 +1182,6 @@ impl TreeWriter {
                 n.child(i)
             };
         }
-        path
     }
 
     /// Store `items` (ends and values, covering `[start, end)` in order) over whatever
@@ -1192,21 +1230,31 @@ impl TreeWriter {
                 });
             }
             big.normalize();
-            if big.n == 1 && big.it[0].val == 0 {
+            if big.n == 1 && big.get(0).val == 0 {
                 return;
             }
-            let r = self.build(true, &big.it[..big.n], 0);
+            let r = self.build(true, big.items(), 0);
             self.set_root(tree, r.val as *mut Node, 1);
             return;
         }
-        let lp = self.walk(start);
-        let rp = self.walk(end - 1);
+        // Filled in place: returning 768-byte paths by value costs copies.
+        let mut lp = Path {
+            lv: [const { MaybeUninit::uninit() }; MAX_H],
+            height: 0,
+        };
+        let mut rp = Path {
+            lv: [const { MaybeUninit::uninit() }; MAX_H],
+            height: 0,
+        };
+        self.walk(start, &mut lp);
+        self.walk(end - 1, &mut rp);
         let h = self.height;
         let mut d = h - 1;
         // The leaf level: the left leaf before `start`, the items, the right leaf
         // after `end`.
-        let mut big = Big::new();
-        let (ll, rl) = (lp.lv[d], rp.lv[d]);
+        let (mut ba, mut bb) = (Big::new(), Big::new());
+        let (mut big, mut up) = (&mut ba, &mut bb);
+        let (ll, rl) = (lp.at(d), rp.at(d));
         // SAFETY: path nodes are live nodes of the tree.
         let (lnode, rnode) = unsafe { (&*ll.node, &*rl.node) };
         big.push_slots(lnode, 0, ll.off, ll.max);
@@ -1232,7 +1280,7 @@ impl TreeWriter {
             } else {
                 (INT_SLOTS, MIN_INT)
             };
-            let (lnode, rnode) = (lp.lv[d].node, rp.lv[d].node);
+            let (lnode, rnode) = (lp.at(d).node, rp.at(d).node);
             self.retire(lnode, false);
             if rnode != lnode {
                 self.retire(rnode, false);
@@ -1241,7 +1289,7 @@ impl TreeWriter {
             let mut left_full = cmax == MAX;
             let (mut pl, mut pr) = (0, 0);
             if d > 0 {
-                let (pa, pb) = (lp.lv[d - 1], rp.lv[d - 1]);
+                let (pa, pb) = (lp.at(d - 1), rp.at(d - 1));
                 // SAFETY: live path nodes.
                 let (pln, prn) = unsafe { (&*pa.node, &*pb.node) };
                 (pl, pr) = (pa.off, pb.off);
@@ -1294,7 +1342,7 @@ impl TreeWriter {
                     big.n / parts + usize::from(j < big.n % parts)
                 };
                 let (x, y) = (at, at + take);
-                *o = self.build(leaf, &big.it[x..y], lo);
+                *o = self.build(leaf, &big.items()[x..y], lo);
                 lo = o.end;
                 at = y;
             }
@@ -1328,7 +1376,7 @@ impl TreeWriter {
                 self.set_root(tree, r, height);
                 return;
             }
-            let (pa, pb) = (lp.lv[d - 1], rp.lv[d - 1]);
+            let (pa, pb) = (lp.at(d - 1), rp.at(d - 1));
             if parts == 1 && pa.node == pb.node && pl == pr {
                 // One node for one node: publish it with one store into the parent's
                 // slot, then fix the gaps above in place.
@@ -1341,10 +1389,10 @@ impl TreeWriter {
             }
             // The parent level changes: rebuild it around the new nodes, cutting out
             // the children between the boundary ones.
-            let (lnode, rnode) = (lp.lv[d].node, rp.lv[d].node);
+            let (lnode, rnode) = (lp.at(d).node, rp.at(d).node);
             // SAFETY: live path nodes.
             let (pln, prn) = unsafe { (&*pa.node, &*pb.node) };
-            let mut up = Big::new();
+            up.n = 0;
             up.push_slots(pln, 0, pl, pa.max);
             for x in &out[..parts] {
                 up.push(*x);
@@ -1372,7 +1420,7 @@ impl TreeWriter {
                 }
             }
             up.push_slots(prn, pr + 1, prn.len(), pb.max);
-            big = up;
+            core::mem::swap(&mut big, &mut up);
             cmin = pa.min;
             cmax = pb.max;
             d -= 1;
@@ -1384,7 +1432,7 @@ impl TreeWriter {
     /// `mas_update_gap`). In place: see the module doc for why readers allow it.
     fn update_gap(&mut self, path: &Path, mut d: usize, mut g: usize) {
         loop {
-            let l = path.lv[d];
+            let l = path.at(d);
             // SAFETY: a live node of the tree; gaps are atomics.
             let n = unsafe { &*l.node };
             if n.gap(l.off) == g {
@@ -1518,7 +1566,11 @@ impl TreeWriter {
                 self.retired.push((n, tag));
             }
         }
-        self.reclaim();
+        // Reclaiming scans every reader slot: do it once a few dozen nodes wait, or
+        // when the reservation cache runs low.
+        if self.retired.len() >= 32 || self.cached < 16 {
+            self.reclaim();
+        }
     }
 
     /// Free a retired node, or a whole retired subtree.
