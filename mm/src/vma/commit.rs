@@ -171,9 +171,67 @@ impl MmWriteGuard<'_> {
         };
         let mm = self.mm;
         let mut vmi = VmaIterator::new(0);
-        for &v in removes {
-            vmi.set(v.start());
-            vmi.clear(&mm.tree, &mut self.inner().tw);
+        // The whole change as one store when the VMAs involved are all the tree holds
+        // around it (a merge or split always: its VMAs are neighbours): the new ranges
+        // over the span of the old and new ones (Linux: `commit_merge` and
+        // `__split_vma` store the new layout over the old with one `vma_iter_store`).
+        let any = updates
+            .first()
+            .map(|u| u.0)
+            .or(insert)
+            .or(removes.first().copied());
+        let one = if let Some(any) = any
+            && insert.is_some() as usize + updates.len() <= 4
+        {
+            let mut new = [(0, 0, any); 4];
+            let mut k = 0;
+            for &(v, s, e, _) in updates {
+                new[k] = (s, e, v);
+                k += 1;
+            }
+            if let Some(v) = insert {
+                new[k] = (v.start(), v.end(), v);
+                k += 1;
+            }
+            let olds = updates.iter().map(|u| u.0).chain(removes.iter().copied());
+            let lo = olds
+                .clone()
+                .map(|v| v.start())
+                .chain(new[..k].iter().map(|n| n.0))
+                .min();
+            let hi = olds
+                .clone()
+                .map(|v| v.end())
+                .chain(new[..k].iter().map(|n| n.1))
+                .max();
+            match (lo, hi) {
+                (Some(lo), Some(hi)) => {
+                    if let Some(v) = insert {
+                        // Attached before the store publishes it (`vma_iter_store_new`).
+                        lock::vma_mark_attached(v);
+                    }
+                    let ok = self.inner().tw.store_layout(
+                        &mm.tree,
+                        lo,
+                        hi,
+                        &mut new[..k],
+                        updates.len() + removes.len(),
+                    );
+                    if !ok && let Some(v) = insert {
+                        lock::vma_mark_detached(v);
+                    }
+                    ok
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if !one {
+            for &v in removes {
+                vmi.set(v.start());
+                vmi.clear(&mm.tree, &mut self.inner().tw);
+            }
         }
         // An update whose new range only takes space that is free in the tree (or its
         // own) is stored over in place, one walk; the others leave and come back, as
@@ -181,6 +239,9 @@ impl MmWriteGuard<'_> {
         let mut moved = [false; 4];
         debug_assert!(updates.len() <= moved.len(), "commit: too many updates");
         for (k, &(v, s, e, _)) in updates.iter().enumerate() {
+            if one {
+                continue;
+            }
             vmi.set(v.start());
             moved[k] =
                 k >= moved.len() || !vmi.store_changed(&mm.tree, &mut self.inner().tw, s, e, v);
@@ -208,7 +269,7 @@ impl MmWriteGuard<'_> {
                 vmi.store(&mm.tree, &mut self.inner().tw, s, e, v);
             }
         }
-        if let Some(v) = insert {
+        if let Some(v) = insert.filter(|_| !one) {
             // Attached before the store publishes it (Linux: `vma_iter_store_new`).
             lock::vma_mark_attached(v);
             vmi.set(v.start());

@@ -215,8 +215,8 @@ struct Item {
 }
 
 /// Entries a level being rebuilt can hold: two boundary nodes' worth and the new
-/// items (35 at most in a leaf), or one node and a sibling (32).
-const BIG: usize = 40;
+/// items (41 at most in a leaf), or one node and a sibling (32).
+const BIG: usize = 48;
 
 /// The entries of a level being rebuilt (Linux: `struct maple_big_node`). Only the
 /// first `n` are initialised (not zeroing 1 KiB per level matters here).
@@ -1188,7 +1188,7 @@ impl TreeWriter {
     /// the tree holds there, publishing the change as it goes. Linux: `mas_store`
     /// (`mas_wr_store_entry`: node store, split, rebalance or spanning store).
     fn store(&mut self, tree: &VmaTree, mut start: usize, items_in: &[Item]) {
-        let mut items = [Item::default(); 3];
+        let mut items = [Item::default(); 2 * 4 + 1];
         let k = items_in.len();
         items[..k].copy_from_slice(items_in);
         let mut end = items[k - 1].end;
@@ -1512,6 +1512,57 @@ impl TreeWriter {
             k += 1;
         }
         self.store(tree, us, &items[..k]);
+        true
+    }
+
+    /// Store the layout `new` (VMA ranges, in any order) over `[lo, hi)`, NULL
+    /// between them, with one store, if the tree holds exactly `old` VMAs meeting
+    /// `[lo, hi)` (those the layout replaces: the caller's updated and removed VMAs)
+    /// and the new ranges lie inside it without overlapping; returns false, changing
+    /// nothing, otherwise. Linux: the `vma_iter_store` of `commit_merge`.
+    pub(super) fn store_layout(
+        &mut self,
+        tree: &VmaTree,
+        lo: usize,
+        hi: usize,
+        new: &mut [(usize, usize, VmaRef)],
+        old: usize,
+    ) -> bool {
+        new.sort_unstable_by_key(|n| n.0);
+        let mut at = lo;
+        for n in new.iter() {
+            if n.0 < at || n.0 >= n.1 || n.1 > hi {
+                return false;
+            }
+            at = n.1;
+        }
+        let mut seen = 0;
+        self.view().for_each_in(lo, hi, &mut |_| seen += 1);
+        if seen != old {
+            return false;
+        }
+        let mut items = [Item::default(); 2 * 4 + 1];
+        let mut k = 0;
+        let mut at = lo;
+        for n in new.iter() {
+            if at < n.0 {
+                items[k].end = n.0;
+                k += 1;
+            }
+            items[k] = Item {
+                end: n.1,
+                val: n.2 as *const Vma as usize,
+                gap: 0,
+            };
+            k += 1;
+            at = n.1;
+        }
+        if at < hi {
+            items[k].end = hi;
+            k += 1;
+        }
+        self.store(tree, lo, &items[..k]);
+        self.count = self.count + new.len() - old;
         true
     }
 
