@@ -61,8 +61,11 @@
 //! and inserts another) a reader may see the first change without the second, as in
 //! Linux; the VMA write locks and `lock_vma_under_rcu`'s range re-check cover that.
 //! Replaced nodes are retired and freed after an RCU grace period (`retire` /
-//! `reclaim`, the one place that knows about [`super::rcu`]); a subtree cut out whole
-//! is retired as one item and freed by walking it then.
+//! `reclaim`, the one place that knows about [`super::rcu`]; `publish` tags them with
+//! the epoch and reclaims once a few dozen wait); a subtree cut out whole is retired
+//! as one item and freed by walking it then. The engine's commit of a merge or split
+//! is one store of the new layout over the old (`TreeWriter::store_layout`), as
+//! Linux's `commit_merge` is one `vma_iter_store`.
 //!
 //! **Preallocation by height** (Linux: `mas_preallocate`, `vma_iter_prealloc`). A
 //! store allocates at most three nodes per level of the tree (both boundary leaves of
