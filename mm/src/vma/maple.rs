@@ -1620,8 +1620,9 @@ impl TreeWriter {
                 self.retired.push((n, tag));
             }
         }
-        // Reclaiming scans every reader slot: do it once a few dozen nodes wait.
-        if self.retired.len() >= 32 {
+        // Reclaiming scans every reader slot: do it once a few dozen nodes wait, or
+        // when the reservation cache runs low.
+        if self.retired.len() >= 32 || self.cached < 16 {
             self.reclaim();
         }
     }
