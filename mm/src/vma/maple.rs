@@ -62,7 +62,8 @@
 //! Linux; the VMA write locks and `lock_vma_under_rcu`'s range re-check cover that.
 //! Replaced nodes are retired and freed after an RCU grace period (`retire` /
 //! `reclaim`, the one place that knows about [`super::rcu`]; `publish` tags them with
-//! the epoch and reclaims once a few dozen wait); a subtree cut out whole is retired
+//! the epoch and reclaims once a few dozen wait or its node cache runs low); a subtree
+//! cut out whole is retired
 //! as one item and freed by walking it then. The engine's commit of a merge or split
 //! is one store of the new layout over the old (`TreeWriter::store_layout`), as
 //! Linux's `commit_merge` is one `vma_iter_store`.
