@@ -77,9 +77,9 @@
 //! succeeds the batch cannot fail, so an allocation failure leaves the tree and every
 //! VMA untouched. `fail_prealloc` injects that failure (`fault-inject` feature only).
 //!
-//! **The cursor** ([`MaState`], Linux's `ma_state`) remembers the path to its leaf and
-//! its offset there: stepping to the next or previous entry stays in the leaf and
-//! climbs only at a leaf boundary. It is only kept across calls on a stable view (the
+//! **The cursor** ([`MaState`], Linux's `ma_state`) remembers its leaf and the leaf's
+//! bounds: stepping to the next or previous entry stays in the leaf and walks from the
+//! root only at a leaf boundary. It is only kept across calls on a stable view (the
 //! mmap lock held) of the same tree version; otherwise it walks from the root.
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
@@ -109,8 +109,6 @@ const MAX: usize = usize::MAX;
 /// Deepest tree the writer's path arrays hold (10-ary internal nodes: far above any
 /// reachable height).
 const MAX_H: usize = 24;
-/// Levels a cursor caches; a taller tree is walked from the root each time.
-const MAS_H: usize = 8;
 /// Free nodes kept per address space after reclamation (an intrusive list: no heap).
 const NODE_CACHE_CAP: usize = 256;
 /// Bit 0 of a retired pointer: the whole subtree below it is retired.
@@ -325,8 +323,23 @@ impl Big {
     }
 }
 
+/// Merge adjacent NULL ranges of a leaf's items in place; returns the new count.
+fn normalize(it: &mut [Item]) -> usize {
+    let mut out = 0;
+    for i in 0..it.len() {
+        let x = it[i];
+        if out > 0 && x.val == 0 && it[out - 1].val == 0 {
+            it[out - 1].end = x.end;
+        } else {
+            it[out] = x;
+            out += 1;
+        }
+    }
+    out
+}
+
 /// The published root, shared with lock-free readers (Linux: `mm->mm_mt.ma_root`),
-/// and the tree's version (bumped by every store: a cursor's cached path is valid only
+/// and the tree's version (bumped by every store: a cursor's cached leaf is valid only
 /// for the version it was made on).
 pub(super) struct VmaTree {
     root: AtomicPtr<Node>,
@@ -370,7 +383,7 @@ pub struct TreeView<'a> {
     root: *const Node,
     seq: u64,
     /// No writer can run while the view lives (mmap lock or the writer's own view):
-    /// a cursor may keep its path across calls.
+    /// a cursor may keep its leaf across calls.
     stable: bool,
     _p: PhantomData<&'a Node>,
 }
@@ -847,79 +860,59 @@ fn align_up(x: usize, align: usize) -> Option<usize> {
 
 // ---- the cursor -----------------------------------------------------------------
 
-/// One level of a cursor's path: node, offset in it, the node's bounds.
+/// A cursor into the tree (Linux: `struct ma_state`): the leaf it last visited with
+/// its bounds and the slot there, kept across calls while the tree version is
+/// unchanged, so stepping to a neighbouring entry reads the leaf it is in and walks
+/// from the root only when it leaves that leaf (Linux: `mas_next_slot` /
+/// `mas_prev_slot`; Linux climbs through parent pointers, which our nodes do not have,
+/// so a leaf boundary costs a walk: one in eight entries). Pointers are kept as
+/// integers: the cursor is only dereferenced through a [`TreeView`] it matches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct MaLevel {
-    node: usize,
-    off: usize,
+pub struct MaState {
+    /// Root and version the leaf belongs to (`leaf == 0`: no leaf).
+    root: usize,
+    seq: u64,
+    leaf: usize,
     min: usize,
     max: usize,
 }
 
-/// A cursor into the tree (Linux: `struct ma_state`): the path from the root to a
-/// leaf slot, kept across calls while the tree version is unchanged, so stepping to a
-/// neighbouring entry reads the leaf it is in and climbs only when it leaves that leaf
-/// (Linux: `mas_next_slot` / `mas_prev_slot`, `mas_ascend`). Pointers are kept as
-/// integers: the cursor is only dereferenced through a [`TreeView`] it matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MaState {
-    /// Root and version the path belongs to (`depth == 0`: no path).
-    root: usize,
-    seq: u64,
-    depth: usize,
-    lv: [MaLevel; MAS_H],
-}
-
 impl MaState {
-    /// Forget the path (Linux: `mas_reset`).
+    /// Forget the leaf (Linux: `mas_reset`).
     pub fn reset(&mut self) {
-        self.depth = 0;
+        self.leaf = 0;
     }
 
     /// Position on the slot covering `idx` of `v`; `None` for an empty tree. Reuses the
-    /// path when it belongs to `v`: from the leaf if `idx` is inside it, else from the
-    /// lowest ancestor covering `idx`.
+    /// leaf when it belongs to `v` and covers `idx`.
+    #[inline]
     fn seek<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<Pos<'a>> {
-        let valid = v.stable && self.depth > 0 && self.root == v.root as usize && self.seq == v.seq;
-        let mut d = if valid { self.depth } else { 0 };
-        // Climb to the lowest cached level that covers `idx`.
-        while d > 0 && !(self.lv[d - 1].min <= idx && idx < self.lv[d - 1].max) {
-            d -= 1;
+        if self.leaf != 0
+            && v.stable
+            && self.root == v.root as usize
+            && self.seq == v.seq
+            && self.min <= idx
+            && idx < self.max
+        {
+            let n = v.node(self.leaf as *const Node)?;
+            return Some(Pos {
+                n,
+                off: n.search::<LEAF_SLOTS>(idx),
+                min: self.min,
+                max: self.max,
+            });
         }
-        let (mut n, mut min, mut max) = if d == 0 {
-            (v.node(v.root)?, 0, MAX)
-        } else {
-            let l = self.lv[d - 1];
-            d -= 1;
-            (v.node(l.node as *const Node)?, l.min, l.max)
-        };
-        self.root = v.root as usize;
-        self.seq = v.seq;
-        loop {
-            let i = n.offset_of(idx);
-            if d < MAS_H {
-                self.lv[d] = MaLevel {
-                    node: n as *const Node as usize,
-                    off: i,
-                    min,
-                    max,
-                };
-            }
-            d += 1;
-            if n.is_leaf() {
-                self.depth = if v.stable && d <= MAS_H { d } else { 0 };
-                return Some(Pos {
-                    n,
-                    off: i,
-                    min,
-                    max,
-                });
-            }
-            let (a, b) = (n.start(i, min), n.end(i, max));
-            min = a;
-            max = b;
-            n = v.node(n.child(i))?;
+        let p = v.walk(idx)?;
+        if v.stable {
+            *self = MaState {
+                root: v.root as usize,
+                seq: v.seq,
+                leaf: p.n as *const Node as usize,
+                min: p.min,
+                max: p.max,
+            };
         }
+        Some(p)
     }
 
     /// Lowest VMA ending above `idx` (Linux: `mas_find`).
@@ -930,9 +923,6 @@ impl MaState {
         }
         if p.off + 1 < p.n.len() {
             // The next slot of the same leaf.
-            if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
-                l.off = p.off + 1;
-            }
             return Pos {
                 off: p.off + 1,
                 ..p
@@ -952,9 +942,6 @@ impl MaState {
             return p.entry();
         }
         if p.off > 0 {
-            if let Some(l) = self.depth.checked_sub(1).map(|d| &mut self.lv[d]) {
-                l.off = p.off - 1;
-            }
             return Pos {
                 off: p.off - 1,
                 ..p
@@ -1004,6 +991,9 @@ pub(super) struct TreeWriter {
     height: usize,
     /// Tree version, bumped by every store (mirrored in `VmaTree::seq`).
     seq: u64,
+    /// Path of the last `leaf_walk`, current while `path_seq == seq`.
+    path: Path,
+    path_seq: u64,
     /// Free nodes, linked through their first word (no heap bookkeeping).
     cache: *mut Node,
     cached: usize,
@@ -1040,6 +1030,11 @@ impl TreeWriter {
             work: ptr::null_mut(),
             height: 0,
             seq: 0,
+            path: Path {
+                lv: [const { MaybeUninit::uninit() }; MAX_H],
+                height: 0,
+            },
+            path_seq: u64::MAX,
             cache: ptr::null_mut(),
             cached: 0,
             pending: Vec::new(),
@@ -1218,10 +1213,14 @@ impl TreeWriter {
 
     /// Walk from the root to the slot covering `idx`, recording the path.
     fn walk(&self, idx: usize, path: &mut Path) {
-        assert!(self.height <= MAX_H, "VMA tree too high");
-        path.height = self.height;
-        let (mut p, mut min, mut max) = (self.work, 0, MAX);
-        for l in path.lv[..self.height].iter_mut() {
+        Self::walk_from(self.work, self.height, idx, path);
+    }
+
+    fn walk_from(root: *mut Node, height: usize, idx: usize, path: &mut Path) {
+        assert!(height <= MAX_H, "VMA tree too high");
+        path.height = height;
+        let (mut p, mut min, mut max) = (root, 0, MAX);
+        for l in path.lv[..height].iter_mut() {
             // SAFETY: the writer's root and its descendants are live nodes.
             let n = unsafe { &*p };
             let i = n.offset_of(idx);
@@ -1242,10 +1241,113 @@ impl TreeWriter {
         }
     }
 
+    /// The leaf slot covering `idx` in a non-empty tree, with the path to it kept in
+    /// `self.path` (Linux: the writer's `ma_state` after `mas_walk`). The path of the
+    /// previous walk is reused when the tree changed only inside its leaf since (a
+    /// leaf-local store keeps it current) and the leaf covers `idx`: no descent from
+    /// the root for the lookups and the store of one operation.
+    fn leaf_walk(&mut self, idx: usize) -> Level {
+        let h = self.height;
+        debug_assert!(h > 0);
+        if self.path_seq == self.seq && self.path.height == h {
+            let l = self.path.at(h - 1);
+            if l.min <= idx && idx < l.max {
+                // SAFETY: the path is current (same version): a live leaf.
+                let off = unsafe { (*l.node).search::<LEAF_SLOTS>(idx) };
+                let l = Level { off, ..l };
+                self.path.lv[h - 1] = MaybeUninit::new(l);
+                return l;
+            }
+        }
+        Self::walk_from(self.work, h, idx, &mut self.path);
+        self.path_seq = self.seq;
+        self.path.at(h - 1)
+    }
+
+    /// A store that stays inside one leaf: the leaf's entries with `items` over
+    /// `[start, end)` fit in one leaf (no split, no underflow) and no NULL edge of the
+    /// range touches a leaf boundary (where the neighbouring leaf's NULL would have to
+    /// be taken in). One walk (or none: `leaf_walk`), one leaf built with the old one's
+    /// bounds, published with one store of its pointer into the parent's slot (Linux:
+    /// `mas_wr_node_store` / `mas_wr_slot_store` through `mas_wr_store_entry`). Returns
+    /// false, changing nothing, when the store is not leaf-local.
+    fn store_leaf(&mut self, tree: &VmaTree, start: usize, items: &[Item]) -> bool {
+        let k = items.len();
+        let end = items[k - 1].end;
+        let h = self.height;
+        let l = self.leaf_walk(start);
+        if end > l.max
+            || (items[0].val == 0 && start == l.min && l.min > 0)
+            || (items[k - 1].val == 0 && end == l.max && l.max < MAX)
+        {
+            return false;
+        }
+        // SAFETY: a live leaf of the tree (`leaf_walk`).
+        let node = unsafe { &*l.node };
+        let mut buf = [Item::default(); LEAF_SLOTS + 2 * 4 + 1 + 2];
+        let mut n = 0;
+        for i in 0..l.off {
+            buf[n] = node.item(i, l.max);
+            n += 1;
+        }
+        if node.start(l.off, l.min) < start {
+            buf[n] = Item {
+                end: start,
+                val: node.leaf_slot(l.off),
+                gap: 0,
+            };
+            n += 1;
+        }
+        buf[n..n + k].copy_from_slice(items);
+        n += k;
+        let r = node.search::<LEAF_SLOTS>(end - 1);
+        if node.end(r, l.max) > end {
+            buf[n] = node.item(r, l.max);
+            n += 1;
+        }
+        for i in r + 1..node.len() {
+            buf[n] = node.item(i, l.max);
+            n += 1;
+        }
+        let n = normalize(&mut buf[..n]);
+        if n > LEAF_SLOTS || (n < MIN_LEAF && h > 1 && l.max != MAX) {
+            return false;
+        }
+        self.seq += 1;
+        tree.seq.store(self.seq, Ordering::Relaxed);
+        self.retire(l.node, false);
+        if h == 1 && n == 1 && buf[0].val == 0 {
+            // An all-NULL root leaf gives way to the empty tree.
+            self.set_root(tree, ptr::null_mut(), 0);
+            return true;
+        }
+        let new = self.build(true, &buf[..n], l.min);
+        if h == 1 {
+            self.set_root(tree, new.val as *mut Node, 1);
+        } else {
+            let pa = self.path.at(h - 2);
+            // SAFETY: `pa.node` is a live node of the tree; its slot words are atomics.
+            // The new leaf is complete (built above) and covers the old one's range.
+            let parent = unsafe { &*pa.node };
+            parent.w[INT_SLOT0 + pa.off].store(new.val, Ordering::SeqCst);
+            self.update_gap(&self.path, h - 2, new.gap);
+        }
+        // The path stays current: only its leaf changed.
+        self.path.lv[h - 1] = MaybeUninit::new(Level {
+            node: new.val as *mut Node,
+            ..l
+        });
+        self.path_seq = self.seq;
+        true
+    }
+
     /// Store `items` (ends and values, covering `[start, end)` in order) over whatever
     /// the tree holds there, publishing the change as it goes. Linux: `mas_store`
     /// (`mas_wr_store_entry`: node store, split, rebalance or spanning store).
     fn store(&mut self, tree: &VmaTree, mut start: usize, items_in: &[Item]) {
+        if !self.work.is_null() && self.store_leaf(tree, start, items_in) {
+            return;
+        }
         let mut items = [Item::default(); 2 * 4 + 1];
         let k = items_in.len();
         items[..k].copy_from_slice(items_in);
@@ -1488,7 +1590,7 @@ impl TreeWriter {
     /// Child `off` of the node at level `d` of `path` now has gap `g`: store it and
     /// carry the change up while it changes the parent's figure (Linux:
     /// `mas_update_gap`). In place: see the module doc for why readers allow it.
-    fn update_gap(&mut self, path: &Path, mut d: usize, mut g: usize) {
+    fn update_gap(&self, path: &Path, mut d: usize, mut g: usize) {
         loop {
             let l = path.at(d);
             // SAFETY: a live node of the tree; gaps are atomics.
@@ -1542,17 +1644,44 @@ impl TreeWriter {
         vma: VmaRef,
     ) -> bool {
         debug_assert!(start < end);
-        let v = self.view();
-        let Some(e) = v.lookup(old).filter(|e| e.start == old) else {
-            return false;
-        };
-        if v.prev_before(old).is_some_and(|p| p.end > start)
-            || v.find(e.end).is_some_and(|n| n.start < end)
-        {
+        if self.work.is_null() {
             return false;
         }
+        // The VMA and the free space around it, read in its leaf where the leaf
+        // holds its neighbours (NULL ranges never touch, so a NULL neighbour is all
+        // the free space on that side), else from the tree.
+        let l = self.leaf_walk(old);
+        // SAFETY: a live leaf of the tree (`leaf_walk`).
+        let node = unsafe { &*l.node };
+        if node.leaf_slot(l.off) == 0 || node.start(l.off, l.min) != old {
+            return false;
+        }
+        let e_end = node.end(l.off, l.max);
+        let free_lo = match l.off {
+            0 => None,
+            o if node.leaf_slot(o - 1) == 0 => Some(node.start(o - 1, l.min)),
+            _ => Some(old),
+        };
+        let free_hi = match l.off + 1 {
+            o if o >= node.len() => None,
+            o if node.leaf_slot(o) == 0 => Some(node.end(o, l.max)),
+            _ => Some(e_end),
+        };
+        let v = self.view();
+        let lo_ok = match free_lo {
+            Some(f) => start >= f,
+            None => !v.prev_before(old).is_some_and(|p| p.end > start),
+        };
+        let hi_ok = match free_hi {
+            Some(f) => end <= f,
+            None => !v.find(e_end).is_some_and(|n| n.start < end),
+        };
+        if !lo_ok || !hi_ok {
+            return false;
+        }
+        let e = (old, e_end);
         // Everything between the old and new ranges is NULL: store over the union.
-        let (us, ue) = (e.start.min(start), e.end.max(end));
+        let (us, ue) = (e.0.min(start), e.1.max(end));
         let mut items = [Item::default(); 3];
         let mut k = 0;
         if us < start {
@@ -1594,9 +1723,7 @@ impl TreeWriter {
             }
             at = n.1;
         }
-        let mut seen = 0;
-        self.view().for_each_in(lo, hi, &mut |_| seen += 1);
-        if seen != old {
+        if self.vmas_meeting(lo, hi) != old {
             return false;
         }
         let mut items = [Item::default(); 2 * 4 + 1];
@@ -1626,38 +1753,99 @@ impl TreeWriter {
 
     /// Erase the VMA starting at `start`; returns it. Linux: `vma_iter_clear()`.
     pub(super) fn erase(&mut self, tree: &VmaTree, start: usize) -> Option<VmaRef> {
-        let e = self.view().lookup(start).filter(|e| e.start == start);
-        debug_assert!(e.is_some(), "erase of missing VMA tree entry {start:#x}");
-        let e = e?;
+        let found = !self.work.is_null() && {
+            let l = self.leaf_walk(start);
+            // SAFETY: a live leaf of the tree (`leaf_walk`).
+            let node = unsafe { &*l.node };
+            node.leaf_slot(l.off) != 0 && node.start(l.off, l.min) == start
+        };
+        debug_assert!(found, "erase of missing VMA tree entry {start:#x}");
+        if !found {
+            return None;
+        }
+        let l = self.path.at(self.height - 1);
+        // SAFETY: as above.
+        let node = unsafe { &*l.node };
+        let (end, vma) = (node.end(l.off, l.max), vma_of(node.leaf_slot(l.off)));
         self.store(
             tree,
-            e.start,
+            start,
             &[Item {
-                end: e.end,
+                end,
                 ..Item::default()
             }],
         );
         self.count -= 1;
-        Some(e.vma)
+        Some(vma)
+    }
+
+    /// Number of VMAs meeting `[lo, hi)`: counted in the leaf covering `lo` when the
+    /// range ends inside it, else by a walk of the range.
+    fn vmas_meeting(&mut self, lo: usize, hi: usize) -> usize {
+        if self.work.is_null() || lo >= hi {
+            return 0;
+        }
+        let l = self.leaf_walk(lo);
+        if hi <= l.max {
+            // SAFETY: a live leaf of the tree (`leaf_walk`).
+            let node = unsafe { &*l.node };
+            let mut n = 0;
+            let mut i = l.off;
+            while i < node.len() && node.start(i, l.min) < hi {
+                n += usize::from(node.leaf_slot(i) != 0);
+                i += 1;
+            }
+            return n;
+        }
+        let mut n = 0;
+        self.view().for_each_in(lo, hi, &mut |_| n += 1);
+        n
     }
 
     /// Erase every VMA starting in `[start, end)` in one spanning store; returns how
     /// many. Needs [`Self::prealloc_erase_range`]. Linux: `vma_iter_clear_gfp()`.
     pub(super) fn erase_range(&mut self, tree: &VmaTree, start: usize, end: usize) -> usize {
-        let v = self.view();
-        let Some(first) = v.next_from(start).filter(|e| e.start < end) else {
+        if self.work.is_null() || start >= end {
             return 0;
+        }
+        // The first and last VMAs starting in the range, from the leaf covering
+        // `start` when the range ends inside it.
+        let l = self.leaf_walk(start);
+        // SAFETY: a live leaf of the tree (`leaf_walk`).
+        let node = unsafe { &*l.node };
+        let len = node.len();
+        let mut i = l.off + usize::from(node.start(l.off, l.min) < start);
+        if i < len && node.leaf_slot(i) == 0 {
+            i += 1;
+        }
+        let (first, last, n) = if i < len && end <= l.max {
+            let (mut last, mut n, mut j) = (None, 0, i);
+            while j < len && node.start(j, l.min) < end {
+                if node.leaf_slot(j) != 0 {
+                    last = Some(j);
+                    n += 1;
+                }
+                j += 1;
+            }
+            let Some(last) = last else { return 0 };
+            (node.start(i, l.min), node.end(last, l.max), n)
+        } else {
+            let v = self.view();
+            let Some(first) = v.next_from(start).filter(|e| e.start < end) else {
+                return 0;
+            };
+            let Some(last) = v.prev_before(end) else {
+                return 0;
+            };
+            let mut n = 0;
+            v.for_each_in(first.start, last.end, &mut |_| n += 1);
+            (first.start, last.end, n)
         };
-        let Some(last) = v.prev_before(end) else {
-            return 0;
-        };
-        let mut n = 0;
-        v.for_each_in(first.start, last.end, &mut |_| n += 1);
         self.store(
             tree,
-            first.start,
+            first,
             &[Item {
-                end: last.end,
+                end: last,
                 ..Item::default()
             }],
         );
@@ -1762,6 +1950,7 @@ impl TreeWriter {
         }
         self.work = ptr::null_mut();
         self.height = 0;
+        self.path_seq = u64::MAX;
         self.count = 0;
         self.drain_cache();
         let pending: Vec<usize> = core::mem::take(&mut self.pending);

@@ -386,9 +386,9 @@ impl Drop for MmWriteGuard<'_> {
 /// `vma_iter_*` / `vma_next` / `vma_prev` / `vma_find` helpers of `mm/vma.h`).
 ///
 /// `index` is the position (Linux's `mas.index`); the maple state remembers the leaf
-/// and slot it last visited with the path above them, so `next`, `prev` and `find`
-/// step inside the leaf and climb only at a leaf boundary, as Linux's `ma_state` does.
-/// The remembered path is used only while the tree is the one it was made on (the
+/// it last visited and its bounds, so `next`, `prev` and `find` step inside the leaf
+/// and walk from the root only at a leaf boundary, as Linux's `ma_state` does.
+/// The remembered leaf is used only while the tree is the one it was made on (the
 /// same version, under the mmap lock); after any store, or on an RCU view, the next
 /// step walks from the root (Linux: the store leaves the maple state reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -406,7 +406,7 @@ impl VmaIterator {
             mas: MaState::default(),
         }
     }
-    /// Reposition (the path is kept: a nearby position reuses it). Linux:
+    /// Reposition (the leaf is kept: a position inside it reuses it). Linux:
     /// `vma_iter_set()`.
     pub fn set(&mut self, addr: usize) {
         self.index = addr;
