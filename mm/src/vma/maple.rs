@@ -323,21 +323,6 @@ impl Big {
     }
 }
 
-/// Merge adjacent NULL ranges of a leaf's items in place; returns the new count.
-fn normalize(it: &mut [Item]) -> usize {
-    let mut out = 0;
-    for i in 0..it.len() {
-        let x = it[i];
-        if out > 0 && x.val == 0 && it[out - 1].val == 0 {
-            it[out - 1].end = x.end;
-        } else {
-            it[out] = x;
-            out += 1;
-        }
-    }
-    out
-}
-
 /// The published root, shared with lock-free readers (Linux: `mm->mm_mt.ma_root`),
 /// and the tree's version (bumped by every store: a cursor's cached leaf is valid only
 /// for the version it was made on).
@@ -991,8 +976,10 @@ pub(super) struct TreeWriter {
     height: usize,
     /// Tree version, bumped by every store (mirrored in `VmaTree::seq`).
     seq: u64,
-    /// Path of the last `leaf_walk`, current while `path_seq == seq`.
+    /// Path of the last `leaf_walk` and its leaf level (kept apart: a leaf-local
+    /// store changes only it), current while `path_seq == seq`.
     path: Path,
+    leaf: Level,
     path_seq: u64,
     /// Free nodes, linked through their first word (no heap bookkeeping).
     cache: *mut Node,
@@ -1033,6 +1020,12 @@ impl TreeWriter {
             path: Path {
                 lv: [const { MaybeUninit::uninit() }; MAX_H],
                 height: 0,
+            },
+            leaf: Level {
+                node: ptr::null_mut(),
+                off: 0,
+                min: 0,
+                max: 0,
             },
             path_seq: u64::MAX,
             cache: ptr::null_mut(),
@@ -1141,10 +1134,11 @@ impl TreeWriter {
         Ok(())
     }
 
-    /// A node from the reservation, filled with `items` (its lower bound `min` for the
-    /// leaf gap). Returns the node as an item of its parent.
-    fn build(&mut self, leaf: bool, items: &[Item], min: usize) -> Item {
-        let p = if self.cache.is_null() {
+    /// A node from the reservation (its words hold stale integers).
+    #[inline]
+    fn take_node(&mut self) -> *mut Node {
+        self.allocs += 1;
+        if self.cache.is_null() {
             // Only reachable if the `prealloc` bound is wrong: an internal bug.
             debug_assert!(false, "VMA tree preallocation budget exceeded");
             // SAFETY: `NODE` has a non-zero size.
@@ -1160,8 +1154,13 @@ impl TreeWriter {
             self.cache = unsafe { *(p as *mut *mut Node) };
             self.cached -= 1;
             p
-        };
-        self.allocs += 1;
+        }
+    }
+
+    /// A node from the reservation, filled with `items` (its lower bound `min` for the
+    /// leaf gap). Returns the node as an item of its parent.
+    fn build(&mut self, leaf: bool, items: &[Item], min: usize) -> Item {
+        let p = self.take_node();
         let n = items.len();
         debug_assert!(n >= 1 && n <= if leaf { LEAF_SLOTS } else { INT_SLOTS });
         // SAFETY: `p` is allocated with `NODE` and known only to us (from the cache or
@@ -1246,22 +1245,18 @@ impl TreeWriter {
     /// previous walk is reused when the tree changed only inside its leaf since (a
     /// leaf-local store keeps it current) and the leaf covers `idx`: no descent from
     /// the root for the lookups and the store of one operation.
+    #[inline]
     fn leaf_walk(&mut self, idx: usize) -> Level {
-        let h = self.height;
-        debug_assert!(h > 0);
-        if self.path_seq == self.seq && self.path.height == h {
-            let l = self.path.at(h - 1);
-            if l.min <= idx && idx < l.max {
-                // SAFETY: the path is current (same version): a live leaf.
-                let off = unsafe { (*l.node).search::<LEAF_SLOTS>(idx) };
-                let l = Level { off, ..l };
-                self.path.lv[h - 1] = MaybeUninit::new(l);
-                return l;
-            }
+        debug_assert!(self.height > 0);
+        if self.path_seq == self.seq && self.leaf.min <= idx && idx < self.leaf.max {
+            // SAFETY: the path is current (same version): a live leaf.
+            self.leaf.off = unsafe { (*self.leaf.node).search::<LEAF_SLOTS>(idx) };
+            return self.leaf;
         }
-        Self::walk_from(self.work, h, idx, &mut self.path);
+        Self::walk_from(self.work, self.height, idx, &mut self.path);
         self.path_seq = self.seq;
-        self.path.at(h - 1)
+        self.leaf = self.path.at(self.height - 1);
+        self.leaf
     }
 
     /// A store that stays inside one leaf: the leaf's entries with `items` over
@@ -1283,60 +1278,82 @@ impl TreeWriter {
             return false;
         }
         // SAFETY: a live leaf of the tree (`leaf_walk`).
-        let node = unsafe { &*l.node };
-        let mut buf = [Item::default(); LEAF_SLOTS + 2 * 4 + 1 + 2];
-        let mut n = 0;
-        for i in 0..l.off {
-            buf[n] = node.item(i, l.max);
-            n += 1;
-        }
-        if node.start(l.off, l.min) < start {
-            buf[n] = Item {
-                end: start,
-                val: node.leaf_slot(l.off),
-                gap: 0,
-            };
-            n += 1;
-        }
-        buf[n..n + k].copy_from_slice(items);
-        n += k;
-        let r = node.search::<LEAF_SLOTS>(end - 1);
-        if node.end(r, l.max) > end {
-            buf[n] = node.item(r, l.max);
-            n += 1;
-        }
-        for i in r + 1..node.len() {
-            buf[n] = node.item(i, l.max);
-            n += 1;
-        }
-        let n = normalize(&mut buf[..n]);
+        let old = unsafe { &*l.node };
+        let len = old.len();
+        // The new leaf is: the old slots before `start` (`a` of them, the last one cut
+        // at `start` if it reaches past it), the items, the old slots after `end` (the
+        // first one cut at `end`). A NULL item next to a NULL old slot takes it in.
+        let cut_left = old.start(l.off, l.min) < start;
+        let a = l.off + usize::from(cut_left);
+        let r = old.search::<LEAF_SLOTS>(end - 1);
+        let cut_right = old.end(r, l.max) > end;
+        let c0 = if cut_right { r } else { r + 1 };
+        let c = len - c0;
+        let drop_a = a > 0 && items[0].val == 0 && old.leaf_slot(a - 1) == 0;
+        let drop_item = c > 0 && items[k - 1].val == 0 && old.leaf_slot(c0) == 0;
+        let n = a + k + c - usize::from(drop_a) - usize::from(drop_item);
         if n > LEAF_SLOTS || (n < MIN_LEAF && h > 1 && l.max != MAX) {
             return false;
         }
         self.seq += 1;
         tree.seq.store(self.seq, Ordering::Relaxed);
         self.retire(l.node, false);
-        if h == 1 && n == 1 && buf[0].val == 0 {
+        if h == 1 && n == 1 && items[0].val == 0 {
             // An all-NULL root leaf gives way to the empty tree.
             self.set_root(tree, ptr::null_mut(), 0);
             return true;
         }
-        let new = self.build(true, &buf[..n], l.min);
+        let p = self.take_node();
+        // SAFETY: `p` is ours alone until published below; its words are atomics.
+        let new = unsafe { &*p };
+        let mut j = 0;
+        let mut put = |e: usize, v: usize| {
+            if j + 1 < LEAF_SLOTS {
+                new.w[j].store(e, Ordering::Relaxed);
+            }
+            new.w[LEAF_SLOT0 + j].store(v, Ordering::Relaxed);
+            j += 1;
+        };
+        for i in 0..a - usize::from(drop_a) {
+            if i < l.off {
+                put(old.piv(i), old.leaf_slot(i));
+            } else {
+                put(start, old.leaf_slot(i));
+            }
+        }
+        for x in &items[..k - usize::from(drop_item)] {
+            put(x.end, x.val);
+        }
+        for i in c0..len {
+            put(old.end(i, l.max), old.leaf_slot(i));
+        }
+        debug_assert_eq!(j, n);
+        for i in n..LEAF_SLOTS - 1 {
+            new.w[i].store(MAX, Ordering::Relaxed);
+        }
+        // SAFETY: as above: not yet published.
+        unsafe { (*p).meta = n as u64 | LEAF_BIT };
+        let mut gap = 0;
+        let mut prev = l.min;
+        for i in 0..n {
+            let e = new.end(i, l.max);
+            if new.leaf_slot(i) == 0 {
+                gap = gap.max(e - prev);
+            }
+            prev = e;
+        }
         if h == 1 {
-            self.set_root(tree, new.val as *mut Node, 1);
+            self.set_root(tree, p, 1);
         } else {
             let pa = self.path.at(h - 2);
             // SAFETY: `pa.node` is a live node of the tree; its slot words are atomics.
             // The new leaf is complete (built above) and covers the old one's range.
             let parent = unsafe { &*pa.node };
-            parent.w[INT_SLOT0 + pa.off].store(new.val, Ordering::SeqCst);
-            self.update_gap(&self.path, h - 2, new.gap);
+            parent.w[INT_SLOT0 + pa.off].store(p as usize, Ordering::SeqCst);
+            self.update_gap(&self.path, h - 2, gap);
         }
         // The path stays current: only its leaf changed.
-        self.path.lv[h - 1] = MaybeUninit::new(Level {
-            node: new.val as *mut Node,
-            ..l
-        });
+        self.leaf.node = p;
         self.path_seq = self.seq;
         true
     }
@@ -1763,7 +1780,7 @@ impl TreeWriter {
         if !found {
             return None;
         }
-        let l = self.path.at(self.height - 1);
+        let l = self.leaf;
         // SAFETY: as above.
         let node = unsafe { &*l.node };
         let (end, vma) = (node.end(l.off, l.max), vma_of(node.leaf_slot(l.off)));
