@@ -319,35 +319,44 @@ impl MmWriteGuard<'_> {
         let Some(first) = self.find_vma_intersection(start, end) else {
             return Ok(DetachedVmas { vmas: list });
         };
-        // mseal: refuse before changing anything.
+        // mseal: refuse before changing anything. The same pass gathers the VMAs,
+        // which stand unless a boundary VMA is split below.
         {
             let v = self.view();
             let mut sealed = false;
             let mut it = VmaIterator::new(start);
             while let Some(x) = it.find(&v, end) {
                 sealed |= x.flags().contains(VmFlags::SEALED);
+                list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+                list.push(x);
             }
             if sealed {
                 return Err(Errno::EPERM);
             }
         }
+        let mut split = false;
         if first.start() < start {
             // A hole inside one VMA adds one VMA net.
             if end < first.end() && self.map_count() >= self.max_map_count() {
                 return Err(Errno::ENOMEM);
             }
             self.__split_vma(first, start, true)?;
+            split = true;
         }
         if let Some(last) = self.find_vma_intersection(end - 1, end)
             && last.end() > end
         {
             self.__split_vma(last, end, false)?;
+            split = true;
         }
-        let v = self.view();
-        let mut it = VmaIterator::new(start);
-        while let Some(x) = it.find(&v, end) {
-            list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
-            list.push(x);
+        if split {
+            list.clear();
+            let v = self.view();
+            let mut it = VmaIterator::new(start);
+            while let Some(x) = it.find(&v, end) {
+                list.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+                list.push(x);
+            }
         }
         self.detach_listed(list)
     }

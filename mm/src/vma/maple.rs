@@ -1306,26 +1306,30 @@ impl TreeWriter {
         let p = self.take_node();
         // SAFETY: `p` is ours alone until published below; its words are atomics.
         let new = unsafe { &*p };
-        let mut j = 0;
-        let mut put = |e: usize, v: usize| {
+        let put = |j: usize, e: usize, v: usize| {
             if j + 1 < LEAF_SLOTS {
                 new.w[j].store(e, Ordering::Relaxed);
             }
             new.w[LEAF_SLOT0 + j].store(v, Ordering::Relaxed);
-            j += 1;
         };
-        for i in 0..a - usize::from(drop_a) {
-            if i < l.off {
-                put(old.piv(i), old.leaf_slot(i));
-            } else {
-                put(start, old.leaf_slot(i));
-            }
+        // The old slots before the cut one keep their words and places.
+        let keep = l.off.min(a - usize::from(drop_a));
+        for i in 0..keep {
+            new.w[i].store(old.piv(i), Ordering::Relaxed);
+            new.w[LEAF_SLOT0 + i].store(old.leaf_slot(i), Ordering::Relaxed);
+        }
+        let mut j = keep;
+        if cut_left && !drop_a {
+            put(j, start, old.leaf_slot(l.off));
+            j += 1;
         }
         for x in &items[..k - usize::from(drop_item)] {
-            put(x.end, x.val);
+            put(j, x.end, x.val);
+            j += 1;
         }
         for i in c0..len {
-            put(old.end(i, l.max), old.leaf_slot(i));
+            put(j, old.end(i, l.max), old.leaf_slot(i));
+            j += 1;
         }
         debug_assert_eq!(j, n);
         for i in n..LEAF_SLOTS - 1 {
@@ -1333,15 +1337,6 @@ impl TreeWriter {
         }
         // SAFETY: as above: not yet published.
         unsafe { (*p).meta = n as u64 | LEAF_BIT };
-        let mut gap = 0;
-        let mut prev = l.min;
-        for i in 0..n {
-            let e = new.end(i, l.max);
-            if new.leaf_slot(i) == 0 {
-                gap = gap.max(e - prev);
-            }
-            prev = e;
-        }
         if h == 1 {
             self.set_root(tree, p, 1);
         } else {
@@ -1350,6 +1345,16 @@ impl TreeWriter {
             // The new leaf is complete (built above) and covers the old one's range.
             let parent = unsafe { &*pa.node };
             parent.w[INT_SLOT0 + pa.off].store(p as usize, Ordering::SeqCst);
+            // The leaf's largest NULL range, for the gaps above (a root leaf has
+            // no parent to tell).
+            let (mut prev, mut gap) = (l.min, 0);
+            for i in 0..n {
+                let e = new.end(i, l.max);
+                if new.leaf_slot(i) == 0 {
+                    gap = gap.max(e - prev);
+                }
+                prev = e;
+            }
             self.update_gap(&self.path, h - 2, gap);
         }
         // The path stays current: only its leaf changed.
