@@ -1366,10 +1366,19 @@ impl TreeWriter {
     /// Store `items` (ends and values, covering `[start, end)` in order) over whatever
     /// the tree holds there, publishing the change as it goes. Linux: `mas_store`
     /// (`mas_wr_store_entry`: node store, split, rebalance or spanning store).
-    fn store(&mut self, tree: &VmaTree, mut start: usize, items_in: &[Item]) {
+    #[inline]
+    fn store(&mut self, tree: &VmaTree, start: usize, items_in: &[Item]) {
         if !self.work.is_null() && self.store_leaf(tree, start, items_in) {
             return;
         }
+        self.store_nodes(tree, start, items_in);
+    }
+
+    /// The stores that change more than one leaf's contents (split, rebalance,
+    /// spanning store, first root). Kept out of line: its kilobytes of level buffers
+    /// would otherwise be set up on every leaf-local store's stack.
+    #[inline(never)]
+    fn store_nodes(&mut self, tree: &VmaTree, mut start: usize, items_in: &[Item]) {
         let mut items = [Item::default(); 2 * 4 + 1];
         let k = items_in.len();
         items[..k].copy_from_slice(items_in);
