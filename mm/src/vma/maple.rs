@@ -997,6 +997,11 @@ pub(super) struct TreeWriter {
     /// `fail_prealloc`). Stays set until cleared.
     #[cfg(feature = "fault-inject")]
     pub(super) fail_prealloc: bool,
+    /// Fault injection: keep no free nodes between batches (set by `shrink_caches`),
+    /// so every batch allocates its reservation from the heap, as every Linux store
+    /// does from its slab.
+    #[cfg(feature = "fault-inject")]
+    uncached: bool,
 }
 
 // SAFETY: the raw pointers are nodes the writer owns (cached, pending or retired: no
@@ -1036,6 +1041,8 @@ impl TreeWriter {
             allocs: 0,
             #[cfg(feature = "fault-inject")]
             fail_prealloc: false,
+            #[cfg(feature = "fault-inject")]
+            uncached: false,
         }
     }
 
@@ -1075,10 +1082,14 @@ impl TreeWriter {
     }
 
     /// Frees the cached nodes and the spare capacity of the bookkeeping vectors
-    /// (outside a batch: nothing pending). Retired nodes still waiting for readers stay.
+    /// (outside a batch: nothing pending), and from then on keeps no free node between
+    /// batches: what a batch leaves of its reservation, and every node reclaimed, goes
+    /// back to the heap at `publish` (Linux: `mas_destroy` frees the unused
+    /// preallocation). Retired nodes still waiting for readers stay.
     #[cfg(feature = "fault-inject")]
     pub(super) fn shrink_caches(&mut self) {
         debug_assert!(self.pending.is_empty(), "shrink inside a batch");
+        self.uncached = true;
         self.drain_cache();
         self.pending = Vec::new();
         if self.retired.is_empty() {
@@ -1894,10 +1905,16 @@ impl TreeWriter {
                 self.retired.push((n, tag));
             }
         }
-        // Reclaiming scans every reader slot: do it once a few dozen nodes wait, or
-        // when the reservation cache runs low.
-        if self.retired.len() >= 32 || self.cached < 16 {
+        // Reclaiming scans every reader slot: do it once a few dozen nodes wait (the
+        // node cache then refills by dozens; `reserve` tops it up from the heap
+        // meanwhile).
+        if self.retired.len() >= 32 {
             self.reclaim();
+        }
+        #[cfg(feature = "fault-inject")]
+        if self.uncached {
+            self.reclaim();
+            self.drain_cache();
         }
     }
 
