@@ -185,25 +185,21 @@ impl MmWriteGuard<'_> {
         {
             let mut new = [(0, 0, any); 4];
             let mut k = 0;
+            let (mut lo, mut hi) = (usize::MAX, 0);
             for &(v, s, e, _) in updates {
                 new[k] = (s, e, v);
                 k += 1;
+                (lo, hi) = (lo.min(s).min(v.start()), hi.max(e).max(v.end()));
             }
             if let Some(v) = insert {
                 new[k] = (v.start(), v.end(), v);
                 k += 1;
+                (lo, hi) = (lo.min(v.start()), hi.max(v.end()));
             }
-            let olds = updates.iter().map(|u| u.0).chain(removes.iter().copied());
-            let lo = olds
-                .clone()
-                .map(|v| v.start())
-                .chain(new[..k].iter().map(|n| n.0))
-                .min();
-            let hi = olds
-                .clone()
-                .map(|v| v.end())
-                .chain(new[..k].iter().map(|n| n.1))
-                .max();
+            for &v in removes {
+                (lo, hi) = (lo.min(v.start()), hi.max(v.end()));
+            }
+            let (lo, hi) = if lo < hi { (Some(lo), Some(hi)) } else { (None, None) };
             match (lo, hi) {
                 (Some(lo), Some(hi)) => {
                     if let Some(v) = insert {

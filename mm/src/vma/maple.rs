@@ -1343,8 +1343,12 @@ impl TreeWriter {
             j += 1;
         }
         debug_assert_eq!(j, n);
-        for i in n..LEAF_SLOTS - 1 {
-            new.w[i].store(MAX, Ordering::Relaxed);
+        // The unused pivot words (a fixed-size unrolled fill is cheaper than a loop
+        // over the ones left).
+        for (i, w) in new.w[..LEAF_SLOTS - 1].iter().enumerate() {
+            if i >= n {
+                w.store(MAX, Ordering::Relaxed);
+            }
         }
         // SAFETY: as above: not yet published.
         unsafe { (*p).meta = n as u64 | LEAF_BIT };
