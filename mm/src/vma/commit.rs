@@ -374,8 +374,7 @@ impl MmWriteGuard<'_> {
         let mm = self.mm;
         let inner = self.inner();
         let mut vmi = VmaIterator::new(start);
-        let removed = vmi.clear_range(&mm.tree, &mut inner.tw, start, end);
-        debug_assert_eq!(removed, list.len(), "munmap: the range holds other VMAs");
+        vmi.clear_span(&mm.tree, &mut inner.tw, start, end, list.len());
         inner.tw.publish(&mm.tree);
         for &x in &list {
             lock::vma_mark_detached(x);

@@ -1850,6 +1850,9 @@ impl TreeWriter {
 
     /// Erase every VMA starting in `[start, end)` in one spanning store; returns how
     /// many. Needs [`Self::prealloc_erase_range`]. Linux: `vma_iter_clear_gfp()`.
+    /// (The engine erases listed VMAs with [`Self::erase_span`]; the tree's own tests
+    /// drive arbitrary ranges through this.)
+    #[cfg(test)]
     pub(super) fn erase_range(&mut self, tree: &VmaTree, start: usize, end: usize) -> usize {
         if self.work.is_null() || start >= end {
             return 0;
@@ -1897,6 +1900,24 @@ impl TreeWriter {
         );
         self.count -= n;
         n
+    }
+
+    /// Erase the `n` VMAs that exactly fill `[start, end)` (the first starts at
+    /// `start`, the last ends at `end`: the caller has them listed) in one store, with
+    /// no walk to find or count them. Needs [`Self::prealloc_erase_range`]. Linux: the
+    /// `vma_iter_clear_gfp()` of `vms_complete_munmap_vmas`, over the gathered range.
+    pub(super) fn erase_span(&mut self, tree: &VmaTree, start: usize, end: usize, n: usize) {
+        debug_assert!(start < end && n > 0);
+        debug_assert_eq!(self.vmas_meeting(start, end), n, "erase_span: other VMAs");
+        self.store(
+            tree,
+            start,
+            &[Item {
+                end,
+                ..Item::default()
+            }],
+        );
+        self.count -= n;
     }
 
     /// End a batch: retire the nodes it unlinked and reclaim those whose grace period

@@ -469,20 +469,20 @@ impl VmaIterator {
         self.mas.reset();
         tw.erase(tree, self.index)
     }
-    /// Erase every VMA starting in `[start, end)` with one store, inside a batch
-    /// preallocated with `prealloc_erase_range`; returns how many; moves to `end`.
-    /// Linux: `vma_iter_clear_gfp(vmi, start, end)`.
-    pub(super) fn clear_range(
+    /// Erase the `n` VMAs that exactly fill `[start, end)` with one store, inside a
+    /// batch preallocated with `prealloc_erase_range`; moves to `end`. Linux: the
+    /// `vma_iter_clear_gfp()` of `vms_complete_munmap_vmas`.
+    pub(super) fn clear_span(
         &mut self,
         tree: &VmaTree,
         tw: &mut TreeWriter,
         start: usize,
         end: usize,
-    ) -> usize {
-        let n = tw.erase_range(tree, start, end);
+        n: usize,
+    ) {
+        tw.erase_span(tree, start, end, n);
         self.mas.reset();
         self.index = end;
-        n
     }
 }
 
