@@ -426,6 +426,11 @@ impl VmaIterator {
     /// Next VMA ending above the position and starting below `max`; moves to its end.
     /// Linux: `vma_find(vmi, max)`.
     pub fn find(&mut self, v: &TreeView<'_>, max: usize) -> Option<VmaRef> {
+        // Once the position has reached `max`, nothing is left below it (Linux's
+        // `mas_find` returns NULL once the index has passed the limit, with no walk).
+        if self.index >= max {
+            return None;
+        }
         let e = self.mas.find(v, self.index).filter(|e| e.start < max)?;
         self.index = e.end;
         Some(e.vma)
