@@ -199,7 +199,11 @@ impl MmWriteGuard<'_> {
             for &v in removes {
                 (lo, hi) = (lo.min(v.start()), hi.max(v.end()));
             }
-            let (lo, hi) = if lo < hi { (Some(lo), Some(hi)) } else { (None, None) };
+            let (lo, hi) = if lo < hi {
+                (Some(lo), Some(hi))
+            } else {
+                (None, None)
+            };
             match (lo, hi) {
                 (Some(lo), Some(hi)) => {
                     if let Some(v) = insert {

@@ -188,7 +188,11 @@ impl Node {
     /// full node has no pivot for its last slot.
     #[inline]
     fn end(&self, i: usize, max: usize) -> usize {
-        let cap = if self.is_leaf() { LEAF_SLOTS } else { INT_SLOTS };
+        let cap = if self.is_leaf() {
+            LEAF_SLOTS
+        } else {
+            INT_SLOTS
+        };
         if i + 1 < cap { self.piv(i) } else { max }
     }
     /// The slot covering `idx` (which lies inside the node's bounds).
@@ -2251,6 +2255,50 @@ mod tests {
             h.batch(&[(false, k)]);
         }
         assert_eq!(h.tree.view_locked().height(), 0);
+    }
+
+    /// `search` (the binary search every walk makes) against a linear scan, in leaves
+    /// and internal nodes of every fill, at every slot boundary and inside every slot:
+    /// catches a probe off by one and a `build` that leaves a pivot word unwritten
+    /// (a stale word from the node's previous life misleads the search), which is why
+    /// the nodes come dirty from the cache here.
+    #[test]
+    fn search_finds_the_covering_slot_at_every_fill() {
+        let mut tw = TreeWriter::new();
+        for leaf in [true, false] {
+            let cap = if leaf { LEAF_SLOTS } else { INT_SLOTS };
+            for n in 1..=cap {
+                tw.reserve(1, 1).unwrap();
+                // A node from the cache whose words hold stale values (zero: below
+                // every index searched).
+                let p = tw.cache;
+                // SAFETY: a cached node, ours alone; its words are atomics.
+                unsafe { (*p).w.iter().for_each(|w| w.store(0, Ordering::Relaxed)) };
+                let (min, step) = (0x1000, 0x100);
+                let items: Vec<Item> = (1..=n)
+                    .map(|i| Item {
+                        end: min + i * step,
+                        val: if leaf { 0 } else { 8 * i },
+                        gap: 0,
+                    })
+                    .collect();
+                let made = tw.build(leaf, &items, min);
+                // SAFETY: built above, not published: ours alone.
+                let node = unsafe { &*(made.val as *const Node) };
+                let max = min + n * step;
+                for idx in (min..max).step_by(step / 4) {
+                    let want = (0..n).find(|&i| idx < node.end(i, max)).unwrap();
+                    assert_eq!(
+                        node.offset_of(idx),
+                        want,
+                        "leaf {leaf}, {n} slots, {idx:#x}"
+                    );
+                }
+                // SAFETY: never published; back to the cache for the next round.
+                unsafe { tw.cache_push(made.val as *mut Node) };
+            }
+        }
+        tw.drain_cache();
     }
 
     #[test]
