@@ -18,7 +18,11 @@
 //!   per child, its **gap**: the largest NULL range in the child's subtree.
 //!
 //! A node's bounds are not stored in it: they come from its parent's pivots (the root
-//! covers everything), so a node covers a fixed range for as long as it lives. Two
+//! covers everything), so a node covers a fixed range for as long as it lives. Every
+//! pivot word is written: the used ones, then the node's upper bound (where the node
+//! has room), then `MAX`, so the slot covering an index is found by a branch-free
+//! binary search of four probes with no slot count (`Node::search`; Linux scans the
+//! pivots up to the node's end). Two
 //! NULL ranges are never adjacent, not even across a leaf boundary: a store that
 //! would leave them so takes the neighbouring NULL into its range (Linux merges them
 //! within a node, `mas_wr_extend_null`). Every gap is therefore exactly one NULL
@@ -36,10 +40,15 @@
 //! level into the parent's slot (Linux: `rcu_assign_pointer` in `mas_replace_node`).
 //!
 //! - A change inside one leaf (a VMA's bounds move within the leaf, a VMA end moves
-//!   into a gap, a VMA is inserted into a gap or erased) builds one new leaf with the
-//!   same bounds, so the parent's pivots stay right: the new leaf's pointer is stored
-//!   (SeqCst) into the existing parent's slot. One node copied, as Linux's
-//!   `mas_wr_node_store` / `mas_wr_slot_store`.
+//!   into a gap, a VMA is inserted into a gap or erased, a merge or split of
+//!   neighbours) builds one new leaf with the same bounds, so the parent's pivots stay
+//!   right: the new leaf's pointer is stored (SeqCst) into the existing parent's slot.
+//!   One node copied, as Linux's `mas_wr_node_store` / `mas_wr_slot_store`. This
+//!   leaf-local path (`TreeWriter::store_leaf`) writes the new leaf straight from the
+//!   old one and the new entries, walking once: the writer keeps the path of its last
+//!   walk, which a leaf-local store leaves current (only its leaf changed), so the
+//!   lookups an operation makes before its store and the store itself share one
+//!   descent. Anything else goes to `TreeWriter::store_nodes`.
 //! - A leaf that overflows is split, or pushes entries into its left sibling (Linux:
 //!   `mas_split`, `mas_push_data`); one that underflows is merged with or refilled from
 //!   a sibling (`mas_rebalance`); a store spanning leaves rebuilds both boundary leaves
@@ -62,9 +71,9 @@
 //! Linux; the VMA write locks and `lock_vma_under_rcu`'s range re-check cover that.
 //! Replaced nodes are retired and freed after an RCU grace period (`retire` /
 //! `reclaim`, the one place that knows about [`super::rcu`]; `publish` tags them with
-//! the epoch and reclaims once a few dozen wait or its node cache runs low); a subtree
-//! cut out whole is retired
-//! as one item and freed by walking it then. The engine's commit of a merge or split
+//! the epoch and reclaims once a few dozen wait: the scan of the reader slots is paid
+//! once per dozens of stores, the node cache refilling by dozens); a subtree cut out
+//! whole is retired as one item and freed by walking it then. The engine's commit of a merge or split
 //! is one store of the new layout over the old (`TreeWriter::store_layout`), as
 //! Linux's `commit_merge` is one `vma_iter_store`.
 //!
