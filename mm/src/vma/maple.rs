@@ -1201,8 +1201,8 @@ impl TreeWriter {
         // Every pivot word: the ends of the slots (the last one's end is the node's
         // upper bound, kept where the node has room), then `MAX`, so `search` needs
         // no slot count.
-        for i in n..cap - 1 {
-            node.w[i].store(MAX, Ordering::Relaxed);
+        for w in &node.w[n.min(cap - 1)..cap - 1] {
+            w.store(MAX, Ordering::Relaxed);
         }
         for (i, x) in items.iter().enumerate() {
             if i + 1 < cap {
