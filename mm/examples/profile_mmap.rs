@@ -1,6 +1,6 @@
 //! Host-side driver for profiling the mmap paths under callgrind:
 //! `cargo run --release --example profile_mmap -- <mmap|mprotect|anonfault|fork|fault10k>`, and (with
-//! `--features bench`) `<mprotect65k|find65k|findrcu65k|split65k>`; the timed part is
+//! `--features bench`) `<mprotect65k|find65k|findrcu65k|split65k|tree65k>`; the timed part is
 //! `measured`, so `valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='*measured*'` counts it alone.
 use mm::frame::sim::simulated;
@@ -40,6 +40,18 @@ fn main() {
                     }
                 }
             });
+        }
+        #[cfg(feature = "bench")]
+        "tree65k" => {
+            // The tree's shape at 65,530 bench VMAs (the bench's vma_tree_* figures).
+            let n = 65_530;
+            let m = mm::vma::bench::build_mm(n).unwrap();
+            let g = m.write_lock();
+            eprintln!(
+                "tree65k: height {}, {} bytes per VMA",
+                g.view().height(),
+                g.tree_bytes() / n
+            );
         }
         "mprotect65k" => {
             const NBIG: usize = 64_000;
