@@ -1330,11 +1330,20 @@ impl TreeWriter {
         let p = self.take_node();
         // SAFETY: `p` is ours alone until published below; its words are atomics.
         let new = unsafe { &*p };
-        let put = |j: usize, e: usize, v: usize| {
+        #[inline(always)]
+        fn put(new: &Node, j: usize, e: usize, v: usize) {
             if j + 1 < LEAF_SLOTS {
                 new.w[j].store(e, Ordering::Relaxed);
             }
             new.w[LEAF_SLOT0 + j].store(v, Ordering::Relaxed);
+        }
+        // The end of old slot `i` (a leaf: its pivot, or the bound for slot 15).
+        let old_end = |i: usize| {
+            if i + 1 < LEAF_SLOTS {
+                old.piv(i)
+            } else {
+                l.max
+            }
         };
         // The old slots before the cut one keep their words and places.
         let keep = l.off.min(a - usize::from(drop_a));
@@ -1344,15 +1353,15 @@ impl TreeWriter {
         }
         let mut j = keep;
         if cut_left && !drop_a {
-            put(j, start, old.leaf_slot(l.off));
+            put(new, j, start, old.leaf_slot(l.off));
             j += 1;
         }
         for x in &items[..k - usize::from(drop_item)] {
-            put(j, x.end, x.val);
+            put(new, j, x.end, x.val);
             j += 1;
         }
         for i in c0..len {
-            put(j, old.end(i, l.max), old.leaf_slot(i));
+            put(new, j, old_end(i), old.leaf_slot(i));
             j += 1;
         }
         debug_assert_eq!(j, n);
