@@ -434,10 +434,12 @@ impl FrameAllocator {
 
     /// An order-0 frame from the current CPU's list, refilled with [`PCP_BATCH`] frames
     /// from the zone when empty (Linux: `rmqueue_pcplist()` → `__rmqueue_pcplist()` →
-    /// `rmqueue_bulk()`). `None` if the lists are bypassed right now.
+    /// `rmqueue_bulk()`). `None` if the lists are bypassed right now, or the list's
+    /// lock is taken (an interrupt on this CPU, a drain on another): the caller uses the
+    /// zone, as Linux's `rmqueue_pcplist` failing its trylock does.
     fn pcp_alloc(&self) -> Option<Result<usize, FrameError>> {
         let metas = self.metas();
-        let mut list = self.pcp.lock_local();
+        let mut list = self.pcp.try_lock_local()?;
         if !self.pcp_usable() {
             return None;
         }
@@ -458,10 +460,13 @@ impl FrameAllocator {
     /// Puts a claimed order-0 frame on the current CPU's list, handing the coldest
     /// [`PCP_BATCH`] back to the zone when the list passes [`PCP_HIGH`] (Linux:
     /// `free_unref_page()` → `free_unref_page_commit()` → `free_pcppages_bulk()`).
-    /// False if the lists are bypassed right now (the caller frees to the zone).
+    /// False if the lists are bypassed right now or the list's lock is taken (the
+    /// caller frees to the zone, Linux: `free_unref_page` → `free_one_page`).
     fn pcp_free(&self, idx: usize) -> bool {
         let metas = self.metas();
-        let mut list = self.pcp.lock_local();
+        let Some(mut list) = self.pcp.try_lock_local() else {
+            return false;
+        };
         if !self.pcp_usable() {
             return false;
         }

@@ -20,16 +20,21 @@
 //! (`drain_all_pages()` in the slow path), before page poisoning is switched on, and
 //! when a caller asks for the exact buddy state (`zone_pcp_disable()`).
 //!
-//! Locking: each list has its own [`IrqSpinLock`] (Linux: `pcp->lock`, taken with
-//! `pcp_spin_lock`, plus interrupts off where frames are freed from interrupts: here
-//! RCU callbacks free page-table pages from the timer tick). Another CPU takes it only
-//! to drain. Lock order: a list lock, then the zone lock, never the other way round.
+//! Locking, as Linux since 6.0 (`pcp_spin_trylock`): each list has its own spin lock,
+//! taken with interrupts left as they are and only ever *tried* by its own CPU. Frames
+//! are freed from interrupts too (RCU callbacks free page-table pages from the timer
+//! tick): a handler that interrupts its CPU's holder finds the lock taken and goes to
+//! the zone instead, so it never spins on a lock its own CPU holds, and the common
+//! path does not pay for switching interrupts off and on (which, under QEMU's TCG, is
+//! what the two-CPU allocation loop spent its time on). Another CPU takes the lock
+//! only to drain or count, and may wait for it. Lock order: a list lock, then the zone
+//! lock, never the other way round.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::meta::{FrameFlags, FrameMeta, NIL};
 use crate::paging::MAX_CPUS;
-use crate::sync::{IrqSpinLock, IrqSpinLockGuard};
+use spin::{Mutex, MutexGuard};
 
 /// Frames moved between a list and the zone at a time (Linux: `pcp->batch`, 63 for a
 /// zone of a gigabyte or more, `zone_batchsize()`).
@@ -165,7 +170,7 @@ impl PcpList {
 
 /// One list per CPU, each on its own cache line so that CPUs never share one.
 #[repr(align(64))]
-struct PcpSlot(IrqSpinLock<PcpList>);
+struct PcpSlot(Mutex<PcpList>);
 
 /// Every CPU's list, and the switch that bypasses them (Linux: `zone->per_cpu_pageset`
 /// with `zone_pcp_disable()`).
@@ -179,20 +184,25 @@ pub(super) struct PerCpuPages {
 impl PerCpuPages {
     pub(super) const fn new() -> Self {
         Self {
-            slots: [const { PcpSlot(IrqSpinLock::new(PcpList::new())) }; MAX_CPUS],
+            slots: [const { PcpSlot(Mutex::new(PcpList::new())) }; MAX_CPUS],
             disabled: AtomicU32::new(0),
         }
     }
 
-    /// The current CPU's list, locked (Linux: `pcp_spin_lock(zone->per_cpu_pageset)`).
-    /// There is no preemption, so the CPU cannot change while the guard lives; on the
-    /// host two threads may share a slot, which the lock makes safe.
-    pub(super) fn lock_local(&self) -> IrqSpinLockGuard<'_, PcpList> {
-        self.lock_cpu(crate::sync::lockdep::current_cpu())
+    /// The current CPU's list, if its lock is free (Linux: `pcp_spin_trylock`):
+    /// `None` when an interrupt arrived while this CPU held it, or while another CPU
+    /// drains it; the caller then goes to the zone. There is no preemption, so the CPU
+    /// cannot change while the guard lives; on the host two threads may share a slot,
+    /// which the lock makes safe.
+    pub(super) fn try_lock_local(&self) -> Option<MutexGuard<'_, PcpList>> {
+        self.slots[crate::sync::lockdep::current_cpu() % MAX_CPUS]
+            .0
+            .try_lock()
     }
 
-    /// CPU `cpu`'s list, locked (a drain of another CPU's list).
-    pub(super) fn lock_cpu(&self, cpu: usize) -> IrqSpinLockGuard<'_, PcpList> {
+    /// CPU `cpu`'s list, locked, waiting if needed: a drain or a count, never from an
+    /// interrupt handler.
+    pub(super) fn lock_cpu(&self, cpu: usize) -> MutexGuard<'_, PcpList> {
         self.slots[cpu % MAX_CPUS].0.lock()
     }
 
