@@ -857,6 +857,12 @@ impl FrameAllocator {
 
 #[cfg(test)]
 impl FrameAllocator {
+    /// Holds the current CPU's list lock, as an interrupted holder does while a handler
+    /// runs on its CPU.
+    pub(super) fn hold_local_pcp(&self) -> spin::MutexGuard<'_, super::pcp::PcpList> {
+        self.pcp.lock_cpu(crate::sync::lockdep::current_cpu())
+    }
+
     /// Walks every free list and the whole metadata array and panics on any broken
     /// invariant: list links, flags and orders of free blocks, per-order counts, frames
     /// inside free blocks carrying allocator flags, and buddies left unmerged.
