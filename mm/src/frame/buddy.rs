@@ -380,7 +380,7 @@ impl FrameAllocator {
         }
         let (idx, poisoned) = match self.alloc_block(order) {
             Ok(got) => got,
-            Err(_) if self.drain_all_pages() > 0 => self.alloc_block(order)?,
+            Err(_) if self.drain_lists(false) > 0 => self.alloc_block(order)?,
             Err(e) => return Err(e),
         };
         let pa = self.idx_to_pa(idx);
@@ -496,12 +496,28 @@ impl FrameAllocator {
 
     /// Empties every CPU's list into the buddy lists and returns how many frames moved
     /// (Linux: `drain_all_pages()`; it asks each CPU to drain its own list, here the
-    /// list lock lets any CPU drain any list).
+    /// list lock lets any CPU drain any list). Waits for each list's lock: not for
+    /// interrupt handlers, which may have interrupted their own CPU's holder.
     pub fn drain_all_pages(&self) -> u64 {
+        self.drain_lists(true)
+    }
+
+    /// [`drain_all_pages`](Self::drain_all_pages); with `wait_own` false the current
+    /// CPU's list is only tried and skipped if held, which is safe from an interrupt
+    /// handler (the allocation-failure retry, which may run in one).
+    fn drain_lists(&self, wait_own: bool) -> u64 {
         let metas = self.metas();
+        let own = crate::sync::lockdep::current_cpu() % crate::paging::MAX_CPUS;
         let mut moved = 0;
         for cpu in 0..crate::paging::MAX_CPUS {
-            let mut list = self.pcp.lock_cpu(cpu);
+            let mut list = if cpu == own && !wait_own {
+                match self.pcp.try_lock_local() {
+                    Some(l) => l,
+                    None => continue,
+                }
+            } else {
+                self.pcp.lock_cpu(cpu)
+            };
             if list.count() == 0 {
                 continue;
             }
