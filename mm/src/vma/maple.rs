@@ -406,7 +406,27 @@ struct Pos<'a> {
     max: usize,
 }
 
-impl Pos<'_> {
+impl<'a> Pos<'a> {
+    /// The VMA at this position, or else the next one (Linux: the step of `mas_find`
+    /// past a NULL range): NULL ranges are never adjacent, so it is the next slot of
+    /// the leaf, or the first entry of the next leaf, found with `walk(self.max)`.
+    fn vma_or_next(self, walk: impl FnOnce(usize) -> Option<Pos<'a>>) -> Option<TreeEntry> {
+        if self.val() != 0 {
+            return self.entry();
+        }
+        if self.off + 1 < self.n.len() {
+            return Pos {
+                off: self.off + 1,
+                ..self
+            }
+            .entry();
+        }
+        if self.max == MAX {
+            return None;
+        }
+        walk(self.max)?.entry()
+    }
+
     #[inline]
     fn start(&self) -> usize {
         self.n.start(self.off, self.min)
@@ -484,22 +504,7 @@ impl<'a> TreeView<'a> {
 
     /// Lowest VMA with `end > addr` (Linux: `find_vma()`, `mas_find`).
     pub fn find(&self, addr: usize) -> Option<TreeEntry> {
-        let p = self.walk(addr)?;
-        if p.val() != 0 {
-            return p.entry();
-        }
-        // NULL ranges are never adjacent: the next entry is a VMA (or nothing).
-        if p.off + 1 < p.n.len() {
-            return Pos {
-                off: p.off + 1,
-                ..p
-            }
-            .entry();
-        }
-        if p.max == MAX {
-            return None;
-        }
-        self.walk(p.max)?.entry()
+        self.walk(addr)?.vma_or_next(|next| self.walk(next))
     }
 
     /// Entry containing `addr` (Linux: `vma_lookup()`, `mas_walk`).
@@ -916,21 +921,7 @@ impl MaState {
     /// Lowest VMA ending above `idx` (Linux: `mas_find`).
     pub(super) fn find<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<TreeEntry> {
         let p = self.seek(v, idx)?;
-        if p.val() != 0 {
-            return p.entry();
-        }
-        if p.off + 1 < p.n.len() {
-            // The next slot of the same leaf.
-            return Pos {
-                off: p.off + 1,
-                ..p
-            }
-            .entry();
-        }
-        if p.max == MAX {
-            return None;
-        }
-        self.seek(v, p.max)?.entry()
+        p.vma_or_next(|next| self.seek(v, next))
     }
 
     /// Highest VMA starting below `idx` (Linux: `mas_prev`).
