@@ -427,6 +427,26 @@ impl<'a> Pos<'a> {
         walk(self.max)?.entry()
     }
 
+    /// The VMA at this position, or else the previous one (Linux: the step of
+    /// `mas_prev` past a NULL range): the previous slot of the leaf, or the last entry
+    /// of the previous leaf, found with `walk(self.min - 1)`.
+    fn vma_or_prev(self, walk: impl FnOnce(usize) -> Option<Pos<'a>>) -> Option<TreeEntry> {
+        if self.val() != 0 {
+            return self.entry();
+        }
+        if self.off > 0 {
+            return Pos {
+                off: self.off - 1,
+                ..self
+            }
+            .entry();
+        }
+        if self.min == 0 {
+            return None;
+        }
+        walk(self.min - 1)?.entry()
+    }
+
     #[inline]
     fn start(&self) -> usize {
         self.n.start(self.off, self.min)
@@ -514,21 +534,7 @@ impl<'a> TreeView<'a> {
 
     /// Highest VMA with `start <= x`.
     fn vma_at_or_before(&self, x: usize) -> Option<TreeEntry> {
-        let p = self.walk(x)?;
-        if p.val() != 0 {
-            return p.entry();
-        }
-        if p.off > 0 {
-            return Pos {
-                off: p.off - 1,
-                ..p
-            }
-            .entry();
-        }
-        if p.min == 0 {
-            return None;
-        }
-        self.walk(p.min - 1)?.entry()
+        self.walk(x)?.vma_or_prev(|before| self.walk(before))
     }
 
     /// Highest entry with `start < addr` (Linux: `mas_prev`).
@@ -927,20 +933,7 @@ impl MaState {
     /// Highest VMA starting below `idx` (Linux: `mas_prev`).
     pub(super) fn prev<'a>(&mut self, v: &TreeView<'a>, idx: usize) -> Option<TreeEntry> {
         let p = self.seek(v, idx.checked_sub(1)?)?;
-        if p.val() != 0 {
-            return p.entry();
-        }
-        if p.off > 0 {
-            return Pos {
-                off: p.off - 1,
-                ..p
-            }
-            .entry();
-        }
-        if p.min == 0 {
-            return None;
-        }
-        self.seek(v, p.min - 1)?.entry()
+        p.vma_or_prev(|before| self.seek(v, before))
     }
 }
 
