@@ -14,7 +14,8 @@
 //!   [`poll_state_synchronize_rcu`] and [`synchronize_rcu`];
 //! - callbacks, [`call_rcu`] with a caller-embedded [`RcuHead`] (so it never allocates)
 //!   and [`kfree_rcu`], kept per CPU in lists segmented by grace period (Linux:
-//!   `struct rcu_segcblist`), and [`rcu_barrier`];
+//!   `struct rcu_segcblist`), [`rcu_barrier`], and [`rcu_core`] for a writer whose
+//!   callbacks pile up between ticks;
 //! - the scheduling-clock hook [`rcu_sched_clock_irq`] the kernel's APIC timer calls
 //!   on every CPU, and [`rcu_note_qs`] for other points outside read-side sections.
 //!
@@ -554,6 +555,15 @@ pub fn rcu_sched_clock_irq() {
     // Callbacks run even if the tick interrupted a reader: they free only what a
     // finished grace period protected, which no current section can reach.
     rcu_do_batch(me);
+}
+
+/// Drive the grace-period machine as far as it goes now and run this context's ready
+/// callbacks (Linux: `rcu_core()`, the RCU softirq the tick raises). For a writer whose
+/// callbacks pile up between ticks: it frees memory sooner, never waits, and may be
+/// called anywhere the tick's work may run.
+pub fn rcu_core() {
+    rcu_gp_advance();
+    rcu_do_batch(this_ctx());
 }
 
 /// One pause in a wait for a grace period: on the host, let the reader's thread run;

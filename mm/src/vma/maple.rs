@@ -69,11 +69,13 @@
 //! one or wholly the new one. Between two stores of one batch (a split updates one VMA
 //! and inserts another) a reader may see the first change without the second, as in
 //! Linux; the VMA write locks and `lock_vma_under_rcu`'s range re-check cover that.
-//! Replaced nodes are retired and freed after an RCU grace period (`retire` /
-//! `reclaim`, the one place that knows about [`super::rcu`]; `publish` tags them with
-//! the epoch and reclaims once a few dozen wait: the scan of the reader slots is paid
-//! once per dozens of stores, the node cache refilling by dozens); a subtree cut out
-//! whole is retired as one item and freed by walking it then. The engine's commit of a merge or split
+//! Replaced nodes are retired and come back after an RCU grace period (`retire` /
+//! `publish` / `take_back`, the only code that knows about [`super::rcu`]): `publish`
+//! hands them to `call_rcu` in node-sized records, a couple of dozen nodes per
+//! callback (Linux: `ma_free_rcu` per node); the callback returns them to the writer,
+//! which puts them back in its node cache when the cache runs low, driving RCU itself
+//! (`rcu_core`) once a few dozen are out. A subtree cut out whole is retired as one
+//! item and walked when it comes back. The engine's commit of a merge or split
 //! is one store of the new layout over the old (`TreeWriter::store_layout`), as
 //! Linux's `commit_merge` is one `vma_iter_store`.
 //!
@@ -122,6 +124,99 @@ const MAX_H: usize = 24;
 const NODE_CACHE_CAP: usize = 256;
 /// Bit 0 of a retired pointer: the whole subtree below it is retired.
 const SUBTREE: usize = 1;
+
+/// A writer's free nodes, linked through their first word (no heap bookkeeping).
+struct NodeCache {
+    head: *mut Node,
+    len: usize,
+}
+
+impl NodeCache {
+    const fn new() -> Self {
+        Self {
+            head: ptr::null_mut(),
+            len: 0,
+        }
+    }
+
+    /// # Safety
+    /// `n` is allocated with `NODE` and reachable by no one (no tree, no reader).
+    #[inline]
+    unsafe fn push(&mut self, n: *mut Node) {
+        // SAFETY: contract: nobody else reads `n`, so its first word may link it.
+        unsafe { *(n as *mut *mut Node) = self.head };
+        self.head = n;
+        self.len += 1;
+    }
+
+    /// A cached node (its words hold stale integers). The cache is not empty.
+    #[inline]
+    fn pop(&mut self) -> *mut Node {
+        let p = self.head;
+        assert!(!p.is_null(), "VMA tree node cache empty");
+        // SAFETY: the list head is a cached node; its first word is the link.
+        self.head = unsafe { *(p as *mut *mut Node) };
+        self.len -= 1;
+        p
+    }
+
+    /// Keep `n` if there is room, else free it.
+    ///
+    /// # Safety
+    /// As [`Self::push`].
+    unsafe fn give(&mut self, n: *mut Node) {
+        if self.len < NODE_CACHE_CAP {
+            // SAFETY: contract.
+            unsafe { self.push(n) };
+        } else {
+            // SAFETY: contract: allocated with `NODE`, ours alone.
+            unsafe { dealloc(n as *mut u8, NODE) };
+        }
+    }
+
+    /// Give back a retired node, or a whole retired subtree.
+    ///
+    /// # Safety
+    /// `p` (with `subtree`: every node below it too) is unreachable by every reader
+    /// and by the tree, and is given back by no one else.
+    unsafe fn free_retired(&mut self, p: *mut Node, subtree: bool) {
+        // SAFETY: contract. Children are read before `p` is reused or freed.
+        unsafe {
+            if subtree && !(*p).is_leaf() {
+                for i in 0..(*p).len() {
+                    self.free_retired((*p).child(i), true);
+                }
+            }
+            self.give(p);
+        }
+    }
+
+    /// Free every cached node.
+    fn drain(&mut self) {
+        while !self.head.is_null() {
+            let n = self.pop();
+            // SAFETY: a cached node is allocated with `NODE`, in no tree and no queue;
+            // `pop` unlinked it, so it is freed once.
+            unsafe { dealloc(n as *mut u8, NODE) };
+        }
+    }
+}
+
+/// Free a retired item (a node, or a subtree with `SUBTREE`; a record block is one
+/// node) to the heap: what the last owner of a tree's return stack does once the
+/// writer is gone.
+///
+/// # Safety
+/// The item's grace period is over and no one else frees it.
+unsafe fn free_retired_to_heap(x: usize) {
+    // Gathered into a local cache (whose overflow goes straight to the heap), then
+    // freed.
+    let mut c = NodeCache::new();
+    // SAFETY: contract.
+    unsafe { c.free_retired((x & !SUBTREE) as *mut Node, x & SUBTREE != 0) };
+    c.drain();
+}
+
 const LEAF_BIT: u64 = 1 << 8;
 /// Words after the header.
 const W: usize = 31;
@@ -485,7 +580,7 @@ impl<'a> TreeView<'a> {
         // loaded under the mmap lock, by the writer, or inside an RCU section (whose
         // lifetimes bound `'a`). A node reachable from a root is freed only after a
         // grace period that outlasts every RCU section and mmap-lock hold that could
-        // have reached it (`TreeWriter::reclaim`), so it is allocated for `'a`; its
+        // have reached it (`TreeWriter::publish`), so it is allocated for `'a`; its
         // header and pivots never change once published, and its slots and gaps are
         // atomics.
         unsafe { p.as_ref() }
@@ -978,14 +1073,13 @@ pub(super) struct TreeWriter {
     path: Path,
     leaf: Level,
     path_seq: u64,
-    /// Free nodes, linked through their first word (no heap bookkeeping).
-    cache: *mut Node,
-    cached: usize,
+    /// Free nodes (the reservation, and nodes back from their grace period).
+    cache: NodeCache,
     /// Nodes unlinked since the last `publish` (capacity reserved by `prealloc`); bit 0
     /// set: the whole subtree.
     pending: Vec<usize>,
-    /// Unlinked nodes waiting for a grace period, with their epoch tag (ascending).
-    retired: Vec<(usize, u64)>,
+    /// Unlinked nodes handed to RCU, waiting for their grace period.
+    retirement: rcu::Retirement,
     /// VMAs in the tree.
     count: usize,
     /// Nodes taken from the reservation so far (tests count the copies a store makes).
@@ -1030,10 +1124,9 @@ impl TreeWriter {
                 max: 0,
             },
             path_seq: u64::MAX,
-            cache: ptr::null_mut(),
-            cached: 0,
+            cache: NodeCache::new(),
             pending: Vec::new(),
-            retired: Vec::new(),
+            retirement: rcu::Retirement::new(),
             count: 0,
             allocs: 0,
             #[cfg(feature = "fault-inject")]
@@ -1048,34 +1141,37 @@ impl TreeWriter {
         self.count
     }
 
-    /// Bytes of node memory the tree holds: nodes in the tree, cached and waiting for
-    /// a grace period (a retired subtree counts as one node; diagnostics only).
+    /// Bytes of node memory the tree holds: nodes in the tree, cached, and waiting for
+    /// a grace period with their records (a retired subtree counts as one node;
+    /// diagnostics only).
     pub(super) fn bytes(&self) -> usize {
-        (self.view().nodes() + self.cached + self.pending.len() + self.retired.len()) * NODE.size()
+        (self.view().nodes() + self.cache.len + self.pending.len() + self.retirement.in_flight())
+            * NODE.size()
     }
 
     /// Free every cached node.
     fn drain_cache(&mut self) {
-        while !self.cache.is_null() {
-            let n = self.cache;
-            // SAFETY: a cached node is allocated with `NODE`, in no tree and no queue;
-            // its first word links the list (`cache_push`). It is unlinked before it is
-            // freed, so it is freed once.
-            unsafe {
-                self.cache = *(n as *mut *mut Node);
-                dealloc(n as *mut u8, NODE);
-            }
-        }
-        self.cached = 0;
+        self.cache.drain();
     }
 
-    /// # Safety
-    /// `n` is allocated with `NODE` and reachable by no one (no tree, no reader).
-    unsafe fn cache_push(&mut self, n: *mut Node) {
-        // SAFETY: contract: nobody else reads `n`, so its first word may link it.
-        unsafe { *(n as *mut *mut Node) = self.cache };
-        self.cache = n;
-        self.cached += 1;
+    /// Take back the retired nodes (and their records) whose grace period is over,
+    /// driving RCU first when `drive` and enough of them are out.
+    fn take_back(&mut self, drive: bool) {
+        let cache = &mut self.cache;
+        let give = |x: usize| {
+            // SAFETY: `x` was retired by `publish` and its grace period is over:
+            // `retire`'s contract (unlinked before the batch was published, so every
+            // reader that could have reached it has left its RCU section; mmap-lock
+            // readers are excluded by our write lock). Each item is given back once. A
+            // record block is a node from this cache, given back as its address
+            // (`SUBTREE` clear: one node).
+            unsafe { cache.free_retired((x & !SUBTREE) as *mut Node, x & SUBTREE != 0) }
+        };
+        if drive && self.retirement.in_flight() >= 32 {
+            self.retirement.drive(give);
+        } else {
+            self.retirement.take_done(give);
+        }
     }
 
     /// Frees the cached nodes and the spare capacity of the bookkeeping vectors
@@ -1089,9 +1185,6 @@ impl TreeWriter {
         self.uncached = true;
         self.drain_cache();
         self.pending = Vec::new();
-        if self.retired.is_empty() {
-            self.retired = Vec::new();
-        }
     }
 
     /// Nodes one store may need when `k` stores of the batch precede it: three per
@@ -1119,17 +1212,19 @@ impl TreeWriter {
         if self.fail_prealloc {
             return Err(Errno::ENOMEM);
         }
-        // Every node replaced or cut out ends up in `pending`, then in `retired`: per
-        // store and level the boundary nodes and a sibling, and the children cut out
-        // between them.
+        // Every node replaced or cut out ends up in `pending`: per store and level the
+        // boundary nodes and a sibling, and the children cut out between them. At
+        // `publish` they go to RCU in records, taken from the reservation too.
         let retire = need + nops * 2 * INT_SLOTS * (self.height + nops + 1);
         self.pending
             .try_reserve(retire)
             .map_err(|_| Errno::ENOMEM)?;
-        self.retired
-            .try_reserve(self.pending.len() + retire)
-            .map_err(|_| Errno::ENOMEM)?;
-        while self.cached < need {
+        self.retirement.prepare(free_retired_to_heap)?;
+        let need = need + rcu::Retirement::records_for(self.pending.len() + retire);
+        if self.cache.len < need {
+            self.take_back(true);
+        }
+        while self.cache.len < need {
             // SAFETY: `NODE` has a non-zero size. Zeroed: a node's words are plain
             // integers, valid when zero.
             let p = unsafe { alloc_zeroed(NODE) } as *mut Node;
@@ -1137,7 +1232,7 @@ impl TreeWriter {
                 return Err(Errno::ENOMEM);
             }
             // SAFETY: just allocated, known to no one else.
-            unsafe { self.cache_push(p) };
+            unsafe { self.cache.push(p) };
         }
         Ok(())
     }
@@ -1146,7 +1241,7 @@ impl TreeWriter {
     #[inline]
     fn take_node(&mut self) -> *mut Node {
         self.allocs += 1;
-        if self.cache.is_null() {
+        if self.cache.head.is_null() {
             // Only reachable if the `prealloc` bound is wrong: an internal bug.
             debug_assert!(false, "VMA tree preallocation budget exceeded");
             // SAFETY: `NODE` has a non-zero size.
@@ -1157,11 +1252,7 @@ impl TreeWriter {
             );
             p
         } else {
-            let p = self.cache;
-            // SAFETY: the list head is a cached node; its first word is the link.
-            self.cache = unsafe { *(p as *mut *mut Node) };
-            self.cached -= 1;
-            p
+            self.cache.pop()
         }
     }
 
@@ -1212,7 +1303,8 @@ impl TreeWriter {
 
     /// Queue a node unlinked from the tree (`subtree`: with everything below it) for
     /// freeing after a grace period (Linux: `mas_free` / `ma_free_rcu`). With
-    /// [`Self::reclaim`], the only code that knows how nodes outlive their readers.
+    /// [`Self::publish`] and [`Self::take_back`], the only code that knows how nodes
+    /// outlive their readers.
     fn retire(&mut self, p: *mut Node, subtree: bool) {
         // Capacity reserved by `prealloc`.
         self.pending.push(p as usize | subtree as usize);
@@ -1926,69 +2018,25 @@ impl TreeWriter {
         self.count -= n;
     }
 
-    /// End a batch: retire the nodes it unlinked and reclaim those whose grace period
-    /// has passed (every store was published as it was made).
+    /// End a batch: hand the nodes it unlinked to RCU (every store was published as it
+    /// was made), in records from the reservation (Linux: `ma_free_rcu` per node).
     pub(super) fn publish(&mut self, _tree: &VmaTree) {
         if !self.pending.is_empty() {
-            let tag = rcu::retire_epoch();
-            // Capacity was reserved by `prealloc`.
-            for n in self.pending.drain(..) {
-                self.retired.push((n, tag));
-            }
-        }
-        // Reclaiming scans every reader slot: do it once a few dozen nodes wait (the
-        // node cache then refills by dozens; `reserve` tops it up from the heap
-        // meanwhile).
-        if self.retired.len() >= 32 {
-            self.reclaim();
+            let pending = core::mem::take(&mut self.pending);
+            let cache = &mut self.cache;
+            // SAFETY: `prealloc` prepared the retirement and reserved the record blocks
+            // (`records_for` the pending bound) on top of the stores' nodes, so `pop`
+            // finds one each time; a cached node is a `RECORD_BYTES` block, ours alone.
+            // Every pending node was unlinked by a store published before this point.
+            unsafe { self.retirement.retire(&pending, || cache.pop().cast()) };
+            self.pending = pending;
+            self.pending.clear();
         }
         #[cfg(feature = "fault-inject")]
         if self.uncached {
-            self.reclaim();
+            self.take_back(true);
             self.drain_cache();
         }
-    }
-
-    /// Free a retired node, or a whole retired subtree.
-    ///
-    /// # Safety
-    /// `p` (with `subtree`: every node below it too) is unreachable by every reader
-    /// and by the tree, and is freed by no one else.
-    unsafe fn free_retired(&mut self, p: *mut Node, subtree: bool) {
-        // SAFETY: contract. Children are read before `p` is reused or freed.
-        unsafe {
-            if subtree && !(*p).is_leaf() {
-                for i in 0..(*p).len() {
-                    self.free_retired((*p).child(i), true);
-                }
-            }
-            if self.cached < NODE_CACHE_CAP {
-                self.cache_push(p);
-            } else {
-                dealloc(p as *mut u8, NODE);
-            }
-        }
-    }
-
-    /// Free the retired nodes whose grace period has passed (with [`Self::retire`]:
-    /// the part to switch to `call_rcu`).
-    fn reclaim(&mut self) {
-        if self.retired.is_empty() {
-            return;
-        }
-        let bound = rcu::safe_bound();
-        let k = self.retired.iter().take_while(|(_, t)| *t < bound).count();
-        for i in 0..k {
-            let n = self.retired[i].0;
-            // SAFETY: `n` was unlinked from the tree before epoch `t` was taken, and
-            // `t < safe_bound()` means every reader that could have reached it has left
-            // its RCU section (see `rcu`); mmap-lock readers are excluded by our write
-            // lock. A subtree was cut out whole: its nodes are in no other place (each
-            // node has one parent) and were not retired one by one. The `drain` below
-            // removes it from `retired`, so it is freed once.
-            unsafe { self.free_retired((n & !SUBTREE) as *mut Node, n & SUBTREE != 0) };
-        }
-        self.retired.drain(..k);
     }
 
     /// The tree as a view (the writer's own reads).
@@ -2031,25 +2079,15 @@ impl TreeWriter {
         self.height = 0;
         self.path_seq = u64::MAX;
         self.count = 0;
+        // What came back already goes to the cache, then everything cached to the heap;
+        // batches still in flight are freed by the last of their callbacks.
+        self.take_back(false);
+        self.retirement.release();
         self.drain_cache();
-        let pending: Vec<usize> = core::mem::take(&mut self.pending);
-        let retired: Vec<(usize, u64)> = core::mem::take(&mut self.retired);
-        for n in pending
-            .into_iter()
-            .chain(retired.into_iter().map(|(n, _)| n))
-        {
-            let p = (n & !SUBTREE) as *mut Node;
-            // SAFETY: pending and retired nodes are unlinked from the tree, and the
-            // contract says no reader that might still hold one exists. A subtree's
-            // nodes belong to it alone; a single node is freed alone. Each queue entry
-            // is visited once.
-            unsafe {
-                if n & SUBTREE != 0 {
-                    free_rec(p);
-                } else {
-                    dealloc(p as *mut u8, NODE);
-                }
-            }
+        for n in core::mem::take(&mut self.pending) {
+            // SAFETY: pending nodes are unlinked from the tree, and the contract says no
+            // reader that might still hold one exists. Each is visited once.
+            unsafe { free_retired_to_heap(n) };
         }
     }
 }
@@ -2273,7 +2311,7 @@ mod tests {
                 tw.reserve(1, 1).unwrap();
                 // A node from the cache whose words hold stale values (zero: below
                 // every index searched).
-                let p = tw.cache;
+                let p = tw.cache.head;
                 // SAFETY: a cached node, ours alone; its words are atomics.
                 unsafe { (*p).w.iter().for_each(|w| w.store(0, Ordering::Relaxed)) };
                 let (min, step) = (0x1000, 0x100);
@@ -2297,7 +2335,7 @@ mod tests {
                     );
                 }
                 // SAFETY: never published; back to the cache for the next round.
-                unsafe { tw.cache_push(made.val as *mut Node) };
+                unsafe { tw.cache.push(made.val as *mut Node) };
             }
         }
         tw.drain_cache();
@@ -2310,11 +2348,18 @@ mod tests {
             h.batch(&[(true, k)]);
         }
         // The reservation of a range erase depends on the height only: 3(h + 1) + 1
-        // nodes, 16 at height 4, whether 2 or 3,980 entries go.
-        let before = h.tw.cached;
+        // nodes, 16 at height 4, whether 2 or 3,980 entries go, and the records that
+        // hand at most 16 + 2 * 10 * (4 + 1 + 1) retired nodes to RCU.
+        // Every retired node back first, so the reservation alone fills the cache.
+        h.tw.retirement.seal();
+        crate::sync::rcu::rcu_barrier();
+        h.tw.take_back(false);
+        assert_eq!(h.tw.retirement.in_flight(), 0);
+        let before = h.tw.cache.len;
         assert_eq!(h.tree.view_locked().height(), 4);
         h.tw.prealloc_erase_range(0).unwrap();
-        assert_eq!(h.tw.cached, before.max(16));
+        let records = rcu::Retirement::records_for(16 + 2 * INT_SLOTS * 6);
+        assert_eq!(h.tw.cache.len, before.max(16 + records));
         h.tw.publish(&h.tree);
         let a0 = h.tw.allocs;
         h.erase_range(10, N - 10);
@@ -2399,7 +2444,7 @@ mod tests {
         h.erase_range(100, 900);
         // Replaced long ago, still allocated (the guard holds it) and unchanged.
         assert_eq!((leaf.meta, words(leaf)), before);
-        assert!(h.tw.retired.len() > 100);
+        assert!(h.tw.retirement.in_flight() > 100);
         drop(g);
         h.batch(&[(true, 0)]);
     }
