@@ -8,7 +8,7 @@
 //! after reading a slot, since those slots are overwritten. Our readers take no such
 //! check, so a retired node stays intact until its grace period ends, and the
 //! `rcu_head` lives in a **record** instead: a block the size of a node, taken from the
-//! writer's own reservation, that lists up to [`RECORD_ITEMS`] retired nodes. The
+//! writer's own reservation, that lists up to `RECORD_ITEMS` (27) retired nodes. The
 //! writer fills its open record across publications and queues it with `call_rcu`
 //! when it is full (Linux's `kfree_rcu` batches objects into pages the same way), or
 //! when it wants its nodes back; so one callback serves a couple of dozen nodes.
@@ -173,7 +173,7 @@ impl Retirement {
 
     /// Queue the open record, if any, for its grace period.
     pub(super) fn seal(&mut self) {
-        let r = core::mem::replace(&mut self.open, ptr::null_mut());
+        let r = core::mem::take(&mut self.open);
         if r.is_null() {
             return;
         }
@@ -228,7 +228,7 @@ impl Retirement {
     /// to `prepare` by whoever drops the last reference.
     pub(super) fn release(&mut self) {
         self.seal();
-        let h = core::mem::replace(&mut self.home, ptr::null_mut());
+        let h = core::mem::take(&mut self.home);
         self.in_flight = 0;
         if !h.is_null() {
             // SAFETY: our reference kept `h` alive; it is given up here, once.
