@@ -1,6 +1,6 @@
 //! In-kernel tests of the memory manager under real concurrency (issue 12): page faults
 //! through the real #PF handler on several CPUs while another CPU changes the same
-//! address space, the per-VMA lock's writer/reader protocol across CPUs, the lock-free
+//! address space (once through the per-CPU page lists, once with page poisoning on), the per-VMA lock's writer/reader protocol across CPUs, the lock-free
 //! lookup against munmap and against a VMA slot reused by another address space, the
 //! fault-vs-mprotect ABBA pair, user copies against munmap and MADV_DONTNEED with page
 //! poisoning on, fork while other CPUs fault in the parent (issue 14), and lockdep-light
@@ -95,13 +95,17 @@ impl Rng {
 /// is handed out again: [`poison_ok`] at its end. Returns the count of damaged frames
 /// so far.
 fn need_cpus() -> u64 {
+    need_four_cpus();
+    frames().enable_page_poisoning();
+    frames().poison_corruptions()
+}
+
+fn need_four_cpus() {
     assert!(
         smp::online_cpus() >= 4,
         "the mm SMP tests need four CPUs: run them with KERNEL_SMP=4 (got {})",
         smp::online_cpus()
     );
-    frames().enable_page_poisoning();
-    frames().poison_corruptions()
 }
 
 /// No freed frame was written to since `before` ([`need_cpus`]).
@@ -195,6 +199,22 @@ fn record(cpu: usize, ctr: u64) -> u64 {
 /// runs): an owner that reads zero back with no DONTNEED in between lost a write.
 static ZAP_GEN: AtomicU64 = AtomicU64::new(0);
 
+/// The storm with page poisoning off, so frames go through the per-CPU page lists
+/// (poisoning bypasses them): an owner's fault takes a frame from its own CPU's list,
+/// CPU 0's DONTNEED and munmap free the owners' frames onto CPU 0's list, and those
+/// come back to the owners through the zone. A frame handed out twice, or freed while
+/// mapped, shows up as another CPU's record or a lost write. Runs first (tests run in
+/// name order, hence its name): page poisoning, once on, stays on for the run.
+#[test_case]
+fn a_fault_storm_against_a_writer_through_the_per_cpu_page_lists() {
+    need_four_cpus();
+    assert!(
+        !frames().page_poisoning(),
+        "this test must run before any test switches page poisoning on"
+    );
+    storm(None);
+}
+
 /// CPUs 1 to 3 each write records (CPU id, counter) as single 8-byte stores into
 /// random pages of their own (first touches included: every page starts untouched and
 /// MADV_DONTNEED drops them again), each through the real #PF handler and the
@@ -207,6 +227,12 @@ static ZAP_GEN: AtomicU64 = AtomicU64::new(0);
 #[test_case]
 fn fault_storm_against_a_writer() {
     let poison0 = need_cpus();
+    storm(Some(poison0));
+}
+
+/// The storm (see [`fault_storm_against_a_writer`]); `poison0` is the poison count
+/// before it, with page poisoning on.
+fn storm(poison0: Option<u64>) {
     reset();
     ZAP_GEN.store(0, SeqCst);
     const OWNERS: usize = 3;
@@ -342,9 +368,19 @@ fn fault_storm_against_a_writer() {
     );
     assert!(faults[1..].iter().all(|&f| f > 0), "every owner faulted");
     assert!(OPS.load(SeqCst) > 0 && CHECKS.load(SeqCst) > 0);
+    match poison0 {
+        Some(p) => poison_ok(p),
+        None => {
+            let pcp = frames().stats().pcp_frames;
+            serial_println!("mm_smp storm: {pcp} frames on the per-CPU lists at the end");
+            assert!(pcp > 0, "the storm never used the per-CPU page lists");
+        }
+    }
     mm.munmap(O, S + 64 * P - O).unwrap();
     drop(s);
-    poison_ok(poison0);
+    if let Some(p) = poison0 {
+        poison_ok(p);
+    }
 }
 
 /// The storm's first phase: CPU 0 holds the mmap write lock (as a writer between two
