@@ -47,6 +47,8 @@ pub struct CpuBlock {
     /// Page faults on user addresses this CPU handed to the memory manager (Linux: the
     /// per-CPU `PGFAULT` vm event).
     pub user_faults: AtomicU64,
+    /// Page faults this CPU took, resolved or not (see [`page_faults`]).
+    pub page_faults: AtomicU64,
 }
 
 impl CpuBlock {
@@ -62,6 +64,7 @@ impl CpuBlock {
             in_call: AtomicU32::new(0),
             tlb_remote_flushes: AtomicU64::new(0),
             user_faults: AtomicU64::new(0),
+            page_faults: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +100,16 @@ pub fn this_block() -> &'static CpuBlock {
     unsafe { asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
     // SAFETY: `p` is the address of an element of the static `BLOCKS` (see above).
     unsafe { &*(p as *const CpuBlock) }
+}
+
+/// Page faults taken on every CPU so far, resolved or not: the sum of the per-CPU
+/// counts (each fault counts on its own CPU's line, as Linux's vm events do, so
+/// faulting CPUs never write a shared counter).
+pub fn page_faults() -> u64 {
+    BLOCKS
+        .iter()
+        .map(|b| b.page_faults.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// CPU `cpu`'s block.

@@ -13,7 +13,8 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use kernel::arch::extable::{probe_read, probe_write};
-use kernel::arch::idt::{BREAKPOINTS, PAGE_FAULTS};
+use kernel::arch::idt::BREAKPOINTS;
+use kernel::percpu::page_faults;
 use kernel::heap;
 use x86_64::VirtAddr;
 use x86_64::structures::idt::PageFaultErrorCode;
@@ -32,7 +33,7 @@ fn breakpoint_exception_returns() {
 fn page_fault_on_unmapped_read_is_caught() {
     // 1 TiB + 4 KiB: nothing maps the lower half there.
     let addr = VirtAddr::new(0x100_0000_1000);
-    let faults = PAGE_FAULTS.load(Ordering::Relaxed);
+    let faults = page_faults();
     let err = probe_read(addr).expect_err("an unmapped read must fault");
     assert_eq!(err.addr, addr, "CR2 reported");
     let code = PageFaultErrorCode::from_bits_truncate(err.error_code);
@@ -41,7 +42,7 @@ fn page_fault_on_unmapped_read_is_caught() {
         "not-present fault"
     );
     assert!(!code.contains(PageFaultErrorCode::CAUSED_BY_WRITE));
-    assert_eq!(PAGE_FAULTS.load(Ordering::Relaxed), faults + 1);
+    assert_eq!(page_faults(), faults + 1);
 }
 
 #[test_case]

@@ -19,8 +19,6 @@ use super::{apic, gdt};
 
 /// Breakpoints taken so far (the breakpoint test checks it moves).
 pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
-/// Page faults taken so far, resolved or not.
-pub static PAGE_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
@@ -166,7 +164,9 @@ impl PageFault {
 }
 
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
-    PAGE_FAULTS.fetch_add(1, Ordering::Relaxed);
+    crate::percpu::this_block()
+        .page_faults
+        .fetch_add(1, Ordering::Relaxed);
     let fault = PageFault {
         // CR2 holds a canonical address whenever a page fault was raised.
         addr: Cr2::read().unwrap_or(VirtAddr::zero()),
