@@ -26,6 +26,11 @@ fn bench_main(boot_info: &'static mut BootInfo) -> ! {
     kernel::init(boot_info, true);
     kernel::serial_println!("bench: TSC {} MHz", kernel::arch::tsc::hz() / 1_000_000);
 
+    // `SMP_ONLY=1 ./run-qemu.sh --bench --smp 2`: the fault-scaling figures alone.
+    if option_env!("SMP_ONLY").is_some() {
+        smp_fault_benches();
+        qemu::exit(ExitCode::Success)
+    }
     for order in [0usize, 9] {
         let name = alloc_free_name(order);
         bench::run(name, 100_000, |_| {
