@@ -14,8 +14,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use kernel::arch::extable::{probe_read, probe_write};
 use kernel::arch::idt::BREAKPOINTS;
-use kernel::percpu::page_faults;
 use kernel::heap;
+use kernel::percpu::page_faults;
 use x86_64::VirtAddr;
 use x86_64::structures::idt::PageFaultErrorCode;
 
