@@ -1,5 +1,5 @@
 //! Host-side driver for profiling the mmap paths under callgrind:
-//! `cargo run --release --example profile_mmap -- <mmap|mprotect|anonfault|fork|fault10k>`, and (with
+//! `cargo run --release --example profile_mmap -- <mmap|mprotect|anonfault|fork|fault10k|faultscale>`, and (with
 //! `--features bench`) `<mprotect65k|find65k|findrcu65k|split65k|tree65k>`; the timed part is
 //! `measured`, so `valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='*measured*'` counts it alone.
@@ -74,6 +74,54 @@ fn main() {
                     mm.munmap(x, P).unwrap();
                 }
             });
+        }
+        "faultscale" => {
+            // Host threads faulting their own VMAs of one address space: throughput of
+            // 2 threads over 1 (the kernel's fault_scaling_2cpus without QEMU), from the
+            // first thread's start to the last one's end, median of 9 pairs. Needs a
+            // quiet host.
+            const PAGES: usize = 16_384;
+            let round = |threads: usize| -> f64 {
+                let vmas: Vec<usize> = (0..threads)
+                    .map(|_| {
+                        let a = mm.mmap(0, (PAGES + 1) * P, RW, ANON, None, 0).unwrap();
+                        mm.mprotect(a + PAGES * P, P, PROT_NONE).unwrap();
+                        a
+                    })
+                    .collect();
+                let go = std::sync::Barrier::new(threads);
+                let spans: Vec<(std::time::Instant, std::time::Instant)> =
+                    std::thread::scope(|s| {
+                        let hs: Vec<_> = vmas
+                            .iter()
+                            .map(|&a| {
+                                let (mm, go) = (&mm, &go);
+                                s.spawn(move || {
+                                    go.wait();
+                                    let t0 = std::time::Instant::now();
+                                    for i in 0..PAGES {
+                                        mm.handle_fault(a + i * P, Access::Write).unwrap();
+                                    }
+                                    (t0, std::time::Instant::now())
+                                })
+                            })
+                            .collect();
+                        hs.into_iter().map(|h| h.join().unwrap()).collect()
+                    });
+                for a in vmas {
+                    mm.munmap(a, (PAGES + 1) * P).unwrap();
+                }
+                let t0 = spans.iter().map(|s| s.0).min().unwrap();
+                let t1 = spans.iter().map(|s| s.1).max().unwrap();
+                (t1 - t0).as_secs_f64()
+            };
+            round(2);
+            let mut r: Vec<f64> = (0..9).map(|_| 2.0 * round(1) / round(2)).collect();
+            r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            eprintln!(
+                "faultscale: 2 threads / 1 thread fault throughput {:.2} (median of 9: {r:.2?})",
+                r[4]
+            );
         }
         "anonfault" => {
             // `anon_fault_4k`: first-touch faults on one fresh 8,192-page mapping.
