@@ -44,11 +44,16 @@
 //!   neighbours) builds one new leaf with the same bounds, so the parent's pivots stay
 //!   right: the new leaf's pointer is stored (SeqCst) into the existing parent's slot.
 //!   One node copied, as Linux's `mas_wr_node_store` / `mas_wr_slot_store`. This
-//!   leaf-local path (`TreeWriter::store_leaf`) writes the new leaf straight from the
-//!   old one and the new entries, walking once: the writer keeps the path of its last
-//!   walk, which a leaf-local store leaves current (only its leaf changed), so the
-//!   lookups an operation makes before its store and the store itself share one
-//!   descent. Anything else goes to `TreeWriter::store_nodes`.
+//!   leaf-local path (`TreeWriter::store_leaf`, and `TreeWriter::store_one` for its
+//!   two commonest shapes: a VMA into a gap, NULL over one VMA) writes the new leaf
+//!   straight from the old one (one fixed-size copy of its words, then the new entries
+//!   and the moved suffix) and the new entries, walking once: the writer keeps the
+//!   path of its last walk, which a leaf-local store leaves current (only its leaf
+//!   changed), so the lookups an operation makes before its store and the store itself
+//!   share one descent. Anything else goes to `TreeWriter::store_nodes`. A slot is
+//!   never stored in place, not even one whose bounds stay (Linux's in-place
+//!   `mas_wr_slot_store`): a reader stepping from slot to slot would then see a leaf
+//!   that is neither the old one nor the new one.
 //! - A leaf that overflows is split, or pushes entries into its left sibling (Linux:
 //!   `mas_split`, `mas_push_data`); one that underflows is merged with or refilled from
 //!   a sibling (`mas_rebalance`); a store spanning leaves rebuilds both boundary leaves
