@@ -216,13 +216,15 @@ impl AddressSpace {
         // (Linux: __mmap_setup: may_expand_vm(pglen - vms->nr_pages), then the commit
         // charge of pglen - vms->nr_accounted).
         let (mut nr_pages, mut nr_accounted) = (0, 0);
-        let mut it = crate::vma::VmaIterator::new(addr);
-        let view = g.view();
-        while let Some(v) = it.find(&view, end) {
-            let n = (v.end().min(end) - v.start().max(addr)) / PAGE_SIZE;
-            nr_pages += n;
-            if v.flags().contains(VmFlags::ACCOUNT) {
-                nr_accounted += n;
+        if !g.range_is_free(addr, end) {
+            let mut it = crate::vma::VmaIterator::new(addr);
+            let view = g.view();
+            while let Some(v) = it.find(&view, end) {
+                let n = (v.end().min(end) - v.start().max(addr)) / PAGE_SIZE;
+                nr_pages += n;
+                if v.flags().contains(VmFlags::ACCOUNT) {
+                    nr_accounted += n;
+                }
             }
         }
         if !self.may_expand_vm(g, vm_flags, pglen - nr_pages) {

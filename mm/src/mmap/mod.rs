@@ -246,13 +246,17 @@ fn zap_locked(pt: &PageTableRoot, start: usize, end: usize, free: FreeTables) ->
 /// the VMA after it (Linux: `free_pgtables`' floor and ceiling). VMAs overlapping the
 /// range are the caller's own (write-locked or detached) and do not count.
 fn free_bounds(g: &MmWriteGuard<'_>, start: usize, end: usize) -> FreeTables {
+    // A range just emptied (the usual case) has both neighbours next to its NULL range
+    // in the tree: one walk.
+    let (prev, next) = g.view().around_free(start, end).map_or_else(
+        || (g.vma_prev_of(start), g.vma_next_from(end)),
+        |(p, n)| (p.map(|e| e.vma), n.map(|e| e.vma)),
+    );
     FreeTables::Within {
-        floor: g.vma_prev_of(start).map_or(0, |p| p.end() as u64),
-        ceiling: g
-            .vma_next_from(end)
-            .map_or(crate::paging::USER_END + PAGE_SIZE as u64, |n| {
-                n.start() as u64
-            }),
+        floor: prev.map_or(0, |p| p.end() as u64),
+        ceiling: next.map_or(crate::paging::USER_END + PAGE_SIZE as u64, |n| {
+            n.start() as u64
+        }),
     }
 }
 

@@ -83,6 +83,7 @@ mod context {
     /// The host's stand-in for a CPU number: each thread gets the next one, modulo
     /// `MAX_CPUS` (so two threads may share one; fine for what it indexes).
     #[cfg(not(target_os = "none"))]
+    #[inline]
     pub(super) fn cpu() -> usize {
         ID.with(|i| *i)
     }
@@ -111,6 +112,7 @@ mod context {
     static CPU_ID: AtomicUsize = AtomicUsize::new(0);
 
     #[cfg(target_os = "none")]
+    #[inline]
     pub(super) fn cpu() -> usize {
         let f = CPU_ID.load(Ordering::Relaxed);
         if f == 0 {
@@ -154,6 +156,7 @@ pub fn set_cpu_id_hook(f: fn() -> usize) {
 /// The current CPU's number below [`crate::paging::MAX_CPUS`] (Linux:
 /// `smp_processor_id()`): the kernel's per-CPU id through [`set_cpu_id_hook`], a
 /// per-thread number on the host. For per-CPU data such as counters.
+#[inline]
 pub fn current_cpu() -> usize {
     context::cpu()
 }

@@ -11,7 +11,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::area::{PAGE_SHIFT, VmFlags, VmaRef};
+use super::area::{FileRef, PAGE_SHIFT, VmFlags, VmaRef};
 use super::i_mmap::IMmapWriter;
 use super::lock;
 use super::pool as valloc;
@@ -28,7 +28,7 @@ impl MmWriteGuard<'_> {
         if vma.is_attached() || vma.mm_id() != self.mm.id || vma.start() >= vma.end() {
             return Err(Errno::EINVAL);
         }
-        if self.find_vma_intersection(vma.start(), vma.end()).is_some() {
+        if !self.range_is_free(vma.start(), vma.end()) {
             return Err(Errno::ENOMEM);
         }
         self.inner().tw.prealloc(1)?;
@@ -146,12 +146,25 @@ impl MmWriteGuard<'_> {
         // Linux: vma_prepare() — take the file's i_mmap for the whole change and make
         // room for the re-inserted entries. A merge or split only ever involves VMAs
         // of one file (merging requires the same `vm_file`).
-        let file = updates
-            .iter()
-            .map(|u| u.0)
-            .chain(removes.iter().copied())
-            .chain(insert)
-            .find_map(|v| v.file(&*self).filter(|f| f.i_mmap().is_some()));
+        let mm_id = self.mm.id;
+        let indexed_file = |v: VmaRef| -> Option<FileRef> {
+            // `Vma::file` with its proof checked inline (no call through the
+            // `VmaStable` object per VMA: most VMAs here are anonymous).
+            assert_eq!(v.mm_id(), mm_id, "commit: VMA {v:p} of another mm");
+            // SAFETY: `v` belongs to this mm (asserted), whose mmap write lock we hold:
+            // every writer of `vm_file` holds it too (an unattached `insert` is ours).
+            unsafe { v.file_unchecked() }.filter(|f| f.i_mmap().is_some())
+        };
+        let mut file = None;
+        for v in updates.iter().map(|u| u.0).chain(removes.iter().copied()) {
+            file = indexed_file(v);
+            if file.is_some() {
+                break;
+            }
+        }
+        if file.is_none() {
+            file = insert.and_then(indexed_file);
+        }
         let mut i_mmap = match (held, file.as_ref().and_then(|f| f.i_mmap())) {
             (Some(mut w), _) => {
                 w.reserve(updates.len() + insert.is_some() as usize)?;
@@ -316,11 +329,9 @@ impl MmWriteGuard<'_> {
             return Err(Errno::EINVAL);
         }
         let mut list = Vec::new();
-        let Some(first) = self.find_vma_intersection(start, end) else {
-            return Ok(DetachedVmas { vmas: list });
-        };
         // mseal: refuse before changing anything. The same pass gathers the VMAs,
-        // which stand unless a boundary VMA is split below.
+        // which stand unless a boundary VMA is split below; its first and last are
+        // the boundary VMAs (no walk of their own).
         {
             let v = self.view();
             let mut sealed = false;
@@ -334,6 +345,9 @@ impl MmWriteGuard<'_> {
                 return Err(Errno::EPERM);
             }
         }
+        let (Some(&first), Some(&last)) = (list.first(), list.last()) else {
+            return Ok(DetachedVmas { vmas: list });
+        };
         let mut split = false;
         if first.start() < start {
             // A hole inside one VMA adds one VMA net.
@@ -343,9 +357,9 @@ impl MmWriteGuard<'_> {
             self.__split_vma(first, start, true)?;
             split = true;
         }
-        if let Some(last) = self.find_vma_intersection(end - 1, end)
-            && last.end() > end
-        {
+        // Splitting `first` below `start` kept the object on the high side, so
+        // `last` is still the VMA covering `end - 1`.
+        if last.end() > end {
             self.__split_vma(last, end, false)?;
             split = true;
         }

@@ -44,11 +44,16 @@
 //!   neighbours) builds one new leaf with the same bounds, so the parent's pivots stay
 //!   right: the new leaf's pointer is stored (SeqCst) into the existing parent's slot.
 //!   One node copied, as Linux's `mas_wr_node_store` / `mas_wr_slot_store`. This
-//!   leaf-local path (`TreeWriter::store_leaf`) writes the new leaf straight from the
-//!   old one and the new entries, walking once: the writer keeps the path of its last
-//!   walk, which a leaf-local store leaves current (only its leaf changed), so the
-//!   lookups an operation makes before its store and the store itself share one
-//!   descent. Anything else goes to `TreeWriter::store_nodes`.
+//!   leaf-local path (`TreeWriter::store_leaf`, and `TreeWriter::store_one` for its
+//!   two commonest shapes: a VMA into a gap, NULL over one VMA) writes the new leaf
+//!   straight from the old one (one fixed-size copy of its words, then the new entries
+//!   and the moved suffix) and the new entries, walking once: the writer keeps the
+//!   path of its last walk, which a leaf-local store leaves current (only its leaf
+//!   changed), so the lookups an operation makes before its store and the store itself
+//!   share one descent. Anything else goes to `TreeWriter::store_nodes`. A slot is
+//!   never stored in place, not even one whose bounds stay (Linux's in-place
+//!   `mas_wr_slot_store`): a reader stepping from slot to slot would then see a leaf
+//!   that is neither the old one nor the new one.
 //! - A leaf that overflows is split, or pushes entries into its left sibling (Linux:
 //!   `mas_split`, `mas_push_data`); one that underflows is merged with or refilled from
 //!   a sibling (`mas_rebalance`); a store spanning leaves rebuilds both boundary leaves
@@ -617,6 +622,35 @@ impl<'a> TreeView<'a> {
         }
     }
 
+    /// Does `[start, end)` hold no VMA? NULL ranges never touch, so it is free exactly
+    /// when it lies inside the NULL range covering `start`: one walk, no step to a
+    /// neighbour (`intersection(start, end).is_none()`, cheaper).
+    pub fn is_free(&self, start: usize, end: usize) -> bool {
+        self.walk(start)
+            .is_none_or(|p| p.val() == 0 && end <= p.end())
+    }
+
+    /// For a free `[start, end)`: the VMA ending last at or before `start` and the one
+    /// starting first at or after `end` (`last_ending_at_or_before(start)` and
+    /// `next_from(end)`), read from the NULL range covering it, whose neighbours they
+    /// are: one walk (two only at a leaf boundary). `None` if the range is not free.
+    pub fn around_free(
+        &self,
+        start: usize,
+        end: usize,
+    ) -> Option<(Option<TreeEntry>, Option<TreeEntry>)> {
+        let Some(p) = self.walk(start) else {
+            return Some((None, None));
+        };
+        if p.val() != 0 || end > p.end() {
+            return None;
+        }
+        Some((
+            p.vma_or_prev(|before| self.walk(before)),
+            p.vma_or_next(|next| self.walk(next)),
+        ))
+    }
+
     /// Lowest VMA with `end > addr` (Linux: `find_vma()`, `mas_find`).
     pub fn find(&self, addr: usize) -> Option<TreeEntry> {
         self.walk(addr)?.vma_or_next(|next| self.walk(next))
@@ -864,9 +898,11 @@ impl<'a> TreeView<'a> {
         self.gap_lo(self.root, 0, MAX, len, low, high, &fit)
     }
 
-    /// Search the NULL ranges below `p` (bounds `min..max`) in ascending order.
+    /// Search the NULL ranges below `p` (bounds `min..max`) in ascending order. In a
+    /// leaf the scan starts at the slot covering `low` (found by the pivot search, not
+    /// by stepping over the slots below it).
     #[allow(clippy::too_many_arguments)]
-    fn gap_lo(
+    fn gap_lo<F: Fn(usize, usize) -> Option<usize>>(
         &self,
         p: *const Node,
         min: usize,
@@ -874,9 +910,30 @@ impl<'a> TreeView<'a> {
         len: usize,
         low: usize,
         high: usize,
-        fit: &dyn Fn(usize, usize) -> Option<usize>,
+        fit: &F,
     ) -> Option<usize> {
         let n = self.node(p)?;
+        if n.is_leaf() {
+            // `low < max`: the parent descends only into children ending above it.
+            let mut i = if low > min {
+                n.search::<LEAF_SLOTS>(low)
+            } else {
+                0
+            };
+            while i < n.len() {
+                let a = n.start(i, min);
+                if a >= high {
+                    return None;
+                }
+                if n.leaf_slot(i) == 0
+                    && let Some(x) = fit(a, n.end(i, max))
+                {
+                    return Some(x);
+                }
+                i += 1;
+            }
+            return None;
+        }
         for i in 0..n.len() {
             let (a, b) = (n.start(i, min), n.end(i, max));
             if b <= low {
@@ -885,13 +942,7 @@ impl<'a> TreeView<'a> {
             if a >= high {
                 return None;
             }
-            if n.is_leaf() {
-                if n.slot(i) == 0
-                    && let Some(x) = fit(a, b)
-                {
-                    return Some(x);
-                }
-            } else if n.gap(i) >= len
+            if n.gap(i) >= len
                 && let Some(x) = self.gap_lo(n.child(i), a, b, len, low, high, fit)
             {
                 return Some(x);
@@ -921,9 +972,10 @@ impl<'a> TreeView<'a> {
         self.gap_hi(self.root, 0, MAX, len, low, high, &fit)
     }
 
-    /// As [`Self::gap_lo`], in descending order.
+    /// As [`Self::gap_lo`], in descending order (a leaf's scan starts at the slot
+    /// covering `high - 1`).
     #[allow(clippy::too_many_arguments)]
-    fn gap_hi(
+    fn gap_hi<F: Fn(usize, usize) -> Option<usize>>(
         &self,
         p: *const Node,
         min: usize,
@@ -931,9 +983,33 @@ impl<'a> TreeView<'a> {
         len: usize,
         low: usize,
         high: usize,
-        fit: &dyn Fn(usize, usize) -> Option<usize>,
+        fit: &F,
     ) -> Option<usize> {
         let n = self.node(p)?;
+        if n.is_leaf() {
+            // `min < high` (the parent descends only into children starting below
+            // it; the root's `min` is 0 and `high >= len > 0`).
+            let mut i = if high - 1 < max {
+                n.search::<LEAF_SLOTS>(high - 1)
+            } else {
+                n.len() - 1
+            };
+            loop {
+                let b = n.end(i, max);
+                if b <= low {
+                    return None;
+                }
+                if n.leaf_slot(i) == 0
+                    && let Some(x) = fit(n.start(i, min), b)
+                {
+                    return Some(x);
+                }
+                if i == 0 {
+                    return None;
+                }
+                i -= 1;
+            }
+        }
         for i in (0..n.len()).rev() {
             let (a, b) = (n.start(i, min), n.end(i, max));
             if a >= high {
@@ -942,13 +1018,7 @@ impl<'a> TreeView<'a> {
             if b <= low {
                 return None;
             }
-            if n.is_leaf() {
-                if n.slot(i) == 0
-                    && let Some(x) = fit(a, b)
-                {
-                    return Some(x);
-                }
-            } else if n.gap(i) >= len
+            if n.gap(i) >= len
                 && let Some(x) = self.gap_hi(n.child(i), a, b, len, low, high, fit)
             {
                 return Some(x);
@@ -1057,6 +1127,17 @@ impl Path {
         // SAFETY: levels below `height` were written by the walk.
         unsafe { self.lv[d].assume_init() }
     }
+}
+
+/// What [`TreeWriter::store_leaf`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LeafStore {
+    /// Stored and published.
+    Stored,
+    /// Not a leaf-local store: nothing changed (`store_nodes` does it).
+    NotLocal,
+    /// The replaced slots do not hold the expected number of VMAs: nothing changed.
+    Mismatch,
 }
 
 /// Writer-side state of the tree (lives under the mmap write lock; Linux: the
@@ -1365,8 +1446,17 @@ impl TreeWriter {
     /// be taken in). One walk (or none: `leaf_walk`), one leaf built with the old one's
     /// bounds, published with one store of its pointer into the parent's slot (Linux:
     /// `mas_wr_node_store` / `mas_wr_slot_store` through `mas_wr_store_entry`). Returns
-    /// false, changing nothing, when the store is not leaf-local.
-    fn store_leaf(&mut self, tree: &VmaTree, start: usize, items: &[Item]) -> bool {
+    /// [`LeafStore::NotLocal`], changing nothing, when the store is not leaf-local; with
+    /// `CHECK`, [`LeafStore::Mismatch`], changing nothing, when
+    /// the number of VMAs meeting `[start, end)` is not `meets` (`store_layout`'s check,
+    /// read in the slots the store replaces).
+    fn store_leaf<const CHECK: bool>(
+        &mut self,
+        tree: &VmaTree,
+        start: usize,
+        items: &[Item],
+        meets: usize,
+    ) -> LeafStore {
         let k = items.len();
         let end = items[k - 1].end;
         let h = self.height;
@@ -1375,44 +1465,11 @@ impl TreeWriter {
             || (items[0].val == 0 && start == l.min && l.min > 0)
             || (items[k - 1].val == 0 && end == l.max && l.max < MAX)
         {
-            return false;
+            return LeafStore::NotLocal;
         }
         // SAFETY: a live leaf of the tree (`leaf_walk`).
         let old = unsafe { &*l.node };
         let len = old.len();
-        // The new leaf is: the old slots before `start` (`a` of them, the last one cut
-        // at `start` if it reaches past it), the items, the old slots after `end` (the
-        // first one cut at `end`). A NULL item next to a NULL old slot takes it in.
-        let cut_left = old.start(l.off, l.min) < start;
-        let a = l.off + usize::from(cut_left);
-        let r = old.search::<LEAF_SLOTS>(end - 1);
-        let cut_right = old.end(r, l.max) > end;
-        let c0 = if cut_right { r } else { r + 1 };
-        let c = len - c0;
-        let drop_a = a > 0 && items[0].val == 0 && old.leaf_slot(a - 1) == 0;
-        let drop_item = c > 0 && items[k - 1].val == 0 && old.leaf_slot(c0) == 0;
-        let n = a + k + c - usize::from(drop_a) - usize::from(drop_item);
-        if n > LEAF_SLOTS || (n < MIN_LEAF && h > 1 && l.max != MAX) {
-            return false;
-        }
-        self.seq += 1;
-        tree.seq.store(self.seq, Ordering::Relaxed);
-        self.retire(l.node, false);
-        if h == 1 && n == 1 && items[0].val == 0 {
-            // An all-NULL root leaf gives way to the empty tree.
-            self.set_root(tree, ptr::null_mut(), 0);
-            return true;
-        }
-        let p = self.take_node();
-        // SAFETY: `p` is ours alone until published below; its words are atomics.
-        let new = unsafe { &*p };
-        #[inline(always)]
-        fn put(new: &Node, j: usize, e: usize, v: usize) {
-            if j + 1 < LEAF_SLOTS {
-                new.w[j].store(e, Ordering::Relaxed);
-            }
-            new.w[LEAF_SLOT0 + j].store(v, Ordering::Relaxed);
-        }
         // The end of old slot `i` (a leaf: its pivot, or the bound for slot 15).
         let old_end = |i: usize| {
             if i + 1 < LEAF_SLOTS {
@@ -1421,35 +1478,244 @@ impl TreeWriter {
                 l.max
             }
         };
-        // The old slots before the cut one keep their words and places.
-        let keep = l.off.min(a - usize::from(drop_a));
-        for i in 0..keep {
-            new.w[i].store(old.piv(i), Ordering::Relaxed);
-            new.w[LEAF_SLOT0 + i].store(old.leaf_slot(i), Ordering::Relaxed);
+        // The new leaf is: the old slots before `start` (`keep` of them whole, and the
+        // one `start` cuts, if it begins before `start`), the items, the old slots from
+        // `c0` on (the first one cut at `end` if it reaches past it: its end stays).
+        // A NULL item next to a NULL old slot takes it in.
+        let off = l.off;
+        let cut_left = old.start(off, l.min) < start;
+        let e_off = old_end(off);
+        // Most stores end inside the slot they start in (an insert into a gap): no
+        // second search.
+        let r = if end <= e_off {
+            off
+        } else {
+            old.search::<LEAF_SLOTS>(end - 1)
+        };
+        if CHECK && (off..=r).filter(|&i| old.leaf_slot(i) != 0).count() != meets {
+            return LeafStore::Mismatch;
         }
+        let cut_right = (if r == off { e_off } else { old_end(r) }) > end;
+        let c0 = if cut_right { r } else { r + 1 };
+        let null0 = items[0].val == 0;
+        let (keep, keep_cut) = if cut_left {
+            (off, !(null0 && old.leaf_slot(off) == 0))
+        } else {
+            (
+                off - usize::from(off > 0 && null0 && old.leaf_slot(off - 1) == 0),
+                false,
+            )
+        };
+        let c = len - c0;
+        let drop_item = c > 0 && items[k - 1].val == 0 && old.leaf_slot(c0) == 0;
+        let mid = keep + usize::from(keep_cut) + k - usize::from(drop_item);
+        let n = mid + c;
+        if n > LEAF_SLOTS || (n < MIN_LEAF && h > 1 && l.max != MAX) {
+            return LeafStore::NotLocal;
+        }
+        if h == 1 && n == 1 && null0 {
+            // An all-NULL root leaf gives way to the empty tree.
+            self.empty_root(tree, l);
+            return LeafStore::Stored;
+        }
+        let new = self.new_leaf(tree, l);
+        let nw = new.1;
         let mut j = keep;
-        if cut_left && !drop_a {
-            put(new, j, start, old.leaf_slot(l.off));
-            j += 1;
-        }
-        for x in &items[..k - usize::from(drop_item)] {
-            put(new, j, x.end, x.val);
-            j += 1;
-        }
-        for i in c0..len {
-            put(new, j, old_end(i), old.leaf_slot(i));
-            j += 1;
-        }
-        debug_assert_eq!(j, n);
-        // The unused pivot words (a fixed-size unrolled fill is cheaper than a loop
-        // over the ones left).
-        for (i, w) in new.w[..LEAF_SLOTS - 1].iter().enumerate() {
-            if i >= n {
-                w.store(MAX, Ordering::Relaxed);
+        // SAFETY: (`new_leaf`) `nw` is the new leaf's words, ours alone; the entries
+        // written are `keep..mid`, `mid <= n <= LEAF_SLOTS`.
+        unsafe {
+            if keep_cut {
+                // Slot `off` stays where it was, cut at `start`.
+                *nw.add(j) = start;
+                j += 1;
+            }
+            for x in &items[..k - usize::from(drop_item)] {
+                if j + 1 < LEAF_SLOTS {
+                    *nw.add(j) = x.end;
+                }
+                *nw.add(LEAF_SLOT0 + j) = x.val;
+                j += 1;
             }
         }
-        // SAFETY: as above: not yet published.
-        unsafe { (*p).meta = n as u64 | LEAF_BIT };
+        debug_assert_eq!(j, mid);
+        // SAFETY: `nw` is from `new_leaf`, its entries `[0, mid)` written.
+        unsafe { self.finish_leaf(tree, l, new, c0, n) };
+        LeafStore::Stored
+    }
+
+    /// The leaf-local store of one entry (Linux: `mas_wr_node_store` of one range):
+    /// a VMA stored into part or all of one NULL range (`vma_iter_store_new` into a
+    /// gap), or NULL stored over exactly one VMA, taking in the NULL ranges beside it
+    /// (`vma_iter_clear` of one VMA). The common shapes of [`Self::store_leaf`] with
+    /// none of its general bookkeeping; false, changing nothing, for anything else
+    /// (`store_leaf` then decides).
+    #[inline]
+    fn store_one(&mut self, tree: &VmaTree, start: usize, end: usize, val: usize) -> bool {
+        let h = self.height;
+        let l = self.leaf_walk(start);
+        // SAFETY: a live leaf of the tree (`leaf_walk`).
+        let old = unsafe { &*l.node };
+        let len = old.len();
+        let off = l.off;
+        let e0 = if off + 1 < LEAF_SLOTS {
+            old.piv(off)
+        } else {
+            l.max
+        };
+        let cur = old.leaf_slot(off);
+        // The new leaf: old slots `[0, a)`, up to three new entries, old slots `[b, len)`.
+        let (a, b, n);
+        let mut mid = [(0usize, 0usize); 3];
+        let m;
+        if val != 0 {
+            // Into a NULL range: NULL before and after it where the range is left over.
+            if cur != 0 || end > e0 {
+                return false;
+            }
+            let head = old.start(off, l.min) < start;
+            let tail = end < e0;
+            (a, b) = (off, off + 1);
+            let mut k = 0;
+            if head {
+                mid[k] = (start, 0);
+                k += 1;
+            }
+            mid[k] = (end, val);
+            k += 1;
+            if tail {
+                mid[k] = (e0, 0);
+                k += 1;
+            }
+            m = k;
+            n = len - 1 + m;
+        } else {
+            // NULL over one whole VMA, merged with NULL neighbours in the leaf. At the
+            // leaf's edge the neighbour is in the next leaf: `store_leaf` refuses it.
+            if cur == 0
+                || end != e0
+                || old.start(off, l.min) != start
+                || (off == 0 && l.min > 0)
+                || (off + 1 == len && l.max < MAX)
+            {
+                return false;
+            }
+            let pn = usize::from(off > 0 && old.leaf_slot(off - 1) == 0);
+            let nn = usize::from(off + 1 < len && old.leaf_slot(off + 1) == 0);
+            let e = if nn == 1 { old.end(off + 1, l.max) } else { e0 };
+            (a, b) = (off - pn, off + 1 + nn);
+            mid[0] = (e, 0);
+            m = 1;
+            n = len - pn - nn;
+            if h == 1 && n == 1 {
+                self.empty_root(tree, l);
+                return true;
+            }
+        }
+        if n > LEAF_SLOTS || (n < MIN_LEAF && h > 1 && l.max != MAX) {
+            return false;
+        }
+        let new = self.new_leaf(tree, l);
+        let nw = new.1;
+        for (i, &(e, v)) in mid[..m].iter().enumerate() {
+            // SAFETY: (`new_leaf`) entries `a..a + m` of the new leaf's words, ours
+            // alone; `a + m <= n <= LEAF_SLOTS`.
+            unsafe {
+                if a + i + 1 < LEAF_SLOTS {
+                    *nw.add(a + i) = e;
+                }
+                *nw.add(LEAF_SLOT0 + a + i) = v;
+            }
+        }
+        // SAFETY: `nw` is from `new_leaf`, its entries `[0, a + m)` written.
+        unsafe { self.finish_leaf(tree, l, new, b, n) };
+        true
+    }
+
+    /// A leaf-local store that leaves a root leaf all NULL: the tree becomes empty.
+    fn empty_root(&mut self, tree: &VmaTree, l: Level) {
+        self.seq += 1;
+        tree.seq.store(self.seq, Ordering::Relaxed);
+        self.retire(l.node, false);
+        self.set_root(tree, ptr::null_mut(), 0);
+    }
+
+    /// Start replacing the leaf of `l` (the writer's current leaf) by a new one with
+    /// the same bounds (Linux: the `mas_wr_node_store` / `mas_replace_node` pair): a
+    /// node from the reservation holding a copy of the old leaf's words, returned as
+    /// plain integers (`AtomicUsize` has the layout of `usize`; slots at
+    /// `LEAF_SLOT0`). The old slots `[0, a)` stay where they are: the caller writes the
+    /// new entries from `a` on, then calls [`Self::finish_leaf`]. The old leaf is
+    /// retired here.
+    #[inline(always)]
+    fn new_leaf(&mut self, tree: &VmaTree, l: Level) -> (*mut Node, *mut usize) {
+        self.seq += 1;
+        tree.seq.store(self.seq, Ordering::Relaxed);
+        self.retire(l.node, false);
+        let p = self.take_node();
+        // SAFETY: `p` is a node from the reservation, ours alone until `finish_leaf`
+        // publishes it (so plain writes race with nothing); `l.node` is a live leaf
+        // that only this writer ever writes (and not meanwhile), so plain reads of it
+        // race with no write. The whole-node copy is cheaper than two copies of the
+        // kept prefix; what does not stay is written over.
+        unsafe {
+            let nw = (*p).w.as_mut_ptr() as *mut usize;
+            ptr::copy_nonoverlapping((*l.node).w.as_ptr() as *const usize, nw, W);
+            (p, nw)
+        }
+    }
+
+    /// Finish the leaf [`Self::new_leaf`] started: its entries before `n - (len - b)`
+    /// are written; the old slots `[b, len)` follow with their ends, `n` entries in all.
+    /// Publish it with one store of its pointer (into the parent's slot, or as the
+    /// root) and update the gaps above; the path stays current.
+    ///
+    /// # Safety
+    /// `(p, nw)` is the last `new_leaf`'s, for the leaf `l`, not yet finished; `n <=
+    /// LEAF_SLOTS` and its first `n - (len - b)` entries are written.
+    #[inline(always)]
+    unsafe fn finish_leaf(
+        &mut self,
+        tree: &VmaTree,
+        l: Level,
+        (p, nw): (*mut Node, *mut usize),
+        b: usize,
+        n: usize,
+    ) {
+        let h = self.height;
+        // SAFETY: the old leaf is retired but not freed before the next `publish`.
+        let old = unsafe { &*l.node };
+        let len = old.len();
+        let c = len - b;
+        // The suffix's new place.
+        let mid_end = n - c;
+        let ow = old.w.as_ptr() as *const usize;
+        // SAFETY: as in `new_leaf`: the node is ours alone, the old leaf only read.
+        // Every index is below `W`: pivots below `LEAF_SLOTS - 1`, slots `LEAF_SLOT0 +
+        // i` for `i < LEAF_SLOTS` (`n <= LEAF_SLOTS`, `len <= LEAF_SLOTS`).
+        unsafe {
+            if mid_end != b {
+                // The old slots from `b` move to `mid_end`: their ends (the last one's
+                // is the leaf's bound), then every pivot word past them is `MAX`. (When
+                // they stay in place the copy already holds them.)
+                for i in 0..c {
+                    if i + 1 < c {
+                        *nw.add(mid_end + i) = *ow.add(b + i);
+                    }
+                    *nw.add(LEAF_SLOT0 + mid_end + i) = *ow.add(LEAF_SLOT0 + b + i);
+                }
+                if n < LEAF_SLOTS {
+                    *nw.add(n - 1) = l.max;
+                }
+                // Growing, the words past `n` were past the old end too (`MAX`);
+                // shrinking, those up to the old end need it.
+                for i in n..len.min(LEAF_SLOTS - 1) {
+                    *nw.add(i) = MAX;
+                }
+            }
+            (*p).meta = n as u64 | LEAF_BIT;
+        }
+        // SAFETY: as above: not yet published; from here on read through atomics.
+        let new = unsafe { &*p };
         if h == 1 {
             self.set_root(tree, p, 1);
         } else {
@@ -1473,7 +1739,6 @@ impl TreeWriter {
         // The path stays current: only its leaf changed.
         self.leaf.node = p;
         self.path_seq = self.seq;
-        true
     }
 
     /// Store `items` (ends and values, covering `[start, end)` in order) over whatever
@@ -1481,7 +1746,11 @@ impl TreeWriter {
     /// (`mas_wr_store_entry`: node store, split, rebalance or spanning store).
     #[inline]
     fn store(&mut self, tree: &VmaTree, start: usize, items_in: &[Item]) {
-        if !self.work.is_null() && self.store_leaf(tree, start, items_in) {
+        if !self.work.is_null()
+            && ((items_in.len() == 1
+                && self.store_one(tree, start, items_in[0].end, items_in[0].val))
+                || self.store_leaf::<false>(tree, start, items_in, 0) == LeafStore::Stored)
+        {
             return;
         }
         self.store_nodes(tree, start, items_in);
@@ -1859,16 +2128,20 @@ impl TreeWriter {
         new: &mut [(usize, usize, VmaRef)],
         old: usize,
     ) -> bool {
-        new.sort_unstable_by_key(|n| n.0);
+        // At most four ranges, usually in order already: an insertion sort, inline.
+        for i in 1..new.len() {
+            let mut j = i;
+            while j > 0 && new[j - 1].0 > new[j].0 {
+                new.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         let mut at = lo;
         for n in new.iter() {
             if n.0 < at || n.0 >= n.1 || n.1 > hi {
                 return false;
             }
             at = n.1;
-        }
-        if self.vmas_meeting(lo, hi) != old {
-            return false;
         }
         let mut items = [Item::default(); 2 * 4 + 1];
         let mut k = 0;
@@ -1890,7 +2163,23 @@ impl TreeWriter {
             items[k].end = hi;
             k += 1;
         }
-        self.store(tree, lo, &items[..k]);
+        // The count is checked in the leaf the store replaces slots of, or by a walk
+        // of the range when the store is not leaf-local.
+        let local = if self.work.is_null() {
+            LeafStore::NotLocal
+        } else {
+            self.store_leaf::<true>(tree, lo, &items[..k], old)
+        };
+        match local {
+            LeafStore::Mismatch => return false,
+            LeafStore::NotLocal => {
+                if self.vmas_meeting(lo, hi) != old {
+                    return false;
+                }
+                self.store_nodes(tree, lo, &items[..k]);
+            }
+            LeafStore::Stored => {}
+        }
         self.count = self.count + new.len() - old;
         true
     }
@@ -2204,6 +2493,51 @@ mod tests {
             self.check();
         }
 
+        /// The present slots among `k..k + n` (at most four) merged into one VMA with one
+        /// `store_layout`, then stored back as they were with another, the ranges given
+        /// in reverse order; before that, the merge with a wrong count of old VMAs is
+        /// refused and changes nothing.
+        fn layout(&mut self, k: usize, n: usize) {
+            let present: Vec<(usize, (usize, usize))> = self
+                .model
+                .range(k..k + n)
+                .take(4)
+                .map(|(&j, &r)| (j, r))
+                .collect();
+            let (Some(&(first, (lo, _))), Some(&(_, (_, hi)))) = (present.first(), present.last())
+            else {
+                return;
+            };
+            self.tw.prealloc(2).unwrap();
+            let mut merged = [(lo, hi, self.vmas[first])];
+            let c = present.len();
+            for wrong in [c - 1, c + 1] {
+                assert!(!self.tw.store_layout(&self.tree, lo, hi, &mut merged, wrong));
+                self.check();
+            }
+            assert!(self.tw.store_layout(&self.tree, lo, hi, &mut merged, c));
+            let mut want: Vec<(usize, usize)> = self
+                .entries()
+                .into_iter()
+                .filter(|&(s, e)| e <= lo || s >= hi)
+                .collect();
+            want.push((lo, hi));
+            want.sort_unstable();
+            let mut seen = Vec::new();
+            self.tree
+                .view_locked()
+                .for_each(|e| seen.push((e.start, e.end)));
+            assert_eq!(seen, want);
+            let mut back: Vec<(usize, usize, VmaRef)> = present
+                .iter()
+                .rev()
+                .map(|&(j, (s, e))| (s, e, self.vmas[j]))
+                .collect();
+            assert!(self.tw.store_layout(&self.tree, lo, hi, &mut back, 1));
+            self.tw.publish(&self.tree);
+            self.check();
+        }
+
         fn entries(&self) -> Vec<(usize, usize)> {
             self.model.values().copied().collect()
         }
@@ -2240,6 +2574,21 @@ mod tests {
                 key(v.next_from(addr)),
                 es.iter().copied().find(|e| e.0 >= addr)
             );
+            for len in [1, P, 3 * P] {
+                let end = addr + len;
+                let free = es.iter().all(|e| e.1 <= addr || e.0 >= end);
+                assert_eq!(v.is_free(addr, end), free, "is_free({addr:#x}, {end:#x})");
+                assert_eq!(
+                    v.around_free(addr, end).map(|(p, n)| (key(p), key(n))),
+                    free.then(|| {
+                        (
+                            es.iter().copied().rev().find(|e| e.1 <= addr),
+                            es.iter().copied().find(|e| e.0 >= end),
+                        )
+                    }),
+                    "around_free({addr:#x}, {end:#x})"
+                );
+            }
         }
 
         /// Compare both gap searches with a brute force over the free ranges.
@@ -2530,6 +2879,7 @@ mod tests {
         EraseRange(usize, usize),
         Query(usize),
         Gap(usize, usize, usize),
+        Layout(usize, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2540,13 +2890,14 @@ mod tests {
             3 => (k.clone(), -1..=1i8, 1..4usize).prop_map(|(k, d, l)| Op::Replace(k, d, l)),
             3 => (0..N * 3 + 8).prop_map(Op::Query),
             2 => (1..8usize, 0..N * 3, 0..N * 3).prop_map(|(l, a, b)| Op::Gap(l, a.min(b), a.max(b))),
+            2 => (k.clone(), 1..6usize).prop_map(|(k, n)| Op::Layout(k, n)),
         ]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
-        /// Random batches, range erases, lookups and gap searches on a tree that
+        /// Random batches, range erases, layouts, lookups and gap searches on a tree that
         /// starts with a random half of the slots (thousands of entries, height 4).
         #[test]
         fn random_ops_match_model(
@@ -2567,6 +2918,7 @@ mod tests {
                     Op::EraseRange(a, b) => h.erase_range(a, b),
                     Op::Query(x) => h.query(BASE + x * P),
                     Op::Gap(l, a, b) => h.gaps(l * P, BASE + a * P, BASE + b * P),
+                    Op::Layout(k, n) => h.layout(k, n),
                 }
             }
         }

@@ -507,6 +507,11 @@ impl<'a> MmWriteGuard<'a> {
     pub fn view(&self) -> TreeView<'_> {
         self.inner_ref().tw.view()
     }
+    /// Does `[start, end)` hold no VMA? (`find_vma_intersection(start, end).is_none()`
+    /// with one walk.)
+    pub fn range_is_free(&self, start: usize, end: usize) -> bool {
+        self.view().is_free(start, end)
+    }
     /// Linux: `mm->map_count`.
     pub fn map_count(&self) -> usize {
         self.inner_ref().map_count
