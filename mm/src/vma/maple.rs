@@ -2200,15 +2200,7 @@ impl TreeWriter {
         // SAFETY: as above.
         let node = unsafe { &*l.node };
         let (end, vma) = (node.end(l.off, l.max), vma_of(node.leaf_slot(l.off)));
-        self.store(
-            tree,
-            start,
-            &[Item {
-                end,
-                ..Item::default()
-            }],
-        );
-        self.count -= 1;
+        self.clear_span(tree, start, end, 1);
         Some(vma)
     }
 
@@ -2277,15 +2269,7 @@ impl TreeWriter {
             v.for_each_in(first.start, last.end, &mut |_| n += 1);
             (first.start, last.end, n)
         };
-        self.store(
-            tree,
-            first,
-            &[Item {
-                end: last,
-                ..Item::default()
-            }],
-        );
-        self.count -= n;
+        self.clear_span(tree, first, last, n);
         n
     }
 
@@ -2296,6 +2280,11 @@ impl TreeWriter {
     pub(super) fn erase_span(&mut self, tree: &VmaTree, start: usize, end: usize, n: usize) {
         debug_assert!(start < end && n > 0);
         debug_assert_eq!(self.vmas_meeting(start, end), n, "erase_span: other VMAs");
+        self.clear_span(tree, start, end, n);
+    }
+
+    /// Store NULL over `[start, end)`, which held `n` VMAs (one store, whatever `n`).
+    fn clear_span(&mut self, tree: &VmaTree, start: usize, end: usize, n: usize) {
         self.store(
             tree,
             start,
