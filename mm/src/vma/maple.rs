@@ -1230,11 +1230,6 @@ impl TreeWriter {
             * NODE.size()
     }
 
-    /// Free every cached node.
-    fn drain_cache(&mut self) {
-        self.cache.drain();
-    }
-
     /// Take back the retired nodes (and their records) whose grace period is over,
     /// driving RCU first when `drive` and enough of them are out.
     fn take_back(&mut self, drive: bool) {
@@ -1264,7 +1259,7 @@ impl TreeWriter {
     pub(super) fn shrink_caches(&mut self) {
         debug_assert!(self.pending.is_empty(), "shrink inside a batch");
         self.uncached = true;
-        self.drain_cache();
+        self.cache.drain();
         self.pending = Vec::new();
     }
 
@@ -2313,7 +2308,7 @@ impl TreeWriter {
         #[cfg(feature = "fault-inject")]
         if self.uncached {
             self.take_back(true);
-            self.drain_cache();
+            self.cache.drain();
         }
     }
 
@@ -2361,7 +2356,7 @@ impl TreeWriter {
         // batches still in flight are freed by the last of their callbacks.
         self.take_back(false);
         self.retirement.release();
-        self.drain_cache();
+        self.cache.drain();
         for n in core::mem::take(&mut self.pending) {
             // SAFETY: pending nodes are unlinked from the tree, and the contract says no
             // reader that might still hold one exists. Each is visited once.
@@ -2676,7 +2671,7 @@ mod tests {
                 unsafe { tw.cache.push(made.val as *mut Node) };
             }
         }
-        tw.drain_cache();
+        tw.cache.drain();
     }
 
     #[test]
